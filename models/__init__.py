@@ -1,0 +1,45 @@
+"""Transformer encoders with built-in PEFT sites, loadable from HuggingFace checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+from models.bert import BertConfig, BertModel
+from models.convert import read_config
+from models.layers import EncoderConfig, EncoderOutput
+from models.pretrained import PretrainedEncoder
+from models.roberta import RobertaConfig, RobertaModel
+from models.tokenizer import Tokenizer
+
+MODEL_CLASSES: dict[str, type[PretrainedEncoder]] = {
+    cls.config_class.model_type: cls for cls in (BertModel, RobertaModel)
+}
+
+
+def model_class(path: str | os.PathLike) -> type[PretrainedEncoder]:
+    """The model class for a checkpoint directory, from its config.json's model_type."""
+    model_type = read_config(path)["model_type"]
+    if model_type not in MODEL_CLASSES:
+        raise ValueError(f"{os.fspath(path)!r} holds a {model_type!r} checkpoint; supported architectures: "
+                         f"{sorted(MODEL_CLASSES)}.")
+    return MODEL_CLASSES[model_type]
+
+
+def from_pretrained(path: str | os.PathLike, **kwargs) -> PretrainedEncoder:
+    """Load any supported checkpoint directory with the class its model_type names."""
+    return model_class(path).from_pretrained(path, **kwargs)
+
+
+__all__ = [
+    "MODEL_CLASSES",
+    "BertConfig",
+    "BertModel",
+    "EncoderConfig",
+    "EncoderOutput",
+    "PretrainedEncoder",
+    "RobertaConfig",
+    "RobertaModel",
+    "Tokenizer",
+    "from_pretrained",
+    "model_class",
+]

@@ -1,0 +1,95 @@
+"""BERT (Devlin et al., 2018, https://arxiv.org/abs/1810.04805), numerically equal to transformers' BertModel.
+
+Post-LN encoder over word + position + token-type embeddings; the blocks and their sites are in layers.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from models.convert.tables import BERT, BERT_ARCHITECTURES, BERT_REQUIRED_VALUES
+from models.layers import (
+    Embeddings,
+    EncoderConfig,
+    EncoderLayer,
+    EncoderOutput,
+    MaskedLMHead,
+    PooledClassificationHead,
+    Pooler,
+    QuestionAnsweringHead,
+    TokenClassificationHead,
+    additive_mask,
+)
+from models.pretrained import PretrainedEncoder
+
+
+@dataclass(frozen=True, kw_only=True)
+class BertConfig(EncoderConfig):
+    """bert-base defaults; field names are those of transformers' BertConfig."""
+
+    model_type: ClassVar[str] = "bert"
+    vocab_size: int = 30522
+
+
+class BertModel(PretrainedEncoder):
+    """BERT encoder with optional pooler and task head (``config.head``)."""
+
+    config_class = BertConfig
+    keymap = BERT
+    architectures = BERT_ARCHITECTURES
+    required_values = BERT_REQUIRED_VALUES
+    head_classes: ClassVar = {
+        "masked_lm": MaskedLMHead,
+        "sequence_classification": PooledClassificationHead,
+        "token_classification": TokenClassificationHead,
+        "question_answering": QuestionAnsweringHead,
+    }
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__(config)
+        self.embeddings = Embeddings(config)  # ends in site embeddings
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.pooler = Pooler(config.hidden_size) if config.add_pooling_layer else None
+        self.head = self.build_head()
+        self.apply(self.init_weights)
+
+    @property
+    def max_length(self) -> int:
+        """The longest sequence the position table covers."""
+        return self.config.max_position_embeddings
+
+    def default_position_ids(self, input_ids: Tensor | None, shape: tuple[int, int], device: torch.device) -> Tensor:
+        return torch.arange(shape[1], device=device).expand(shape)  # (B, T)
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> EncoderOutput:
+        """input_ids (B, T) -> EncoderOutput; attention_mask is 1 for real tokens and 0 for padding."""
+        shape = self.check_ids(input_ids, inputs_embeds, attention_mask, token_type_ids, self.max_length)
+        device = (input_ids if input_ids is not None else inputs_embeds).device
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(shape, dtype=torch.long, device=device)
+        if position_ids is None:
+            position_ids = self.default_position_ids(input_ids, shape, device)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, C)
+        mask = additive_mask(attention_mask, x.dtype)  # (B, 1, 1, T)
+        hidden_states = [x] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        for layer in self.layers:
+            x, probs = layer(x, mask, output_attentions)
+            if output_hidden_states:
+                hidden_states.append(x)
+            if output_attentions:
+                attentions.append(probs)
+        return self.finish(x, hidden_states, attentions)

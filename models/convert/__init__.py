@@ -1,0 +1,183 @@
+"""Reading and writing checkpoint directories: the only code that knows HF's file layouts.
+
+An HF directory holds ``config.json`` and weights as ``model.safetensors``, sharded safetensors with
+``model.safetensors.index.json``, or ``pytorch_model.bin`` (also sharded, with an index). Our own format
+is ``config.json`` with a ``peftcore_format`` field and our config, plus ``model.safetensors`` in our key names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from models.convert.keymap import ConversionError, KeyMap
+from models.convert.tables import GENERIC_FIELDS
+
+NATIVE_FORMAT = 1  # version written into our config.json as "peftcore_format"
+SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
+PICKLE, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+OUR_FIELDS = frozenset({"head", "add_pooling_layer", "num_labels"})  # ours only: derived from architectures/id2label
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """config.json of a checkpoint directory, with a clear error when the directory or file is missing or bad."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {str(directory)!r} does not exist.")
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        present = sorted(p.name for p in directory.iterdir())
+        raise FileNotFoundError(f"{str(directory)!r} has no config.json (it holds {present}); pass the directory "
+                                "that save_pretrained wrote.")
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{config_file} is not valid JSON: {error}") from error
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ValueError(f"{config_file} has no model_type; it is not a transformers or peftcore config.")
+    return config
+
+
+def is_native(config: Mapping[str, Any]) -> bool:
+    return "peftcore_format" in config
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Every tensor of a checkpoint directory, whichever of the four HF layouts it uses."""
+    directory = Path(path)
+    if (directory / SAFETENSORS).is_file():
+        return read_safetensors(directory / SAFETENSORS)
+    for index_name, reader in ((SAFETENSORS_INDEX, read_safetensors), (PICKLE_INDEX, read_pickle)):
+        if (directory / index_name).is_file():
+            return read_sharded(directory / index_name, reader)
+    if (directory / PICKLE).is_file():
+        return read_pickle(directory / PICKLE)
+    present = sorted(p.name for p in directory.iterdir())
+    raise FileNotFoundError(f"{str(directory)!r} has no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX}, "
+                            f"{PICKLE} or {PICKLE_INDEX}, found {present}.")
+
+
+def read_safetensors(file: Path) -> dict[str, Tensor]:
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupt?): {error}") from error
+
+
+def read_pickle(file: Path) -> dict[str, Tensor]:
+    """A pytorch_model.bin, read with weights_only=True: a file carrying code is refused, never run."""
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"{file} could not be read as a weights-only PyTorch file (corrupt, truncated, or it "
+                         f"holds objects other than tensors): {error}") from error
+    if not isinstance(state, dict) or not all(isinstance(t, Tensor) for t in state.values()):
+        raise ValueError(f"{file} does not hold a flat dict of tensors.")
+    return state
+
+
+def read_sharded(index_file: Path, reader: Callable[[Path], dict[str, Tensor]]) -> dict[str, Tensor]:
+    try:
+        weight_map = json.loads(index_file.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{index_file} is not a valid shard index (needs a weight_map): {error}") from error
+    state: dict[str, Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        if not (index_file.parent / shard).is_file():
+            raise FileNotFoundError(f"{index_file.name} names shard {shard!r}, which is missing.")
+        state.update(reader(index_file.parent / shard))
+    absent = sorted(set(weight_map) - set(state))
+    if absent:
+        raise ValueError(f"shards lack tensors that {index_file.name} lists: {absent[:10]}.")
+    return state
+
+
+def config_kwargs_from_hf(hf: Mapping[str, Any], config_cls: type, architectures: Mapping[str, tuple[str | None, bool]],
+                          required_values: Mapping[str, Any]) -> dict[str, Any]:
+    """Translate an HF config.json into our config's keyword arguments.
+
+    Fields we share keep their names. The head and pooler follow ``architectures[0]``; num_labels follows
+    id2label. A field whose value we do not implement is an error; a field we do not know is a warning.
+    """
+    name = config_cls.__name__
+    for field_name, value in required_values.items():
+        if field_name in hf and hf[field_name] != value:
+            raise ValueError(f"config.json sets {field_name}={hf[field_name]!r}; {name} implements only {value!r}.")
+    ours = {f.name for f in fields(config_cls)} - OUR_FIELDS
+    unknown = sorted(set(hf) - ours - GENERIC_FIELDS - set(required_values) - OUR_FIELDS)
+    if unknown:
+        warnings.warn(f"config.json fields {unknown} are not used by {name}; they are ignored.", stacklevel=3)
+    kwargs = {key: value for key, value in hf.items() if key in ours}
+    architecture = (hf.get("architectures") or [next(iter(architectures))])[0]
+    if architecture not in architectures:
+        raise ValueError(f"config.json names architecture {architecture!r}, which {name} cannot load; "
+                         f"supported: {sorted(architectures)}.")
+    kwargs["head"], kwargs["add_pooling_layer"] = architectures[architecture]
+    if "id2label" in hf:
+        kwargs["num_labels"] = len(hf["id2label"])
+    elif "num_labels" in hf:
+        kwargs["num_labels"] = hf["num_labels"]
+    return kwargs
+
+
+def config_to_hf(config: Any, model_type: str, architectures: Mapping[str, tuple[str | None, bool]]) -> dict[str, Any]:
+    """Our config as an HF config.json that transformers loads into the matching class."""
+    candidates = [arch for arch, (head, _) in architectures.items() if head == config.head]
+    exact = [arch for arch in candidates if architectures[arch][1] == config.add_pooling_layer]
+    hf = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in OUR_FIELDS}
+    hf.update(model_type=model_type, architectures=[(exact or candidates)[0]])
+    if config.head in ("sequence_classification", "token_classification"):
+        hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(config.num_labels)}
+        hf["label2id"] = {f"LABEL_{i}": i for i in range(config.num_labels)}
+    return hf
+
+
+def native_config(config: Any, model_type: str) -> dict[str, Any]:
+    return {"peftcore_format": NATIVE_FORMAT, "model_type": model_type,
+            "config": {f.name: getattr(config, f.name) for f in fields(config)}}
+
+
+def check_model_type(config: Mapping[str, Any], model_type: str, class_name: str) -> None:
+    if config["model_type"] != model_type:
+        raise ConversionError(f"the checkpoint's config.json has model_type {config['model_type']!r}, but "
+                              f"{class_name} loads {model_type!r} checkpoints; use the model class for "
+                              f"{config['model_type']!r}.")
+
+
+@contextmanager
+def atomic_directory_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Write files into a temporary sibling directory, then move each into ``path`` by rename.
+
+    A crash mid-write leaves whatever ``path`` held before untouched.
+    """
+    target = Path(path)
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.tmp") as scratch:
+        yield Path(scratch)
+        for file in sorted(Path(scratch).iterdir()):
+            os.replace(file, target / file.name)
+
+
+def write_checkpoint(path: str | os.PathLike, config: Mapping[str, Any], state: Mapping[str, Tensor]) -> None:
+    """config.json + model.safetensors, written atomically. Tensors are made contiguous, as safetensors needs."""
+    with atomic_directory_write(path) as scratch:
+        save_file({key: t.detach().contiguous() for key, t in state.items()}, scratch / SAFETENSORS,
+                  metadata={"format": "pt"})
+        (scratch / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+__all__ = ["ConversionError", "KeyMap", "check_model_type", "config_kwargs_from_hf", "config_to_hf", "is_native",
+           "native_config", "read_config", "read_weights", "write_checkpoint"]

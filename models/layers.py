@@ -1,0 +1,294 @@
+"""Blocks shared by every encoder: embeddings, self-attention, feed-forward, the post-LN encoder layer,
+task heads, and the ``Encoder`` base class that runs them — each with its sites (peftcore/sites.py).
+
+Axis legend, used in every shape comment and einops pattern of this package:
+    B batch, T tokens, H heads, D head dim, C hidden, P prefix length, R rank, V vocabulary, L labels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from peftcore.sites import EmbeddingSite, PrefixSite, ResidualSite, SiteLinear
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+}
+
+HEADS = ("masked_lm", "sequence_classification", "token_classification", "question_answering")
+
+
+def check_choice(owner: str, field: str, value: object, choices: tuple | dict) -> None:
+    """Raise a ValueError naming the field and the accepted values when ``value`` is not among ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{owner}.{field}={value!r} is not supported; use one of {sorted(map(str, choices))}.")
+
+
+def check_positive(owner: str, **fields: int) -> None:
+    """Raise a ValueError naming the first field that is not a positive int."""
+    for field, value in fields.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{owner}.{field} must be a positive int, got {value!r}.")
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """'B T (H D) -> B H T D'"""
+    return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """'B H T D -> B T (H D)'"""
+    return x.transpose(1, 2).flatten(2)
+
+
+def additive_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """(B, T) 1/0 padding mask -> (B, 1, 1, T) additive mask: 0 where attended, dtype's minimum where padded.
+
+    The finite minimum (as transformers uses) keeps fully padded rows finite instead of NaN.
+    """
+    if attention_mask is None:
+        return None
+    keep = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - keep) * torch.finfo(dtype).min
+
+
+class Embeddings(nn.Module):
+    """word + token type + position embeddings, then LayerNorm and dropout (BERT, RoBERTa)."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.site = EmbeddingSite()  # site embeddings
+
+    def forward(self, input_ids: Tensor | None, token_type_ids: Tensor, position_ids: Tensor,
+                inputs_embeds: Tensor | None = None) -> Tensor:
+        x = self.word(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        x = x + self.token_type(token_type_ids) + self.position(position_ids)
+        return self.site(self.dropout(self.norm(x)))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head scaled dot-product attention with its q/k/v, prefix and residual sites."""
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float, residual_norm: nn.Module | None) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.dropout_p = dropout
+        self.q = SiteLinear(hidden_size, hidden_size)  # site attn.q
+        self.k = SiteLinear(hidden_size, hidden_size)  # site attn.k
+        self.v = SiteLinear(hidden_size, hidden_size)  # site attn.v
+        self.prefix = PrefixSite()  # site attn.prefix
+        self.out = nn.Linear(hidden_size, hidden_size)
+        self.residual = ResidualSite(residual_norm)  # site attn.residual (applied by the layer)
+
+    def forward(self, x: Tensor, mask: Tensor | None, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
+        q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.q, self.k, self.v))  # (B, H, T, D)
+        if self.prefix.plug is not None:
+            k, v, mask = self.prefix(k, v, mask)  # (B, H, P+T, D)
+        dropout_p = self.dropout_p if self.training else 0.0
+        if output_attentions:
+            y, probs = attend_explicitly(q, k, v, mask, dropout_p)
+        else:
+            y, probs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
+        return self.out(merge_heads(y)), probs  # (B, T, C)
+
+
+def attend_explicitly(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> tuple[Tensor, Tensor]:
+    """softmax(q kᵀ / √D + mask) v, also returning the probabilities that SDPA cannot return."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, T, T)
+    if mask is not None:
+        scores = scores + mask
+    probs = scores.softmax(dim=-1)
+    return F.dropout(probs, dropout_p) @ v, probs
+
+
+class FeedForward(nn.Module):
+    """intermediate -> activation -> output, with its two linear sites and its residual site."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, activation: str,
+                 residual_norm: nn.Module | None) -> None:
+        super().__init__()
+        self.intermediate = SiteLinear(hidden_size, intermediate_size)  # site ffn.intermediate
+        self.act = ACTIVATIONS[activation]
+        self.output = SiteLinear(intermediate_size, hidden_size)  # site ffn.output
+        self.residual = ResidualSite(residual_norm)  # site ffn.residual (applied by the layer)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output(self.act(self.intermediate(x)))
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN Transformer layer (BERT, RoBERTa): x = norm(x + attn(x)); x = norm(x + ffn(x))."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        C, eps = config.hidden_size, config.layer_norm_eps
+        self.attn = SelfAttention(C, config.num_attention_heads, config.attention_probs_dropout_prob,
+                                  nn.LayerNorm(C, eps=eps))
+        self.ffn = FeedForward(C, config.intermediate_size, config.hidden_act, nn.LayerNorm(C, eps=eps))
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: Tensor, mask: Tensor | None, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
+        h, probs = self.attn(x, mask, output_attentions)
+        x = self.attn.residual(self.dropout(h), x)  # site attn.residual
+        x = self.ffn.residual(self.dropout(self.ffn(x)), x)  # site ffn.residual
+        return x, probs
+
+
+class Pooler(nn.Module):
+    """tanh(W x[:, 0] + b): the first token's hidden state through a dense layer."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.tanh(self.dense(x[:, 0]))  # (B, C)
+
+
+class MaskedLMHead(nn.Module):
+    """dense -> activation -> LayerNorm -> decoder onto the vocabulary (tied to the word embeddings by default)."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACTIVATIONS[config.hidden_act]
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, x: Tensor, pooled: Tensor | None) -> Tensor:
+        return self.decoder(self.norm(self.act(self.dense(x))))  # (B, T, V)
+
+
+class PooledClassificationHead(nn.Module):
+    """BERT's sequence classifier: dropout and a linear layer on the pooled output."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, x: Tensor, pooled: Tensor | None) -> Tensor:
+        if pooled is None:
+            raise ValueError("this classification head reads the pooled output; build the model with "
+                             "add_pooling_layer=True.")
+        return self.classifier(self.dropout(pooled))  # (B, L)
+
+
+class FirstTokenClassificationHead(nn.Module):
+    """RoBERTa's sequence classifier: dense -> tanh -> out_proj on the first token, with dropout before each."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, x: Tensor, pooled: Tensor | None) -> Tensor:
+        h = torch.tanh(self.dense(self.dropout(x[:, 0])))
+        return self.out_proj(self.dropout(h))  # (B, L)
+
+
+class TokenClassificationHead(nn.Module):
+    """dropout and a linear layer on every token."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, x: Tensor, pooled: Tensor | None) -> Tensor:
+        return self.classifier(self.dropout(x))  # (B, T, L)
+
+
+class QuestionAnsweringHead(nn.Module):
+    """A linear layer giving each token a span-start and a span-end logit."""
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, x: Tensor, pooled: Tensor | None) -> Tensor:
+        return self.qa_outputs(x)  # (B, T, 2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderConfig:
+    """Fields every encoder shares, under transformers' config.json names, plus the task head to build.
+
+    ``head`` is one of ``HEADS`` or None; ``add_pooling_layer`` builds the pooler.
+    """
+
+    model_type: ClassVar[str]
+    vocab_size: int
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    tie_word_embeddings: bool = True
+    add_pooling_layer: bool = True
+    head: str | None = None
+    num_labels: int = 2
+    classifier_dropout: float | None = None
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        check_positive(name, vocab_size=self.vocab_size, hidden_size=self.hidden_size,
+                       num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
+                       intermediate_size=self.intermediate_size, max_position_embeddings=self.max_position_embeddings,
+                       num_labels=self.num_labels)
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"{name}.hidden_size={self.hidden_size} is not divisible by "
+                             f"num_attention_heads={self.num_attention_heads}.")
+        check_choice(name, "hidden_act", self.hidden_act, ACTIVATIONS)
+        check_choice(name, "head", self.head, (None, *HEADS))
+        for field in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"):
+            if not 0.0 <= getattr(self, field) < 1.0:
+                raise ValueError(f"{name}.{field} must lie in [0, 1), got {getattr(self, field)!r}.")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"{name}.pad_token_id={self.pad_token_id} lies outside the vocabulary "
+                             f"(vocab_size={self.vocab_size}).")
+
+    @property
+    def classifier_dropout_prob(self) -> float:
+        return self.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
+
+
+@dataclass
+class EncoderOutput:
+    """What a forward returns. Fields a call did not ask for, or the model has no head for, are None."""
+
+    last_hidden_state: Tensor  # (B, T, C)
+    pooler_output: Tensor | None = None  # (B, C)
+    hidden_states: tuple[Tensor, ...] | None = None  # embeddings output, then each layer's: (B, T, C) each
+    attentions: tuple[Tensor, ...] | None = None  # (B, H, T, T) each
+    logits: Tensor | None = None  # (B, L), (B, T, L), (B, T, V) or (B, T, 2) by head
+    start_logits: Tensor | None = None  # (B, T), question answering only
+    end_logits: Tensor | None = None  # (B, T), question answering only

@@ -1,0 +1,174 @@
+"""``PretrainedEncoder``: what every architecture shares around its forward — loading HF or peftcore
+checkpoints, exporting to either, weight initialisation, input checks, and the pooler/head step."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from models import convert
+from models.convert.keymap import ConversionError, KeyMap, hf_to_ours, ours_to_hf, report
+from models.layers import EncoderConfig, EncoderOutput, MaskedLMHead, QuestionAnsweringHead
+
+Model = TypeVar("Model", bound="PretrainedEncoder")
+
+
+class PretrainedEncoder(nn.Module):
+    """Base class of every model: subclasses set the class attributes and build their modules.
+
+    Subclasses define ``embeddings`` (ending in an EmbeddingSite), ``layers``, ``pooler`` (or None) and
+    ``head`` (or None), and a forward that ends in ``self.finish``.
+    """
+
+    config_class: ClassVar[type[EncoderConfig]]
+    keymap: ClassVar[KeyMap]  # HF key table, also read by peftcore's interop to name HF modules
+    architectures: ClassVar[Mapping[str, tuple[str | None, bool]]]  # transformers class -> (head, has pooler)
+    required_values: ClassVar[Mapping[str, Any]] = {}  # config.json fields we implement for one value only
+    head_classes: ClassVar[Mapping[str, type[nn.Module]]]
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}.")
+        self.config = config
+
+    def build_head(self) -> nn.Module | None:
+        """The configured head, tied to the word embeddings when it is a masked-LM head and the config says so."""
+        head = self.head_classes[self.config.head](self.config) if self.config.head else None
+        if isinstance(head, MaskedLMHead) and self.config.tie_word_embeddings:
+            head.decoder.weight = self.embeddings.word.weight
+        return head
+
+    def init_weights(self, module: nn.Module) -> None:
+        """transformers' initialisation: N(0, initializer_range) weights, zero biases, unit LayerNorms."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def finish(self, x: Tensor, hidden_states: list[Tensor] | None, attentions: list[Tensor] | None) -> EncoderOutput:
+        """Pooler and head on the last hidden state; a masked-LM head reads it through the inverse embedding site."""
+        pooled = self.pooler(x) if self.pooler is not None else None
+        out = EncoderOutput(x, pooled, tuple(hidden_states) if hidden_states is not None else None,
+                            tuple(attentions) if attentions is not None else None)
+        if self.head is not None:
+            head_input = self.embeddings.site.inverse(x) if isinstance(self.head, MaskedLMHead) else x
+            out.logits = self.head(head_input, pooled)
+            if isinstance(self.head, QuestionAnsweringHead):
+                out.start_logits, out.end_logits = (t.squeeze(-1).contiguous() for t in out.logits.split(1, dim=-1))
+        return out
+
+    def check_ids(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None,
+                  token_type_ids: Tensor | None, max_length: int) -> tuple[int, int]:
+        """Validate the text inputs of a forward and return (B, T); every message says what to pass instead."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds.")
+        shape = tuple(input_ids.shape) if input_ids is not None else tuple(inputs_embeds.shape[:-1])
+        if len(shape) != 2:
+            raise ValueError(f"input_ids must be (batch, tokens), got shape {shape}; add a batch dimension with "
+                             "unsqueeze(0) for a single sequence.")
+        if inputs_embeds is not None and inputs_embeds.shape[-1] != self.config.hidden_size:
+            raise ValueError(f"inputs_embeds has width {inputs_embeds.shape[-1]}, the model's hidden_size is "
+                             f"{self.config.hidden_size}.")
+        for name, tensor in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if tensor is not None and tuple(tensor.shape) != shape:
+                raise ValueError(f"{name} has shape {tuple(tensor.shape)}, input_ids has {shape}; they must match.")
+        if shape[1] > max_length:
+            raise ValueError(f"sequence length {shape[1]} exceeds the {max_length} positions this model has "
+                             f"(max_position_embeddings={self.config.max_position_embeddings}); truncate the input.")
+        if input_ids is not None and not torch.compiler.is_compiling() and input_ids.numel():
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= self.config.vocab_size:
+                raise ValueError(f"input_ids hold {low if low < 0 else high}, outside the vocabulary "
+                                 f"[0, {self.config.vocab_size}); was the text tokenized for another model?")
+        return shape
+
+    @classmethod
+    def from_pretrained(cls: type[Model], path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
+                        **overrides: Any) -> Model:
+        """Load a transformers checkpoint directory, or one in our format, into this model class.
+
+        ``overrides`` replace config fields, e.g. ``head="sequence_classification", num_labels=3`` to start a
+        classifier from a base checkpoint: weights the checkpoint lacks (head, pooler) keep their fresh
+        initialisation and a warning names them. Any other missing, unexpected or mis-shaped tensor is an error.
+        """
+        raw = convert.read_config(path)
+        convert.check_model_type(raw, cls.config_class.model_type, cls.__name__)
+        if convert.is_native(raw):
+            config = config_from_dict(cls.config_class, raw["config"], overrides)
+        else:
+            kwargs = convert.config_kwargs_from_hf(raw, cls.config_class, cls.architectures, cls.required_values)
+            config = config_from_dict(cls.config_class, kwargs, overrides)
+        weights = convert.read_weights(path)
+        model = cls(config)
+        expected = {key: tuple(t.shape) for key, t in model.state_dict(keep_vars=True).items()
+                    if key not in model.aliases()}
+        if convert.is_native(raw):
+            state = check_native(weights, expected, cls.__name__)
+        else:
+            converted = hf_to_ours(cls.keymap, weights, expected, model.aliases(), config, cls.__name__)
+            state = converted.state
+            if converted.newly_initialized:
+                warnings.warn(f"{cls.__name__}: the checkpoint has no {converted.newly_initialized}; they are freshly "
+                              "initialised and need training.", stacklevel=2)
+        model.load_state_dict(state, strict=False)
+        return model.to(dtype)
+
+    def aliases(self) -> set[str]:
+        """State-dict keys that name a parameter already listed under another key (tied weights)."""
+        unique = {name for name, _ in self.named_parameters()} | {name for name, _ in self.named_buffers()}
+        return set(self.state_dict(keep_vars=True)) - unique
+
+    def base_state_dict(self) -> dict[str, Tensor]:
+        """The model's own tensors, each once: no tied aliases, and no PEFT method modules attached to sites."""
+        aliases = self.aliases()
+        return {key: t for key, t in self.state_dict().items()
+                if key not in aliases and ".adapters." not in f".{key}"}
+
+    def save_pretrained(self, path: str | os.PathLike, *, format: str = "hf") -> None:
+        """Write the model as a checkpoint directory: ``format="hf"`` for transformers, ``"peftcore"`` for ours."""
+        model_type = self.config_class.model_type
+        if format == "hf":
+            config = convert.config_to_hf(self.config, model_type, self.architectures)
+            state = ours_to_hf(self.keymap, self.base_state_dict(), self.config)
+        elif format == "peftcore":
+            config, state = convert.native_config(self.config, model_type), self.base_state_dict()
+        else:
+            raise ValueError(f"format={format!r} is not known; use 'hf' or 'peftcore'.")
+        convert.write_checkpoint(path, config, state)
+
+
+def config_from_dict(config_class: type[EncoderConfig], values: Mapping[str, Any],
+                     overrides: Mapping[str, Any]) -> EncoderConfig:
+    """Build a config, naming any unknown field and listing the valid ones."""
+    valid = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - valid) + sorted(set(overrides) - valid)
+    if unknown:
+        raise ValueError(f"{config_class.__name__} has no field(s) {unknown}; valid fields: {sorted(valid)}.")
+    return config_class(**{**values, **overrides})
+
+
+def check_native(state: Mapping[str, Tensor], expected: Mapping[str, tuple[int, ...]], architecture: str
+                 ) -> Mapping[str, Tensor]:
+    """A peftcore-format state dict must hold exactly the model's keys, with the model's shapes."""
+    unexpected = sorted(set(state) - set(expected))
+    missing = sorted(set(expected) - set(state))
+    mismatched = [f"{key}: checkpoint {tuple(state[key].shape)}, model {expected[key]}"
+                  for key in sorted(set(state) & set(expected)) if tuple(state[key].shape) != expected[key]]
+    if unexpected or missing or mismatched:
+        raise ConversionError(report(architecture, unexpected, missing, mismatched))
+    return state

@@ -1,0 +1,137 @@
+"""Hook points ("sites") that models build in and PEFT methods plug into.
+
+A site is a submodule whose attribute path inside a layer is its site name: ``layers.3.attn.q`` is
+site ``attn.q`` of layer 3, and its state-dict keys are those of a plain model. Every site holds
+
+- ``adapters``: an ``nn.ModuleDict`` of every method module attached there, by adapter name, and
+- ``plug``: the active composition as a plain callable, or ``None``.
+
+peftcore attaches modules to ``adapters`` and, whenever activation or composition changes, pushes a
+closure into ``plug``. Nothing is looked up during forward: an empty site costs one ``is None`` check.
+``plug`` is never an ``nn.Module`` (it would register its tensors a second time).
+
+To give your own model sites, build it from these classes (``SiteLinear`` for q/k/v and the FFN
+linears, ``ResidualSite`` for each residual-plus-norm, ``PrefixSite`` in attention, one
+``EmbeddingSite`` after the embeddings) under the attribute names of ``SITE_NAMES``, with the layers in
+a ``layers`` ``nn.ModuleList``. ``find_sites`` then finds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SITE_NAMES = (
+    "embeddings",
+    "attn.q",
+    "attn.k",
+    "attn.v",
+    "attn.prefix",
+    "attn.residual",
+    "ffn.intermediate",
+    "ffn.output",
+    "ffn.residual",
+)
+
+
+class SiteLinear(nn.Linear):
+    """``nn.Linear`` that LoRA and (IA)^3 plug into. Exactly ``nn.Linear`` while nothing is active.
+
+    ``plug(x, y)`` receives the layer input and the base output ``W x + b`` and returns the adapted output.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+        super().__init__(in_features, out_features, bias)
+        self.adapters = nn.ModuleDict()
+        self.plug: Callable[[Tensor, Tensor], Tensor] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        return y if self.plug is None else self.plug(x, y)
+
+
+class ResidualSite(nn.Module):
+    """``h, residual -> norm(h + residual)``. Bottleneck adapters replace this step and may use the norm.
+
+    ``norm`` is ``None`` for pre-LN models (ViT), where the step is a plain ``h + residual``.
+    """
+
+    def __init__(self, norm: nn.Module | None) -> None:
+        super().__init__()
+        self.norm = norm if norm is not None else nn.Identity()
+        self.adapters = nn.ModuleDict()
+        self.plug: Callable[[Tensor, Tensor, nn.Module], Tensor] | None = None
+
+    def forward(self, h: Tensor, residual: Tensor) -> Tensor:
+        return self.norm(h + residual) if self.plug is None else self.plug(h, residual, self.norm)
+
+
+class PrefixSite(nn.Module):
+    """``k, v, mask -> k, v, mask`` inside self-attention; prefix tuning prepends key/value vectors here.
+
+    k and v are ``(B, H, T, D)``; mask is the additive attention mask ``(B, 1, 1|T, T)``. When active the
+    plug returns ``(B, H, P+T, D)`` keys and values and a mask padded by ``P`` attendable columns.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adapters = nn.ModuleDict()
+        self.plug: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]] | None = None
+
+    def forward(self, k: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return (k, v, mask) if self.plug is None else self.plug(k, v, mask)
+
+
+class EmbeddingSite(nn.Module):
+    """Identity on the embedding output while empty; invertible adapters plug in here.
+
+    ``forward`` runs after the embedding block; ``inverse`` runs before a language-model head.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adapters = nn.ModuleDict()
+        self.plug: Callable[[Tensor], Tensor] | None = None
+        self.inverse_plug: Callable[[Tensor], Tensor] | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x if self.plug is None else self.plug(x)
+
+    def inverse(self, x: Tensor) -> Tensor:
+        return x if self.inverse_plug is None else self.inverse_plug(x)
+
+
+SITE_CLASSES = (SiteLinear, ResidualSite, PrefixSite, EmbeddingSite)
+
+
+class Site(NamedTuple):
+    """One site of a model: its layer index (``None`` for ``embeddings``), its name and its module."""
+
+    layer: int | None
+    name: str
+    module: nn.Module
+
+
+def find_sites(model: nn.Module) -> Iterator[Site]:
+    """Every site of ``model``: the embedding site, then each layer's sites in attribute order.
+
+    Sites are found by type, never by matching names; a layer site's name is its path inside the layer.
+    """
+    layers = getattr(model, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(f"{type(model).__name__} has no `layers` nn.ModuleList; sites live in model.layers[i].")
+    in_layers = {id(module) for layer in layers for module in layer.modules()}
+    for module in model.modules():
+        if isinstance(module, EmbeddingSite):
+            yield Site(None, "embeddings", module)
+        elif isinstance(module, SITE_CLASSES) and id(module) not in in_layers:
+            raise TypeError(f"{type(module).__name__} found outside model.layers; only EmbeddingSite may live there.")
+    for index, layer in enumerate(layers):
+        for path, module in layer.named_modules():
+            if isinstance(module, EmbeddingSite):
+                raise TypeError(f"EmbeddingSite inside layer {index} at {path!r}; it belongs after the embeddings.")
+            if isinstance(module, SITE_CLASSES):
+                yield Site(index, path, module)

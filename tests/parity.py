@@ -1,0 +1,30 @@
+"""One helper for every comparison against a reference: same weights in, same numbers out."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+ATOL = 1e-5
+
+
+def assert_parity(ours: Tensor, theirs: Tensor, atol: float = ATOL, mask: Tensor | None = None) -> None:
+    """Assert two tensors agree elementwise within ``atol``; ``mask`` (B, T) restricts to real tokens."""
+    assert ours.shape == theirs.shape, f"shape {tuple(ours.shape)} != reference {tuple(theirs.shape)}"
+    ours, theirs = ours.detach().float(), theirs.detach().float()
+    if mask is not None:
+        keep = mask.bool()
+        ours, theirs = ours[keep], theirs[keep]
+    error = (ours - theirs).abs().max().item() if ours.numel() else 0.0
+    assert error <= atol, f"max abs difference {error:.3g} exceeds {atol:.1g}"
+
+
+def padded_batch(vocab_size: int, pad_token_id: int, lengths: tuple[int, ...] = (12, 7, 3),
+                 seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Random token ids, right-padded to the longest length, and their 1/0 attention mask."""
+    generator = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    low = max(pad_token_id, 2) + 1  # keep real tokens off the padding id
+    ids = torch.randint(low, vocab_size, (len(lengths), T), generator=generator)
+    mask = (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return ids.masked_fill(mask == 0, pad_token_id), mask
