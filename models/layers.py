@@ -225,7 +225,7 @@ class QuestionAnsweringHead(nn.Module):
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
-        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, x: Tensor, pooled: Tensor | None) -> Tensor:
         return self.qa_outputs(x)  # (B, T, 2)
@@ -269,6 +269,9 @@ class EncoderConfig:
                              f"num_attention_heads={self.num_attention_heads}.")
         check_choice(name, "hidden_act", self.hidden_act, ACTIVATIONS)
         check_choice(name, "head", self.head, (None, *HEADS))
+        if self.head == "question_answering" and self.num_labels != 2:
+            raise ValueError(f"{name}: a question_answering head predicts span start and end, so num_labels must be "
+                             f"2, got {self.num_labels}.")
         for field in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"):
             if not 0.0 <= getattr(self, field) < 1.0:
                 raise ValueError(f"{name}.{field} must lie in [0, 1), got {getattr(self, field)!r}.")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -99,21 +100,26 @@ class PretrainedEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls: type[Model], path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
-                        **overrides: Any) -> Model:
+                        on_file: Callable[[Path], None] | None = None, **overrides: Any) -> Model:
         """Load a transformers checkpoint directory, or one in our format, into this model class.
 
         ``overrides`` replace config fields, e.g. ``head="sequence_classification", num_labels=3`` to start a
-        classifier from a base checkpoint: weights the checkpoint lacks (head, pooler) keep their fresh
-        initialisation and a warning names them. Any other missing, unexpected or mis-shaped tensor is an error.
+        classifier from a base checkpoint (the pooler follows what that head's transformers class has): weights
+        the checkpoint lacks (head, pooler) keep their fresh initialisation and a warning names them. Any other
+        missing, unexpected or mis-shaped tensor is an error.
+        ``on_file`` is called with each weights file before it is read.
         """
         raw = convert.read_config(path)
         convert.check_model_type(raw, cls.config_class.model_type, cls.__name__)
+        if "head" in overrides and "add_pooling_layer" not in overrides:
+            overrides["add_pooling_layer"] = next((pooler for head, pooler in cls.architectures.values()
+                                                  if head == overrides["head"]), False)
         if convert.is_native(raw):
             config = config_from_dict(cls.config_class, raw["config"], overrides)
         else:
             kwargs = convert.config_kwargs_from_hf(raw, cls.config_class, cls.architectures, cls.required_values)
             config = config_from_dict(cls.config_class, kwargs, overrides)
-        weights = convert.read_weights(path)
+        weights = convert.read_weights(path, on_file)
         model = cls(config)
         expected = {key: tuple(t.shape) for key, t in model.state_dict(keep_vars=True).items()
                     if key not in model.aliases()}

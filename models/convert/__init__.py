@@ -55,16 +55,20 @@ def is_native(config: Mapping[str, Any]) -> bool:
     return "peftcore_format" in config
 
 
-def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Every tensor of a checkpoint directory, whichever of the four HF layouts it uses."""
+def read_weights(path: str | os.PathLike, on_file: Callable[[Path], None] | None = None) -> dict[str, Tensor]:
+    """Every tensor of a checkpoint directory, whichever of the four HF layouts it uses.
+
+    ``on_file`` is called with each weights file before it is read (the CLI prints a progress line).
+    """
     directory = Path(path)
-    if (directory / SAFETENSORS).is_file():
-        return read_safetensors(directory / SAFETENSORS)
-    for index_name, reader in ((SAFETENSORS_INDEX, read_safetensors), (PICKLE_INDEX, read_pickle)):
-        if (directory / index_name).is_file():
-            return read_sharded(directory / index_name, reader)
-    if (directory / PICKLE).is_file():
-        return read_pickle(directory / PICKLE)
+    on_file = on_file or (lambda file: None)
+    for name, reader in ((SAFETENSORS, read_safetensors), (SAFETENSORS_INDEX, read_safetensors),
+                         (PICKLE_INDEX, read_pickle), (PICKLE, read_pickle)):
+        if (directory / name).is_file():
+            if name.endswith(".index.json"):
+                return read_sharded(directory / name, reader, on_file)
+            on_file(directory / name)
+            return reader(directory / name)
     present = sorted(p.name for p in directory.iterdir())
     raise FileNotFoundError(f"{str(directory)!r} has no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX}, "
                             f"{PICKLE} or {PICKLE_INDEX}, found {present}.")
@@ -89,7 +93,8 @@ def read_pickle(file: Path) -> dict[str, Tensor]:
     return state
 
 
-def read_sharded(index_file: Path, reader: Callable[[Path], dict[str, Tensor]]) -> dict[str, Tensor]:
+def read_sharded(index_file: Path, reader: Callable[[Path], dict[str, Tensor]],
+                 on_file: Callable[[Path], None]) -> dict[str, Tensor]:
     try:
         weight_map = json.loads(index_file.read_text())["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
@@ -98,6 +103,7 @@ def read_sharded(index_file: Path, reader: Callable[[Path], dict[str, Tensor]]) 
     for shard in sorted(set(weight_map.values())):
         if not (index_file.parent / shard).is_file():
             raise FileNotFoundError(f"{index_file.name} names shard {shard!r}, which is missing.")
+        on_file(index_file.parent / shard)
         state.update(reader(index_file.parent / shard))
     absent = sorted(set(weight_map) - set(state))
     if absent:
@@ -139,9 +145,8 @@ def config_to_hf(config: Any, model_type: str, architectures: Mapping[str, tuple
     exact = [arch for arch in candidates if architectures[arch][1] == config.add_pooling_layer]
     hf = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in OUR_FIELDS}
     hf.update(model_type=model_type, architectures=[(exact or candidates)[0]])
-    if config.head in ("sequence_classification", "token_classification"):
-        hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(config.num_labels)}
-        hf["label2id"] = {f"LABEL_{i}": i for i in range(config.num_labels)}
+    hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(config.num_labels)}
+    hf["label2id"] = {f"LABEL_{i}": i for i in range(config.num_labels)}
     return hf
 
 

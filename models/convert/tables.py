@@ -70,11 +70,12 @@ ROBERTA = replace(
     copies={"lm_head.decoder.bias": "lm_head.bias"},
 )
 
-# transformers class name -> (our head, whether that class builds the pooler)
+# transformers class name -> (our head, whether that class builds the pooler); the first class of a head is the
+# one a model gets when the user picks that head for a checkpoint of another
 BERT_ARCHITECTURES = {
     "BertModel": (None, True),
-    "BertForPreTraining": ("masked_lm", True),
     "BertForMaskedLM": ("masked_lm", False),
+    "BertForPreTraining": ("masked_lm", True),
     "BertForSequenceClassification": ("sequence_classification", True),
     "BertForTokenClassification": ("token_classification", False),
     "BertForQuestionAnswering": ("question_answering", False),
