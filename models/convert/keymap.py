@@ -167,7 +167,8 @@ def ours_to_hf(keymap: KeyMap, state: Mapping[str, Tensor], config: Any) -> dict
         if isinstance(target, Split):
             joined.setdefault(hf_key, {})[template] = tensor
             if len(joined[hf_key]) == len(target.targets):
-                hf_state[hf_key] = target.join(tuple(joined.pop(hf_key)[t] for t in target.targets), config)
+                parts = joined.pop(hf_key)
+                hf_state[hf_key] = target.join(tuple(parts[t] for t in target.targets), config)
         else:
             hf_state[hf_key] = tensor
     if joined:

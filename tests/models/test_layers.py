@@ -1,0 +1,58 @@
+"""Forward-time input checks and config validation shared by every text encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import BertConfig, BertModel
+
+TINY = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
+            max_position_embeddings=8)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return BertModel(BertConfig(**TINY)).eval()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(input_ids=torch.tensor([[1, 50]])), r"input_ids hold 50, outside the vocabulary \[0, 50\)"),
+    (dict(input_ids=torch.tensor([[1, -3]])), "input_ids hold -3"),
+    (dict(input_ids=torch.ones(1, 9, dtype=torch.long)), "sequence length 9 exceeds the 8 positions"),
+    (dict(input_ids=torch.ones(4, dtype=torch.long)), "must be .batch, tokens."),
+    (dict(input_ids=torch.ones(2, 3, dtype=torch.long), attention_mask=torch.ones(2, 4)), "attention_mask has shape"),
+    (dict(), "exactly one of input_ids and inputs_embeds"),
+    (dict(inputs_embeds=torch.ones(1, 3, 7)), "inputs_embeds has width 7"),
+])
+def test_bad_inputs_are_refused_with_what_to_pass(model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        model(**kwargs)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (dict(hidden_size=15), "not divisible"),
+    (dict(num_hidden_layers=0), "num_hidden_layers must be a positive int"),
+    (dict(hidden_act="nope"), "hidden_act='nope' is not supported"),
+    (dict(head="summarization"), "head='summarization' is not supported"),
+    (dict(hidden_dropout_prob=1.5), r"hidden_dropout_prob must lie in \[0, 1\)"),
+    (dict(pad_token_id=50), "pad_token_id=50 lies outside the vocabulary"),
+    (dict(head="question_answering", num_labels=3), "num_labels must be 2"),
+])
+def test_invalid_configs_name_the_field(change, message):
+    with pytest.raises(ValueError, match=message):
+        BertConfig(**{**TINY, **change})
+
+
+def test_model_refuses_a_config_of_another_architecture():
+    from models import RobertaConfig
+    with pytest.raises(TypeError, match="BertModel takes a BertConfig"):
+        BertModel(RobertaConfig(**TINY))
+
+
+def test_dropout_is_active_in_training_and_off_in_eval(model):
+    ids = torch.randint(0, 50, (2, 8))
+    model.train()
+    assert not torch.equal(model(input_ids=ids).last_hidden_state, model(input_ids=ids).last_hidden_state)
+    model.eval()
+    assert torch.equal(model(input_ids=ids).last_hidden_state, model(input_ids=ids).last_hidden_state)
