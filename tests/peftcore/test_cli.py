@@ -1,0 +1,52 @@
+"""The ``peftcore`` command: convert both ways, info, embed, and errors as exit code 1 with a message."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers as tf
+
+from models import BertModel
+from peftcore.cli import main
+from tests.conftest import SMALL
+
+
+@pytest.fixture
+def bert_mlm(hf_checkpoint):
+    return hf_checkpoint(tf.BertForMaskedLM, tf.BertConfig(**SMALL))
+
+
+def test_convert_to_peftcore_and_back_gives_transformers_the_same_model(bert_mlm, tmp_path, capsys):
+    directory, theirs = bert_mlm
+    assert main(["convert", str(directory), str(tmp_path / "ours")]) == 0
+    assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "back")]) == 0
+    printed = capsys.readouterr().out
+    assert "reading" in printed and "wrote" in printed and "converted hf -> peftcore" in printed
+    assert "converted peftcore -> hf" in printed and "parameters" in printed
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["peftcore_format"] == 1
+    reloaded = tf.BertForMaskedLM.from_pretrained(tmp_path / "back").eval()
+    ids = torch.randint(1, SMALL["vocab_size"], (2, 7))
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=ids).logits, theirs(input_ids=ids).logits, atol=1e-6)
+
+
+def test_info_reports_architecture_sizes_and_parameter_count(bert_mlm, capsys):
+    directory, _ = bert_mlm
+    assert main(["info", str(directory)]) == 0
+    printed = capsys.readouterr().out
+    count = sum(p.numel() for p in BertModel.from_pretrained(directory).parameters())
+    assert "bert (BertModel), head: masked_lm" in printed and f"{count:,}" in printed
+    assert "2 layers, hidden 64, 4 heads" in printed
+
+
+def test_embed_prints_embeddings_and_cosine_similarity(minilm_checkpoint, capsys):
+    assert main(["embed", "--model", str(minilm_checkpoint), "a cat sits", "a kitten sits"]) == 0
+    printed = capsys.readouterr().out
+    assert "embedding[384]" in printed and "cosine similarity (0, 1) = 0." in printed
+
+
+def test_errors_exit_1_with_a_message_not_a_traceback(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "missing")]) == 1
+    assert "peftcore info: error:" in capsys.readouterr().err

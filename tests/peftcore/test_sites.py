@@ -1,0 +1,106 @@
+"""The site protocol: every model exposes exactly SITE_NAMES, empty sites cost nothing and change nothing,
+and a researcher's own model gets sites by building from the site classes."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import MODEL_CLASSES
+from peftcore.sites import SITE_NAMES, EmbeddingSite, PrefixSite, ResidualSite, SiteLinear, find_sites
+
+TINY = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24)
+
+
+@pytest.mark.parametrize("model_type", sorted(MODEL_CLASSES))
+def test_every_model_exposes_exactly_the_site_names(model_type):
+    cls = MODEL_CLASSES[model_type]
+    model = cls(cls.config_class(**TINY))
+    counts = Counter(site.name for site in find_sites(model))
+    assert set(counts) == set(SITE_NAMES)
+    assert counts["embeddings"] == 1
+    assert all(counts[name] == TINY["num_hidden_layers"] for name in SITE_NAMES if name != "embeddings")
+
+
+@pytest.mark.parametrize("model_type", sorted(MODEL_CLASSES))
+def test_site_paths_are_the_site_names_so_base_keys_are_unchanged(model_type):
+    cls = MODEL_CLASSES[model_type]
+    model = cls(cls.config_class(**TINY))
+    for site in find_sites(model):
+        if site.layer is not None:
+            assert model.get_submodule(f"layers.{site.layer}.{site.name}") is site.module
+
+
+def test_empty_site_linear_is_exactly_nn_linear():
+    torch.manual_seed(0)
+    site, x = SiteLinear(8, 5), torch.randn(3, 8)
+    assert torch.equal(site(x), F.linear(x, site.weight, site.bias))
+    assert list(site.state_dict()) == ["weight", "bias"]
+
+
+def test_empty_residual_prefix_and_embedding_sites_are_identities():
+    h, residual, norm = torch.randn(2, 3, 4), torch.randn(2, 3, 4), nn.LayerNorm(4)
+    assert torch.equal(ResidualSite(norm)(h, residual), norm(h + residual))
+    assert torch.equal(ResidualSite(None)(h, residual), h + residual)
+    k, v, mask = torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4), torch.zeros(2, 1, 1, 3)
+    assert all(a is b for a, b in zip(PrefixSite()(k, v, mask), (k, v, mask), strict=True))
+    assert EmbeddingSite()(h) is h and EmbeddingSite().inverse(h) is h
+
+
+def test_a_plug_receives_input_and_base_output_and_is_not_registered():
+    site, x = SiteLinear(4, 4), torch.randn(2, 4)
+    site.plug = lambda x, y: y * 2
+    assert torch.allclose(site(x), 2 * F.linear(x, site.weight, site.bias))
+    assert list(site.state_dict()) == ["weight", "bias"]
+
+
+class TinyBlock(nn.Module):
+    """A researcher's own Transformer layer: the site classes under the site names are all it takes."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.attn = nn.Module()
+        self.attn.q, self.attn.k, self.attn.v = (SiteLinear(width, width) for _ in range(3))
+        self.attn.prefix = PrefixSite()
+        self.attn.residual = ResidualSite(nn.LayerNorm(width))
+        self.ffn = nn.Module()
+        self.ffn.intermediate, self.ffn.output = SiteLinear(width, 2 * width), SiteLinear(2 * width, width)
+        self.ffn.residual = ResidualSite(nn.LayerNorm(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (proj(x)[:, None] for proj in (self.attn.q, self.attn.k, self.attn.v))
+        k, v, mask = self.attn.prefix(k, v, torch.zeros(x.shape[0], 1, 1, x.shape[1]))
+        x = self.attn.residual(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)[:, 0], x)
+        return self.ffn.residual(self.ffn.output(F.gelu(self.ffn.intermediate(x))), x)
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self, width: int = 8, depth: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, width)
+        self.site = EmbeddingSite()
+        self.layers = nn.ModuleList(TinyBlock(width) for _ in range(depth))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.site(self.embed(ids))
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_a_custom_model_built_from_site_classes_has_every_site():
+    model = TinyTransformer()
+    counts = Counter(site.name for site in find_sites(model))
+    assert counts == Counter({"embeddings": 1, **{name: 2 for name in SITE_NAMES[1:]}})
+    assert model(torch.tensor([[1, 2, 3]])).shape == (1, 3, 8)
+
+
+def test_a_site_outside_the_layers_is_refused():
+    model = TinyTransformer()
+    model.stray = SiteLinear(2, 2)
+    with pytest.raises(TypeError, match="outside model.layers"):
+        list(find_sites(model))
