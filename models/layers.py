@@ -166,7 +166,11 @@ class Pooler(nn.Module):
 
 
 class MaskedLMHead(nn.Module):
-    """dense -> activation -> LayerNorm -> decoder onto the vocabulary (tied to the word embeddings by default)."""
+    """dense -> activation -> LayerNorm -> decoder onto the vocabulary (tied to the word embeddings by default).
+
+    The model runs the inverse embedding site between ``transform`` and ``decoder``, where invertible
+    adapters undo their embedding transform (AdapterHub's pre-hook on the output embeddings).
+    """
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
@@ -175,8 +179,11 @@ class MaskedLMHead(nn.Module):
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
 
+    def transform(self, x: Tensor) -> Tensor:
+        return self.norm(self.act(self.dense(x)))
+
     def forward(self, x: Tensor, pooled: Tensor | None) -> Tensor:
-        return self.decoder(self.norm(self.act(self.dense(x))))  # (B, T, V)
+        return self.decoder(self.transform(x))  # (B, T, V)
 
 
 class PooledClassificationHead(nn.Module):

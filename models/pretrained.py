@@ -62,13 +62,15 @@ class PretrainedEncoder(nn.Module):
             nn.init.zeros_(module.bias)
 
     def finish(self, x: Tensor, hidden_states: list[Tensor] | None, attentions: list[Tensor] | None) -> EncoderOutput:
-        """Pooler and head on the last hidden state; a masked-LM head reads it through the inverse embedding site."""
+        """Pooler and head on the last hidden state; a masked-LM head decodes through the inverse embedding site."""
         pooled = self.pooler(x) if self.pooler is not None else None
         out = EncoderOutput(x, pooled, tuple(hidden_states) if hidden_states is not None else None,
                             tuple(attentions) if attentions is not None else None)
         if self.head is not None:
-            head_input = self.embeddings.site.inverse(x) if isinstance(self.head, MaskedLMHead) else x
-            out.logits = self.head(head_input, pooled)
+            if isinstance(self.head, MaskedLMHead):
+                out.logits = self.head.decoder(self.embeddings.site.inverse(self.head.transform(x)))
+            else:
+                out.logits = self.head(x, pooled)
             if isinstance(self.head, QuestionAnsweringHead):
                 out.start_logits, out.end_logits = (t.squeeze(-1).contiguous() for t in out.logits.split(1, dim=-1))
         return out
