@@ -8,7 +8,6 @@ Axis legend, used in every shape comment and einops pattern of this package:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,19 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftcore.sites import EmbeddingSite, PrefixSite, ResidualSite, SiteLinear
-
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
-    "gelu": F.gelu,
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
-    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-    "tanh": torch.tanh,
-}
+from peftcore.sites import ACTIVATIONS, EmbeddingSite, PrefixSite, ResidualSite, SiteLinear
 
 HEADS = ("masked_lm", "sequence_classification", "token_classification", "question_answering")
 
