@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftcore.sites import ACTIVATIONS, EmbeddingSite, PrefixSite, ResidualSite, SiteLinear
+from peftcore.sites import ACTIVATIONS, EmbeddingSite, LMHead, PrefixSite, ResidualSite, SiteLinear
 
-HEADS = ("masked_lm", "sequence_classification", "token_classification", "question_answering")
+HEADS = ("masked_lm", "sequence_classification", "token_classification", "question_answering",
+         "image_classification")
 
 
 def check_choice(owner: str, field: str, value: object, choices: tuple | dict) -> None:
@@ -76,13 +77,14 @@ class Embeddings(nn.Module):
 class SelfAttention(nn.Module):
     """Multi-head scaled dot-product attention with its q/k/v, prefix and residual sites."""
 
-    def __init__(self, hidden_size: int, num_heads: int, dropout: float, residual_norm: nn.Module | None) -> None:
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float, residual_norm: nn.Module | None,
+                 qkv_bias: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.dropout_p = dropout
-        self.q = SiteLinear(hidden_size, hidden_size)  # site attn.q
-        self.k = SiteLinear(hidden_size, hidden_size)  # site attn.k
-        self.v = SiteLinear(hidden_size, hidden_size)  # site attn.v
+        self.q = SiteLinear(hidden_size, hidden_size, qkv_bias)  # site attn.q
+        self.k = SiteLinear(hidden_size, hidden_size, qkv_bias)  # site attn.k
+        self.v = SiteLinear(hidden_size, hidden_size, qkv_bias)  # site attn.v
         self.prefix = PrefixSite()  # site attn.prefix
         self.out = nn.Linear(hidden_size, hidden_size)
         self.residual = ResidualSite(residual_norm)  # site attn.residual (applied by the layer)
@@ -152,25 +154,18 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(x[:, 0]))  # (B, C)
 
 
-class MaskedLMHead(nn.Module):
-    """dense -> activation -> LayerNorm -> decoder onto the vocabulary (tied to the word embeddings by default).
-
-    The model runs the inverse embedding site between ``transform`` and ``decoder``, where invertible
-    adapters undo their embedding transform (AdapterHub's pre-hook on the output embeddings).
-    """
+class MaskedLMHead(LMHead):
+    """dense -> activation -> LayerNorm -> decoder onto the vocabulary (tied to the word embeddings by default)."""
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.embedding_width)
         self.act = ACTIVATIONS[config.hidden_act]
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.norm = nn.LayerNorm(config.embedding_width, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.embedding_width, config.vocab_size)
 
     def transform(self, x: Tensor) -> Tensor:
-        return self.norm(self.act(self.dense(x)))
-
-    def forward(self, x: Tensor, pooled: Tensor | None) -> Tensor:
-        return self.decoder(self.transform(x))  # (B, T, V)
+        return self.norm(self.act(self.dense(x)))  # (B, T, C); the decoder makes it (B, T, V)
 
 
 class PooledClassificationHead(nn.Module):
@@ -216,6 +211,8 @@ class TokenClassificationHead(nn.Module):
 
 class QuestionAnsweringHead(nn.Module):
     """A linear layer giving each token a span-start and a span-end logit."""
+
+    predicts_spans = True
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
@@ -272,6 +269,11 @@ class EncoderConfig:
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"{name}.pad_token_id={self.pad_token_id} lies outside the vocabulary "
                              f"(vocab_size={self.vocab_size}).")
+
+    @property
+    def embedding_width(self) -> int:
+        """Width of the word embeddings and of a tied LM decoder: hidden_size unless a model says otherwise."""
+        return self.hidden_size
 
     @property
     def classifier_dropout_prob(self) -> float:

@@ -15,12 +15,13 @@ from torch import Tensor, nn
 
 from models import convert
 from models.convert.keymap import ConversionError, KeyMap, hf_to_ours, ours_to_hf, report
-from models.layers import EncoderConfig, EncoderOutput, MaskedLMHead, QuestionAnsweringHead
+from models.layers import EncoderConfig, EncoderOutput, MaskedLMHead
+from peftcore.model import AdapterModelMixin
 
 Model = TypeVar("Model", bound="PretrainedEncoder")
 
 
-class PretrainedEncoder(nn.Module):
+class PretrainedEncoder(AdapterModelMixin, nn.Module):
     """Base class of every model: subclasses set the class attributes and build their modules.
 
     Subclasses define ``embeddings`` (ending in an EmbeddingSite), ``layers``, ``pooler`` (or None) and
@@ -38,6 +39,7 @@ class PretrainedEncoder(nn.Module):
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}.")
         self.config = config
+        self.init_adapters()
 
     def build_head(self) -> nn.Module | None:
         """The configured head, tied to the word embeddings when it is a masked-LM head and the config says so."""
@@ -62,17 +64,14 @@ class PretrainedEncoder(nn.Module):
             nn.init.zeros_(module.bias)
 
     def finish(self, x: Tensor, hidden_states: list[Tensor] | None, attentions: list[Tensor] | None) -> EncoderOutput:
-        """Pooler and head on the last hidden state; a masked-LM head decodes through the inverse embedding site."""
+        """Pooler and head on the last hidden state: the active adapter head if any, else the model's own head."""
         pooled = self.pooler(x) if self.pooler is not None else None
         out = EncoderOutput(x, pooled, tuple(hidden_states) if hidden_states is not None else None,
                             tuple(attentions) if attentions is not None else None)
-        if self.head is not None:
-            if isinstance(self.head, MaskedLMHead):
-                out.logits = self.head.decoder(self.embeddings.site.inverse(self.head.transform(x)))
-            else:
-                out.logits = self.head(x, pooled)
-            if isinstance(self.head, QuestionAnsweringHead):
-                out.start_logits, out.end_logits = (t.squeeze(-1).contiguous() for t in out.logits.split(1, dim=-1))
+        head = self.current_head(self.head)
+        out.logits = self.run_head(head, x, pooled)
+        if getattr(head, "predicts_spans", False):
+            out.start_logits, out.end_logits = (t.squeeze(-1).contiguous() for t in out.logits.split(1, dim=-1))
         return out
 
     def check_ids(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None,
@@ -84,9 +83,9 @@ class PretrainedEncoder(nn.Module):
         if len(shape) != 2:
             raise ValueError(f"input_ids must be (batch, tokens), got shape {shape}; add a batch dimension with "
                              "unsqueeze(0) for a single sequence.")
-        if inputs_embeds is not None and inputs_embeds.shape[-1] != self.config.hidden_size:
-            raise ValueError(f"inputs_embeds has width {inputs_embeds.shape[-1]}, the model's hidden_size is "
-                             f"{self.config.hidden_size}.")
+        if inputs_embeds is not None and inputs_embeds.shape[-1] != self.config.embedding_width:
+            raise ValueError(f"inputs_embeds has width {inputs_embeds.shape[-1]}, the model's embeddings have "
+                             f"{self.config.embedding_width}.")
         for name, tensor in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if tensor is not None and tuple(tensor.shape) != shape:
                 raise ValueError(f"{name} has shape {tuple(tensor.shape)}, input_ids has {shape}; they must match.")
@@ -123,8 +122,7 @@ class PretrainedEncoder(nn.Module):
             config = config_from_dict(cls.config_class, kwargs, overrides)
         weights = convert.read_weights(path, on_file)
         model = cls(config)
-        expected = {key: tuple(t.shape) for key, t in model.state_dict(keep_vars=True).items()
-                    if key not in model.aliases()}
+        expected = {key: tuple(t.shape) for key, t in model.base_state_dict().items()}
         if convert.is_native(raw):
             state = check_native(weights, expected, cls.__name__)
         else:
@@ -136,16 +134,27 @@ class PretrainedEncoder(nn.Module):
         model.load_state_dict(state, strict=False)
         return model.to(dtype)
 
+    def head_state_from_hf(self, hf_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """An HF task head's tensors (e.g. AdapterHub's static head file) in our ``head.*`` key names."""
+        if self.head is None:
+            raise ValueError(f"the file holds a {self.config.model_type} task head but this model has none; load the "
+                             "checkpoint with head=... first.")
+        expected = {key: tuple(t.shape) for key, t in self.base_state_dict().items() if key.startswith("head.")}
+        converted = hf_to_ours(self.keymap, hf_state, expected, self.aliases(), self.config, type(self).__name__)
+        if converted.newly_initialized:
+            raise ConversionError(f"the head file lacks {converted.newly_initialized}.")
+        return converted.state
+
     def aliases(self) -> set[str]:
         """State-dict keys that name a parameter already listed under another key (tied weights)."""
         unique = {name for name, _ in self.named_parameters()} | {name for name, _ in self.named_buffers()}
         return set(self.state_dict(keep_vars=True)) - unique
 
     def base_state_dict(self) -> dict[str, Tensor]:
-        """The model's own tensors, each once: no tied aliases, and no PEFT method modules attached to sites."""
+        """The model's own tensors, each once: no tied aliases, no adapter modules, no adapter heads."""
         aliases = self.aliases()
         return {key: t for key, t in self.state_dict().items()
-                if key not in aliases and ".adapters." not in f".{key}"}
+                if key not in aliases and ".adapters." not in f".{key}" and not key.startswith("heads.")}
 
     def save_pretrained(self, path: str | os.PathLike, *, format: str = "hf") -> None:
         """Write the model as a checkpoint directory: ``format="hf"`` for transformers, ``"peftcore"`` for ours."""

@@ -41,6 +41,25 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "linear": lambda x: x,
 }
 
+
+
+class Activation(nn.Module):
+    """A named activation of ``ACTIVATIONS`` as a module, for use inside nn.Sequential."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        if name.lower() not in ACTIVATIONS:
+            raise ValueError(f"activation {name!r} is not known; use one of {sorted(ACTIVATIONS)}.")
+        self.name = name
+        self.fn = ACTIVATIONS[name.lower()]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
 SITE_NAMES = (
     "embeddings",
     "attn.q",
@@ -121,15 +140,29 @@ class EmbeddingSite(nn.Module):
         return x if self.inverse_plug is None else self.inverse_plug(x)
 
 
+class LMHead(nn.Module):
+    """Base of language-model heads: ``decoder(transform(x))``. The model runs its embedding site's inverse
+    between the two, where invertible adapters undo their embedding transform."""
+
+    decoder: nn.Linear
+
+    def transform(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, pooled: Tensor | None = None) -> Tensor:
+        return self.decoder(self.transform(x))
+
+
 SITE_CLASSES = (SiteLinear, ResidualSite, PrefixSite, EmbeddingSite)
 
 
 class Site(NamedTuple):
-    """One site of a model: its layer index (``None`` for ``embeddings``), its name and its module."""
+    """One site of a model: layer index (``None`` for ``embeddings``), site name, module, and path in the model."""
 
     layer: int | None
     name: str
     module: nn.Module
+    path: str
 
 
 def find_sites(model: nn.Module) -> Iterator[Site]:
@@ -141,9 +174,9 @@ def find_sites(model: nn.Module) -> Iterator[Site]:
     if not isinstance(layers, nn.ModuleList):
         raise TypeError(f"{type(model).__name__} has no `layers` nn.ModuleList; sites live in model.layers[i].")
     in_layers = {id(module) for layer in layers for module in layer.modules()}
-    for module in model.modules():
+    for path, module in model.named_modules():
         if isinstance(module, EmbeddingSite):
-            yield Site(None, "embeddings", module)
+            yield Site(None, "embeddings", module, path)
         elif isinstance(module, SITE_CLASSES) and id(module) not in in_layers:
             raise TypeError(f"{type(module).__name__} found outside model.layers; only EmbeddingSite may live there.")
     for index, layer in enumerate(layers):
@@ -151,4 +184,4 @@ def find_sites(model: nn.Module) -> Iterator[Site]:
             if isinstance(module, EmbeddingSite):
                 raise TypeError(f"EmbeddingSite inside layer {index} at {path!r}; it belongs after the embeddings.")
             if isinstance(module, SITE_CLASSES):
-                yield Site(index, path, module)
+                yield Site(index, path, module, f"layers.{index}.{path}")

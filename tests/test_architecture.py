@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ALLOWED_FROM_PEFTCORE = {"peftcore.sites", "peftcore.model"}
+ALLOWED_FROM_PEFTCORE = {"peftcore.sites", "peftcore.model", "peftcore.io"}
 REFERENCES = {"transformers", "adapters", "peft", "sentence_transformers"}
 
 

@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from models.convert.keymap import ConversionError, KeyMap
 from models.convert.tables import GENERIC_FIELDS
+from peftcore.io import atomic_directory_write, read_pickle, read_safetensors, write_json, write_safetensors
 
 NATIVE_FORMAT = 1  # version written into our config.json as "peftcore_format"
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -72,25 +67,6 @@ def read_weights(path: str | os.PathLike, on_file: Callable[[Path], None] | None
     present = sorted(p.name for p in directory.iterdir())
     raise FileNotFoundError(f"{str(directory)!r} has no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX}, "
                             f"{PICKLE} or {PICKLE_INDEX}, found {present}.")
-
-
-def read_safetensors(file: Path) -> dict[str, Tensor]:
-    try:
-        return load_file(file)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"{file} is not a readable safetensors file (truncated or corrupt?): {error}") from error
-
-
-def read_pickle(file: Path) -> dict[str, Tensor]:
-    """A pytorch_model.bin, read with weights_only=True: a file carrying code is refused, never run."""
-    try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        raise ValueError(f"{file} could not be read as a weights-only PyTorch file (corrupt, truncated, or it "
-                         f"holds objects other than tensors): {error}") from error
-    if not isinstance(state, dict) or not all(isinstance(t, Tensor) for t in state.values()):
-        raise ValueError(f"{file} does not hold a flat dict of tensors.")
-    return state
 
 
 def read_sharded(index_file: Path, reader: Callable[[Path], dict[str, Tensor]],
@@ -162,26 +138,11 @@ def check_model_type(config: Mapping[str, Any], model_type: str, class_name: str
                               f"{config['model_type']!r}.")
 
 
-@contextmanager
-def atomic_directory_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Write files into a temporary sibling directory, then move each into ``path`` by rename.
-
-    A crash mid-write leaves whatever ``path`` held before untouched.
-    """
-    target = Path(path)
-    target.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.tmp") as scratch:
-        yield Path(scratch)
-        for file in sorted(Path(scratch).iterdir()):
-            os.replace(file, target / file.name)
-
-
 def write_checkpoint(path: str | os.PathLike, config: Mapping[str, Any], state: Mapping[str, Tensor]) -> None:
     """config.json + model.safetensors, written atomically. Tensors are made contiguous, as safetensors needs."""
     with atomic_directory_write(path) as scratch:
-        save_file({key: t.detach().contiguous() for key, t in state.items()}, scratch / SAFETENSORS,
-                  metadata={"format": "pt"})
-        (scratch / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_safetensors(scratch / SAFETENSORS, state)
+        write_json(scratch / "config.json", config)
 
 
 __all__ = ["ConversionError", "KeyMap", "check_model_type", "config_kwargs_from_hf", "config_to_hf", "is_native",

@@ -49,6 +49,8 @@ class KeyMap:
         leaf_aliases: old names of a key's last segment (TF-converted checkpoints' LayerNorm gamma/beta).
         init_if_missing: our key prefixes a checkpoint may lack; they keep their fresh initialisation (a new
             head, a pooler the checkpoint was saved without). Any other missing key is an error.
+        site_paths: site name -> the module path (``{i}`` for the layer) where AdapterHub and PEFT attach the
+            method modules of that site in this architecture; their adapter files name keys after it.
     """
 
     prefix: str
@@ -57,6 +59,7 @@ class KeyMap:
     copies: Mapping[str, str] = field(default_factory=dict)
     leaf_aliases: Mapping[str, str] = field(default_factory=lambda: {"gamma": "weight", "beta": "bias"})
     init_if_missing: tuple[str, ...] = ("pooler.", "head.")
+    site_paths: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for head in (None, *self.heads):  # a table that maps two HF keys to one of ours fails at import

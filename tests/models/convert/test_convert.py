@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers as tf
 
-import models.convert
+import peftcore.io
 from models import BertModel, RobertaModel, from_pretrained
 from models.convert import ConversionError
 from tests.conftest import SMALL
@@ -129,7 +129,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint_intact(bert_dir, monkey
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models.convert, "save_file", crash)
+    monkeypatch.setattr(peftcore.io, "save_file", crash)
     with torch.no_grad():
         model.embeddings.word.weight.add_(1.0)
     with pytest.raises(KeyboardInterrupt):

@@ -1,0 +1,325 @@
+"""Adapter configs: frozen dataclasses with AdapterHub's (``adapters`` 1.3.0) field names and defaults, the one
+string registry (``"seq_bn"``, ``"pfeiffer+inv"``, ...) and the ``"name[key=value,...]"`` override syntax.
+
+A config's ``to_dict()`` is AdapterHub's: every field, plus ``"architecture"`` for the methods that AdapterHub
+serialises it for (bottleneck configs have none). ``from_dict`` is strict: an unknown key is an error.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from peftcore.sites import ACTIVATIONS
+
+Config = TypeVar("Config", bound="AdapterConfigBase")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterConfigBase:
+    """Base of every method config. Subclasses validate their fields in ``__post_init__``."""
+
+    architecture: ClassVar[str | None] = None  # AdapterHub's method tag in adapter_config.json
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready (tuples as lists), in AdapterHub's layout."""
+        data = {f.name: to_json(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return data if self.architecture is None else {"architecture": self.architecture, **data}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AdapterConfigBase:
+        """The config a dict describes; its ``"architecture"`` picks the class (none: bottleneck)."""
+        data = dict(data)
+        architecture = data.pop("architecture", None)
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"adapter architecture {architecture!r} is not known; known: "
+                             f"{sorted(str(a) for a in ARCHITECTURES)}.")
+        config_class = ARCHITECTURES[architecture]
+        valid = {f.name for f in dataclasses.fields(config_class)}
+        unknown = sorted(set(data) - valid)
+        if unknown:
+            raise ValueError(f"{config_class.__name__} has no field(s) {unknown}; valid fields: {sorted(valid)}.")
+        return config_class(**data)
+
+    def replace(self: Config, **changes: Any) -> Config:
+        """A copy with ``changes`` applied (and validated); an unknown field is an error."""
+        valid = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - valid)
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has no field(s) {unknown}; valid fields: {sorted(valid)}.")
+        return dataclasses.replace(self, **changes)
+
+    @staticmethod
+    def load(config: str | Mapping[str, Any] | AdapterConfigBase, **overrides: Any) -> AdapterConfigBase:
+        """A config from a registry name (with optional ``[k=v]`` overrides), a dict, or a config; then
+        ``overrides`` (None values are ignored, as in AdapterHub)."""
+        if isinstance(config, str):
+            config = parse(config)
+        elif isinstance(config, Mapping):
+            config = AdapterConfigBase.from_dict(config)
+        elif not isinstance(config, AdapterConfigBase):
+            raise TypeError(f"an adapter config is a name, a dict or a config object, got {type(config).__name__}.")
+        overrides = {key: value for key, value in overrides.items() if value is not None}
+        return config.replace(**overrides) if overrides else config
+
+
+def to_json(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: to_json(v) for k, v in value.items()}
+    return value
+
+
+def check_type(owner: str, name: str, value: Any, types: type | tuple[type, ...], hint: str) -> None:
+    """Raise a TypeError naming the field when ``value`` is not of ``types`` (bools are not numbers here)."""
+    is_bool = isinstance(value, bool)
+    accepts_bool = bool in (types if isinstance(types, tuple) else (types,))
+    if not isinstance(value, types) or (is_bool and not accepts_bool):
+        raise TypeError(f"{owner}.{name} must be {hint}, got {value!r}.")
+
+
+def check_positive_number(owner: str, name: str, value: Any) -> None:
+    check_type(owner, name, value, (int, float), "a positive number")
+    if value <= 0:
+        raise ValueError(f"{owner}.{name} must be positive, got {value!r}.")
+
+
+def check_in(owner: str, name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{owner}.{name}={value!r} is not supported; use one of {list(choices)}.")
+
+
+def check_leave_out(owner: str, leave_out: Any) -> tuple[int, ...]:
+    check_type(owner, "leave_out", leave_out, (tuple, list), "a list of layer indices")
+    for index in leave_out:
+        check_type(owner, "leave_out", index, int, "a list of non-negative layer indices")
+        if index < 0:
+            raise ValueError(f"{owner}.leave_out holds {index}; layer indices are non-negative.")
+    return tuple(leave_out)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BnConfig(AdapterConfigBase):
+    """Bottleneck adapter (Houlsby et al., 2019; Pfeiffer et al., 2020): AdapterHub's BnConfig, field for field.
+
+    ``reduction_factor`` may map layer indices (as strings) and ``"default"`` to factors. Bottleneck width is
+    ``max(1, int(hidden_size // reduction_factor))``. The ``phm_*`` fields configure Compacter's PHM layers.
+    """
+
+    mh_adapter: bool
+    output_adapter: bool
+    reduction_factor: float | Mapping[str, float]
+    non_linearity: str
+    original_ln_before: bool = False
+    original_ln_after: bool = True
+    residual_before_ln: bool | str = True
+    adapter_residual_before_ln: bool = False
+    ln_before: bool = False
+    ln_after: bool = False
+    init_weights: str = "bert"
+    init_weights_seed: int | None = None
+    is_parallel: bool = False
+    scaling: float | str = 1.0
+    use_gating: bool = False
+    inv_adapter: str | None = None
+    inv_adapter_reduction_factor: float | None = None
+    cross_adapter: bool = False
+    leave_out: tuple[int, ...] = ()
+    dropout: float = 0.0
+    phm_layer: bool = False
+    phm_dim: int = 4
+    factorized_phm_W: bool = True
+    shared_W_phm: bool = False
+    shared_phm_rule: bool = True
+    factorized_phm_rule: bool = False
+    phm_c_init: str = "normal"
+    phm_init_range: float = 0.0001
+    learn_phm: bool = True
+    hypercomplex_nonlinearity: str = "glorot-uniform"
+    phm_rank: int = 1
+    phm_bias: bool = True
+    stochastic_depth: float = 0.0
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for flag in ("mh_adapter", "output_adapter", "original_ln_before", "original_ln_after",
+                     "adapter_residual_before_ln", "ln_before", "ln_after", "is_parallel", "use_gating",
+                     "cross_adapter", "phm_layer", "learn_phm", "phm_bias"):
+            check_type(name, flag, getattr(self, flag), bool, "True or False")
+        if isinstance(self.reduction_factor, Mapping):
+            for key, factor in self.reduction_factor.items():
+                if not (key == "default" or str(key).isdigit()):
+                    raise ValueError(f"{name}.reduction_factor keys are layer indices or 'default', got {key!r}.")
+                check_positive_number(name, f"reduction_factor[{key!r}]", factor)
+            object.__setattr__(self, "reduction_factor", {str(k): v for k, v in self.reduction_factor.items()})
+        else:
+            check_positive_number(name, "reduction_factor", self.reduction_factor)
+        check_in(name, "non_linearity", self.non_linearity.lower() if isinstance(self.non_linearity, str) else
+                 self.non_linearity, tuple(ACTIVATIONS))
+        check_in(name, "residual_before_ln", self.residual_before_ln, (True, False, "post_add"))
+        check_in(name, "init_weights", self.init_weights, ("bert", "mam_adapter", "houlsby"))
+        if isinstance(self.scaling, int) and not isinstance(self.scaling, bool):
+            object.__setattr__(self, "scaling", float(self.scaling))
+        if not isinstance(self.scaling, float):
+            check_in(name, "scaling", self.scaling, ("learned", "channel"))
+        check_in(name, "inv_adapter", self.inv_adapter, (None, "nice", "glow"))
+        if self.inv_adapter is not None:
+            check_positive_number(name, "inv_adapter_reduction_factor", self.inv_adapter_reduction_factor)
+        if self.cross_adapter:
+            raise ValueError(f"{name}.cross_adapter=True places an adapter after decoder cross-attention; "
+                             "peftcore's encoders have none. Use mh_adapter or output_adapter.")
+        if not (self.mh_adapter or self.output_adapter or self.inv_adapter):
+            raise ValueError(f"{name} places nothing: set mh_adapter, output_adapter or inv_adapter.")
+        object.__setattr__(self, "leave_out", check_leave_out(name, self.leave_out))
+        for rate in ("dropout", "stochastic_depth"):
+            check_type(name, rate, getattr(self, rate), (int, float), "a probability in [0, 1)")
+            if not 0.0 <= getattr(self, rate) < 1.0:
+                raise ValueError(f"{name}.{rate} must lie in [0, 1), got {getattr(self, rate)!r}.")
+        if self.init_weights_seed is not None:
+            check_type(name, "init_weights_seed", self.init_weights_seed, int, "an int or None")
+        if self.phm_layer:
+            raise ValueError(f"{name}.phm_layer=True (Compacter) is not available yet; it lands with the PHM layer "
+                             "(issue 5). Use phm_layer=False.")
+
+    def reduction_for(self, layer: int) -> float:
+        """The reduction factor of ``layer``: its own entry, else ``"default"`` (AdapterHub's lookup)."""
+        if not isinstance(self.reduction_factor, Mapping):
+            return self.reduction_factor
+        factor = self.reduction_factor.get(str(layer), self.reduction_factor.get("default"))
+        if factor is None:
+            raise ValueError(f"reduction_factor {dict(self.reduction_factor)} has no entry for layer {layer} and no "
+                             "'default'; add one.")
+        return factor
+
+
+AdapterConfig = BnConfig  # AdapterHub's older name for the bottleneck config
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeqBnConfig(BnConfig):
+    """Pfeiffer et al. (2020), https://arxiv.org/abs/2005.00247: one adapter after the FFN; AdapterHub's default."""
+
+    mh_adapter: bool = False
+    output_adapter: bool = True
+    reduction_factor: float | Mapping[str, float] = 16
+    non_linearity: str = "relu"
+    original_ln_before: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class DoubleSeqBnConfig(BnConfig):
+    """Houlsby et al. (2019), https://arxiv.org/abs/1902.00751: adapters after attention and after the FFN."""
+
+    mh_adapter: bool = True
+    output_adapter: bool = True
+    reduction_factor: float | Mapping[str, float] = 16
+    non_linearity: str = "swish"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParBnConfig(BnConfig):
+    """He et al. (2021), https://arxiv.org/abs/2110.04366: an adapter parallel to the FFN, scaled by 4."""
+
+    mh_adapter: bool = False
+    output_adapter: bool = True
+    reduction_factor: float | Mapping[str, float] = 2
+    non_linearity: str = "relu"
+    init_weights: str = "mam_adapter"
+    is_parallel: bool = True
+    scaling: float | str = 4.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeqBnInvConfig(SeqBnConfig):
+    """SeqBn plus a NICE invertible adapter on the embeddings (MAD-X's language adapter)."""
+
+    inv_adapter: str | None = "nice"
+    inv_adapter_reduction_factor: float | None = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class DoubleSeqBnInvConfig(DoubleSeqBnConfig):
+    """DoubleSeqBn plus a NICE invertible adapter on the embeddings."""
+
+    inv_adapter: str | None = "nice"
+    inv_adapter_reduction_factor: float | None = 2
+
+
+PfeifferConfig, HoulsbyConfig, ParallelConfig = SeqBnConfig, DoubleSeqBnConfig, ParBnConfig
+PfeifferInvConfig, HoulsbyInvConfig = SeqBnInvConfig, DoubleSeqBnInvConfig
+
+# AdapterHub's "architecture" tag -> config class
+ARCHITECTURES: dict[str | None, type[AdapterConfigBase]] = {None: BnConfig}
+
+ADAPTER_CONFIG_MAP: dict[str, AdapterConfigBase] = {
+    "seq_bn": SeqBnConfig(),
+    "double_seq_bn": DoubleSeqBnConfig(),
+    "par_bn": ParBnConfig(),
+    "scaled_par_bn": ParBnConfig(scaling="learned"),
+    "seq_bn_inv": SeqBnInvConfig(),
+    "double_seq_bn_inv": DoubleSeqBnInvConfig(),
+}
+ADAPTER_CONFIG_MAP.update({  # AdapterHub's deprecated names, still accepted
+    "pfeiffer": ADAPTER_CONFIG_MAP["seq_bn"],
+    "houlsby": ADAPTER_CONFIG_MAP["double_seq_bn"],
+    "parallel": ADAPTER_CONFIG_MAP["par_bn"],
+    "scaled_parallel": ADAPTER_CONFIG_MAP["scaled_par_bn"],
+    "pfeiffer+inv": ADAPTER_CONFIG_MAP["seq_bn_inv"],
+    "houlsby+inv": ADAPTER_CONFIG_MAP["double_seq_bn_inv"],
+})
+DEFAULT_ADAPTER_CONFIG = "seq_bn"
+
+NAME_WITH_OVERRIDES = re.compile(r"^\s*([^\[\]\s]+)\s*(?:\[(.*)\])?\s*$", re.DOTALL)
+
+
+def parse(text: str) -> AdapterConfigBase:
+    """``"name"`` or ``"name[key=value, ...]"`` -> config; values are Python literals (``ast.literal_eval``)."""
+    if "|" in text:
+        raise ValueError(f"{text!r} combines configs with '|'; unions (ConfigUnion) are not available yet.")
+    match = NAME_WITH_OVERRIDES.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not 'name' or 'name[key=value,...]'.")
+    name, body = match.groups()
+    if name not in ADAPTER_CONFIG_MAP:
+        raise ValueError(f"unknown adapter config {name!r}; known: {sorted(ADAPTER_CONFIG_MAP)}.")
+    overrides = {}
+    for item in split_top_level(body or ""):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"override {item!r} in {text!r} is not key=value.")
+        try:
+            overrides[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            overrides[key.strip()] = value.strip()  # a bare word such as relu
+    return ADAPTER_CONFIG_MAP[name].replace(**overrides) if overrides else ADAPTER_CONFIG_MAP[name]
+
+
+def split_top_level(body: str) -> list[str]:
+    """Split on commas that are not inside brackets, braces, parentheses or quotes."""
+    items, depth, quote, start = [], 0, None, 0
+    for index, char in enumerate(body):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(body[start:index])
+            start = index + 1
+    items.append(body[start:])
+    return [item.strip() for item in items if item.strip()]
+
+
+__all__ = [
+    "ADAPTER_CONFIG_MAP", "DEFAULT_ADAPTER_CONFIG", "AdapterConfig", "AdapterConfigBase", "BnConfig",
+    "DoubleSeqBnConfig", "DoubleSeqBnInvConfig", "HoulsbyConfig", "HoulsbyInvConfig", "ParBnConfig", "ParallelConfig",
+    "PfeifferConfig", "PfeifferInvConfig", "SeqBnConfig", "SeqBnInvConfig", "parse",
+]

@@ -1,0 +1,134 @@
+"""Prediction heads named after adapters, in the layout of AdapterHub's flexible heads
+(``adapters.heads.base.PredictionHead`` and ``BertStyleMaskedLMHead``), so their files load key for key.
+
+A head is built from its config dict — AdapterHub's ``head_config.json`` ``"config"`` — by ``build_head``, both
+when a user adds one and when one is loaded, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from peftcore.sites import Activation, LMHead
+
+TOKEN_LEVEL = ("tagging", "question_answering")
+SEQUENCE_LEVEL = ("classification", "multilabel_classification", "image_classification")
+HEAD_TYPES = (*SEQUENCE_LEVEL, *TOKEN_LEVEL, "masked_lm")
+
+
+class PredictionHead(nn.Sequential):
+    """[Dropout, Linear(C, C), act] × (layers - 1), then [Dropout, Linear(C, L)]; AdapterHub's module numbering.
+
+    Sequence-level heads read the first token (or the pooler output with ``use_pooler``); token-level heads read
+    every token. Question answering gives (B, T, 2): span-start and span-end logits.
+    """
+
+    def __init__(self, config: Mapping[str, Any], hidden_size: int, dropout: float) -> None:
+        layers = []
+        for index in range(config["layers"]):
+            layers.append(nn.Dropout(dropout))
+            if index < config["layers"] - 1:
+                layers.append(nn.Linear(hidden_size, hidden_size))
+                if config["activation_function"]:
+                    layers.append(Activation(config["activation_function"]))
+            else:
+                layers.append(nn.Linear(hidden_size, config["num_labels"], bias=config.get("bias", True)))
+        super().__init__(*layers)
+        self.config = dict(config)
+        self.predicts_spans = config["head_type"] == "question_answering"
+
+    def forward(self, x: Tensor, pooled: Tensor | None = None) -> Tensor:
+        if self.config["head_type"] in TOKEN_LEVEL:
+            return super().forward(x)  # (B, T, L)
+        if self.config.get("use_pooler"):
+            if pooled is None:
+                raise ValueError("this head has use_pooler=True but the model has no pooler; add the head with "
+                                 "use_pooler=False.")
+            return super().forward(pooled)  # (B, L)
+        return super().forward(x[:, 0])  # (B, L)
+
+    def loss(self, logits: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """AdapterHub's loss for the head type: cross-entropy, BCE (multi-label) or MSE (one label: regression)."""
+        head_type, num_labels = self.config["head_type"], self.config["num_labels"]
+        if head_type == "multilabel_classification":
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        if head_type in SEQUENCE_LEVEL and num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
+        if head_type == "question_answering":
+            start, end = (t.squeeze(-1) for t in logits.split(1, dim=-1))
+            ignored = start.shape[1]
+            start_positions, end_positions = (p.clamp(0, ignored) for p in labels.unbind(-1))
+            return (F.cross_entropy(start, start_positions, ignore_index=ignored)
+                    + F.cross_entropy(end, end_positions, ignore_index=ignored)) / 2
+        if head_type == "tagging" and attention_mask is not None:
+            labels = labels.masked_fill(attention_mask == 0, -100)
+        return F.cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1), ignore_index=-100)
+
+
+class MaskedLMPredictionHead(LMHead):
+    """Linear(C, C) -> act -> LayerNorm -> Linear(C, V), numbered 0, 1, 2, 3 as AdapterHub's BertStyleMaskedLMHead."""
+
+    def __init__(self, config: Mapping[str, Any], hidden_size: int, layer_norm_eps: float) -> None:
+        super().__init__()
+        if config["layers"] != 2 or not config.get("layer_norm", True):
+            raise ValueError("masked_lm heads have layers=2 and layer_norm=True (BERT's LM head); got "
+                             f"layers={config['layers']}, layer_norm={config.get('layer_norm')}.")
+        self.add_module("0", nn.Linear(hidden_size, hidden_size))
+        self.add_module("1", Activation(config["activation_function"]))
+        self.add_module("2", nn.LayerNorm(hidden_size, eps=layer_norm_eps))
+        self.add_module("3", nn.Linear(hidden_size, config["vocab_size"], bias=config.get("bias", True)))
+        self.config = dict(config)
+
+    @property
+    def decoder(self) -> nn.Linear:
+        return getattr(self, "3")
+
+    def transform(self, x: Tensor) -> Tensor:
+        return getattr(self, "2")(getattr(self, "1")(getattr(self, "0")(x)))
+
+    def loss(self, logits: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+def head_config(head_type: str, **fields: Any) -> dict[str, Any]:
+    """A head config dict in AdapterHub's layout, validated."""
+    if head_type not in HEAD_TYPES:
+        raise ValueError(f"head type {head_type!r} is not known; use one of {list(HEAD_TYPES)}.")
+    config = {"head_type": head_type, **fields}
+    layers = config.get("layers")
+    if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
+        raise ValueError(f"a head needs layers >= 1, got {layers!r}.")
+    if head_type != "masked_lm":
+        labels = config.get("num_labels")
+        if not isinstance(labels, int) or isinstance(labels, bool) or labels < 1:
+            raise ValueError(f"a {head_type} head needs num_labels >= 1, got {labels!r}.")
+        if head_type == "question_answering" and labels != 2:
+            raise ValueError("a question_answering head predicts span start and end: num_labels must be 2.")
+        if config.get("id2label") is not None and len(config["id2label"]) != labels:
+            raise ValueError(f"id2label has {len(config['id2label'])} labels, num_labels is {labels}.")
+    return config
+
+
+def build_head(config: Mapping[str, Any], hidden_size: int, vocab_size: int, dropout: float,
+               layer_norm_eps: float, initializer_range: float) -> nn.Module:
+    """The head a config dict describes, initialised as transformers initialises heads."""
+    if config["head_type"] == "masked_lm":
+        if config.get("vocab_size", vocab_size) != vocab_size:
+            raise ValueError(f"the masked_lm head predicts {config['vocab_size']} tokens, the model has {vocab_size}.")
+        head: nn.Module = MaskedLMPredictionHead({**config, "vocab_size": vocab_size}, hidden_size, layer_norm_eps)
+    else:
+        rate = config.get("dropout_prob")
+        head = PredictionHead(config, hidden_size, dropout if rate is None else rate)
+    for module in head.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=initializer_range)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return head
+
+
+__all__ = ["HEAD_TYPES", "MaskedLMPredictionHead", "PredictionHead", "build_head", "head_config"]

@@ -1,0 +1,147 @@
+"""AdapterHub (``adapters`` 1.3.0) adapter directories, both ways.
+
+AdapterHub writes ``adapter_config.json`` (``{"config", "name", "model_type", "hidden_size", "version", ...}``) and
+``pytorch_adapter.bin`` (or ``adapter.safetensors``), with keys named by HF module paths:
+``[roberta.]encoder.layer.{i}.output.adapters.{name}.adapter_down.0.weight`` for a bottleneck,
+``[roberta.]invertible_adapters.{name}.F.0.weight`` for an invertible adapter; heads beside them as
+``head_config.json`` + ``pytorch_model_head.bin`` (``heads.{name}.1.weight``). The model names where each site sits
+in HF's layout (``model.keymap.site_paths``); this module renames the method-level keys.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from peftcore.configs import AdapterConfigBase, BnConfig
+from peftcore.io import (
+    CONFIG_FILE,
+    SavedAdapter,
+    atomic_directory_write,
+    read_json,
+    read_pickle,
+    read_safetensors,
+    write_json,
+    write_safetensors,
+)
+from peftcore.sites import Site
+
+if TYPE_CHECKING:
+    from peftcore.model import AdapterModelMixin
+
+WEIGHTS = ("adapter.safetensors", "pytorch_adapter.bin")
+HEAD_CONFIG, HEAD_WEIGHTS = "head_config.json", ("model_head.safetensors", "pytorch_model_head.bin")
+VERSION = "adapters.1.3.0"
+INVERTIBLE_PATH = "invertible_adapters"
+
+
+def is_adapterhub(directory: Path, raw: Mapping[str, Any]) -> bool:
+    return "config" in raw and any((directory / name).is_file() for name in WEIGHTS)
+
+
+def read_tensors(directory: Path, names: tuple[str, str]) -> dict[str, Tensor] | None:
+    """The first of (safetensors, pickle) that exists, read safely; None when neither does."""
+    safetensors, pickle = (directory / name for name in names)
+    if safetensors.is_file():
+        return read_safetensors(safetensors)
+    return read_pickle(pickle) if pickle.is_file() else None
+
+
+def bottleneck_names(config: BnConfig) -> dict[str, str]:
+    """Our bottleneck module names -> AdapterHub's (``adapter_down`` is a Sequential: [LayerNorm,] Linear, act)."""
+    names = {"down": "adapter_down.1" if config.ln_before else "adapter_down.0", "up": "adapter_up",
+             "norm_after": "adapter_norm_after", "gate": "gate", "scaling": "scaling"}
+    if config.ln_before:
+        names["norm_before"] = "adapter_down.0"
+    return names
+
+
+def their_local(config: AdapterConfigBase, site: Site, key: str) -> str:
+    """Our key inside a method module -> AdapterHub's."""
+    if site.layer is None:
+        return key  # couplings use AdapterHub's names (F, G, s1, s2)
+    module, _, leaf = key.partition(".")
+    renamed = bottleneck_names(config)[module]
+    return f"{renamed}.{leaf}" if leaf else renamed
+
+
+def site_prefix(model: AdapterModelMixin, site: Site, name: str) -> str:
+    """Where AdapterHub keeps the adapter ``name`` of ``site``, without the base-model prefix."""
+    if site.layer is None:
+        return f"{INVERTIBLE_PATH}.{name}."
+    paths = model.keymap.site_paths
+    if site.name not in paths:
+        raise ValueError(f"{type(model).__name__} does not say where AdapterHub keeps {site.name} adapters "
+                         "(keymap.site_paths).")
+    return f"{paths[site.name].format(i=site.layer)}.adapters.{name}."
+
+
+def key_pairs(model: AdapterModelMixin, config: AdapterConfigBase, name: str) -> dict[str, str]:
+    """AdapterHub key (no base-model prefix) -> our key (adapter name left out), for every tensor of ``config``."""
+    pairs = {}
+    for site, module in model.build_adapter(config):
+        for key in module.state_dict():
+            pairs[site_prefix(model, site, name) + their_local(config, site, key)] = f"{site.path}.adapters.{key}"
+    return pairs
+
+
+def read(directory: Path, raw: Mapping[str, Any], with_head: bool, model: AdapterModelMixin) -> SavedAdapter:
+    """An AdapterHub directory as a SavedAdapter in our key names (unknown keys are kept, so install reports them)."""
+    config = AdapterConfigBase.from_dict(raw["config"])
+    name = raw.get("name")
+    if not isinstance(name, str):
+        raise ValueError(f"{directory / CONFIG_FILE} has no adapter name.")
+    theirs = read_tensors(directory, WEIGHTS)
+    prefix = model.keymap.prefix
+    theirs = {key.removeprefix(prefix): tensor for key, tensor in theirs.items()}
+    if isinstance(config, BnConfig) and config.ln_before:  # AdapterHub also saves the input LayerNorm a second time
+        theirs = {key: t for key, t in theirs.items() if ".adapter_norm_before." not in key}
+    pairs = key_pairs(model, config, name)
+    state = {pairs.get(key, key): tensor for key, tensor in theirs.items()}
+    saved = SavedAdapter(name, config, state, raw.get("model_type"), raw.get("hidden_size"))
+    if with_head and (directory / HEAD_CONFIG).is_file():
+        head_raw = read_json(directory / HEAD_CONFIG)
+        head_state = read_tensors(directory, HEAD_WEIGHTS) or {}
+        if head_raw.get("config") is None:  # a transformers head (BertForMaskedLM's cls.*): the model's own head
+            saved.model_head_state = model.head_state_from_hf(head_state)
+            return saved
+        head_prefix = f"heads.{head_raw.get('name', name)}."
+        saved.head_config = dict(head_raw["config"])
+        saved.head_state = {key.removeprefix(head_prefix): t for key, t in head_state.items()}
+        if saved.head_config["head_type"] == "masked_lm":  # the decoder is tied to the word embeddings
+            saved.head_state.pop("3.weight", None)
+    return saved
+
+
+def save(model: AdapterModelMixin, directory: str | os.PathLike, name: str, with_head: bool = True,
+         safetensors: bool = False) -> None:
+    """Write adapter ``name`` in AdapterHub's layout, so ``adapters``' ``load_adapter`` reads it."""
+    model.check_known(name)
+    config = model.adapter_configs[name]
+    ours = model.adapter_state(name)
+    state = {their: ours[our] for their, our in key_pairs(model, config, name).items()}
+    if isinstance(config, BnConfig) and config.ln_before:
+        state.update({key.replace(".adapter_down.0.", ".adapter_norm_before."): t for key, t in state.items()
+                      if ".adapter_down.0." in key})
+    common = {"hidden_size": model.config.hidden_size, "model_class": f"{type(model).__name__}",
+              "model_name": None, "model_type": model.config.model_type, "name": name, "version": VERSION}
+    with atomic_directory_write(directory) as scratch:
+        write_json(scratch / CONFIG_FILE, {"config": config.to_dict(), **common})
+        write_tensors(scratch, WEIGHTS, state, safetensors)
+        if with_head and name in model.heads:
+            head = model.heads[name]  # written whole, tied LM decoder included, as AdapterHub writes heads
+            write_json(scratch / HEAD_CONFIG, {"config": head.config, **common})
+            write_tensors(scratch, HEAD_WEIGHTS, {f"heads.{name}.{k}": t for k, t in head.state_dict().items()},
+                          safetensors)
+
+
+def write_tensors(directory: Path, names: tuple[str, str], state: Mapping[str, Tensor], safetensors: bool) -> None:
+    if safetensors:
+        write_safetensors(directory / names[0], state)
+    else:
+        torch.save({key: t.detach().clone() for key, t in state.items()}, directory / names[1])

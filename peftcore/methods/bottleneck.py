@@ -1,0 +1,123 @@
+"""Bottleneck adapters: sequential (Houlsby et al., 2019, https://arxiv.org/abs/1902.00751; Pfeiffer et al., 2020,
+https://arxiv.org/abs/2005.00247) and parallel (He et al., 2021, https://arxiv.org/abs/2110.04366).
+
+Numerically equal to AdapterHub's ``adapters.methods.modeling.Adapter`` / ``ParallelAdapter`` and the
+``pre_forward``/``post_forward`` logic of ``adapters.methods.bottleneck.BottleneckLayer``. A bottleneck plugs into a
+residual site, which hands it the sub-layer output ``h``, the sub-layer input ``x`` and the layer's LayerNorm.
+
+    sequential (SeqBn / Pfeiffer):          parallel (ParBn):
+        x ──► sub-layer ──► h                   x ──┬─► sub-layer ──► h ──┐
+                            │                       └─► f(x)·s ───────────┤
+        LN(h + x) ──► f ──► + r                                          (+)──► LN(· + x)
+                            │
+                      LN(· + x)
+
+The exact placement of the residual ``r`` and the LayerNorms follows the config's ``original_ln_before/after``,
+``residual_before_ln``, ``adapter_residual_before_ln``, ``ln_before/after`` fields, as AdapterHub applies them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from peftcore.configs import BnConfig
+from peftcore.sites import ACTIVATIONS
+
+
+class Bottleneck(nn.Module):
+    """f(z) = gate(z) · dropout(s · up(act(down(ln_before(z))))), placed around a residual site.
+
+    ``s`` is ``config.scaling``: a float, a learned scalar ("learned") or a learned vector ("channel").
+    The UniPELT gate is ``mean_T(sigmoid(W_g z + b_g))``, one value per example.
+    """
+
+    config_class = BnConfig
+
+    @classmethod
+    def sites(cls, config: BnConfig, layer: int | None) -> tuple[str, ...]:
+        """mh_adapter -> attn.residual; output_adapter -> ffn.residual; leave_out skips layers."""
+        if layer is None or layer in config.leave_out:
+            return ()
+        return ("attn.residual",) * config.mh_adapter + ("ffn.residual",) * config.output_adapter
+
+    def __init__(self, config: BnConfig, hidden_size: int, layer: int) -> None:
+        super().__init__()
+        self.config = config
+        width = max(1, int(hidden_size // config.reduction_for(layer)))
+        self.norm_before = nn.LayerNorm(hidden_size) if config.ln_before else nn.Identity()
+        self.down = nn.Linear(hidden_size, width)
+        self.act = ACTIVATIONS[config.non_linearity.lower()]
+        self.up = nn.Linear(width, hidden_size)
+        if isinstance(config.scaling, float):
+            self.scaling: float | nn.Parameter = config.scaling
+        else:
+            self.scaling = nn.Parameter(torch.ones(1 if config.scaling == "learned" else hidden_size))
+        self.norm_after = nn.LayerNorm(hidden_size) if config.ln_after else nn.Identity()
+        self.gate = nn.Linear(hidden_size, 1) if config.use_gating else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """AdapterHub's three initialisations; ``init_weights_seed`` seeds a private generator."""
+        generator = None
+        if self.config.init_weights_seed is not None:
+            generator = torch.Generator().manual_seed(self.config.init_weights_seed)
+        init = self.config.init_weights
+        with torch.no_grad():
+            for linear in (self.down, self.up):
+                if init == "bert" or (init == "mam_adapter" and linear is self.down):
+                    if init == "bert":
+                        nn.init.normal_(linear.weight, std=0.02, generator=generator)
+                    else:
+                        nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)
+                elif init == "mam_adapter":  # zero up-projection: the adapter starts as the identity
+                    nn.init.zeros_(linear.weight)
+                else:  # houlsby
+                    nn.init.trunc_normal_(linear.weight, std=1e-2, a=-2e-2, b=2e-2, generator=generator)
+                nn.init.zeros_(linear.bias)
+            if self.gate is not None and init != "houlsby":  # AdapterHub leaves a houlsby gate at PyTorch's init
+                nn.init.normal_(self.gate.weight, std=0.02, generator=generator)
+                nn.init.zeros_(self.gate.bias)
+
+    def plugs(self) -> dict[str, object]:
+        return {"plug": self.forward}
+
+    def transform(self, z: Tensor) -> Tensor:
+        """The scaled, dropped-out and gated bottleneck output f(z), without any residual."""
+        up = self.up(self.act(self.down(self.norm_before(z))))  # (B, T, C)
+        if self.training and self.config.stochastic_depth > 0:
+            up = drop_rows(up, self.config.stochastic_depth)
+        out = self.dropout(up * self.scaling)
+        if self.gate is not None:
+            out = out * torch.sigmoid(self.gate(z)).mean(dim=1, keepdim=True)  # gate (B, 1, 1)
+        return out
+
+    def forward(self, h: Tensor, x: Tensor, norm: nn.Module) -> Tensor:
+        """Residual-site step: h is the sub-layer output, x its input, norm the layer's LayerNorm."""
+        config = self.config
+        if config.is_parallel:
+            out = self.norm_after(self.transform(x)) + h
+        else:
+            residual = h
+            if config.original_ln_before:
+                h = h + x
+                if config.residual_before_ln == "post_add":
+                    residual = h
+                h = norm(h)
+            if config.residual_before_ln is False:
+                residual = h
+            out = self.transform(h)
+            if config.adapter_residual_before_ln:
+                out = self.norm_after(out + residual)
+            else:
+                out = self.norm_after(out) + residual
+        return norm(out + x) if config.original_ln_after else out
+
+
+def drop_rows(x: Tensor, p: float) -> Tensor:
+    """Stochastic depth in "row" mode (Huang et al., 2016): drop each example's update with probability p."""
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - p)
+    return x * keep / (1 - p)

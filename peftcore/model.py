@@ -1,0 +1,338 @@
+"""The adapter API every model inherits: add, delete, activate, train, freeze, inspect, summarise, heads, save/load.
+
+It knows models only through the site protocol (``find_sites``) and a ``config`` with ``hidden_size``. Method
+modules live in ``site.adapters[name]``; activation pushes each module's plugs into its site, so nothing is looked
+up during forward. AdapterHub's ``ModelAdaptersMixin`` is the API being matched.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from peftcore import io
+from peftcore.configs import DEFAULT_ADAPTER_CONFIG, AdapterConfigBase
+from peftcore.heads import build_head, head_config
+from peftcore.interop import adapterhub
+from peftcore.methods import METHODS
+from peftcore.sites import EmbeddingSite, LMHead, Site, find_sites
+
+SUMMARY_HEADER = ("name", "architecture", "#param", "%param", "active", "train")
+
+
+class AdapterModelMixin:
+    """Adapter methods for an ``nn.Module`` built with sites; call ``init_adapters()`` in its ``__init__``."""
+
+    def init_adapters(self) -> None:
+        """Empty adapter state; call before the model builds its modules."""
+        self.adapter_configs: dict[str, AdapterConfigBase] = {}
+        self.active_setup: tuple[str, ...] = ()
+        self.heads = nn.ModuleDict()
+        self.active_head: str | None = None
+
+    @property
+    def sites_found(self) -> tuple[Site, ...]:
+        """The model's sites, found once on first use (the model is fully built by then)."""
+        if "_sites" not in self.__dict__:
+            self.__dict__["_sites"] = tuple(find_sites(self))
+        return self.__dict__["_sites"]
+
+    # ---- adding, deleting, inspecting -------------------------------------------------------------------------
+
+    def add_adapter(self, name: str, config: str | dict | AdapterConfigBase | None = None, overwrite_ok: bool = False,
+                    set_active: bool = False) -> None:
+        """Attach a new adapter at the sites its config names; ``config`` is a registry name, dict or config."""
+        config = AdapterConfigBase.load(config if config is not None else DEFAULT_ADAPTER_CONFIG)
+        check_name(name)
+        if name in self.adapter_configs and not overwrite_ok:
+            raise ValueError(f"an adapter named {name!r} exists; pass overwrite_ok=True to replace it.")
+        modules = self.build_adapter(config)
+        if name in self.adapter_configs:
+            self.remove_adapter(name)
+        self.attach_adapter(name, config, modules)
+        if set_active:
+            self.set_active_adapters(name)
+
+    def attach_adapter(self, name: str, config: AdapterConfigBase, modules: list[tuple[Site, nn.Module]]) -> None:
+        """Put built modules into their sites; the last step of adding or loading an adapter."""
+        for site, module in modules:
+            site.module.adapters[name] = module.train(self.training)
+        self.adapter_configs[name] = config
+
+    def build_adapter(self, config: AdapterConfigBase) -> list[tuple[Site, nn.Module]]:
+        """The method modules ``config`` places, one per site, on the model's device and dtype; attaches nothing."""
+        num_layers = sum(1 for site in self.sites_found if site.name == "ffn.residual")
+        too_deep = [i for i in getattr(config, "leave_out", ()) if i >= num_layers]
+        if too_deep:
+            raise ValueError(f"leave_out holds layer(s) {too_deep}, but the model has {num_layers} layers (0..."
+                             f"{num_layers - 1}).")
+        reference = next(p for p in self.parameters() if p.is_floating_point())
+        modules = []
+        for site in self.sites_found:
+            for method in METHODS:
+                if isinstance(config, method.config_class) and site.name in method.sites(config, site.layer):
+                    module = method(config, self.config.hidden_size, site.layer)
+                    modules.append((site, module.to(device=reference.device, dtype=reference.dtype)))
+        if not modules:
+            raise ValueError(f"{type(config).__name__} places no module on this model (all layers left out?).")
+        return modules
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove an adapter and its modules; an active adapter must be deactivated first."""
+        self.check_known(name)
+        if name in self.active_setup:
+            raise ValueError(f"adapter {name!r} is active; deactivate it first with set_active_adapters(None) or "
+                             "another setup.")
+        self.remove_adapter(name)
+
+    def remove_adapter(self, name: str) -> None:
+        for site in self.sites_found:
+            if name in site.module.adapters:
+                del site.module.adapters[name]
+        del self.adapter_configs[name]
+
+    def check_known(self, name: str) -> None:
+        if name not in self.adapter_configs:
+            raise KeyError(f"no adapter named {name!r}; this model has {sorted(self.adapter_configs) or 'none'}.")
+
+    def iter_adapters(self, name: str | None = None) -> Iterator[tuple[str, int, str, nn.Module]]:
+        """(adapter, layer, site, module) for every attached module; layer -1 is the embeddings (AdapterHub's)."""
+        for site in self.sites_found:
+            for adapter, module in site.module.adapters.items():
+                if name is None or adapter == name:
+                    yield adapter, -1 if site.layer is None else site.layer, site.name, module
+
+    def get_adapter(self, name: str) -> dict[int, dict[str, nn.Module]]:
+        """``{layer: {site: module}}`` of one adapter, as AdapterHub's ``get_adapter`` (layer -1: embeddings)."""
+        self.check_known(name)
+        layers: dict[int, dict[str, nn.Module]] = {}
+        for _, layer, site, module in self.iter_adapters(name):
+            layers.setdefault(layer, {})[site] = module
+        return layers
+
+    def adapter_state(self, name: str) -> dict[str, Tensor]:
+        """An adapter's tensors keyed by their path in the model with the adapter name left out."""
+        self.check_known(name)
+        return {f"{site.path}.adapters.{key}": tensor for site in self.sites_found if name in site.module.adapters
+                for key, tensor in site.module.adapters[name].state_dict().items()}
+
+    def adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        for _, _, _, module in self.iter_adapters(name):
+            yield from module.parameters()
+
+    # ---- activation and training ------------------------------------------------------------------------------
+
+    @property
+    def active_adapters(self) -> tuple[str, ...]:
+        return self.active_setup
+
+    def set_active_adapters(self, setup: str | Sequence[str] | None) -> None:
+        """Activate one adapter, several (at different sites), or none; a head of the same name becomes active.
+
+        Nothing changes when the setup is invalid.
+        """
+        names = () if setup is None else (setup,) if isinstance(setup, str) else tuple(setup)
+        for name in names:
+            if not isinstance(name, str):
+                raise TypeError(f"set_active_adapters takes adapter names, got {name!r}.")
+            self.check_known(name)
+        plugs = []
+        for site in self.sites_found:
+            present = [name for name in names if name in site.module.adapters]
+            if len(present) > 1:
+                raise ValueError(f"adapters {present} both sit at {site.name} of layer {site.layer}; composing "
+                                 "several adapters at one site (Stack, Fuse, ...) is not available yet.")
+            plugs.append((site, site.module.adapters[present[0]].plugs() if present else {}))
+        for site, site_plugs in plugs:
+            site.module.plug = site_plugs.get("plug")
+            if isinstance(site.module, EmbeddingSite):
+                site.module.inverse_plug = site_plugs.get("inverse_plug")
+        self.active_setup = names
+        head = next((name for name in reversed(names) if name in self.heads), None)
+        if head is not None or not names:
+            self.active_head = head
+
+    def freeze_model(self, freeze: bool = True) -> None:
+        """Freeze (or unfreeze) every parameter of the model, adapters and heads included."""
+        for parameter in self.parameters():
+            parameter.requires_grad_(not freeze)
+        self.model_frozen = freeze
+
+    def train_adapter(self, setup: str | Sequence[str]) -> None:
+        """Train mode, everything frozen but the named adapters and their heads, and those adapters active."""
+        names = (setup,) if isinstance(setup, str) else tuple(setup)
+        for name in names:
+            self.check_known(name)
+        self.train()
+        self.freeze_model(True)
+        for name in names:
+            for parameter in self.adapter_parameters(name):
+                parameter.requires_grad_(True)
+            if name in self.heads:
+                self.heads[name].requires_grad_(True)
+        self.set_active_adapters(names)
+
+    # ---- summary ----------------------------------------------------------------------------------------------
+
+    def base_parameter_count(self) -> int:
+        """Parameters of the encoder alone: no adapters, no heads (AdapterHub's base_model count)."""
+        excluded = {id(p) for name in self.adapter_configs for p in self.adapter_parameters(name)}
+        excluded |= {id(p) for p in self.heads.parameters()}
+        if getattr(self, "head", None) is not None:
+            excluded |= {id(p) for p in self.head.parameters()} - {id(p) for p in self.embeddings.parameters()}
+        return sum(p.numel() for p in self.parameters() if id(p) not in excluded)
+
+    def adapter_summary(self, as_dict: bool = False) -> str | list[dict[str, Any]]:
+        """AdapterHub's table: name, architecture, #param, %param (of the base model), active, train."""
+        base = self.base_parameter_count()
+        rows: list[dict[str, Any]] = []
+        for name, config in self.adapter_configs.items():
+            parameters = list(self.adapter_parameters(name))
+            count = sum(p.numel() for p in parameters)
+            rows.append({"name": name, "architecture": config.architecture or "bottleneck", "#param": count,
+                         "%param": count / base * 100, "active": name in self.active_setup,
+                         "train": all(p.requires_grad for p in parameters)})
+        rows.append({"name": "Full model", "#param": base, "%param": 100.0,
+                     "train": not getattr(self, "model_frozen", False)})
+        if as_dict:
+            return rows
+        header, line = "{:<25}{:<15}{:>12}{:>12}{:>8}{:>8}", "{:<25}{:<15}{:>12,}{:>12.3f}{:>8}{:>8}"
+        table = ["=" * 80, header.format(*(h.title() for h in SUMMARY_HEADER)), "-" * 80]
+        table += [line.format(*(row.get(h, "") for h in SUMMARY_HEADER)) for row in rows]
+        table.insert(len(table) - 1, "-" * 80)
+        return "\n".join([*table, "=" * 80])
+
+    # ---- heads ------------------------------------------------------------------------------------------------
+
+    def add_head(self, name: str, config: dict[str, Any], overwrite_ok: bool = False, set_active: bool = True) -> None:
+        """Add a head from an AdapterHub head config dict; it becomes the active head by default."""
+        check_name(name)
+        if name in self.heads and not overwrite_ok:
+            raise ValueError(f"a head named {name!r} exists; pass overwrite_ok=True to replace it.")
+        self.attach_head(name, self.build_head_module(config))
+        if set_active:
+            self.active_head = name
+
+    def build_head_module(self, config: dict[str, Any]) -> nn.Module:
+        """A head from its config dict, on the model's device and dtype; attaches nothing."""
+        config = head_config(**config)
+        model = self.config
+        dropout = model.classifier_dropout_prob if hasattr(model, "classifier_dropout_prob") else 0.1
+        head = build_head(config, model.hidden_size, getattr(model, "vocab_size", 0), dropout, model.layer_norm_eps,
+                          getattr(model, "initializer_range", 0.02))
+        if config["head_type"] == "masked_lm":
+            self.tie_lm_head(head)
+        reference = next(p for p in self.parameters() if p.is_floating_point())
+        return head.to(device=reference.device, dtype=reference.dtype)
+
+    def attach_head(self, name: str, head: nn.Module) -> None:
+        self.heads[name] = head.train(self.training)
+
+    def tie_lm_head(self, head: LMHead) -> None:
+        """Tie a new masked-LM head's decoder to the word embeddings and start it from the converted LM head."""
+        head.decoder.weight = self.embeddings.word.weight
+        if isinstance(getattr(self, "head", None), LMHead):
+            with torch.no_grad():
+                head.decoder.bias.copy_(self.head.decoder.bias)
+                for mine, theirs in ((getattr(head, "0"), self.head.dense), (getattr(head, "2"), self.head.norm)):
+                    mine.load_state_dict(theirs.state_dict())
+
+    def add_classification_head(self, name: str, num_labels: int = 2, layers: int = 2,
+                                activation_function: str = "tanh", overwrite_ok: bool = False,
+                                multilabel: bool = False, id2label: dict[int, str] | None = None,
+                                use_pooler: bool = False) -> None:
+        """Sequence classification on the first token; num_labels=1 is regression, multilabel uses BCE."""
+        self.add_head(name, dict(head_type="multilabel_classification" if multilabel else "classification",
+                                 num_labels=num_labels, layers=layers, activation_function=activation_function,
+                                 use_pooler=use_pooler, bias=True, label2id=label2id(id2label)), overwrite_ok)
+
+    def add_image_classification_head(self, name: str, num_labels: int = 2, layers: int = 1,
+                                      activation_function: str = "tanh", overwrite_ok: bool = False,
+                                      multilabel: bool = False, id2label: dict[int, str] | None = None,
+                                      use_pooler: bool = False) -> None:
+        self.add_head(name, dict(head_type="image_classification", num_labels=num_labels, layers=layers,
+                                 activation_function=activation_function, use_pooler=use_pooler, bias=True,
+                                 multilabel=multilabel, label2id=label2id(id2label)), overwrite_ok)
+
+    def add_tagging_head(self, name: str, num_labels: int = 2, layers: int = 1, activation_function: str = "tanh",
+                         overwrite_ok: bool = False, id2label: dict[int, str] | None = None) -> None:
+        """Token classification: one prediction per token."""
+        self.add_head(name, dict(head_type="tagging", num_labels=num_labels, layers=layers,
+                                 activation_function=activation_function, label2id=label2id(id2label)), overwrite_ok)
+
+    def add_qa_head(self, name: str, num_labels: int = 2, layers: int = 1, activation_function: str = "tanh",
+                    overwrite_ok: bool = False) -> None:
+        """Extractive question answering: span-start and span-end logits per token."""
+        self.add_head(name, dict(head_type="question_answering", num_labels=num_labels, layers=layers,
+                                 activation_function=activation_function), overwrite_ok)
+
+    def add_masked_lm_head(self, name: str, activation_function: str = "gelu", layers: int = 2,
+                           overwrite_ok: bool = False) -> None:
+        """BERT-style LM head tied to the word embeddings, starting from the checkpoint's LM head when it has one."""
+        self.add_head(name, dict(head_type="masked_lm", vocab_size=self.config.vocab_size, layers=layers,
+                                 activation_function=activation_function, layer_norm=True, bias=True,
+                                 shift_labels=False, label2id=None), overwrite_ok)
+
+    def delete_head(self, name: str) -> None:
+        if name not in self.heads:
+            raise KeyError(f"no head named {name!r}; this model has {sorted(self.heads) or 'none'}.")
+        del self.heads[name]
+        if self.active_head == name:
+            self.active_head = None
+
+    def current_head(self, model_head: nn.Module | None) -> nn.Module | None:
+        """The active adapter head if one is active, else the model's own head (or None)."""
+        return self.heads[self.active_head] if self.active_head is not None else model_head
+
+    def run_head(self, head: nn.Module | None, x: Tensor, pooled: Tensor | None) -> Tensor | None:
+        """A head's logits; a language-model head decodes through the embedding site's inverse."""
+        if head is None:
+            return None
+        if isinstance(head, LMHead):
+            return head.decoder(self.embedding_site().inverse(head.transform(x)))
+        return head(x, pooled)
+
+    def embedding_site(self) -> EmbeddingSite:
+        return next(site.module for site in self.sites_found if site.layer is None)
+
+    # ---- save and load ----------------------------------------------------------------------------------------
+
+    def save_adapter(self, directory: str | os.PathLike, name: str, with_head: bool = True,
+                     format: str = "peftcore") -> None:
+        """Write an adapter (and the head of the same name) atomically: ``format="peftcore"`` writes
+        ``adapter_config.json`` + ``adapter_model.safetensors``; ``"adapterhub"`` writes AdapterHub's layout."""
+        if format == "peftcore":
+            io.save_adapter(self, directory, name, with_head)
+        elif format == "adapterhub":
+            adapterhub.save(self, directory, name, with_head)
+        else:
+            raise ValueError(f"format={format!r} is not known; use 'peftcore' or 'adapterhub'.")
+
+    def save_all_adapters(self, directory: str | os.PathLike, with_head: bool = True) -> None:
+        """One subdirectory per adapter."""
+        for name in self.adapter_configs:
+            io.save_adapter(self, os.path.join(directory, name), name, with_head)
+
+    def load_adapter(self, directory: str | os.PathLike, load_as: str | None = None, set_active: bool = False,
+                     with_head: bool = True) -> str:
+        """Load an adapter directory (ours or AdapterHub's); everything is checked before the model changes.
+
+        Returns the adapter's name.
+        """
+        name = io.load_adapter(self, directory, load_as, with_head)
+        if set_active:
+            self.set_active_adapters(name)
+        return name
+
+
+def check_name(name: Any) -> None:
+    if not isinstance(name, str) or not name or "." in name or "," in name:
+        raise ValueError(f"adapter and head names are non-empty strings without '.' or ',', got {name!r}.")
+
+
+def label2id(id2label: dict[int, str] | None) -> dict[str, int] | None:
+    return None if id2label is None else {label: int(i) for i, label in id2label.items()}
