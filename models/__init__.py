@@ -6,13 +6,17 @@ import os
 
 from models.bert import BertConfig, BertModel
 from models.convert import read_config
+from models.deberta import DebertaConfig, DebertaModel
+from models.deberta_v2 import DebertaV2Config, DebertaV2Model
+from models.image import ImageProcessor
 from models.layers import EncoderConfig, EncoderOutput
 from models.pretrained import PretrainedEncoder
 from models.roberta import RobertaConfig, RobertaModel
 from models.tokenizer import Tokenizer
+from models.vit import ViTConfig, ViTModel
 
 MODEL_CLASSES: dict[str, type[PretrainedEncoder]] = {
-    cls.config_class.model_type: cls for cls in (BertModel, RobertaModel)
+    cls.config_class.model_type: cls for cls in (BertModel, RobertaModel, DebertaModel, DebertaV2Model, ViTModel)
 }
 
 
@@ -34,12 +38,19 @@ __all__ = [
     "MODEL_CLASSES",
     "BertConfig",
     "BertModel",
+    "DebertaConfig",
+    "DebertaModel",
+    "DebertaV2Config",
+    "DebertaV2Model",
     "EncoderConfig",
     "EncoderOutput",
+    "ImageProcessor",
     "PretrainedEncoder",
     "RobertaConfig",
     "RobertaModel",
     "Tokenizer",
+    "ViTConfig",
+    "ViTModel",
     "from_pretrained",
     "model_class",
 ]

@@ -1,14 +1,18 @@
 """Key tables and config translation for each architecture: one line per HF tensor, weight and bias both.
 
-HF names verified against ``state_dict()`` of transformers 4.57.6's BertModel, BertFor*, RobertaModel and
-RobertaFor* classes.
+HF names verified against ``state_dict()`` of transformers 4.57.6's BertModel/BertFor*, RobertaModel/RobertaFor*,
+DebertaModel/DebertaFor*, DebertaV2Model/DebertaV2For*, ViTModel and ViTForImageClassification classes.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
-from models.convert.keymap import KeyMap
+import torch
+from torch import Tensor
+
+from models.convert.keymap import KeyMap, Split
 
 
 def linear(hf: str, ours: str) -> dict[str, str]:
@@ -48,6 +52,15 @@ BERT = KeyMap(
         "question_answering": linear("qa_outputs", "head.qa_outputs"),
     },
     copies={"cls.predictions.decoder.bias": "cls.predictions.bias"},
+    site_paths={
+        "attn.q": "encoder.layer.{i}.attention.self.query",
+        "attn.k": "encoder.layer.{i}.attention.self.key",
+        "attn.v": "encoder.layer.{i}.attention.self.value",
+        "attn.residual": "encoder.layer.{i}.attention.output",
+        "ffn.intermediate": "encoder.layer.{i}.intermediate.dense",
+        "ffn.output": "encoder.layer.{i}.output.dense",
+        "ffn.residual": "encoder.layer.{i}.output",
+    },
 )
 
 ROBERTA = replace(
@@ -101,3 +114,148 @@ GENERIC_FIELDS = frozenset({
     "is_encoder_decoder", "tie_encoder_decoder", "cross_attention_hidden_size", "use_bfloat16", "tf_legacy_loss",
     "add_pooling_layer",
 })
+
+
+# ---- DeBERTa v1 and v2/v3 ----
+
+def split_in_proj(weight: Tensor, config: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """DeBERTa v1's fused ``in_proj.weight`` (3 H D, C) -> the q, k and v weights, (H D, C) each.
+
+    Mirrors transformers 4.57.6 models/deberta/modeling_deberta.py:245,
+    ``self.transpose_for_scores(qp).chunk(3, dim=-1)``: the output is viewed as (B, T, H, 3 D) and each head's
+    3 D features are chunked into q, k, v. The rows are therefore interleaved per head (q, k, v of head 0, then
+    of head 1, ...), not three contiguous thirds.
+    """
+    q, k, v = weight.unflatten(0, (config.num_attention_heads, 3, -1)).unbind(1)  # 3 × (H, D, C)
+    return q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)  # 3 × (H D, C)
+
+
+def join_in_proj(parts: tuple[Tensor, ...], config: Any) -> Tensor:
+    """The inverse of ``split_in_proj``: q, k, v weights (H D, C) -> the fused per-head interleaved (3 H D, C)."""
+    heads = [part.unflatten(0, (config.num_attention_heads, -1)) for part in parts]  # 3 × (H, D, C)
+    return torch.stack(heads, dim=1).flatten(0, 2)  # (H 3 D, C)
+
+
+LAYER = "encoder.layer.{i}"
+SHARED = {  # every key v1 and v2 name alike
+    "embeddings.word_embeddings.weight": "embeddings.word.weight",
+    "embeddings.position_embeddings.weight": "embeddings.position.weight",  # absent when position_biased_input=False
+    "embeddings.token_type_embeddings.weight": "embeddings.token_type.weight",  # absent when type_vocab_size=0
+    "embeddings.embed_proj.weight": "embeddings.proj.weight",  # only when embedding_size != hidden_size
+    **linear("embeddings.LayerNorm", "embeddings.norm"),
+    "embeddings.position_ids": None,  # buffer in older files; we compute positions
+    "encoder.rel_embeddings.weight": "rel_embeddings.weight",  # only with relative_attention
+    **linear(f"{LAYER}.attention.output.dense", "layers.{i}.attn.out"),
+    **linear(f"{LAYER}.attention.output.LayerNorm", "layers.{i}.attn.residual.norm"),
+    **linear(f"{LAYER}.intermediate.dense", "layers.{i}.ffn.intermediate"),
+    **linear(f"{LAYER}.output.dense", "layers.{i}.ffn.output"),
+    **linear(f"{LAYER}.output.LayerNorm", "layers.{i}.ffn.residual.norm"),
+    **dict.fromkeys((  # the legacy=False masked-LM head, which we do not implement (the config refuses it): dropped
+        "lm_predictions.lm_head.dense.weight", "lm_predictions.lm_head.dense.bias",
+        "lm_predictions.lm_head.LayerNorm.weight", "lm_predictions.lm_head.LayerNorm.bias",
+        "lm_predictions.lm_head.bias",
+    )),
+}
+
+HEADS = {  # DebertaFor* and DebertaV2For* save the same head keys
+    "masked_lm": {  # the legacy=True head, the one transformers builds by default
+        **linear("cls.predictions.transform.dense", "head.dense"),
+        **linear("cls.predictions.transform.LayerNorm", "head.norm"),
+        "cls.predictions.decoder.weight": "head.decoder.weight",  # tied to the word embeddings
+        "cls.predictions.bias": "head.decoder.bias",
+    },
+    "sequence_classification": {
+        **linear("pooler.dense", "head.dense"),  # transformers' ContextPooler, outside the base model
+        **linear("classifier", "head.classifier"),
+    },
+    "token_classification": linear("classifier", "head.classifier"),
+    "question_answering": linear("qa_outputs", "head.qa_outputs"),
+}
+
+DEBERTA = KeyMap(
+    prefix="deberta.",
+    keys={
+        **SHARED,
+        f"{LAYER}.attention.self.in_proj.weight": Split(
+            ("layers.{i}.attn.q.weight", "layers.{i}.attn.k.weight", "layers.{i}.attn.v.weight"),
+            split_in_proj, join_in_proj),
+        f"{LAYER}.attention.self.q_bias": "layers.{i}.attn.q.bias",
+        f"{LAYER}.attention.self.v_bias": "layers.{i}.attn.v.bias",  # k has no bias in v1
+        f"{LAYER}.attention.self.pos_proj.weight": "layers.{i}.attn.pos_k.weight",  # c2p, no bias
+        **linear(f"{LAYER}.attention.self.pos_q_proj", "layers.{i}.attn.pos_q"),  # p2c
+        f"{LAYER}.attention.self.head_logits_proj.weight": "layers.{i}.attn.head_logits.weight",  # talking_head
+        f"{LAYER}.attention.self.head_weights_proj.weight": "layers.{i}.attn.head_weights.weight",
+    },
+    heads=HEADS,
+    copies={"cls.predictions.decoder.bias": "cls.predictions.bias"},
+)
+
+DEBERTA_V2 = KeyMap(
+    prefix="deberta.",
+    keys={
+        **SHARED,
+        **linear(f"{LAYER}.attention.self.query_proj", "layers.{i}.attn.q"),
+        **linear(f"{LAYER}.attention.self.key_proj", "layers.{i}.attn.k"),
+        **linear(f"{LAYER}.attention.self.value_proj", "layers.{i}.attn.v"),
+        **linear(f"{LAYER}.attention.self.pos_key_proj", "layers.{i}.attn.pos_k"),  # c2p, unless share_att_key
+        **linear(f"{LAYER}.attention.self.pos_query_proj", "layers.{i}.attn.pos_q"),  # p2c, unless share_att_key
+        **linear("encoder.LayerNorm", "rel_norm"),  # norm_rel_ebd="layer_norm"
+        **linear("encoder.conv.conv", "conv.conv"),  # conv_kernel_size > 0
+        **linear("encoder.conv.LayerNorm", "conv.norm"),
+    },
+    heads=HEADS,
+    copies={"cls.predictions.decoder.bias": "cls.predictions.bias"},
+)
+
+# transformers class name -> (our head, whether that class builds the pooler); DeBERTa's base model has none
+DEBERTA_ARCHITECTURES = {
+    "DebertaModel": (None, False),
+    "DebertaForMaskedLM": ("masked_lm", False),
+    "DebertaForSequenceClassification": ("sequence_classification", False),
+    "DebertaForTokenClassification": ("token_classification", False),
+    "DebertaForQuestionAnswering": ("question_answering", False),
+}
+DEBERTA_V2_ARCHITECTURES = {
+    "DebertaV2Model": (None, False),
+    "DebertaV2ForMaskedLM": ("masked_lm", False),
+    "DebertaV2ForSequenceClassification": ("sequence_classification", False),
+    "DebertaV2ForTokenClassification": ("token_classification", False),
+    "DebertaV2ForQuestionAnswering": ("question_answering", False),
+}
+
+# config.json fields that change the computation, and the only value we implement. Every other field transformers
+# reads for DeBERTa is a config field of ours, validated there (unsupported values raise a ValueError naming it).
+DEBERTA_REQUIRED_VALUES: dict[str, Any] = {}
+DEBERTA_V2_REQUIRED_VALUES: dict[str, Any] = {}
+
+
+# ---- ViT ----
+
+VIT = KeyMap(
+    prefix="vit.",
+    keys={
+        "embeddings.cls_token": "embeddings.cls",
+        "embeddings.position_embeddings": "embeddings.position",
+        **linear("embeddings.patch_embeddings.projection", "embeddings.patch"),
+        **linear("encoder.layer.{i}.layernorm_before", "layers.{i}.attn_norm"),
+        **linear("encoder.layer.{i}.attention.attention.query", "layers.{i}.attn.q"),
+        **linear("encoder.layer.{i}.attention.attention.key", "layers.{i}.attn.k"),
+        **linear("encoder.layer.{i}.attention.attention.value", "layers.{i}.attn.v"),
+        **linear("encoder.layer.{i}.attention.output.dense", "layers.{i}.attn.out"),
+        **linear("encoder.layer.{i}.layernorm_after", "layers.{i}.ffn_norm"),
+        **linear("encoder.layer.{i}.intermediate.dense", "layers.{i}.ffn.intermediate"),
+        **linear("encoder.layer.{i}.output.dense", "layers.{i}.ffn.output"),
+        **linear("layernorm", "norm"),
+        **linear("pooler.dense", "pooler.dense"),
+    },
+    heads={"image_classification": linear("classifier", "head.classifier")},
+)
+
+# transformers class name -> (our head, whether that class builds the pooler)
+VIT_ARCHITECTURES = {
+    "ViTModel": (None, True),
+    "ViTForImageClassification": ("image_classification", False),
+}
+
+# config.json fields that change the computation, and the only value we implement
+VIT_REQUIRED_VALUES = {"pooler_act": "tanh"}
