@@ -30,12 +30,13 @@ def describe(model: PretrainedEncoder) -> str:
     parameters = sum(p.numel() for p in model.parameters())
     dtype = next(model.parameters()).dtype
     size = f"{parameters * dtype.itemsize / 2**20:.1f} MiB as {str(dtype).removeprefix('torch.')}"
+    inputs = (f"images {config.image_size}px, patches {config.patch_size}px" if hasattr(config, "image_size")
+              else f"vocab {config.vocab_size}, positions {config.max_position_embeddings}")
     lines = [
         f"architecture  {config.model_type} ({type(model).__name__}), head: {config.head or 'none'}, "
         f"pooler: {'yes' if model.pooler is not None else 'no'}",
         f"sizes         {config.num_hidden_layers} layers, hidden {config.hidden_size}, "
-        f"{config.num_attention_heads} heads, intermediate {config.intermediate_size}, "
-        f"vocab {config.vocab_size}, positions {config.max_position_embeddings}",
+        f"{config.num_attention_heads} heads, intermediate {config.intermediate_size}, {inputs}",
         f"parameters    {parameters:,} ({size})",
     ]
     return "\n".join(lines)

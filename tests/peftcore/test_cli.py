@@ -32,6 +32,30 @@ def test_convert_to_peftcore_and_back_gives_transformers_the_same_model(bert_mlm
         assert torch.allclose(reloaded(input_ids=ids).logits, theirs(input_ids=ids).logits, atol=1e-6)
 
 
+ARCHITECTURES = {
+    "bert": (tf.BertModel, tf.BertConfig(**SMALL)),
+    "roberta": (tf.RobertaForSequenceClassification, tf.RobertaConfig(**SMALL)),
+    "deberta": (tf.DebertaForMaskedLM, tf.DebertaConfig(**SMALL, relative_attention=True, pos_att_type=["c2p", "p2c"])),
+    "deberta-v2": (tf.DebertaV2Model, tf.DebertaV2Config(**SMALL, relative_attention=True, position_buckets=8)),
+    "vit": (tf.ViTForImageClassification, tf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                        intermediate_size=37, image_size=32, patch_size=8)),
+}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_convert_and_info_handle_every_architecture(hf_checkpoint, arch, tmp_path, capsys):
+    directory, theirs = hf_checkpoint(*ARCHITECTURES[arch])
+    assert main(["convert", str(directory), str(tmp_path / "ours")]) == 0
+    assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "back")]) == 0
+    assert main(["info", str(tmp_path / "back")]) == 0
+    printed = capsys.readouterr().out
+    assert f"architecture  {theirs.config.model_type} " in printed
+    assert f"parameters    {sum(p.numel() for p in theirs.parameters()):,}" in printed
+    reloaded = type(theirs).from_pretrained(tmp_path / "back")
+    for key, tensor in theirs.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], tensor), key
+
+
 def test_info_reports_architecture_sizes_and_parameter_count(bert_mlm, capsys):
     directory, _ = bert_mlm
     assert main(["info", str(directory)]) == 0
