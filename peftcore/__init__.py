@@ -10,6 +10,8 @@ from peftcore.configs import (
     DoubleSeqBnInvConfig,
     HoulsbyConfig,
     HoulsbyInvConfig,
+    IA3Config,
+    LoRAConfig,
     ParallelConfig,
     ParBnConfig,
     PfeifferConfig,
@@ -25,6 +27,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ADAPTER_CONFIG_MAP", "DEFAULT_ADAPTER_CONFIG", "SITE_NAMES", "AdapterConfig", "AdapterConfigBase",
     "AdapterModelMixin", "BnConfig", "DoubleSeqBnConfig", "DoubleSeqBnInvConfig", "HoulsbyConfig", "HoulsbyInvConfig",
-    "ParBnConfig", "ParallelConfig", "PfeifferConfig", "PfeifferInvConfig", "SeqBnConfig", "SeqBnInvConfig",
-    "find_sites",
+    "IA3Config", "LoRAConfig", "ParBnConfig", "ParallelConfig", "PfeifferConfig", "PfeifferInvConfig", "SeqBnConfig",
+    "SeqBnInvConfig", "find_sites",
 ]

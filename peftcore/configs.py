@@ -250,11 +250,84 @@ class DoubleSeqBnInvConfig(DoubleSeqBnConfig):
     inv_adapter_reduction_factor: float | None = 2
 
 
+@dataclass(frozen=True, kw_only=True)
+class LoRAConfig(AdapterConfigBase):
+    """LoRA (Hu et al., 2021, https://arxiv.org/abs/2106.09685): AdapterHub's LoRAConfig, field for field.
+
+    ``selfattn_lora`` adapts the attention matrices in ``attn_matrices`` ("q", "k", "v"); ``intermediate_lora`` and
+    ``output_lora`` the two feed-forward linears. ``composition_mode="scale"`` is (IA)^3. DoRA and VeRA fields are
+    accepted at their defaults only.
+    """
+
+    architecture: ClassVar[str | None] = "lora"
+    selfattn_lora: bool = True
+    intermediate_lora: bool = False
+    output_lora: bool = False
+    leave_out: tuple[int, ...] = ()
+    r: int = 8
+    alpha: float = 8
+    dropout: float = 0.0
+    attn_matrices: tuple[str, ...] = ("q", "v")
+    composition_mode: str = "add"
+    init_weights: str = "lora"
+    init_weights_seed: int | None = None
+    use_gating: bool = False
+    use_dora: bool = False
+    vera_d: float | None = None
+    vera_b: float | None = None
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for flag in ("selfattn_lora", "intermediate_lora", "output_lora", "use_gating", "use_dora"):
+            check_type(name, flag, getattr(self, flag), bool, "True or False")
+        check_type(name, "r", self.r, int, "a positive int")
+        if self.r <= 0:
+            raise ValueError(f"{name}.r must be a positive int, got {self.r}.")
+        check_positive_number(name, "alpha", self.alpha)
+        check_type(name, "dropout", self.dropout, (int, float), "a probability in [0, 1)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{name}.dropout must lie in [0, 1), got {self.dropout!r}.")
+        check_type(name, "attn_matrices", self.attn_matrices, (tuple, list), "a list of 'q', 'k', 'v'")
+        object.__setattr__(self, "attn_matrices", tuple(self.attn_matrices))
+        for matrix in self.attn_matrices:
+            check_in(name, "attn_matrices", matrix, ("q", "k", "v"))
+        check_in(name, "composition_mode", self.composition_mode, ("add", "scale"))
+        check_in(name, "init_weights", self.init_weights, ("lora", "bert", "ia3"))
+        if self.composition_mode == "scale" and (self.r != 1 or self.dropout):
+            raise ValueError(f"{name}: composition_mode='scale' ((IA)^3) needs r=1 and dropout=0, got r={self.r}, "
+                             f"dropout={self.dropout}.")
+        if self.use_dora or self.vera_d is not None or self.vera_b is not None:
+            raise ValueError(f"{name}: DoRA (use_dora) and VeRA (vera_d, vera_b) are not available; leave them at "
+                             "their defaults.")
+        if self.dtype is not None:
+            raise ValueError(f"{name}.dtype={self.dtype!r}: LoRA weights follow the model's dtype; leave dtype=None.")
+        if not (self.selfattn_lora and self.attn_matrices) and not self.intermediate_lora and not self.output_lora:
+            raise ValueError(f"{name} places nothing: set selfattn_lora (with attn_matrices), intermediate_lora or "
+                             "output_lora.")
+        object.__setattr__(self, "leave_out", check_leave_out(name, self.leave_out))
+        if self.init_weights_seed is not None:
+            check_type(name, "init_weights_seed", self.init_weights_seed, int, "an int or None")
+
+
+@dataclass(frozen=True, kw_only=True)
+class IA3Config(LoRAConfig):
+    """(IA)^3 (Liu et al., 2022, https://arxiv.org/abs/2205.05638): learned vectors that rescale keys, values and the
+    feed-forward intermediate; AdapterHub 1.3.0's defaults (it scales the intermediate before the activation)."""
+
+    intermediate_lora: bool = True
+    r: int = 1
+    alpha: float = 1
+    attn_matrices: tuple[str, ...] = ("k", "v")
+    composition_mode: str = "scale"
+    init_weights: str = "ia3"
+
+
 PfeifferConfig, HoulsbyConfig, ParallelConfig = SeqBnConfig, DoubleSeqBnConfig, ParBnConfig
 PfeifferInvConfig, HoulsbyInvConfig = SeqBnInvConfig, DoubleSeqBnInvConfig
 
 # AdapterHub's "architecture" tag -> config class
-ARCHITECTURES: dict[str | None, type[AdapterConfigBase]] = {None: BnConfig}
+ARCHITECTURES: dict[str | None, type[AdapterConfigBase]] = {None: BnConfig, "lora": LoRAConfig}
 
 ADAPTER_CONFIG_MAP: dict[str, AdapterConfigBase] = {
     "seq_bn": SeqBnConfig(),
@@ -263,6 +336,8 @@ ADAPTER_CONFIG_MAP: dict[str, AdapterConfigBase] = {
     "scaled_par_bn": ParBnConfig(scaling="learned"),
     "seq_bn_inv": SeqBnInvConfig(),
     "double_seq_bn_inv": DoubleSeqBnInvConfig(),
+    "lora": LoRAConfig(),
+    "ia3": IA3Config(),
 }
 ADAPTER_CONFIG_MAP.update({  # AdapterHub's deprecated names, still accepted
     "pfeiffer": ADAPTER_CONFIG_MAP["seq_bn"],
@@ -320,6 +395,7 @@ def split_top_level(body: str) -> list[str]:
 
 __all__ = [
     "ADAPTER_CONFIG_MAP", "DEFAULT_ADAPTER_CONFIG", "AdapterConfig", "AdapterConfigBase", "BnConfig",
-    "DoubleSeqBnConfig", "DoubleSeqBnInvConfig", "HoulsbyConfig", "HoulsbyInvConfig", "ParBnConfig", "ParallelConfig",
+    "DoubleSeqBnConfig", "DoubleSeqBnInvConfig", "HoulsbyConfig", "HoulsbyInvConfig", "IA3Config", "LoRAConfig",
+    "ParBnConfig", "ParallelConfig",
     "PfeifferConfig", "PfeifferInvConfig", "SeqBnConfig", "SeqBnInvConfig", "parse",
 ]

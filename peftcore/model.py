@@ -19,6 +19,7 @@ from peftcore.configs import DEFAULT_ADAPTER_CONFIG, AdapterConfigBase
 from peftcore.heads import build_head, head_config
 from peftcore.interop import adapterhub
 from peftcore.methods import METHODS
+from peftcore.methods.lora import LinearMethod
 from peftcore.sites import EmbeddingSite, LMHead, Site, find_sites
 
 SUMMARY_HEADER = ("name", "architecture", "#param", "%param", "active", "train")
@@ -75,7 +76,7 @@ class AdapterModelMixin:
         for site in self.sites_found:
             for method in METHODS:
                 if isinstance(config, method.config_class) and site.name in method.sites(config, site.layer):
-                    module = method(config, self.config.hidden_size, site.layer)
+                    module = method.build(config, site, self.config.hidden_size)
                     modules.append((site, module.to(device=reference.device, dtype=reference.dtype)))
         if not modules:
             raise ValueError(f"{type(config).__name__} places no module on this model (all layers left out?).")
@@ -87,6 +88,8 @@ class AdapterModelMixin:
         if name in self.active_setup:
             raise ValueError(f"adapter {name!r} is active; deactivate it first with set_active_adapters(None) or "
                              "another setup.")
+        if name in self.merged_adapters():
+            raise ValueError(f"adapter {name!r} is merged into the weights; reset_adapter({name!r}) first.")
         self.remove_adapter(name)
 
     def remove_adapter(self, name: str) -> None:
@@ -141,8 +144,9 @@ class AdapterModelMixin:
                 raise TypeError(f"set_active_adapters takes adapter names, got {name!r}.")
             self.check_known(name)
         plugs = []
+        merged = self.merged_adapters()
         for site in self.sites_found:
-            present = [name for name in names if name in site.module.adapters]
+            present = [name for name in names if name in site.module.adapters and name not in merged]
             if len(present) > 1:
                 raise ValueError(f"adapters {present} both sit at {site.name} of layer {site.layer}; composing "
                                  "several adapters at one site (Stack, Fuse, ...) is not available yet.")
@@ -167,6 +171,10 @@ class AdapterModelMixin:
         names = (setup,) if isinstance(setup, str) else tuple(setup)
         for name in names:
             self.check_known(name)
+        merged = sorted(set(names) & self.merged_adapters())
+        if merged:
+            raise ValueError(f"adapters {merged} are merged into the weights; training them would train the base "
+                             "weights. reset_adapter() first.")
         self.train()
         self.freeze_model(True)
         for name in names:
@@ -175,6 +183,47 @@ class AdapterModelMixin:
             if name in self.heads:
                 self.heads[name].requires_grad_(True)
         self.set_active_adapters(names)
+
+    # ---- merging ----------------------------------------------------------------------------------------------
+
+    def merged_adapters(self) -> set[str]:
+        return {name for name, _, _, module in self.iter_adapters() if getattr(module, "is_merged", False)}
+
+    def merge_adapter(self, name: str) -> None:
+        """Fold a LoRA or (IA)^3 adapter into the weights it adapts: inference at the plain model's speed.
+
+        The merged adapter acts whether or not it is active; ``reset_adapter`` restores the weights exactly.
+        """
+        self.check_known(name)
+        placed = [(site, site.module.adapters[name]) for site in self.sites_found if name in site.module.adapters]
+        for site, module in placed:
+            if not isinstance(module, LinearMethod):
+                raise ValueError(f"adapter {name!r} is a {type(module).__name__}; only LoRA and (IA)^3 adapters merge.")
+            if module.is_merged:
+                raise ValueError(f"adapter {name!r} is merged already; reset_adapter({name!r}) before merging again.")
+            if module.gate is not None:
+                raise ValueError(f"adapter {name!r} is gated (use_gating=True): its output depends on the input, so "
+                                 "it cannot be folded into a weight.")
+            others = [other for other, mod in site.module.adapters.items() if getattr(mod, "is_merged", False)]
+            if others:
+                raise ValueError(f"adapter {others[0]!r} is merged into {site.path} already; one merged adapter per "
+                                 f"weight: reset_adapter({others[0]!r}) first.")
+        for site, module in placed:
+            module.merge_into(site.module)
+        self.set_active_adapters(self.active_setup)
+
+    def reset_adapter(self, name: str | None = None) -> None:
+        """Undo ``merge_adapter`` for one adapter, or for every merged adapter when ``name`` is None."""
+        merged = self.merged_adapters()
+        if name is not None:
+            self.check_known(name)
+            if name not in merged:
+                raise ValueError(f"adapter {name!r} is not merged; there is nothing to reset.")
+        for site in self.sites_found:
+            for adapter, module in site.module.adapters.items():
+                if adapter in merged and (name is None or adapter == name):
+                    module.unmerge_from(site.module)
+        self.set_active_adapters(self.active_setup)
 
     # ---- summary ----------------------------------------------------------------------------------------------
 

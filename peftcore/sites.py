@@ -140,6 +140,34 @@ class EmbeddingSite(nn.Module):
         return x if self.inverse_plug is None else self.inverse_plug(x)
 
 
+def init_generator(seed: int | None) -> torch.Generator | None:
+    """A private generator for ``init_weights_seed`` (None: the global RNG), so seeding never touches global state."""
+    return None if seed is None else torch.Generator().manual_seed(seed)
+
+
+class Method(nn.Module):
+    """Base of every PEFT method module. A method serves one config class and says where a config places it.
+
+    ``sites(config, layer)`` maps config fields to site names for one layer (``None``: the embeddings); it is the
+    only translation from config to placement. ``build`` makes the module for one site; ``plugs`` returns the
+    callables its site runs when this adapter is active alone (``{"plug": ...}``, plus ``"inverse_plug"`` at the
+    embedding site).
+    """
+
+    config_class: type
+
+    @classmethod
+    def sites(cls, config: object, layer: int | None) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    @classmethod
+    def build(cls, config: object, site: Site, hidden_size: int) -> Method:
+        return cls(config, hidden_size, site.layer)
+
+    def plugs(self) -> dict[str, Callable]:
+        return {"plug": self.forward}
+
+
 class LMHead(nn.Module):
     """Base of language-model heads: ``decoder(transform(x))``. The model runs its embedding site's inverse
     between the two, where invertible adapters undo their embedding transform."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from peftcore.configs import AdapterConfigBase, BnConfig
+from peftcore.configs import AdapterConfigBase, BnConfig, LoRAConfig
 from peftcore.io import (
     CONFIG_FILE,
     SavedAdapter,
@@ -63,14 +63,14 @@ def bottleneck_names(config: BnConfig) -> dict[str, str]:
 
 def their_local(config: AdapterConfigBase, site: Site, key: str) -> str:
     """Our key inside a method module -> AdapterHub's."""
-    if site.layer is None:
-        return key  # couplings use AdapterHub's names (F, G, s1, s2)
+    if site.layer is None or isinstance(config, LoRAConfig):
+        return key  # couplings (F, G, s1, s2) and LoRA/(IA)^3 (lora_A, lora_B, gate) use AdapterHub's names
     module, _, leaf = key.partition(".")
     renamed = bottleneck_names(config)[module]
     return f"{renamed}.{leaf}" if leaf else renamed
 
 
-def site_prefix(model: AdapterModelMixin, site: Site, name: str) -> str:
+def site_prefix(model: AdapterModelMixin, config: AdapterConfigBase, site: Site, name: str) -> str:
     """Where AdapterHub keeps the adapter ``name`` of ``site``, without the base-model prefix."""
     if site.layer is None:
         return f"{INVERTIBLE_PATH}.{name}."
@@ -78,7 +78,8 @@ def site_prefix(model: AdapterModelMixin, site: Site, name: str) -> str:
     if site.name not in paths:
         raise ValueError(f"{type(model).__name__} does not say where AdapterHub keeps {site.name} adapters "
                          "(keymap.site_paths).")
-    return f"{paths[site.name].format(i=site.layer)}.adapters.{name}."
+    container = "loras" if isinstance(config, LoRAConfig) else "adapters"
+    return f"{paths[site.name].format(i=site.layer)}.{container}.{name}."
 
 
 def key_pairs(model: AdapterModelMixin, config: AdapterConfigBase, name: str) -> dict[str, str]:
@@ -86,7 +87,8 @@ def key_pairs(model: AdapterModelMixin, config: AdapterConfigBase, name: str) ->
     pairs = {}
     for site, module in model.build_adapter(config):
         for key in module.state_dict():
-            pairs[site_prefix(model, site, name) + their_local(config, site, key)] = f"{site.path}.adapters.{key}"
+            their = site_prefix(model, config, site, name) + their_local(config, site, key)
+            pairs[their] = f"{site.path}.adapters.{key}"
     return pairs
 
 

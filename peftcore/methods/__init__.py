@@ -3,7 +3,8 @@ class it serves (``config_class``) and, through ``sites(config, layer)``, where 
 
 from peftcore.methods.bottleneck import Bottleneck
 from peftcore.methods.invertible import GLOWCoupling, NICECoupling
+from peftcore.methods.lora import IA3, LoRA
 
-METHODS = (Bottleneck, NICECoupling, GLOWCoupling)
+METHODS = (Bottleneck, NICECoupling, GLOWCoupling, LoRA, IA3)
 
-__all__ = ["METHODS", "Bottleneck", "GLOWCoupling", "NICECoupling"]
+__all__ = ["IA3", "METHODS", "Bottleneck", "GLOWCoupling", "LoRA", "NICECoupling"]

@@ -24,10 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from peftcore.configs import BnConfig
-from peftcore.sites import ACTIVATIONS
+from peftcore.sites import ACTIVATIONS, Method, init_generator
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(Method):
     """f(z) = gate(z) · dropout(s · up(act(down(ln_before(z))))), placed around a residual site.
 
     ``s`` is ``config.scaling``: a float, a learned scalar ("learned") or a learned vector ("channel").
@@ -62,9 +62,7 @@ class Bottleneck(nn.Module):
 
     def reset_parameters(self) -> None:
         """AdapterHub's three initialisations; ``init_weights_seed`` seeds a private generator."""
-        generator = None
-        if self.config.init_weights_seed is not None:
-            generator = torch.Generator().manual_seed(self.config.init_weights_seed)
+        generator = init_generator(self.config.init_weights_seed)
         init = self.config.init_weights
         with torch.no_grad():
             for linear in (self.down, self.up):
@@ -81,9 +79,6 @@ class Bottleneck(nn.Module):
             if self.gate is not None and init != "houlsby":  # AdapterHub leaves a houlsby gate at PyTorch's init
                 nn.init.normal_(self.gate.weight, std=0.02, generator=generator)
                 nn.init.zeros_(self.gate.bias)
-
-    def plugs(self) -> dict[str, object]:
-        return {"plug": self.forward}
 
     def transform(self, z: Tensor) -> Tensor:
         """The scaled, dropped-out and gated bottleneck output f(z), without any residual."""

@@ -10,11 +10,13 @@ Parameter names (F, G; s1, s2) are AdapterHub's, so its files load without renam
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
 from peftcore.configs import BnConfig
-from peftcore.sites import Activation
+from peftcore.sites import Activation, Method
 
 
 def subnet(width_in: int, width_out: int, config: BnConfig) -> nn.Sequential:
@@ -27,7 +29,7 @@ def subnet(width_in: int, width_out: int, config: BnConfig) -> nn.Sequential:
     return net
 
 
-class Coupling(nn.Module):
+class Coupling(Method):
     """What both couplings share: their site, their halves of the hidden vector, and their plugs."""
 
     config_class = BnConfig
@@ -42,7 +44,7 @@ class Coupling(nn.Module):
         self.split = hidden_size // 2  # x1 = x[..., :split], x2 = x[..., split:]
         self.widths = (self.split, hidden_size - self.split)
 
-    def plugs(self) -> dict[str, object]:
+    def plugs(self) -> dict[str, Callable]:
         return {"plug": self.forward, "inverse_plug": self.inverse}
 
 
