@@ -15,6 +15,17 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, vocab_size=120)
 
 
+def perturb_biases_and_norms(model: torch.nn.Module) -> None:
+    """transformers initialises biases to 0 and LayerNorms to 1, which hides any mistake in handling them; give
+    every bias and LayerNorm weight a random value instead."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0.0, 0.1)
+            elif "norm" in name.lower() and name.endswith("weight"):
+                parameter.normal_(1.0, 0.1)
+
+
 def save_hf(model, path: Path) -> Path:
     """save_pretrained a transformers model in eval mode and return the directory."""
     model.eval().save_pretrained(path)
@@ -31,6 +42,7 @@ def hf_checkpoint(tmp_path_factory):
         if key not in cache:
             torch.manual_seed(len(cache))
             model = model_class(config).eval()
+            perturb_biases_and_norms(model)
             cache[key] = (save_hf(model, tmp_path_factory.mktemp(model_class.__name__)), model)
         return cache[key]
 
