@@ -194,10 +194,8 @@ def install(model: AdapterModelMixin, saved: SavedAdapter, name: str, source: st
     if saved.hidden_size is not None and saved.hidden_size != model.config.hidden_size:
         raise ValueError(f"{source} holds an adapter for hidden size {saved.hidden_size}; this model's is "
                          f"{model.config.hidden_size}.")
-    modules = model.build_adapter(saved.config)
-    expected = {f"{site.path}.adapters.{key}": (module, key) for site, module in modules
-                for key in module.state_dict()}
-    fill(expected, saved.state, f"{source}: adapter {saved.name!r}")
+    built = model.build_adapter(saved.config)
+    fill(built.slots(), saved.state, f"{source}: adapter {saved.name!r}")
     head = None
     if saved.head_config is not None:
         head = model.build_head_module(saved.head_config)
@@ -207,7 +205,7 @@ def install(model: AdapterModelMixin, saved: SavedAdapter, name: str, source: st
         tied = model.aliases()
         fill({f"head.{key}": (model.head, key) for key in model.head.state_dict() if f"head.{key}" not in tied},
              saved.model_head_state, f"{source}: model head")
-    model.attach_adapter(name, saved.config, modules)
+    model.attach_adapter(name, saved.config, built)
     if head is not None:
         model.attach_head(name, head)
     return name

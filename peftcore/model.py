@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -20,9 +20,23 @@ from peftcore.heads import build_head, head_config
 from peftcore.interop import adapterhub
 from peftcore.methods import METHODS
 from peftcore.methods.lora import LinearMethod
-from peftcore.sites import EmbeddingSite, LMHead, Site, find_sites
+from peftcore.sites import EmbeddingSite, LMHead, ModelShape, Site, find_sites
 
 SUMMARY_HEADER = ("name", "architecture", "#param", "%param", "active", "train")
+
+
+class BuiltAdapter(NamedTuple):
+    """An adapter's modules before they are attached: one per site, plus what its sites share."""
+
+    placed: list[tuple[Site, nn.Module]]
+    shared: nn.ModuleDict  # shared_key -> module
+
+    def slots(self) -> dict[str, tuple[nn.Module, str]]:
+        """Our key (adapter name left out) -> (module, key inside it), for every tensor of the adapter."""
+        slots = {f"{site.path}.adapters.{key}": (module, key) for site, module in self.placed
+                 for key in module.state_dict()}
+        slots.update({f"shared_parameters.{key}": (self.shared, key) for key in self.shared.state_dict()})
+        return slots
 
 
 class AdapterModelMixin:
@@ -33,6 +47,7 @@ class AdapterModelMixin:
         self.adapter_configs: dict[str, AdapterConfigBase] = {}
         self.active_setup: tuple[str, ...] = ()
         self.heads = nn.ModuleDict()
+        self.shared_parameters = nn.ModuleDict()
         self.active_head: str | None = None
 
     @property
@@ -58,29 +73,38 @@ class AdapterModelMixin:
         if set_active:
             self.set_active_adapters(name)
 
-    def attach_adapter(self, name: str, config: AdapterConfigBase, modules: list[tuple[Site, nn.Module]]) -> None:
+    def attach_adapter(self, name: str, config: AdapterConfigBase, built: BuiltAdapter) -> None:
         """Put built modules into their sites; the last step of adding or loading an adapter."""
-        for site, module in modules:
+        for site, module in built.placed:
             site.module.adapters[name] = module.train(self.training)
+        if len(built.shared):
+            self.shared_parameters[name] = built.shared.train(self.training)
         self.adapter_configs[name] = config
 
-    def build_adapter(self, config: AdapterConfigBase) -> list[tuple[Site, nn.Module]]:
-        """The method modules ``config`` places, one per site, on the model's device and dtype; attaches nothing."""
-        num_layers = sum(1 for site in self.sites_found if site.name == "ffn.residual")
-        too_deep = [i for i in getattr(config, "leave_out", ()) if i >= num_layers]
+    def build_adapter(self, config: AdapterConfigBase) -> BuiltAdapter:
+        """The method modules ``config`` places, on the model's device and dtype; attaches nothing."""
+        shape = ModelShape(self.config.hidden_size, sum(1 for site in self.sites_found if site.name == "ffn.residual"),
+                           self.config.num_attention_heads)
+        too_deep = [i for i in getattr(config, "leave_out", ()) if i >= shape.num_layers]
         if too_deep:
-            raise ValueError(f"leave_out holds layer(s) {too_deep}, but the model has {num_layers} layers (0..."
-                             f"{num_layers - 1}).")
+            raise ValueError(f"leave_out holds layer(s) {too_deep}, but the model has {shape.num_layers} layers "
+                             f"(0...{shape.num_layers - 1}).")
         reference = next(p for p in self.parameters() if p.is_floating_point())
-        modules = []
+        methods = [method for method in METHODS if isinstance(config, method.config_class)]
+        shared: dict[str, nn.Module] = {}
+        for method in methods:
+            module = method.build_shared(config, shape)
+            if module is not None:
+                shared[method.shared_key] = module.to(device=reference.device, dtype=reference.dtype)
+        placed = []
         for site in self.sites_found:
-            for method in METHODS:
-                if isinstance(config, method.config_class) and site.name in method.sites(config, site.layer):
-                    module = method.build(config, site, self.config.hidden_size)
-                    modules.append((site, module.to(device=reference.device, dtype=reference.dtype)))
-        if not modules:
+            for method in methods:
+                if site.name in method.sites(config, site.layer):
+                    module = method.build(config, site, shape, shared.get(method.shared_key))
+                    placed.append((site, module.to(device=reference.device, dtype=reference.dtype)))
+        if not placed:
             raise ValueError(f"{type(config).__name__} places no module on this model (all layers left out?).")
-        return modules
+        return BuiltAdapter(placed, nn.ModuleDict(shared))
 
     def delete_adapter(self, name: str) -> None:
         """Remove an adapter and its modules; an active adapter must be deactivated first."""
@@ -96,6 +120,8 @@ class AdapterModelMixin:
         for site in self.sites_found:
             if name in site.module.adapters:
                 del site.module.adapters[name]
+        if name in self.shared_parameters:
+            del self.shared_parameters[name]
         del self.adapter_configs[name]
 
     def check_known(self, name: str) -> None:
@@ -120,12 +146,18 @@ class AdapterModelMixin:
     def adapter_state(self, name: str) -> dict[str, Tensor]:
         """An adapter's tensors keyed by their path in the model with the adapter name left out."""
         self.check_known(name)
-        return {f"{site.path}.adapters.{key}": tensor for site in self.sites_found if name in site.module.adapters
-                for key, tensor in site.module.adapters[name].state_dict().items()}
+        state = {f"{site.path}.adapters.{key}": tensor for site in self.sites_found if name in site.module.adapters
+                 for key, tensor in site.module.adapters[name].state_dict().items()}
+        if name in self.shared_parameters:
+            shared = self.shared_parameters[name].state_dict()
+            state.update({f"shared_parameters.{key}": tensor for key, tensor in shared.items()})
+        return state
 
     def adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
         for _, _, _, module in self.iter_adapters(name):
             yield from module.parameters()
+        if name in self.shared_parameters:
+            yield from self.shared_parameters[name].parameters()
 
     # ---- activation and training ------------------------------------------------------------------------------
 

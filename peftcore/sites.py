@@ -145,24 +145,42 @@ def init_generator(seed: int | None) -> torch.Generator | None:
     return None if seed is None else torch.Generator().manual_seed(seed)
 
 
+class ModelShape(NamedTuple):
+    """What a method needs to know of the model it is built for."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+
+
 class Method(nn.Module):
     """Base of every PEFT method module. A method serves one config class and says where a config places it.
 
     ``sites(config, layer)`` maps config fields to site names for one layer (``None``: the embeddings); it is the
-    only translation from config to placement. ``build`` makes the module for one site; ``plugs`` returns the
-    callables its site runs when this adapter is active alone (``{"plug": ...}``, plus ``"inverse_plug"`` at the
-    embedding site).
+    only translation from config to placement. ``build_shared`` makes the one module an adapter shares across all
+    its sites, if the method has one (kept in ``model.shared_parameters[adapter][shared_key]``); ``build`` makes the
+    module for one site, given that shared module. ``plugs`` returns the callables its site runs when this adapter
+    is active alone (``{"plug": ...}``, plus ``"inverse_plug"`` at the embedding site).
     """
 
     config_class: type
+    shared_key: str | None = None
 
     @classmethod
     def sites(cls, config: object, layer: int | None) -> tuple[str, ...]:
         raise NotImplementedError
 
     @classmethod
-    def build(cls, config: object, site: Site, hidden_size: int) -> Method:
-        return cls(config, hidden_size, site.layer)
+    def build_shared(cls, config: object, shape: ModelShape) -> nn.Module | None:
+        return None
+
+    @classmethod
+    def build(cls, config: object, site: Site, shape: ModelShape, shared: nn.Module | None) -> Method:
+        return cls(config, shape.hidden_size, site.layer)
+
+    def share(self, shared: nn.Module) -> None:
+        """Keep a reference to the adapter's shared module without registering it a second time."""
+        object.__setattr__(self, "shared", shared)
 
     def plugs(self) -> dict[str, Callable]:
         return {"plug": self.forward}

@@ -85,7 +85,7 @@ def site_prefix(model: AdapterModelMixin, config: AdapterConfigBase, site: Site,
 def key_pairs(model: AdapterModelMixin, config: AdapterConfigBase, name: str) -> dict[str, str]:
     """AdapterHub key (no base-model prefix) -> our key (adapter name left out), for every tensor of ``config``."""
     pairs = {}
-    for site, module in model.build_adapter(config):
+    for site, module in model.build_adapter(config).placed:
         for key in module.state_dict():
             their = site_prefix(model, config, site, name) + their_local(config, site, key)
             pairs[their] = f"{site.path}.adapters.{key}"

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftcore.configs import LoRAConfig
-from peftcore.sites import Method, Site, SiteLinear, init_generator
+from peftcore.sites import Method, ModelShape, Site, SiteLinear, init_generator
 
 
 def linear_sites(config: LoRAConfig, layer: int | None) -> tuple[str, ...]:
@@ -38,7 +38,7 @@ class LinearMethod(Method):
         return linear_sites(config, layer) if config.composition_mode == cls.composition_mode else ()
 
     @classmethod
-    def build(cls, config: LoRAConfig, site: Site, hidden_size: int) -> LinearMethod:
+    def build(cls, config: LoRAConfig, site: Site, shape: ModelShape, shared: nn.Module | None) -> LinearMethod:
         return cls(config, site.module.in_features, site.module.out_features)
 
     def __init__(self, config: LoRAConfig, in_features: int) -> None:
