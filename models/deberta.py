@@ -183,7 +183,7 @@ class DisentangledAttention(nn.Module):
         q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.q, self.k, self.v))  # (B, H, T, D)
         bias = self.position_bias(q, k, *relative) if relative is not None and (self.c2p or self.p2c) else None
         if self.prefix.plug is not None:
-            k, v, mask = self.prefix(k, v, mask)  # (B, H, P+T, D)
+            k, v, mask = self.prefix(k, v, mask, x)  # (B, H, P+T, D)
             if bias is not None:  # prefix keys have no position: no c2p/p2c term for them
                 bias = F.pad(bias, (k.shape[-2] - bias.shape[-1], 0))  # (B, H, T, P+T)
         dropout_p = self.dropout_p if self.training else 0.0

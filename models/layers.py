@@ -92,7 +92,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
         q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.q, self.k, self.v))  # (B, H, T, D)
         if self.prefix.plug is not None:
-            k, v, mask = self.prefix(k, v, mask)  # (B, H, P+T, D)
+            k, v, mask = self.prefix(k, v, mask, x)  # (B, H, P+T, D)
         dropout_p = self.dropout_p if self.training else 0.0
         if output_attentions:
             y, probs = attend_explicitly(q, k, v, mask, dropout_p)

@@ -16,6 +16,7 @@ from peftcore.configs import (
     ParBnConfig,
     PfeifferConfig,
     PfeifferInvConfig,
+    PrefixTuningConfig,
     SeqBnConfig,
     SeqBnInvConfig,
 )
@@ -25,8 +26,25 @@ from peftcore.sites import SITE_NAMES, find_sites
 __version__ = "0.1.0"
 
 __all__ = [
-    "ADAPTER_CONFIG_MAP", "DEFAULT_ADAPTER_CONFIG", "SITE_NAMES", "AdapterConfig", "AdapterConfigBase",
-    "AdapterModelMixin", "BnConfig", "DoubleSeqBnConfig", "DoubleSeqBnInvConfig", "HoulsbyConfig", "HoulsbyInvConfig",
-    "IA3Config", "LoRAConfig", "ParBnConfig", "ParallelConfig", "PfeifferConfig", "PfeifferInvConfig", "SeqBnConfig",
-    "SeqBnInvConfig", "find_sites",
+    "ADAPTER_CONFIG_MAP",
+    "DEFAULT_ADAPTER_CONFIG",
+    "SITE_NAMES",
+    "AdapterConfig",
+    "AdapterConfigBase",
+    "AdapterModelMixin",
+    "BnConfig",
+    "DoubleSeqBnConfig",
+    "DoubleSeqBnInvConfig",
+    "HoulsbyConfig",
+    "HoulsbyInvConfig",
+    "IA3Config",
+    "LoRAConfig",
+    "ParBnConfig",
+    "ParallelConfig",
+    "PfeifferConfig",
+    "PfeifferInvConfig",
+    "PrefixTuningConfig",
+    "SeqBnConfig",
+    "SeqBnInvConfig",
+    "find_sites",
 ]

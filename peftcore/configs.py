@@ -323,11 +323,53 @@ class IA3Config(LoRAConfig):
     init_weights: str = "ia3"
 
 
+@dataclass(frozen=True, kw_only=True)
+class PrefixTuningConfig(AdapterConfigBase):
+    """Prefix tuning (Li & Liang, 2021, https://arxiv.org/abs/2101.00190): AdapterHub's PrefixTuningConfig.
+
+    ``prefix_length`` key/value vectors per layer, produced by an MLP over ``prefix_length`` learned embeddings
+    (``bottleneck_size`` wide) shared by all layers, or stored directly when ``flat``. ``encoder_prefix`` and
+    ``cross_prefix`` are AdapterHub's encoder-decoder switches; an encoder's self-attention ignores them.
+    """
+
+    architecture: ClassVar[str | None] = "prefix_tuning"
+    encoder_prefix: bool = True
+    cross_prefix: bool = True
+    leave_out: tuple[int, ...] = ()
+    flat: bool = False
+    prefix_length: int = 30
+    bottleneck_size: int = 512
+    non_linearity: str = "tanh"
+    dropout: float = 0.0
+    use_gating: bool = False
+    shared_gating: bool = True
+    init_weights_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for flag in ("encoder_prefix", "cross_prefix", "flat", "use_gating", "shared_gating"):
+            check_type(name, flag, getattr(self, flag), bool, "True or False")
+        for size in ("prefix_length", "bottleneck_size"):
+            check_type(name, size, getattr(self, size), int, "a positive int")
+            if getattr(self, size) <= 0:
+                raise ValueError(f"{name}.{size} must be a positive int, got {getattr(self, size)}.")
+        check_in(name, "non_linearity", self.non_linearity.lower() if isinstance(self.non_linearity, str) else
+                 self.non_linearity, tuple(ACTIVATIONS))
+        check_type(name, "dropout", self.dropout, (int, float), "a probability in [0, 1)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{name}.dropout must lie in [0, 1), got {self.dropout!r}.")
+        object.__setattr__(self, "leave_out", check_leave_out(name, self.leave_out))
+        if self.init_weights_seed is not None:
+            check_type(name, "init_weights_seed", self.init_weights_seed, int, "an int or None")
+
+
 PfeifferConfig, HoulsbyConfig, ParallelConfig = SeqBnConfig, DoubleSeqBnConfig, ParBnConfig
 PfeifferInvConfig, HoulsbyInvConfig = SeqBnInvConfig, DoubleSeqBnInvConfig
 
 # AdapterHub's "architecture" tag -> config class
-ARCHITECTURES: dict[str | None, type[AdapterConfigBase]] = {None: BnConfig, "lora": LoRAConfig}
+ARCHITECTURES: dict[str | None, type[AdapterConfigBase]] = {
+    None: BnConfig, "lora": LoRAConfig, "prefix_tuning": PrefixTuningConfig,
+}
 
 ADAPTER_CONFIG_MAP: dict[str, AdapterConfigBase] = {
     "seq_bn": SeqBnConfig(),
@@ -338,6 +380,8 @@ ADAPTER_CONFIG_MAP: dict[str, AdapterConfigBase] = {
     "double_seq_bn_inv": DoubleSeqBnInvConfig(),
     "lora": LoRAConfig(),
     "ia3": IA3Config(),
+    "prefix_tuning": PrefixTuningConfig(),
+    "prefix_tuning_flat": PrefixTuningConfig(flat=True),
 }
 ADAPTER_CONFIG_MAP.update({  # AdapterHub's deprecated names, still accepted
     "pfeiffer": ADAPTER_CONFIG_MAP["seq_bn"],
@@ -394,8 +438,23 @@ def split_top_level(body: str) -> list[str]:
 
 
 __all__ = [
-    "ADAPTER_CONFIG_MAP", "DEFAULT_ADAPTER_CONFIG", "AdapterConfig", "AdapterConfigBase", "BnConfig",
-    "DoubleSeqBnConfig", "DoubleSeqBnInvConfig", "HoulsbyConfig", "HoulsbyInvConfig", "IA3Config", "LoRAConfig",
-    "ParBnConfig", "ParallelConfig",
-    "PfeifferConfig", "PfeifferInvConfig", "SeqBnConfig", "SeqBnInvConfig", "parse",
+    "ADAPTER_CONFIG_MAP",
+    "DEFAULT_ADAPTER_CONFIG",
+    "AdapterConfig",
+    "AdapterConfigBase",
+    "BnConfig",
+    "DoubleSeqBnConfig",
+    "DoubleSeqBnInvConfig",
+    "HoulsbyConfig",
+    "HoulsbyInvConfig",
+    "IA3Config",
+    "LoRAConfig",
+    "ParBnConfig",
+    "ParallelConfig",
+    "PfeifferConfig",
+    "PfeifferInvConfig",
+    "PrefixTuningConfig",
+    "SeqBnConfig",
+    "SeqBnInvConfig",
+    "parse",
 ]

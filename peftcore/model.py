@@ -15,11 +15,12 @@ import torch
 from torch import Tensor, nn
 
 from peftcore import io
-from peftcore.configs import DEFAULT_ADAPTER_CONFIG, AdapterConfigBase
+from peftcore.configs import DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, PrefixTuningConfig
 from peftcore.heads import build_head, head_config
 from peftcore.interop import adapterhub
 from peftcore.methods import METHODS
 from peftcore.methods.lora import LinearMethod
+from peftcore.methods.prefix import PrefixPool
 from peftcore.sites import EmbeddingSite, LMHead, ModelShape, Site, find_sites
 
 SUMMARY_HEADER = ("name", "architecture", "#param", "%param", "active", "train")
@@ -256,6 +257,28 @@ class AdapterModelMixin:
                 if adapter in merged and (name is None or adapter == name):
                     module.unmerge_from(site.module)
         self.set_active_adapters(self.active_setup)
+
+    def eject_prefix_tuning(self, name: str) -> None:
+        """Replace a prefix-tuning adapter's reparameterising MLP by the prefixes it computes (``flat=True``).
+
+        Outputs stay the same; the adapter gets smaller and no longer trains through the MLP. Saving afterwards
+        writes a flat adapter that reloads as one.
+        """
+        self.check_known(name)
+        config = self.adapter_configs[name]
+        if not isinstance(config, PrefixTuningConfig):
+            raise ValueError(f"adapter {name!r} is {type(config).__name__}; only prefix tuning can be ejected.")
+        if config.flat:
+            raise ValueError(f"adapter {name!r} is flat already.")
+        pool = self.shared_parameters[name]["prefix"]
+        flat = PrefixPool(config.replace(flat=True), *pool.shape[1:2], *pool.shape[3:], self.config.hidden_size)
+        with torch.no_grad():
+            flat.control_trans.copy_(pool.flattened())
+        flat.to(device=pool.control_trans[0].weight.device).train(pool.training)
+        self.shared_parameters[name]["prefix"] = flat
+        for _, _, _, module in self.iter_adapters(name):
+            module.share(flat)
+        self.adapter_configs[name] = config.replace(flat=True)
 
     # ---- summary ----------------------------------------------------------------------------------------------
 

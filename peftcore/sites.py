@@ -106,19 +106,20 @@ class ResidualSite(nn.Module):
 
 
 class PrefixSite(nn.Module):
-    """``k, v, mask -> k, v, mask`` inside self-attention; prefix tuning prepends key/value vectors here.
+    """``k, v, mask, x -> k, v, mask`` inside self-attention; prefix tuning prepends key/value vectors here.
 
-    k and v are ``(B, H, T, D)``; mask is the additive attention mask ``(B, 1, 1|T, T)``. When active the
-    plug returns ``(B, H, P+T, D)`` keys and values and a mask padded by ``P`` attendable columns.
+    k and v are ``(B, H, T, D)``; mask is the additive attention mask ``(B, 1, 1|T, T)`` or None; x is the
+    attention block's input ``(B, T, C)`` (a gate reads it). When active the plug returns ``(B, H, P+T, D)`` keys
+    and values and a mask padded by ``P`` attendable columns.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.adapters = nn.ModuleDict()
-        self.plug: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]] | None = None
+        self.plug: Callable[..., tuple[Tensor, Tensor, Tensor | None]] | None = None
 
-    def forward(self, k: Tensor, v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return (k, v, mask) if self.plug is None else self.plug(k, v, mask)
+    def forward(self, k: Tensor, v: Tensor, mask: Tensor | None, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        return (k, v, mask) if self.plug is None else self.plug(k, v, mask, x)
 
 
 class EmbeddingSite(nn.Module):

@@ -56,6 +56,7 @@ BERT = KeyMap(
         "attn.q": "encoder.layer.{i}.attention.self.query",
         "attn.k": "encoder.layer.{i}.attention.self.key",
         "attn.v": "encoder.layer.{i}.attention.self.value",
+        "attn.prefix": "encoder.layer.{i}.attention.self.prefix_tuning",
         "attn.residual": "encoder.layer.{i}.attention.output",
         "ffn.intermediate": "encoder.layer.{i}.intermediate.dense",
         "ffn.output": "encoder.layer.{i}.output.dense",

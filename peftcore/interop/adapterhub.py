@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from peftcore.configs import AdapterConfigBase, BnConfig, LoRAConfig
+from peftcore.configs import AdapterConfigBase, BnConfig, LoRAConfig, PrefixTuningConfig
 from peftcore.io import (
     CONFIG_FILE,
     SavedAdapter,
@@ -38,6 +38,8 @@ WEIGHTS = ("adapter.safetensors", "pytorch_adapter.bin")
 HEAD_CONFIG, HEAD_WEIGHTS = "head_config.json", ("model_head.safetensors", "pytorch_model_head.bin")
 VERSION = "adapters.1.3.0"
 INVERTIBLE_PATH = "invertible_adapters"
+CONTAINERS = {"lora": "loras", "prefix_tuning": "prefix_gates"}  # AdapterHub's per-site ModuleDict, by method
+SHARED_PATHS = {"prefix": "prefix_tuning.prefix_tunings.{name}.self_prefix."}  # our shared_key -> their path
 
 
 def is_adapterhub(directory: Path, raw: Mapping[str, Any]) -> bool:
@@ -65,6 +67,8 @@ def their_local(config: AdapterConfigBase, site: Site, key: str) -> str:
     """Our key inside a method module -> AdapterHub's."""
     if site.layer is None or isinstance(config, LoRAConfig):
         return key  # couplings (F, G, s1, s2) and LoRA/(IA)^3 (lora_A, lora_B, gate) use AdapterHub's names
+    if isinstance(config, PrefixTuningConfig):
+        return key.removeprefix("gate.")  # the gate is the whole module in AdapterHub's prefix_gates
     module, _, leaf = key.partition(".")
     renamed = bottleneck_names(config)[module]
     return f"{renamed}.{leaf}" if leaf else renamed
@@ -78,17 +82,21 @@ def site_prefix(model: AdapterModelMixin, config: AdapterConfigBase, site: Site,
     if site.name not in paths:
         raise ValueError(f"{type(model).__name__} does not say where AdapterHub keeps {site.name} adapters "
                          "(keymap.site_paths).")
-    container = "loras" if isinstance(config, LoRAConfig) else "adapters"
+    container = CONTAINERS.get(type(config).architecture, "adapters")
     return f"{paths[site.name].format(i=site.layer)}.{container}.{name}."
 
 
 def key_pairs(model: AdapterModelMixin, config: AdapterConfigBase, name: str) -> dict[str, str]:
     """AdapterHub key (no base-model prefix) -> our key (adapter name left out), for every tensor of ``config``."""
     pairs = {}
-    for site, module in model.build_adapter(config).placed:
+    built = model.build_adapter(config)
+    for site, module in built.placed:
         for key in module.state_dict():
             their = site_prefix(model, config, site, name) + their_local(config, site, key)
             pairs[their] = f"{site.path}.adapters.{key}"
+    for shared_key, module in built.shared.items():
+        for key in module.state_dict():
+            pairs[SHARED_PATHS[shared_key].format(name=name) + key] = f"shared_parameters.{shared_key}.{key}"
     return pairs
 
 
@@ -103,6 +111,8 @@ def read(directory: Path, raw: Mapping[str, Any], with_head: bool, model: Adapte
     theirs = {key.removeprefix(prefix): tensor for key, tensor in theirs.items()}
     if isinstance(config, BnConfig) and config.ln_before:  # AdapterHub also saves the input LayerNorm a second time
         theirs = {key: t for key, t in theirs.items() if ".adapter_norm_before." not in key}
+    if isinstance(config, PrefixTuningConfig):  # AdapterHub also saves the prefix pool once per layer
+        theirs = {key: t for key, t in theirs.items() if ".prefix_tuning.pool." not in key}
     pairs = key_pairs(model, config, name)
     state = {pairs.get(key, key): tensor for key, tensor in theirs.items()}
     saved = SavedAdapter(name, config, state, raw.get("model_type"), raw.get("hidden_size"))

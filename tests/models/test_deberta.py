@@ -145,7 +145,7 @@ def test_prefix_keys_the_mask_hides_leave_real_tokens_unchanged(hf_checkpoint):
     P = 3
 
     def prefix(hide: bool):
-        def plug(k, v, mask_):
+        def plug(k, v, mask_, x):
             B, H, _, D = k.shape
             pk, pv = torch.randn(2, B, H, P, D, generator=torch.Generator().manual_seed(2))
             column = torch.full((B, 1, 1, P), torch.finfo(k.dtype).min if hide else 0.0)

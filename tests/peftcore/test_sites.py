@@ -47,7 +47,7 @@ def test_empty_residual_prefix_and_embedding_sites_are_identities():
     assert torch.equal(ResidualSite(norm)(h, residual), norm(h + residual))
     assert torch.equal(ResidualSite(None)(h, residual), h + residual)
     k, v, mask = torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4), torch.zeros(2, 1, 1, 3)
-    assert all(a is b for a, b in zip(PrefixSite()(k, v, mask), (k, v, mask), strict=True))
+    assert all(a is b for a, b in zip(PrefixSite()(k, v, mask, torch.randn(2, 3, 4)), (k, v, mask), strict=True))
     assert EmbeddingSite()(h) is h and EmbeddingSite().inverse(h) is h
 
 
@@ -73,7 +73,7 @@ class TinyBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = (proj(x)[:, None] for proj in (self.attn.q, self.attn.k, self.attn.v))
-        k, v, mask = self.attn.prefix(k, v, torch.zeros(x.shape[0], 1, 1, x.shape[1]))
+        k, v, mask = self.attn.prefix(k, v, torch.zeros(x.shape[0], 1, 1, x.shape[1]), x)
         x = self.attn.residual(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)[:, 0], x)
         return self.ffn.residual(self.ffn.output(F.gelu(self.ffn.intermediate(x))), x)
 
