@@ -65,7 +65,7 @@ class BertModel(PretrainedEncoder):
     def default_position_ids(self, input_ids: Tensor | None, shape: tuple[int, int], device: torch.device) -> Tensor:
         return torch.arange(shape[1], device=device).expand(shape)  # (B, T)
 
-    def forward(
+    def encode(
         self,
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,

@@ -300,7 +300,7 @@ class DebertaModel(PretrainedEncoder):
         index = relative_index(positions[:, None] - positions[None, :], S)  # (T, T)
         return self.rel_embeddings.weight[span - S:span + S], index  # (2S, C)
 
-    def forward(
+    def encode(
         self,
         input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,

@@ -291,3 +291,4 @@ class EncoderOutput:
     logits: Tensor | None = None  # (B, L), (B, T, L), (B, T, V) or (B, T, 2) by head
     start_logits: Tensor | None = None  # (B, T), question answering only
     end_logits: Tensor | None = None  # (B, T), question answering only
+    adapter_gating_scores: dict | None = None  # {adapter: {layer: {location: np.ndarray}}}, when asked for

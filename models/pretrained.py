@@ -25,7 +25,7 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
     """Base class of every model: subclasses set the class attributes and build their modules.
 
     Subclasses define ``embeddings`` (ending in an EmbeddingSite), ``layers``, ``pooler`` (or None) and
-    ``head`` (or None), and a forward that ends in ``self.finish``.
+    ``head`` (or None), and an ``encode`` (their forward) that ends in ``self.finish``.
     """
 
     config_class: ClassVar[type[EncoderConfig]]
@@ -40,6 +40,14 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
             raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}.")
         self.config = config
         self.init_adapters()
+
+    def forward(self, *args: Any, output_adapter_gating_scores: bool = False, **kwargs: Any) -> EncoderOutput:
+        """The model's ``encode`` (see there for the inputs); ``output_adapter_gating_scores=True`` also returns the
+        UniPELT gate values of every gated adapter as ``adapter_gating_scores``."""
+        with self.recording_gates(output_adapter_gating_scores) as scores:
+            out = self.encode(*args, **kwargs)
+        out.adapter_gating_scores = scores
+        return out
 
     def build_head(self) -> nn.Module | None:
         """The configured head, tied to the word embeddings when it is a masked-LM head and the config says so."""

@@ -153,7 +153,7 @@ class ViTModel(PretrainedEncoder):
         else:
             super().init_weights(module)
 
-    def forward(
+    def encode(
         self,
         pixel_values: Tensor,
         output_hidden_states: bool = False,

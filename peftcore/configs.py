@@ -39,6 +39,8 @@ class AdapterConfigBase:
             raise ValueError(f"adapter architecture {architecture!r} is not known; known: "
                              f"{sorted(str(a) for a in ARCHITECTURES)}.")
         config_class = ARCHITECTURES[architecture]
+        if config_class is ConfigUnion:
+            return ConfigUnion.from_dict(data)
         valid = {f.name for f in dataclasses.fields(config_class)}
         unknown = sorted(set(data) - valid)
         if unknown:
@@ -363,12 +365,85 @@ class PrefixTuningConfig(AdapterConfigBase):
             check_type(name, "init_weights_seed", self.init_weights_seed, int, "an int or None")
 
 
+@dataclass(frozen=True, init=False)
+class ConfigUnion(AdapterConfigBase):
+    """Several methods as one adapter (He et al., 2021; Mao et al., 2022), as AdapterHub's ConfigUnion.
+
+    Two configs of one method are refused — except bottleneck configs that differ in both ``mh_adapter`` and
+    ``output_adapter`` (one after attention, one after the FFN) — as are nested unions. ``replace`` addresses a
+    member's field as ``"0.r"``.
+    """
+
+    architecture: ClassVar[str | None] = "union"
+    configs: tuple[AdapterConfigBase, ...]
+
+    def __init__(self, *configs: AdapterConfigBase) -> None:
+        object.__setattr__(self, "configs", tuple(configs))
+        self.__post_init__()
+
+    def __post_init__(self) -> None:
+        if len(self.configs) < 2:
+            raise ValueError(f"ConfigUnion needs at least two configs, got {len(self.configs)}.")
+        for config in self.configs:
+            if not isinstance(config, AdapterConfigBase) or isinstance(config, ConfigUnion):
+                raise TypeError(f"ConfigUnion takes method configs (not unions), got {config!r}.")
+        for i, first in enumerate(self.configs):
+            for second in self.configs[i + 1:]:
+                if first.architecture != second.architecture:
+                    continue
+                separate = (isinstance(first, BnConfig) and first.mh_adapter != second.mh_adapter
+                            and first.output_adapter != second.output_adapter)
+                if not separate:
+                    raise ValueError(f"ConfigUnion holds two {first.architecture or 'bottleneck'} configs that would "
+                                     "sit at the same sites; combine different methods, or bottlenecks at different "
+                                     "places (mh_adapter vs output_adapter).")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"architecture": self.architecture, "configs": [config.to_dict() for config in self.configs]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConfigUnion:
+        return ConfigUnion(*(AdapterConfigBase.from_dict(config) for config in data["configs"]))
+
+    def replace(self, **changes: Any) -> ConfigUnion:
+        """``replace(**{"0.r": 4})`` changes field r of the first member."""
+        per_member: dict[int, dict[str, Any]] = {}
+        for key, value in changes.items():
+            index, _, field_name = key.partition(".")
+            if not index.isdigit() or int(index) >= len(self.configs) or not field_name:
+                raise ValueError(f"ConfigUnion field {key!r} must read 'N.field' with N < {len(self.configs)}.")
+            per_member.setdefault(int(index), {})[field_name] = value
+        return ConfigUnion(*(config.replace(**per_member[i]) if i in per_member else config
+                             for i, config in enumerate(self.configs)))
+
+
+def members(config: AdapterConfigBase) -> tuple[AdapterConfigBase, ...]:
+    """The method configs of a config: its members if it is a union, else itself."""
+    return config.configs if isinstance(config, ConfigUnion) else (config,)
+
+
+# MAMConfig and UniPELTConfig are functions named like AdapterHub's classes, so AdapterHub code reads the same
+def MAMConfig(prefix_tuning: PrefixTuningConfig | None = None, adapter: BnConfig | None = None) -> ConfigUnion:
+    """Mix-and-match adapters (He et al., 2021, https://arxiv.org/abs/2110.04366): prefix tuning with a
+    bottleneck of 800 plus a scaled parallel adapter on the FFN."""
+    return ConfigUnion(prefix_tuning or PrefixTuningConfig(bottleneck_size=800), adapter or ParBnConfig())
+
+
+def UniPELTConfig(prefix_tuning: PrefixTuningConfig | None = None, adapter: BnConfig | None = None,
+                  lora: LoRAConfig | None = None) -> ConfigUnion:
+    """UniPELT (Mao et al., 2022, https://arxiv.org/abs/2110.07577): gated prefix tuning, sequential bottleneck and
+    LoRA, each switched on per example by a learned gate."""
+    members = (prefix_tuning or PrefixTuningConfig(prefix_length=10), adapter or SeqBnConfig(reduction_factor=16),
+               lora or LoRAConfig(r=8, alpha=2))
+    return ConfigUnion(*(member.replace(use_gating=True) for member in members))
+
+
 PfeifferConfig, HoulsbyConfig, ParallelConfig = SeqBnConfig, DoubleSeqBnConfig, ParBnConfig
 PfeifferInvConfig, HoulsbyInvConfig = SeqBnInvConfig, DoubleSeqBnInvConfig
 
 # AdapterHub's "architecture" tag -> config class
 ARCHITECTURES: dict[str | None, type[AdapterConfigBase]] = {
-    None: BnConfig, "lora": LoRAConfig, "prefix_tuning": PrefixTuningConfig,
+    None: BnConfig, "lora": LoRAConfig, "prefix_tuning": PrefixTuningConfig, "union": ConfigUnion,
 }
 
 ADAPTER_CONFIG_MAP: dict[str, AdapterConfigBase] = {
@@ -382,6 +457,8 @@ ADAPTER_CONFIG_MAP: dict[str, AdapterConfigBase] = {
     "ia3": IA3Config(),
     "prefix_tuning": PrefixTuningConfig(),
     "prefix_tuning_flat": PrefixTuningConfig(flat=True),
+    "mam": MAMConfig(),
+    "unipelt": UniPELTConfig(),
 }
 ADAPTER_CONFIG_MAP.update({  # AdapterHub's deprecated names, still accepted
     "pfeiffer": ADAPTER_CONFIG_MAP["seq_bn"],
@@ -399,7 +476,7 @@ NAME_WITH_OVERRIDES = re.compile(r"^\s*([^\[\]\s]+)\s*(?:\[(.*)\])?\s*$", re.DOT
 def parse(text: str) -> AdapterConfigBase:
     """``"name"`` or ``"name[key=value, ...]"`` -> config; values are Python literals (``ast.literal_eval``)."""
     if "|" in text:
-        raise ValueError(f"{text!r} combines configs with '|'; unions (ConfigUnion) are not available yet.")
+        return ConfigUnion(*(parse(part) for part in text.split("|")))
     match = NAME_WITH_OVERRIDES.match(text)
     if not match:
         raise ValueError(f"{text!r} is not 'name' or 'name[key=value,...]'.")
@@ -443,12 +520,14 @@ __all__ = [
     "AdapterConfig",
     "AdapterConfigBase",
     "BnConfig",
+    "ConfigUnion",
     "DoubleSeqBnConfig",
     "DoubleSeqBnInvConfig",
     "HoulsbyConfig",
     "HoulsbyInvConfig",
     "IA3Config",
     "LoRAConfig",
+    "MAMConfig",
     "ParBnConfig",
     "ParallelConfig",
     "PfeifferConfig",
@@ -456,5 +535,6 @@ __all__ = [
     "PrefixTuningConfig",
     "SeqBnConfig",
     "SeqBnInvConfig",
+    "UniPELTConfig",
     "parse",
 ]

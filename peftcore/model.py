@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import partial
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from peftcore import io
-from peftcore.configs import DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, PrefixTuningConfig
+from peftcore.configs import DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, PrefixTuningConfig, members
 from peftcore.heads import build_head, head_config
 from peftcore.interop import adapterhub
 from peftcore.methods import METHODS
@@ -24,6 +27,10 @@ from peftcore.methods.prefix import PrefixPool
 from peftcore.sites import EmbeddingSite, LMHead, ModelShape, Site, find_sites
 
 SUMMARY_HEADER = ("name", "architecture", "#param", "%param", "active", "train")
+# AdapterHub's location keys, by site, for gating scores
+LOCATION_KEYS = {"attn.residual": "mh_adapter", "ffn.residual": "output_adapter", "attn.q": "selfattn_lora",
+                 "attn.k": "selfattn_lora", "attn.v": "selfattn_lora", "ffn.intermediate": "intermediate_lora",
+                 "ffn.output": "output_lora", "attn.prefix": "self_prefix"}
 
 
 class BuiltAdapter(NamedTuple):
@@ -83,29 +90,34 @@ class AdapterModelMixin:
         self.adapter_configs[name] = config
 
     def build_adapter(self, config: AdapterConfigBase) -> BuiltAdapter:
-        """The method modules ``config`` places, on the model's device and dtype; attaches nothing."""
+        """The method modules ``config`` (or each member of a union) places, on the model's device and dtype;
+        attaches nothing."""
         shape = ModelShape(self.config.hidden_size, sum(1 for site in self.sites_found if site.name == "ffn.residual"),
                            self.config.num_attention_heads)
-        too_deep = [i for i in getattr(config, "leave_out", ()) if i >= shape.num_layers]
-        if too_deep:
-            raise ValueError(f"leave_out holds layer(s) {too_deep}, but the model has {shape.num_layers} layers "
-                             f"(0...{shape.num_layers - 1}).")
         reference = next(p for p in self.parameters() if p.is_floating_point())
-        methods = [method for method in METHODS if isinstance(config, method.config_class)]
         shared: dict[str, nn.Module] = {}
-        for method in methods:
-            module = method.build_shared(config, shape)
-            if module is not None:
-                shared[method.shared_key] = module.to(device=reference.device, dtype=reference.dtype)
-        placed = []
-        for site in self.sites_found:
+        placed: dict[str, tuple[Site, nn.Module]] = {}
+        for member in members(config):
+            too_deep = [i for i in getattr(member, "leave_out", ()) if i >= shape.num_layers]
+            if too_deep:
+                raise ValueError(f"leave_out holds layer(s) {too_deep}, but the model has {shape.num_layers} layers "
+                                 f"(0...{shape.num_layers - 1}).")
+            methods = [method for method in METHODS if isinstance(member, method.config_class)]
             for method in methods:
-                if site.name in method.sites(config, site.layer):
-                    module = method.build(config, site, shape, shared.get(method.shared_key))
-                    placed.append((site, module.to(device=reference.device, dtype=reference.dtype)))
+                module = method.build_shared(member, shape)
+                if module is not None:
+                    shared[method.shared_key] = module.to(device=reference.device, dtype=reference.dtype)
+            for site in self.sites_found:
+                for method in methods:
+                    if site.name in method.sites(member, site.layer):
+                        if site.path in placed:
+                            raise ValueError(f"{type(config).__name__} places two modules at {site.path}; a union "
+                                             "must combine methods that sit at different sites.")
+                        module = method.build(member, site, shape, shared.get(method.shared_key))
+                        placed[site.path] = (site, module.to(device=reference.device, dtype=reference.dtype))
         if not placed:
             raise ValueError(f"{type(config).__name__} places no module on this model (all layers left out?).")
-        return BuiltAdapter(placed, nn.ModuleDict(shared))
+        return BuiltAdapter(list(placed.values()), nn.ModuleDict(shared))
 
     def delete_adapter(self, name: str) -> None:
         """Remove an adapter and its modules; an active adapter must be deactivated first."""
@@ -216,6 +228,27 @@ class AdapterModelMixin:
             if name in self.heads:
                 self.heads[name].requires_grad_(True)
         self.set_active_adapters(names)
+
+    @contextmanager
+    def recording_gates(self, enabled: bool) -> Iterator[dict | None]:
+        """While active, every gated module of an active adapter stores its gate values (AdapterHub's layout:
+        ``{adapter: {layer: {location: array}}}``; two gates at one location are stacked as columns).
+
+        The recorders live on the modules for one forward; forwards that record must not run concurrently.
+        """
+        if not enabled:
+            yield None
+            return
+        scores: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+        gated = [(name, layer, site, module) for name, layer, site, module in self.iter_adapters()
+                 if getattr(module, "gate", None) is not None]
+        for name, layer, site, module in gated:
+            module.record = partial(store_score, scores.setdefault(name, {}), layer, LOCATION_KEYS[site])
+        try:
+            yield scores
+        finally:
+            for *_, module in gated:
+                module.record = None
 
     # ---- merging ----------------------------------------------------------------------------------------------
 
@@ -431,6 +464,12 @@ class AdapterModelMixin:
         if set_active:
             self.set_active_adapters(name)
         return name
+
+
+def store_score(scores: dict[int, dict[str, np.ndarray]], layer: int, location: str, gate: Tensor) -> None:
+    value = np.atleast_1d(gate.detach().squeeze().float().cpu().numpy())
+    layer_scores = scores.setdefault(layer, {})
+    layer_scores[location] = value if location not in layer_scores else np.column_stack((layer_scores[location], value))
 
 
 def check_name(name: Any) -> None:

@@ -166,6 +166,7 @@ class Method(nn.Module):
 
     config_class: type
     shared_key: str | None = None
+    record: Callable[[Tensor], None] | None = None  # set while a forward records gate values
 
     @classmethod
     def sites(cls, config: object, layer: int | None) -> tuple[str, ...]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from peftcore.configs import AdapterConfigBase, BnConfig, LoRAConfig, PrefixTuningConfig
+from peftcore.configs import AdapterConfigBase, BnConfig, LoRAConfig, PrefixTuningConfig, members
 from peftcore.io import (
     CONFIG_FILE,
     SavedAdapter,
@@ -89,14 +89,17 @@ def site_prefix(model: AdapterModelMixin, config: AdapterConfigBase, site: Site,
 def key_pairs(model: AdapterModelMixin, config: AdapterConfigBase, name: str) -> dict[str, str]:
     """AdapterHub key (no base-model prefix) -> our key (adapter name left out), for every tensor of ``config``."""
     pairs = {}
-    built = model.build_adapter(config)
-    for site, module in built.placed:
-        for key in module.state_dict():
-            their = site_prefix(model, config, site, name) + their_local(config, site, key)
-            pairs[their] = f"{site.path}.adapters.{key}"
-    for shared_key, module in built.shared.items():
-        for key in module.state_dict():
-            pairs[SHARED_PATHS[shared_key].format(name=name) + key] = f"shared_parameters.{shared_key}.{key}"
+    for member in members(config):
+        built = model.build_adapter(member)
+        for site, module in built.placed:
+            for key in module.state_dict():
+                their = site_prefix(model, member, site, name) + their_local(member, site, key)
+                pairs[their] = f"{site.path}.adapters.{key}"
+                if key.startswith("norm_before."):  # AdapterHub stores the input LayerNorm under a second name too
+                    pairs[their.replace(".adapter_down.0.", ".adapter_norm_before.")] = f"{site.path}.adapters.{key}"
+        for shared_key, module in built.shared.items():
+            for key in module.state_dict():
+                pairs[SHARED_PATHS[shared_key].format(name=name) + key] = f"shared_parameters.{shared_key}.{key}"
     return pairs
 
 
@@ -109,10 +112,8 @@ def read(directory: Path, raw: Mapping[str, Any], with_head: bool, model: Adapte
     theirs = read_tensors(directory, WEIGHTS)
     prefix = model.keymap.prefix
     theirs = {key.removeprefix(prefix): tensor for key, tensor in theirs.items()}
-    if isinstance(config, BnConfig) and config.ln_before:  # AdapterHub also saves the input LayerNorm a second time
-        theirs = {key: t for key, t in theirs.items() if ".adapter_norm_before." not in key}
-    if isinstance(config, PrefixTuningConfig):  # AdapterHub also saves the prefix pool once per layer
-        theirs = {key: t for key, t in theirs.items() if ".prefix_tuning.pool." not in key}
+    # AdapterHub saves the prefix pool once more in every layer; its base-model copy is the one we read
+    theirs = {key: t for key, t in theirs.items() if ".prefix_tuning.pool." not in key}
     pairs = key_pairs(model, config, name)
     state = {pairs.get(key, key): tensor for key, tensor in theirs.items()}
     saved = SavedAdapter(name, config, state, raw.get("model_type"), raw.get("hidden_size"))
@@ -137,9 +138,6 @@ def save(model: AdapterModelMixin, directory: str | os.PathLike, name: str, with
     config = model.adapter_configs[name]
     ours = model.adapter_state(name)
     state = {their: ours[our] for their, our in key_pairs(model, config, name).items()}
-    if isinstance(config, BnConfig) and config.ln_before:
-        state.update({key.replace(".adapter_down.0.", ".adapter_norm_before."): t for key, t in state.items()
-                      if ".adapter_down.0." in key})
     common = {"hidden_size": model.config.hidden_size, "model_class": f"{type(model).__name__}",
               "model_name": None, "model_type": model.config.model_type, "name": name, "version": VERSION}
     with atomic_directory_write(directory) as scratch:

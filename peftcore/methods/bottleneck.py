@@ -87,7 +87,10 @@ class Bottleneck(Method):
             up = drop_rows(up, self.config.stochastic_depth)
         out = self.dropout(up * self.scaling)
         if self.gate is not None:
-            out = out * torch.sigmoid(self.gate(z)).mean(dim=1, keepdim=True)  # gate (B, 1, 1)
+            gate = torch.sigmoid(self.gate(z)).mean(dim=1, keepdim=True)  # (B, 1, 1)
+            if self.record is not None:
+                self.record(gate)
+            out = out * gate
         return out
 
     def forward(self, h: Tensor, x: Tensor, norm: nn.Module) -> Tensor:

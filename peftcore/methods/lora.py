@@ -51,7 +51,10 @@ class LinearMethod(Method):
 
     def gate_value(self, x: Tensor) -> Tensor:
         """UniPELT's gate mean_T(sigmoid(W_g x + b_g)), one value per example: (B, 1, 1)."""
-        return torch.sigmoid(self.gate(x)).mean(dim=1, keepdim=True)
+        gate = torch.sigmoid(self.gate(x)).mean(dim=1, keepdim=True)
+        if self.record is not None:
+            self.record(gate)
+        return gate
 
     @property
     def is_merged(self) -> bool:

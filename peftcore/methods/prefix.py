@@ -102,6 +102,8 @@ class PrefixTuning(Method):
         pk, pv = prefix.to(k.dtype)  # (B, H, P, D) each
         if self.gate is not None:
             gate = torch.sigmoid(self.gate(x)).mean(dim=1)  # (B, 1|2)
+            if self.record is not None:
+                self.record(gate)
             pk, pv = pk * gate[:, 0, None, None, None], pv * gate[:, -1, None, None, None]
         if mask is not None:
             mask = F.pad(mask, (pk.shape[2], 0))  # prefix columns are always attended: additive 0
