@@ -1,0 +1,129 @@
+"""The training loop: learns, trains only the adapter, accumulates exactly, resumes exactly, and trains the same
+under 2-process DistributedDataParallel as in one process."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from models import BertConfig, BertModel
+from peftcore.training import Trainer, TrainingConfig, accuracy, collate
+
+TINY = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def toy_data(n: int = 64, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Label 1 when the sequence starts with token 7: a task a tiny model with an adapter learns in a few dozen
+    steps."""
+    generator = torch.Generator().manual_seed(seed)
+    data = []
+    for i in range(n):
+        ids = torch.randint(8, 40, (3 + i % 5,), generator=generator)
+        if i % 2:
+            ids[0] = 7
+        data.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor(i % 2)})
+    return data
+
+
+def fresh_model(config: str = "lora[r=4, alpha=8]") -> BertModel:
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(**TINY))
+    model.add_adapter("a", config)
+    model.add_classification_head("a", num_labels=2)
+    return model
+
+
+def adapter_weights(model: BertModel) -> dict[str, torch.Tensor]:
+    return {key: t.clone() for key, t in model.adapter_state("a").items()} | \
+        {f"head.{key}": t.clone() for key, t in model.heads["a"].state_dict().items()}
+
+
+def test_the_adapter_learns_and_the_base_model_stays_bit_identical():
+    model = fresh_model("seq_bn[reduction_factor=2]")
+    base = {name: p.clone() for name, p in model.named_parameters() if ".adapters." not in name
+            and not name.startswith("heads.")}
+    data = toy_data(128)
+    before = accuracy(model.eval(), data)
+    result = Trainer(model, "a", TrainingConfig(epochs=8, batch_size=16, learning_rate=1e-2), data,
+                     progress=False).fit()
+    assert result.losses[-1] < result.losses[0] and accuracy(model, data) > max(before, 0.9)
+    assert all(torch.equal(p, base[name]) for name, p in model.named_parameters() if name in base)
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+    trained = []
+    for accumulation in (1, 4):
+        model = fresh_model()
+        config = TrainingConfig(epochs=1, batch_size=16, gradient_accumulation=accumulation, learning_rate=1e-2)
+        Trainer(model, "a", config, toy_data(), progress=False).fit()
+        trained.append(adapter_weights(model))
+    for key, tensor in trained[0].items():
+        torch.testing.assert_close(trained[1][key], tensor, atol=1e-6, rtol=0)
+
+
+def test_training_resumes_after_an_interruption_with_the_same_result(tmp_path):
+    config = TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-2, checkpoint_every=1, eval_every=1,
+                            checkpoint_dir=str(tmp_path / "run"))
+    straight = fresh_model()
+    Trainer(straight, "a", TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-2), toy_data(),
+            progress=False).fit()
+
+    def crash_at_step_5(model):
+        if trainer.step == 5:
+            raise KeyboardInterrupt
+        return {}
+
+    interrupted = fresh_model()
+    trainer = Trainer(interrupted, "a", config, toy_data(), evaluate=crash_at_step_5, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    resumed = fresh_model()
+    trainer = Trainer(resumed, "a", config, toy_data(), progress=False)
+    assert trainer.fit().steps == 8
+    expected = adapter_weights(straight)
+    for key, tensor in adapter_weights(resumed).items():
+        torch.testing.assert_close(tensor, expected[key], atol=1e-6, rtol=0)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def train_distributed(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = fresh_model()
+    Trainer(model, "a", TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-2), toy_data(), progress=False).fit()
+    if rank == 0:
+        torch.save(adapter_weights(model), out)
+    dist.destroy_process_group()
+
+
+def test_two_process_ddp_trains_the_same_adapter_as_one_process(tmp_path):
+    single = fresh_model()
+    Trainer(single, "a", TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-2), toy_data(),
+            progress=False).fit()
+    mp.spawn(train_distributed, args=(2, free_port(), str(tmp_path / "ddp.pt")), nprocs=2, join=True)
+    distributed = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    for key, tensor in adapter_weights(single).items():
+        torch.testing.assert_close(distributed[key], tensor, atol=1e-5, rtol=0)
+
+
+def test_batch_size_that_does_not_split_over_accumulation_is_refused():
+    with pytest.raises(ValueError, match="divide evenly"):
+        Trainer(fresh_model(), "a", TrainingConfig(batch_size=10, gradient_accumulation=4), toy_data(),
+                progress=False)
+
+
+def test_collate_pads_to_the_longest_example():
+    batch = collate(toy_data(3), pad_values={"input_ids": 0})
+    assert batch["input_ids"].shape == (3, 5) and batch["attention_mask"][0].tolist() == [1, 1, 1, 0, 0]
