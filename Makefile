@@ -20,7 +20,7 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.demo
-	$(BIN)/peftcore embed
+	$(BIN)/peftcore finetune
 
 test: $(VENV)/.test
 	$(BIN)/ruff check .

