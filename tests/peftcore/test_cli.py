@@ -85,3 +85,15 @@ def test_finetune_on_a_csv_trains_tests_saves_and_checks_the_reload(minilm_check
     printed = capsys.readouterr().out
     assert "labels neg, pos" in printed and "test accuracy" in printed and "reload check" in printed
     assert (tmp_path / "out" / "seq_bn" / "adapter_model.safetensors").is_file()
+
+
+def test_compare_tabulates_every_method_and_writes_csv_and_markdown(minilm_checkpoint, tmp_path, capsys):
+    rows = ["text,label"] + [f"{word},{label}" for word, label in [("great", 1), ("awful", 0)] * 24]
+    (tmp_path / "words.csv").write_text("\n".join(rows))
+    assert main(["compare", "lora", "seq_bn", "--model", str(minilm_checkpoint), "--data", str(tmp_path / "words.csv"),
+                 "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "out")]) == 0
+    table = (tmp_path / "out" / "compare.md").read_text().splitlines()
+    assert table[0].startswith("| method | trainable params | trainable % | test accuracy")
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| lora", "| seq_bn"]
+    assert (tmp_path / "out" / "compare.csv").read_text().count("\n") == 3
+    assert "| lora |" in capsys.readouterr().out
