@@ -149,9 +149,10 @@ class Run:
     evaluations: list[dict[str, float]]
 
 
-def train_and_test(task: Task, adapter: str, args: argparse.Namespace, on_start: Callable | None = None) -> Run:
+def train_and_test(task: Task, adapter: str, args: argparse.Namespace,
+                   on_start: Callable | None = None) -> Run | None:
     """Fine-tune ``adapter`` and a classification head, test it, save it to ``args.out``, and check that a fresh
-    model with the saved adapter predicts the same."""
+    model with the saved adapter predicts the same. Under torchrun, only rank 0 tests and saves (others: None)."""
     torch.manual_seed(args.seed)
     train_data, validation_data, test_data = task.splits
     model = load(task.directory, quiet=True)
@@ -170,6 +171,8 @@ def train_and_test(task: Task, adapter: str, args: argparse.Namespace, on_start:
     if on_start:
         on_start(model, trainable, total)
     result = trainer.fit()
+    if training.rank_and_world()[0] != 0:
+        return None
     model.eval()
     start = time.perf_counter()
     with torch.no_grad():
@@ -202,6 +205,8 @@ def finetune(args: argparse.Namespace) -> None:
               f"({100 * trainable / total:.2f}% of {total:,})")
 
     run = train_and_test(task, args.adapter, args, on_start=describe_start)
+    if run is None:
+        return
     for evaluation in run.evaluations:
         print(f"step {evaluation['step']:>5}   validation accuracy {evaluation['accuracy']:.4f}")
     print(f"test accuracy {run.test_accuracy:.4f}")
@@ -219,14 +224,20 @@ def compare(args: argparse.Namespace) -> None:
     """Train several methods on the same data and tabulate them like AdapterHub's published comparison."""
     task = Task.from_args(args)
     rows = []
+    is_main = training.rank_and_world()[0] == 0
     for adapter in args.methods:
-        print(f"training {adapter} ...", flush=True)
+        if is_main:
+            print(f"training {adapter} ...", flush=True)
         run = train_and_test(task, adapter, args)
+        if run is None:
+            continue
         rows.append((adapter, f"{run.trainable:,}", f"{100 * run.trainable / run.total:.2f}",
                      f"{run.test_accuracy:.4f}", f"{run.train_seconds:.1f}", f"{run.inference_seconds:.2f}",
                      f"{run.adapter_bytes / 1024:.0f}"))
     table = ["| " + " | ".join(COMPARE_COLUMNS) + " |", "|" + "---|" * len(COMPARE_COLUMNS)]
     table += ["| " + " | ".join(row) + " |" for row in rows]
+    if not is_main:
+        return
     print("\n".join(table))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -303,6 +314,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command in ("finetune", "compare"):
+        training.init_distributed_from_env()
     try:
         args.run(args)
     except (ValueError, FileNotFoundError, TypeError) as error:

@@ -100,6 +100,12 @@ class ProgressLine:
             self.stream.write("\n")
 
 
+def init_distributed_from_env() -> None:
+    """Join the process group that ``torchrun`` describes in the environment (gloo on CPU, nccl on GPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -247,4 +253,5 @@ def accuracy(model: nn.Module, data: Sequence[Batch], batch_size: int = 256,
     return correct / max(1, len(data))
 
 
-__all__ = ["Batch", "ProgressLine", "TrainResult", "Trainer", "TrainingConfig", "accuracy", "collate"]
+__all__ = ["Batch", "ProgressLine", "TrainResult", "Trainer", "TrainingConfig", "accuracy", "collate",
+           "init_distributed_from_env", "rank_and_world"]
