@@ -1,6 +1,7 @@
 """A small training loop for adapters: AdamW over the trainable parameters only, linear warm-up and decay, gradient
 accumulation, clipping, bf16 autocast, periodic evaluation, a progress line, adapter-only checkpoints with resume,
-seeds, and DistributedDataParallel when ``torch.distributed`` is initialised (``torchrun``).
+seeds, and DistributedDataParallel when ``torch.distributed`` is initialised (``torchrun``). A model sharded with
+FSDP2's ``fully_shard`` (for models that do not fit one device) is trained as it is, without DDP.
 
 Data are lists of examples (dicts of equal-length 1-D tensors) or any ``Sequence``; ``collate`` pads a batch.
 The loss is the active adapter head's ``loss(logits, labels, attention_mask)``.
@@ -20,6 +21,7 @@ from typing import TextIO
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
 
 from peftcore.io import read_adapter
 
@@ -147,7 +149,8 @@ class Trainer:
             else max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup)))
         self.step = 0
         self.network = model
-        if is_distributed():  # only parameters that require grad get DDP hooks: only the adapter is synchronised
+        if is_distributed() and not isinstance(model, FSDPModule):
+            # only parameters that require grad get DDP hooks: only the adapter is synchronised
             self.network = nn.parallel.DistributedDataParallel(model)
 
     def batches(self, epoch: int) -> Iterator[list[Batch]]:

@@ -118,6 +118,34 @@ def test_two_process_ddp_trains_the_same_adapter_as_one_process(tmp_path):
         torch.testing.assert_close(distributed[key], tensor, atol=1e-5, rtol=0)
 
 
+def train_sharded(rank: int, world: int, port: int, out: str) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    model = fresh_model()
+    model.train_adapter("a")  # FSDP2 takes requires_grad as set before sharding
+    for layer in model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    Trainer(model, "a", TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-2), toy_data(), progress=False).fit()
+    weights = {key: t.full_tensor() if hasattr(t, "full_tensor") else t for key, t in adapter_weights(model).items()}
+    if rank == 0:
+        torch.save(weights, out)
+    dist.destroy_process_group()
+
+
+def test_two_process_fsdp_on_cpu_trains_the_same_adapter_as_one_process(tmp_path):
+    single = fresh_model()
+    Trainer(single, "a", TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-2), toy_data(),
+            progress=False).fit()
+    mp.spawn(train_sharded, args=(2, free_port(), str(tmp_path / "fsdp.pt")), nprocs=2, join=True)
+    sharded = torch.load(tmp_path / "fsdp.pt", weights_only=True)
+    for key, tensor in adapter_weights(single).items():
+        torch.testing.assert_close(sharded[key], tensor, atol=1e-5, rtol=0)
+
+
 def test_batch_size_that_does_not_split_over_accumulation_is_refused():
     with pytest.raises(ValueError, match="divide evenly"):
         Trainer(fresh_model(), "a", TrainingConfig(batch_size=10, gradient_accumulation=4), toy_data(),
