@@ -24,5 +24,30 @@ def test_code_block_runs(document, index, tmp_path, monkeypatch):
     exec(compile(code, f"{document.name}[block {index}]", "exec"), {"__name__": "__docs__"})
 
 
-def test_every_document_has_runnable_examples():
-    assert all(python_blocks(document) for document in DOCUMENTS if document.name == "README.md")
+COMMAND_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+def commands(document: Path) -> list[str]:
+    return [line.split("#")[0].split() for block in COMMAND_BLOCK.findall(document.read_text())
+            for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda document: document.name)
+def test_every_command_shown_exists(document):
+    """Shell blocks name make targets of the Makefile and peftcore subcommands with options they accept."""
+    from peftcore.cli import parser
+
+    makefile = (ROOT / "Makefile").read_text()
+    subcommands = parser()._subparsers._group_actions[0].choices
+    for words in commands(document):
+        if words[0] == "make":
+            assert re.search(rf"^{words[1]}:", makefile, re.MULTILINE), words
+        elif "peftcore" in words[0] or "peftcore.cli" in words:
+            at = words.index("peftcore.cli") + 1 if "peftcore.cli" in words else 1
+            options = {option for action in subcommands[words[at]]._actions for option in action.option_strings}
+            shown = {word.strip("[]").split("=")[0] for word in words[at + 1:] if word.strip("[").startswith("--")}
+            assert shown <= options, (words, shown - options)
+
+
+def test_the_readme_has_runnable_examples():
+    assert python_blocks(ROOT / "README.md")
