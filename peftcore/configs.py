@@ -163,7 +163,10 @@ class BnConfig(AdapterConfigBase):
             check_positive_number(name, "reduction_factor", self.reduction_factor)
         check_in(name, "non_linearity", self.non_linearity.lower() if isinstance(self.non_linearity, str) else
                  self.non_linearity, tuple(ACTIVATIONS))
-        check_in(name, "residual_before_ln", self.residual_before_ln, (True, False, "post_add"))
+        if not (isinstance(self.residual_before_ln, bool) or self.residual_before_ln == "post_add"):
+            # not check_in: `0 in (True, False)` holds, and the bottleneck tests `is False`
+            raise ValueError(f"{name}.residual_before_ln={self.residual_before_ln!r} is not supported; use one of "
+                             "[True, False, 'post_add'].")
         check_in(name, "init_weights", self.init_weights, ("bert", "mam_adapter", "houlsby"))
         if isinstance(self.scaling, int) and not isinstance(self.scaling, bool):
             object.__setattr__(self, "scaling", float(self.scaling))
@@ -185,8 +188,24 @@ class BnConfig(AdapterConfigBase):
         if self.init_weights_seed is not None:
             check_type(name, "init_weights_seed", self.init_weights_seed, int, "an int or None")
         if self.phm_layer:
-            raise ValueError(f"{name}.phm_layer=True (Compacter) is not available yet; it lands with the PHM layer "
-                             "(issue 5). Use phm_layer=False.")
+            self.check_phm(name)
+
+    def check_phm(self, name: str) -> None:
+        """Compacter's fields, checked only when phm_layer is on (AdapterHub ignores them otherwise)."""
+        for flag in ("factorized_phm_W", "shared_W_phm", "shared_phm_rule", "factorized_phm_rule"):
+            check_type(name, flag, getattr(self, flag), bool, "True or False")
+        for size in ("phm_dim", "phm_rank"):
+            check_type(name, size, getattr(self, size), int, "a positive int")
+            if getattr(self, size) <= 0:
+                raise ValueError(f"{name}.{size} must be a positive int, got {getattr(self, size)}.")
+        check_positive_number(name, "phm_init_range", self.phm_init_range)
+        check_in(name, "phm_c_init", self.phm_c_init, ("normal", "uniform"))
+        check_in(name, "hypercomplex_nonlinearity", self.hypercomplex_nonlinearity,
+                 ("glorot-uniform", "glorot-normal", "normal", "phm"))
+        if self.init_weights == "houlsby":
+            raise ValueError(f"{name}: init_weights='houlsby' draws nn.Linear weights, and phm_layer=True has none "
+                             "(AdapterHub crashes here). Use init_weights='bert' (the PHM layers' own init, set by "
+                             "hypercomplex_nonlinearity) or 'mam_adapter' (the up-projection starts at zero).")
 
     def reduction_for(self, layer: int) -> float:
         """The reduction factor of ``layer``: its own entry, else ``"default"`` (AdapterHub's lookup)."""
@@ -242,6 +261,26 @@ class SeqBnInvConfig(SeqBnConfig):
 
     inv_adapter: str | None = "nice"
     inv_adapter_reduction_factor: float | None = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompacterConfig(DoubleSeqBnConfig):
+    """Compacter (Karimi Mahabadi et al., 2021, https://arxiv.org/abs/2106.04647): Houlsby placement with PHM
+    down- and up-projections (``phm_layer``)."""
+
+    phm_layer: bool = True
+    reduction_factor: float | Mapping[str, float] = 32
+    non_linearity: str = "gelu"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompacterPlusPlusConfig(SeqBnConfig):
+    """Compacter++ (Karimi Mahabadi et al., 2021): Compacter with one adapter after the FFN only (Pfeiffer
+    placement)."""
+
+    phm_layer: bool = True
+    reduction_factor: float | Mapping[str, float] = 32
+    non_linearity: str = "gelu"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -393,6 +432,10 @@ class ConfigUnion(AdapterConfigBase):
                     continue
                 separate = (isinstance(first, BnConfig) and first.mh_adapter != second.mh_adapter
                             and first.output_adapter != second.output_adapter)
+                if separate and has_shared_phm(first) and has_shared_phm(second):
+                    raise ValueError("ConfigUnion holds two Compacter bottlenecks that share PHM parameters across "
+                                     "layers; an adapter has one set. Set shared_phm_rule=False and "
+                                     "shared_W_phm=False on one of them.")
                 if not separate:
                     raise ValueError(f"ConfigUnion holds two {first.architecture or 'bottleneck'} configs that would "
                                      "sit at the same sites; combine different methods, or bottlenecks at different "
@@ -415,6 +458,11 @@ class ConfigUnion(AdapterConfigBase):
             per_member.setdefault(int(index), {})[field_name] = value
         return ConfigUnion(*(config.replace(**per_member[i]) if i in per_member else config
                              for i, config in enumerate(self.configs)))
+
+
+def has_shared_phm(config: BnConfig) -> bool:
+    """Whether a Compacter config keeps a rule or W shared across layers (model.shared_parameters)."""
+    return config.phm_layer and (config.shared_phm_rule or config.shared_W_phm)
 
 
 def members(config: AdapterConfigBase) -> tuple[AdapterConfigBase, ...]:
@@ -453,6 +501,8 @@ ADAPTER_CONFIG_MAP: dict[str, AdapterConfigBase] = {
     "scaled_par_bn": ParBnConfig(scaling="learned"),
     "seq_bn_inv": SeqBnInvConfig(),
     "double_seq_bn_inv": DoubleSeqBnInvConfig(),
+    "compacter": CompacterConfig(),
+    "compacter++": CompacterPlusPlusConfig(),
     "lora": LoRAConfig(),
     "ia3": IA3Config(),
     "prefix_tuning": PrefixTuningConfig(),
@@ -520,6 +570,8 @@ __all__ = [
     "AdapterConfig",
     "AdapterConfigBase",
     "BnConfig",
+    "CompacterConfig",
+    "CompacterPlusPlusConfig",
     "ConfigUnion",
     "DoubleSeqBnConfig",
     "DoubleSeqBnInvConfig",

@@ -4,8 +4,10 @@ class it serves (``config_class``) and, through ``sites(config, layer)``, where 
 from peftcore.methods.bottleneck import Bottleneck
 from peftcore.methods.invertible import GLOWCoupling, NICECoupling
 from peftcore.methods.lora import IA3, LoRA
+from peftcore.methods.phm import PHMLinear, PHMShared
 from peftcore.methods.prefix import PrefixTuning
 
 METHODS = (Bottleneck, NICECoupling, GLOWCoupling, LoRA, IA3, PrefixTuning)
 
-__all__ = ["IA3", "METHODS", "Bottleneck", "GLOWCoupling", "LoRA", "NICECoupling", "PrefixTuning"]
+__all__ = ["IA3", "METHODS", "Bottleneck", "GLOWCoupling", "LoRA", "NICECoupling", "PHMLinear", "PHMShared",
+           "PrefixTuning"]

@@ -23,8 +23,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from peftcore.configs import BnConfig
-from peftcore.sites import ACTIVATIONS, Method, init_generator
+from peftcore.configs import BnConfig, has_shared_phm
+from peftcore.methods.phm import PHMLinear, PHMShared
+from peftcore.sites import ACTIVATIONS, Method, ModelShape, Site, init_generator
 
 
 class Bottleneck(Method):
@@ -32,9 +33,12 @@ class Bottleneck(Method):
 
     ``s`` is ``config.scaling``: a float, a learned scalar ("learned") or a learned vector ("channel").
     The UniPELT gate is ``mean_T(sigmoid(W_g z + b_g))``, one value per example.
+    With ``phm_layer`` (Compacter) ``down`` and ``up`` are ``PHMLinear`` layers, and what they share across layers
+    is the adapter's ``PHMShared`` (``shared_key`` "phm").
     """
 
     config_class = BnConfig
+    shared_key = "phm"
 
     @classmethod
     def sites(cls, config: BnConfig, layer: int | None) -> tuple[str, ...]:
@@ -43,14 +47,37 @@ class Bottleneck(Method):
             return ()
         return ("attn.residual",) * config.mh_adapter + ("ffn.residual",) * config.output_adapter
 
-    def __init__(self, config: BnConfig, hidden_size: int, layer: int) -> None:
+    @classmethod
+    def build_shared(cls, config: BnConfig, shape: ModelShape) -> PHMShared | None:
+        """Compacter's shared rule and/or W (one per adapter), else nothing."""
+        if not has_shared_phm(config):
+            return None
+        widths = {bottleneck_width(config, shape.hidden_size, layer) for layer in range(shape.num_layers)
+                  if layer not in config.leave_out}
+        if config.shared_W_phm and len(widths) > 1:
+            raise ValueError(f"shared_W_phm=True shares one W across layers, but reduction_factor "
+                             f"{config.reduction_factor} gives widths {sorted(widths)}; use one reduction_factor.")
+        width = widths.pop() if widths else 1
+        check_phm_sizes(config, shape.hidden_size, width)
+        return PHMShared(config, shape.hidden_size, width, init_generator(config.init_weights_seed),
+                         zero_up=config.init_weights == "mam_adapter")
+
+    @classmethod
+    def build(cls, config: BnConfig, site: Site, shape: ModelShape, shared: PHMShared | None) -> Bottleneck:
+        return cls(config, shape.hidden_size, site.layer, shared)
+
+    def __init__(self, config: BnConfig, hidden_size: int, layer: int, shared: PHMShared | None = None) -> None:
         super().__init__()
         self.config = config
-        width = max(1, int(hidden_size // config.reduction_for(layer)))
+        width = bottleneck_width(config, hidden_size, layer)
         self.norm_before = nn.LayerNorm(hidden_size) if config.ln_before else nn.Identity()
-        self.down = nn.Linear(hidden_size, width)
+        if config.phm_layer:
+            check_phm_sizes(config, hidden_size, width)
+            self.down: nn.Linear | PHMLinear = PHMLinear(hidden_size, width, config, "down", shared)
+            self.up: nn.Linear | PHMLinear = PHMLinear(width, hidden_size, config, "up", shared)
+        else:
+            self.down, self.up = nn.Linear(hidden_size, width), nn.Linear(width, hidden_size)
         self.act = ACTIVATIONS[config.non_linearity.lower()]
-        self.up = nn.Linear(width, hidden_size)
         if isinstance(config.scaling, float):
             self.scaling: float | nn.Parameter = config.scaling
         else:
@@ -66,6 +93,9 @@ class Bottleneck(Method):
         init = self.config.init_weights
         with torch.no_grad():
             for linear in (self.down, self.up):
+                if isinstance(linear, PHMLinear):  # its own init; mam_adapter zeroes the up W: identity start
+                    linear.reset_parameters(generator, zero_init=init == "mam_adapter" and linear is self.up)
+                    continue
                 if init == "bert" or (init == "mam_adapter" and linear is self.down):
                     if init == "bert":
                         nn.init.normal_(linear.weight, std=0.02, generator=generator)
@@ -113,6 +143,21 @@ class Bottleneck(Method):
             else:
                 out = self.norm_after(out) + residual
         return norm(out + x) if config.original_ln_after else out
+
+
+def bottleneck_width(config: BnConfig, hidden_size: int, layer: int) -> int:
+    return max(1, int(hidden_size // config.reduction_for(layer)))
+
+
+def check_phm_sizes(config: BnConfig, hidden_size: int, width: int) -> None:
+    """Both PHM layers need phm_dim to divide the hidden size and the bottleneck width."""
+    n = config.phm_dim
+    if hidden_size % n:
+        raise ValueError(f"phm_dim={n} does not divide the hidden size {hidden_size}; choose a phm_dim that does.")
+    if width % n:
+        raise ValueError(f"phm_dim={n} does not divide the bottleneck width {width} (hidden size {hidden_size} // "
+                         f"reduction_factor {config.reduction_factor}); choose reduction_factor or phm_dim so it "
+                         "does.")
 
 
 def drop_rows(x: Tensor, p: float) -> Tensor:
