@@ -5,8 +5,8 @@ sizes it was trained for, library version) and ``adapter_model.safetensors`` (th
 their path in the model with the adapter name left out: ``layers.0.ffn.residual.adapters.down.weight``).
 A head of the same name is saved beside it as ``head_config.json`` + ``head_model.safetensors``.
 
-``load_adapter`` recognises our directories and AdapterHub's (``interop/adapterhub.py``) by their config files,
-turns either into one ``SavedAdapter``, builds the modules off the model, checks every key and shape, and only
+``load_adapter`` recognises our directories, AdapterHub's and HF PEFT's (``interop/``) by their config files,
+turns any into one ``SavedAdapter``, builds the modules off the model, checks every key and shape, and only
 then attaches them: a failed load leaves the model as it was.
 """
 
@@ -56,17 +56,22 @@ class SavedAdapter:
 
 
 @contextmanager
-def atomic_directory_write(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory_write(path: str | os.PathLike, replaces: tuple[str, ...] = ()) -> Iterator[Path]:
     """Write files into a temporary sibling directory, then move each into ``path`` by rename.
 
-    A crash while writing leaves whatever ``path`` held before untouched.
+    A crash while writing leaves whatever ``path`` held before untouched. Files named in ``replaces`` that this
+    write did not produce (a head saved earlier beside the adapter, say) are removed, so they cannot be loaded
+    with the new files.
     """
     target = Path(path)
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.tmp") as scratch:
         yield Path(scratch)
-        for file in sorted(Path(scratch).iterdir()):
+        written = sorted(Path(scratch).iterdir())
+        for file in written:
             os.replace(file, target / file.name)
+        for stale in set(replaces) - {file.name for file in written}:
+            (target / stale).unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -113,7 +118,7 @@ def save_adapter(model: AdapterModelMixin, directory: str | os.PathLike, name: s
     state = model.adapter_state(name)
     described = {"hidden_size": model.config.hidden_size, "model_type": model.config.model_type,
                  "library": LIBRARY_VERSION, "name": name}
-    with atomic_directory_write(directory) as scratch:
+    with atomic_directory_write(directory, replaces=(HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE)) as scratch:
         write_json(scratch / CONFIG_FILE, {"format": FORMAT, "format_version": FORMAT_VERSION,
                                            "config": model.adapter_configs[name].to_dict(),
                                            "num_hidden_layers": len(model.layers), **described})
@@ -157,8 +162,8 @@ def require(file: Path) -> Path:
 
 
 def read_adapter(model: AdapterModelMixin, directory: str | os.PathLike, with_head: bool) -> SavedAdapter:
-    """Read an adapter directory in whichever format it is: ours or AdapterHub's."""
-    from peftcore.interop import adapterhub
+    """Read an adapter directory in whichever format it is: ours, AdapterHub's or HF PEFT's."""
+    from peftcore.interop import adapterhub, peft
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -168,11 +173,10 @@ def read_adapter(model: AdapterModelMixin, directory: str | os.PathLike, with_he
         return read_ours(directory, raw, with_head)
     if adapterhub.is_adapterhub(directory, raw):
         return adapterhub.read(directory, raw, with_head, model)
-    if "peft_type" in raw:
-        raise ValueError(f"{directory} is a HuggingFace PEFT adapter ({raw['peft_type']}); reading PEFT adapters is "
-                         "not available yet.")
-    raise ValueError(f"{directory / CONFIG_FILE} is neither a peftcore adapter (format={FORMAT!r}) nor an "
-                     "AdapterHub one (config + version 'adapters.*').")
+    if peft.is_peft(raw):
+        return peft.read(directory, raw, with_head, model)
+    raise ValueError(f"{directory / CONFIG_FILE} is neither a peftcore adapter (format={FORMAT!r}), an AdapterHub "
+                     "one (config + version 'adapters.*') nor a HuggingFace PEFT one (peft_type).")
 
 
 def load_adapter(model: AdapterModelMixin, directory: str | os.PathLike, load_as: str | None,

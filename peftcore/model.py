@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from peftcore import io
 from peftcore.configs import DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, PrefixTuningConfig, members
 from peftcore.heads import build_head, head_config
-from peftcore.interop import adapterhub
+from peftcore.interop import adapterhub, peft
 from peftcore.methods import METHODS
 from peftcore.methods.lora import LinearMethod
 from peftcore.methods.prefix import PrefixPool
@@ -74,12 +74,17 @@ class AdapterModelMixin:
         check_name(name)
         if name in self.adapter_configs and not overwrite_ok:
             raise ValueError(f"an adapter named {name!r} exists; pass overwrite_ok=True to replace it.")
+        if name in self.merged_adapters():
+            raise ValueError(f"adapter {name!r} is merged into the weights; reset_adapter({name!r}) before "
+                             "replacing it.")
         modules = self.build_adapter(config)
         if name in self.adapter_configs:
             self.remove_adapter(name)
         self.attach_adapter(name, config, modules)
         if set_active:
             self.set_active_adapters(name)
+        elif name in self.active_setup:  # replaced while active: its sites must run the new modules
+            self.set_active_adapters(self.active_setup)
 
     def attach_adapter(self, name: str, config: AdapterConfigBase, built: BuiltAdapter) -> None:
         """Put built modules into their sites; the last step of adding or loading an adapter."""
@@ -93,7 +98,7 @@ class AdapterModelMixin:
         """The method modules ``config`` (or each member of a union) places, on the model's device and dtype;
         attaches nothing."""
         shape = ModelShape(self.config.hidden_size, sum(1 for site in self.sites_found if site.name == "ffn.residual"),
-                           self.config.num_attention_heads)
+                           getattr(self.config, "num_attention_heads", None))  # only prefix tuning needs heads
         reference = next(p for p in self.parameters() if p.is_floating_point())
         shared: dict[str, nn.Module] = {}
         placed: dict[str, tuple[Site, nn.Module]] = {}
@@ -385,7 +390,8 @@ class AdapterModelMixin:
         """Sequence classification on the first token; num_labels=1 is regression, multilabel uses BCE."""
         self.add_head(name, dict(head_type="multilabel_classification" if multilabel else "classification",
                                  num_labels=num_labels, layers=layers, activation_function=activation_function,
-                                 use_pooler=use_pooler, bias=True, label2id=label2id(id2label)), overwrite_ok)
+                                 use_pooler=use_pooler, bias=True, label2id=label2id(id2label, num_labels)),
+                      overwrite_ok)
 
     def add_image_classification_head(self, name: str, num_labels: int = 2, layers: int = 1,
                                       activation_function: str = "tanh", overwrite_ok: bool = False,
@@ -393,13 +399,14 @@ class AdapterModelMixin:
                                       use_pooler: bool = False) -> None:
         self.add_head(name, dict(head_type="image_classification", num_labels=num_labels, layers=layers,
                                  activation_function=activation_function, use_pooler=use_pooler, bias=True,
-                                 multilabel=multilabel, label2id=label2id(id2label)), overwrite_ok)
+                                 multilabel=multilabel, label2id=label2id(id2label, num_labels)), overwrite_ok)
 
     def add_tagging_head(self, name: str, num_labels: int = 2, layers: int = 1, activation_function: str = "tanh",
                          overwrite_ok: bool = False, id2label: dict[int, str] | None = None) -> None:
         """Token classification: one prediction per token."""
         self.add_head(name, dict(head_type="tagging", num_labels=num_labels, layers=layers,
-                                 activation_function=activation_function, label2id=label2id(id2label)), overwrite_ok)
+                                 activation_function=activation_function, label2id=label2id(id2label, num_labels)),
+                      overwrite_ok)
 
     def add_qa_head(self, name: str, num_labels: int = 2, layers: int = 1, activation_function: str = "tanh",
                     overwrite_ok: bool = False) -> None:
@@ -441,13 +448,16 @@ class AdapterModelMixin:
     def save_adapter(self, directory: str | os.PathLike, name: str, with_head: bool = True,
                      format: str = "peftcore") -> None:
         """Write an adapter (and the head of the same name) atomically: ``format="peftcore"`` writes
-        ``adapter_config.json`` + ``adapter_model.safetensors``; ``"adapterhub"`` writes AdapterHub's layout."""
+        ``adapter_config.json`` + ``adapter_model.safetensors``; ``"adapterhub"`` writes AdapterHub's layout;
+        ``"peft"`` HF PEFT's (LoRA and (IA)^3), which ``peft.PeftModel.from_pretrained`` loads."""
         if format == "peftcore":
             io.save_adapter(self, directory, name, with_head)
         elif format == "adapterhub":
             adapterhub.save(self, directory, name, with_head)
+        elif format == "peft":
+            peft.save(self, directory, name, with_head)
         else:
-            raise ValueError(f"format={format!r} is not known; use 'peftcore' or 'adapterhub'.")
+            raise ValueError(f"format={format!r} is not known; use 'peftcore', 'adapterhub' or 'peft'.")
 
     def save_all_adapters(self, directory: str | os.PathLike, with_head: bool = True) -> None:
         """One subdirectory per adapter."""
@@ -456,7 +466,7 @@ class AdapterModelMixin:
 
     def load_adapter(self, directory: str | os.PathLike, load_as: str | None = None, set_active: bool = False,
                      with_head: bool = True) -> str:
-        """Load an adapter directory (ours or AdapterHub's); everything is checked before the model changes.
+        """Load an adapter directory (ours, AdapterHub's or HF PEFT's); everything is checked before the model changes.
 
         Returns the adapter's name.
         """
@@ -477,5 +487,8 @@ def check_name(name: Any) -> None:
         raise ValueError(f"adapter and head names are non-empty strings without '.' or ',', got {name!r}.")
 
 
-def label2id(id2label: dict[int, str] | None) -> dict[str, int] | None:
+def label2id(id2label: dict[int, str] | None, num_labels: int) -> dict[str, int] | None:
+    """AdapterHub's head config keeps label2id; checked here, where id2label still shows every label."""
+    if id2label is not None and len(id2label) != num_labels:
+        raise ValueError(f"id2label has {len(id2label)} labels, num_labels is {num_labels}.")
     return None if id2label is None else {label: int(i) for i, label in id2label.items()}

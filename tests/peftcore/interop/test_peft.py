@@ -1,0 +1,235 @@
+"""HF PEFT adapter directories, both ways: adapters trained by ``peft`` load into ours with its outputs, ours saved with
+format="peft" load in ``peft.PeftModel.from_pretrained`` with ours, and what cannot convert exactly is refused."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import peft
+import pytest
+import torch
+import transformers as tf
+from safetensors.torch import load_file, save_file
+
+from models import BertModel, DebertaModel, DebertaV2Model, RobertaModel, ViTModel
+from tests.conftest import SMALL
+from tests.parity import assert_parity, padded_batch
+
+RELATIVE = dict(relative_attention=True, pos_att_type=["c2p", "p2c"], max_relative_positions=8)
+VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, image_size=16,
+           patch_size=8)
+ARCHS = {  # transformers task class, its config, ours
+    "bert": (tf.BertForSequenceClassification, tf.BertConfig(**SMALL), BertModel),
+    "roberta": (tf.RobertaForSequenceClassification, tf.RobertaConfig(**SMALL), RobertaModel),
+    "deberta": (tf.DebertaForSequenceClassification, tf.DebertaConfig(**SMALL, **RELATIVE), DebertaModel),
+    "deberta_v2": (tf.DebertaV2ForSequenceClassification, tf.DebertaV2Config(**SMALL, **RELATIVE), DebertaV2Model),
+    "vit": (tf.ViTForImageClassification, tf.ViTConfig(**VIT), ViTModel),
+}
+SEQ_CLS = dict(task_type="SEQ_CLS")
+VIT_HEAD = dict(modules_to_save=["classifier"])
+
+
+def inputs(arch: str) -> dict[str, torch.Tensor]:
+    if arch == "vit":
+        return {"pixel_values": torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))}
+    ids, mask = padded_batch(SMALL["vocab_size"], ARCHS[arch][1].pad_token_id or 0)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def reference(hf_checkpoint, arch: str):
+    model_class, config, _ = ARCHS[arch]
+    directory, _ = hf_checkpoint(model_class, config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return directory, model_class.from_pretrained(directory)
+
+
+def train_in_peft(model, config, batch, directory):
+    """Wrap with peft, train 3 AdamW steps (LoRA's B starts at zero), save_pretrained; the model in eval mode."""
+    model = peft.get_peft_model(model, config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        model.train()(**batch).logits.pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(directory)
+    return model.eval()
+
+
+def assert_same_outputs(ours, theirs, batch) -> None:
+    with torch.no_grad():
+        expected = theirs(**batch, output_hidden_states=True)
+        out = ours(**batch, output_hidden_states=True)
+    mask = batch.get("attention_mask")
+    assert_parity(out.hidden_states[-1], expected.hidden_states[-1], mask=mask)
+    assert_parity(out.logits, expected.logits)
+    active = ours.active_adapters
+    ours.set_active_adapters(None)
+    with torch.no_grad():  # and the adapter matters: without it the encoder's output is another
+        assert (ours(**batch).last_hidden_state - out.last_hidden_state).abs().max() > 1e-3
+    ours.set_active_adapters(active)
+
+
+CASES = [  # (arch, peft config)
+    ("bert", peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["query", "value"], **SEQ_CLS)),
+    ("bert", peft.LoraConfig(r=4, lora_alpha=6, use_rslora=True, target_modules=r".*\.(key|intermediate\.dense)",
+                             **SEQ_CLS)),
+    ("bert", peft.LoraConfig(r=4, lora_alpha=8, target_modules=r".*(query|\d\.output\.dense)",
+                             rank_pattern={"query": 2}, alpha_pattern={"dense": 3}, **SEQ_CLS)),
+    ("roberta", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query", "key", "value"], layers_to_transform=[1],
+                                **SEQ_CLS)),
+    ("deberta", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["in_proj"], **SEQ_CLS)),
+    ("deberta_v2", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query_proj", "value_proj"], **SEQ_CLS)),
+    ("vit", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], **VIT_HEAD)),
+    ("bert", peft.IA3Config(target_modules=["key", "value", "intermediate.dense"], feedforward_modules=[], **SEQ_CLS)),
+    ("roberta", peft.IA3Config(target_modules=r".*\.(query|\d\.output\.dense)", feedforward_modules=[], **SEQ_CLS)),
+    ("vit", peft.IA3Config(target_modules=["key", "value"], feedforward_modules=[], **VIT_HEAD)),
+]
+
+
+@pytest.mark.parametrize("arch, config", CASES, ids=lambda c: c if isinstance(c, str) else type(c).__name__)
+def test_adapter_trained_by_peft_loads_with_its_outputs(hf_checkpoint, arch, config, tmp_path):
+    directory, model = reference(hf_checkpoint, arch)
+    batch = inputs(arch)
+    theirs = train_in_peft(model, config, batch, tmp_path / "a")
+    ours = ARCHS[arch][2].from_pretrained(directory).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the rank_pattern case warns that it pads ranks
+        assert ours.load_adapter(tmp_path / "a", set_active=True) == "a"
+    assert_same_outputs(ours, theirs, batch)
+
+
+OURS = [  # (arch, our config)
+    ("bert", "lora[r=4, alpha=16]"),
+    ("roberta", "lora[r=2, alpha=5, attn_matrices=['q', 'k', 'v'], output_lora=True, leave_out=[0]]"),
+    ("deberta", "lora[attn_matrices=['q', 'k', 'v'], intermediate_lora=True]"),
+    ("deberta_v2", "lora[intermediate_lora=True]"),
+    ("vit", "lora"),
+    ("bert", "ia3[output_lora=True, alpha=2]"),
+    ("roberta", "ia3"),
+]
+
+
+@pytest.mark.parametrize("arch, config", OURS)
+def test_ours_saved_in_peft_format_loads_in_peft_with_our_outputs(hf_checkpoint, arch, config, tmp_path):
+    directory, model = reference(hf_checkpoint, arch)
+    ours = ARCHS[arch][2].from_pretrained(directory).eval()
+    ours.add_adapter("a", config, set_active=True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in [*ours.adapter_parameters("a"), *ours.head.parameters()]:
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+    ours.save_adapter(tmp_path / "a", "a", format="peft")
+    theirs = peft.PeftModel.from_pretrained(model, tmp_path / "a").eval()
+    assert_same_outputs(ours, theirs, inputs(arch))
+    again = ARCHS[arch][2].from_pretrained(directory).eval()  # and back: PEFT's file loads into ours as well
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DeBERTa v1: the joined in_proj rank is padded
+        again.load_adapter(tmp_path / "a", set_active=True)
+    assert_same_outputs(again, theirs, inputs(arch))
+
+
+def test_peft_prefix_tuning_loads_and_matches_with_shifted_positions(hf_checkpoint, tmp_path):
+    directory, model = reference(hf_checkpoint, "bert")
+    batch = inputs("bert")
+    theirs = train_in_peft(model, peft.PrefixTuningConfig(num_virtual_tokens=3, **SEQ_CLS), batch, tmp_path / "a")
+    ours = BertModel.from_pretrained(directory).eval()
+    with pytest.warns(UserWarning, match="position ids"):
+        ours.load_adapter(tmp_path / "a", set_active=True)
+    positions = 3 + torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"])
+    with torch.no_grad():
+        assert_parity(ours(**batch, position_ids=positions).logits, theirs(**batch).logits)
+
+
+@pytest.fixture(scope="module")
+def saved_lora(tmp_path_factory):
+    """A BERT LoRA on query/value saved by peft (untrained: B = 0 is enough to test refusals), and its model."""
+    torch.manual_seed(0)
+    model = tf.BertForSequenceClassification(tf.BertConfig(**SMALL))
+    directory = tmp_path_factory.mktemp("peft") / "a"
+    peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["query", "value"], **SEQ_CLS)).save_pretrained(
+        directory)
+    return directory
+
+
+def edited(source, target, config_changes=None, drop=()):
+    target.mkdir()
+    raw = json.loads((source / "adapter_config.json").read_text())
+    (target / "adapter_config.json").write_text(json.dumps({**raw, **(config_changes or {})}))
+    tensors = load_file(source / "adapter_model.safetensors")
+    save_file({k: t for k, t in tensors.items() if not any(d in k for d in drop)}, target / "adapter_model.safetensors")
+    return target
+
+
+REFUSALS = [  # (config changes, tensors dropped, message)
+    (dict(bias="all"), (), "bias='all'"),
+    (dict(bias="lora_only"), (), "bias='lora_only'"),
+    (dict(use_dora=True), (), "use_dora=True"),
+    (dict(fan_in_fan_out=True), (), "fan_in_fan_out"),
+    (dict(init_lora_weights="pissa"), (), "rewrites the base weights"),
+    (dict(peft_type="LOHA"), (), "'LOHA' is not available"),
+    (dict(target_modules="all-linear"), (), "all-linear"),
+    (dict(target_modules=["query", "value", "dense"]), (), "no LoRA/.IA.\\^3 site.*attention.output.dense"),
+    (dict(target_modules=["query", "value", "key"]), (), "targeted modules without tensors"),
+    (dict(target_modules=r".*0\.attention\.self\.query|.*1\.attention\.self\.value"),
+     ("0.attention.self.value", "1.attention.self.query"), "differ between layers"),
+    ({}, ("layer.1.attention.self.value",), "without tensors: bert.encoder.layer.1.attention.self.value"),
+    (dict(modules_to_save=None), (), "neither LORA weights nor in modules_to_save.*classifier"),
+]
+
+
+@pytest.mark.parametrize("changes, drop, message", REFUSALS)
+def test_unsupported_or_incomplete_files_are_refused_clearly_and_change_nothing(hf_checkpoint, saved_lora, changes,
+                                                                                drop, message, tmp_path):
+    directory, _ = reference(hf_checkpoint, "bert")
+    ours = BertModel.from_pretrained(directory).eval()
+    before = {key: t.clone() for key, t in ours.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        ours.load_adapter(edited(saved_lora, tmp_path / "a", changes, drop))  # PEFT would only warn if a key is missing
+    assert ours.adapter_configs == {}
+    assert ours.state_dict().keys() == before.keys()
+    assert all(torch.equal(ours.state_dict()[key], t) for key, t in before.items())
+
+
+def test_peft_default_ia3_is_refused_naming_the_feedforward_and_siteless_modules(hf_checkpoint, tmp_path):
+    directory, model = reference(hf_checkpoint, "bert")
+    peft.get_peft_model(model, peft.IA3Config(**SEQ_CLS)).save_pretrained(tmp_path / "a")  # key, value, output.dense
+    ours = BertModel.from_pretrained(directory)
+    with pytest.raises(ValueError, match="no LoRA/.IA.\\^3 site.*attention.output.dense"):
+        ours.load_adapter(tmp_path / "a")
+    raw = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    edited(tmp_path / "a", tmp_path / "b", dict(target_modules=["key", "value", "layer.0.output.dense",
+                                                                "layer.1.output.dense"]), ("attention.output",))
+    with pytest.raises(ValueError, match="GELU"):
+        ours.load_adapter(tmp_path / "b")
+    assert raw["feedforward_modules"] == ["output.dense"] and ours.adapter_configs == {}
+
+
+@pytest.mark.parametrize("arch, config, message", [
+    ("bert", "seq_bn", "LoRA or .IA.\\^3"),
+    ("bert", "lora[use_gating=True]", "gated"),
+    ("deberta", "ia3", "q_bias/v_bias"),  # PEFT's vector on the fused in_proj would not scale DeBERTa's q/v biases
+])
+def test_saving_what_peft_cannot_hold_is_refused(hf_checkpoint, arch, config, message, tmp_path):
+    directory, _ = reference(hf_checkpoint, arch)
+    ours = ARCHS[arch][2].from_pretrained(directory)
+    ours.add_adapter("a", config)
+    with pytest.raises(ValueError, match=message):
+        ours.save_adapter(tmp_path / "a", "a", format="peft")
+    assert not (tmp_path / "a" / "adapter_config.json").exists()
+
+
+def test_pickled_adapter_model_bin_loads_like_safetensors(hf_checkpoint, saved_lora, tmp_path):
+    directory, _ = reference(hf_checkpoint, "bert")
+    tensors = {k: t + torch.randn_like(t) for k, t in load_file(saved_lora / "adapter_model.safetensors").items()}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_config.json").write_text((saved_lora / "adapter_config.json").read_text())
+    torch.save(tensors, tmp_path / "a" / "adapter_model.bin")  # older PEFT files; read with weights_only=True
+    save_file(tensors, tmp_path / "b" / "adapter_model.safetensors")
+    ours = BertModel.from_pretrained(directory)
+    ours.load_adapter(tmp_path / "a")
+    ours.load_adapter(tmp_path / "b")
+    a, b = ours.adapter_state("a"), ours.adapter_state("b")
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
