@@ -188,7 +188,9 @@ class DisentangledAttention(nn.Module):
                 bias = F.pad(bias, (k.shape[-2] - bias.shape[-1], 0))  # (B, H, T, P+T)
         dropout_p = self.dropout_p if self.training else 0.0
         if self.head_logits is None and not output_attentions:
-            attn_mask = mask if bias is None else bias if mask is None else bias + mask
+            # the clamp keeps a masked score at the dtype's minimum: a whole masked row stays uniform, never NaN
+            attn_mask = mask if bias is None else bias if mask is None else (
+                bias + mask).clamp_min(torch.finfo(mask.dtype).min)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=1 / self.scale)
             return self.out(merge_heads(y)), None  # (B, T, C)
         scores = q @ k.transpose(-1, -2) / self.scale  # (B, H, T, P+T)
@@ -197,7 +199,7 @@ class DisentangledAttention(nn.Module):
         if self.head_logits is not None:
             scores = self.head_logits(scores.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         if mask is not None:
-            scores = scores + mask
+            scores = (scores + mask).clamp_min(torch.finfo(mask.dtype).min)
         probs = F.dropout(scores.softmax(dim=-1), dropout_p)
         if self.head_weights is not None:
             probs = self.head_weights(probs.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -312,13 +314,17 @@ class DebertaModel(PretrainedEncoder):
     ) -> EncoderOutput:
         """input_ids (B, T) -> EncoderOutput; attention_mask is 1 for real tokens and 0 for padding.
 
-        Padded positions attend to the real tokens, where transformers lets them attend uniformly to all tokens:
-        real tokens' outputs are equal, padded positions' differ (and nothing reads them).
+        The mask is transformers' pairwise one: a padded position attends to no token, which the softmax turns into
+        uniform attention over all tokens. Padded positions' outputs therefore equal transformers' too, which matters
+        wherever they are read: gates (UniPELT, prefix and LoRA gates) average over every position.
         """
         _, T = self.check_ids(input_ids, inputs_embeds, attention_mask, token_type_ids, self.max_length)
         device = (input_ids if input_ids is not None else inputs_embeds).device
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, attention_mask)  # (B, T, C)
         mask = additive_mask(attention_mask, x.dtype)  # (B, 1, 1, T)
+        if mask is not None:  # padded query rows masked whole, as transformers' get_attention_mask does
+            mask = mask.expand(-1, -1, T, -1).masked_fill(attention_mask[:, None, :, None] == 0,
+                                                          torch.finfo(x.dtype).min)  # (B, 1, T, T)
         relative = self.relative_positions(T, device) if self.rel_embeddings is not None else None
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None

@@ -158,6 +158,16 @@ SHARED = {  # every key v1 and v2 name alike
     )),
 }
 
+# where AdapterHub attaches method modules in both DeBERTa versions (verified against adapters 1.3.0 state_dict keys);
+# v1's q, k and v are one fused in_proj, which no single site of ours corresponds to
+DEBERTA_SITE_PATHS = {
+    "attn.prefix": f"{LAYER}.attention.self.prefix_tuning",
+    "attn.residual": f"{LAYER}.attention.output",
+    "ffn.intermediate": f"{LAYER}.intermediate.dense",
+    "ffn.output": f"{LAYER}.output.dense",
+    "ffn.residual": f"{LAYER}.output",
+}
+
 HEADS = {  # DebertaFor* and DebertaV2For* save the same head keys
     "masked_lm": {  # the legacy=True head, the one transformers builds by default
         **linear("cls.predictions.transform.dense", "head.dense"),
@@ -189,6 +199,7 @@ DEBERTA = KeyMap(
     },
     heads=HEADS,
     copies={"cls.predictions.decoder.bias": "cls.predictions.bias"},
+    site_paths=DEBERTA_SITE_PATHS,
 )
 
 DEBERTA_V2 = KeyMap(
@@ -206,6 +217,12 @@ DEBERTA_V2 = KeyMap(
     },
     heads=HEADS,
     copies={"cls.predictions.decoder.bias": "cls.predictions.bias"},
+    site_paths={
+        "attn.q": f"{LAYER}.attention.self.query_proj",
+        "attn.k": f"{LAYER}.attention.self.key_proj",
+        "attn.v": f"{LAYER}.attention.self.value_proj",
+        **DEBERTA_SITE_PATHS,
+    },
 )
 
 # transformers class name -> (our head, whether that class builds the pooler); DeBERTa's base model has none
@@ -250,6 +267,16 @@ VIT = KeyMap(
         **linear("pooler.dense", "pooler.dense"),
     },
     heads={"image_classification": linear("classifier", "head.classifier")},
+    site_paths={  # AdapterHub's ViT keeps its bottlenecks in extra modules around the pre-LN residuals
+        "attn.q": "encoder.layer.{i}.attention.attention.query",
+        "attn.k": "encoder.layer.{i}.attention.attention.key",
+        "attn.v": "encoder.layer.{i}.attention.attention.value",
+        "attn.prefix": "encoder.layer.{i}.attention.attention.prefix_tuning",
+        "attn.residual": "encoder.layer.{i}.attention_adapters",
+        "ffn.intermediate": "encoder.layer.{i}.intermediate.dense",
+        "ffn.output": "encoder.layer.{i}.output.dense",
+        "ffn.residual": "encoder.layer.{i}.output.output_adapters",
+    },
 )
 
 # transformers class name -> (our head, whether that class builds the pooler)

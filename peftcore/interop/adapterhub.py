@@ -39,7 +39,8 @@ HEAD_CONFIG, HEAD_WEIGHTS = "head_config.json", ("model_head.safetensors", "pyto
 VERSION = "adapters.1.3.0"
 INVERTIBLE_PATH = "invertible_adapters"
 CONTAINERS = {"lora": "loras", "prefix_tuning": "prefix_gates"}  # AdapterHub's per-site ModuleDict, by method
-SHARED_PATHS = {"prefix": "prefix_tuning.prefix_tunings.{name}.self_prefix."}  # our shared_key -> their path
+# our shared_key -> their path; Compacter's shared rule and W sit in the base model's shared_parameters
+SHARED_PATHS = {"prefix": "prefix_tuning.prefix_tunings.{name}.self_prefix.", "phm": "shared_parameters.{name}."}
 
 
 def is_adapterhub(directory: Path, raw: Mapping[str, Any]) -> bool:
@@ -145,13 +146,15 @@ def save(model: AdapterModelMixin, directory: str | os.PathLike, name: str, with
         write_tensors(scratch, WEIGHTS, state, safetensors)
         if with_head and name in model.heads:
             head = model.heads[name]  # written whole, tied LM decoder included, as AdapterHub writes heads
-            write_json(scratch / HEAD_CONFIG, {"config": head.config, **common})
+            # AdapterHub loads a flex head only into the class named here: its XAdapterModel (loading.py:984)
+            flex_class = f"{type(model).__name__.removesuffix('Model')}AdapterModel"
+            write_json(scratch / HEAD_CONFIG, {"config": head.config, **common, "model_class": flex_class})
             write_tensors(scratch, HEAD_WEIGHTS, {f"heads.{name}.{k}": t for k, t in head.state_dict().items()},
                           safetensors)
 
 
 def write_tensors(directory: Path, names: tuple[str, str], state: Mapping[str, Tensor], safetensors: bool) -> None:
-    if safetensors:
-        write_safetensors(directory / names[0], state)
+    if safetensors:  # copies: safetensors refuses tensors that share memory (ln_before's two names for one LN)
+        write_safetensors(directory / names[0], {key: t.detach().clone() for key, t in state.items()})
     else:
         torch.save({key: t.detach().clone() for key, t in state.items()}, directory / names[1])

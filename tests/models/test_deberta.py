@@ -148,7 +148,7 @@ def test_prefix_keys_the_mask_hides_leave_real_tokens_unchanged(hf_checkpoint):
         def plug(k, v, mask_, x):
             B, H, _, D = k.shape
             pk, pv = torch.randn(2, B, H, P, D, generator=torch.Generator().manual_seed(2))
-            column = torch.full((B, 1, 1, P), torch.finfo(k.dtype).min if hide else 0.0)
+            column = torch.full((*mask_.shape[:-1], P), torch.finfo(k.dtype).min if hide else 0.0)  # (B, 1, 1|T, P)
             return torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2), torch.cat([column, mask_], dim=-1)
         return plug
 

@@ -1,0 +1,78 @@
+"""adapter_summary: parameter counts equal AdapterHub's to the parameter on bert-base and roberta-base shapes, and the
+printed table is AdapterHub's, character for character.
+
+Both models are built at full size on the meta device: counts and the table depend on shapes only, and no forward runs,
+so nothing needs allocating or initialising. Shapes are transformers' config defaults for bert-base; for roberta-base
+its released shapes (514 positions, one token type), which are our RobertaConfig's defaults.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import adapters
+import pytest
+import torch
+import transformers as tf
+
+from models import BertConfig, BertModel, RobertaConfig, RobertaModel
+
+CONFIGS = ["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn", "seq_bn_inv", "double_seq_bn_inv",
+           "pfeiffer", "houlsby", "parallel", "scaled_parallel", "pfeiffer+inv", "houlsby+inv",
+           "seq_bn[ln_before=True, ln_after=True, use_gating=True, scaling='channel']",
+           "double_seq_bn[reduction_factor={'0': 4, 'default': 16}, leave_out=[11]]",
+           "par_bn[use_gating=True, init_weights='houlsby']",
+           "seq_bn[inv_adapter='glow', inv_adapter_reduction_factor=4]"]
+ARCHS = {
+    "bert-base": (lambda: tf.BertModel(tf.BertConfig()), lambda: BertModel(BertConfig())),
+    "roberta-base": (lambda: tf.RobertaModel(tf.RobertaConfig(max_position_embeddings=514, type_vocab_size=1)),
+                     lambda: RobertaModel(RobertaConfig())),
+}
+
+
+def adapter_name(config: str) -> str:
+    return f"adapter_{CONFIGS.index(config)}"
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def base_size_pair(request):
+    """AdapterHub's and our base-size model, built once per architecture, with every config of CONFIGS added."""
+    build_theirs, build_ours = ARCHS[request.param]
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        theirs, ours = build_theirs(), build_ours()
+        adapters.init(theirs)
+        for config in CONFIGS:
+            theirs.add_adapter(adapter_name(config), config=config)
+            ours.add_adapter(adapter_name(config), config)
+    assert all(p.is_meta for p in [*theirs.parameters(), *ours.parameters()])
+    return theirs, ours
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_adapter_parameter_count_equals_adapterhubs(base_size_pair, config):
+    theirs, ours = base_size_pair
+    name = adapter_name(config)
+    their_row = next(row for row in theirs.adapter_summary(as_dict=True) if row["name"] == name)
+    our_row = next(row for row in ours.adapter_summary(as_dict=True) if row["name"] == name)
+    assert our_row["#param"] == their_row["#param"]
+    assert our_row == their_row  # architecture, %param, active and train too
+
+
+def test_full_model_row_counts_the_encoder_without_adapters_as_adapterhub_does(base_size_pair):
+    theirs, ours = base_size_pair
+    their_rows, our_rows = theirs.adapter_summary(as_dict=True), ours.adapter_summary(as_dict=True)
+    assert [row["name"] for row in our_rows] == [row["name"] for row in their_rows]
+    assert our_rows[-1] == their_rows[-1]
+    assert our_rows[-1]["#param"] == sum(p.numel() for p in ours.parameters()) - sum(r["#param"] for r in our_rows[:-1])
+
+
+def test_printed_summary_equals_adapterhubs_character_for_character(base_size_pair):
+    """One adapter training, the others inactive, the base frozen: every column of the table in play. Both models
+    change alike, so the other tests' comparisons hold in any order."""
+    theirs, ours = base_size_pair
+    for model in (theirs, ours):
+        model.train_adapter(adapter_name("houlsby"))
+    table = ours.adapter_summary()
+    assert table == theirs.adapter_summary()
+    assert f"{adapter_name('houlsby'):<25}bottleneck        1,789,056" in table
