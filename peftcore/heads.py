@@ -54,7 +54,8 @@ class PredictionHead(nn.Sequential):
     def loss(self, logits: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """AdapterHub's loss for the head type: cross-entropy, BCE (multi-label) or MSE (one label: regression)."""
         head_type, num_labels = self.config["head_type"], self.config["num_labels"]
-        if head_type == "multilabel_classification":
+        # image heads flag multi-label in the config, and AdapterHub checks regression first for them
+        if head_type == "multilabel_classification" or (self.config.get("multilabel") and num_labels != 1):
             return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
         if head_type in SEQUENCE_LEVEL and num_labels == 1:
             return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))

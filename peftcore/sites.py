@@ -151,7 +151,7 @@ class ModelShape(NamedTuple):
 
     hidden_size: int
     num_layers: int
-    num_heads: int
+    num_heads: int | None  # None: the model's config has no num_attention_heads
 
 
 class Method(nn.Module):

@@ -80,6 +80,9 @@ class PrefixTuning(Method):
 
     @classmethod
     def build_shared(cls, config: PrefixTuningConfig, shape: ModelShape) -> PrefixPool:
+        if shape.num_heads is None:
+            raise ValueError("prefix tuning splits its prefixes into attention heads; give the model's config a "
+                             "num_attention_heads.")
         kept = shape.num_layers - len({i for i in config.leave_out if i < shape.num_layers})
         return PrefixPool(config, kept, shape.num_heads, shape.hidden_size // shape.num_heads, shape.hidden_size)
 

@@ -1,0 +1,327 @@
+"""Adapter files (peftcore/io.py): what a save writes, bit-exact round trips, and loads that check everything
+before touching the model — a bad directory of any kind leaves every parameter, adapter and head as it was."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import peftcore.io
+from models import BertConfig, BertModel, RobertaConfig, RobertaModel
+from tests.parity import padded_batch
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100)
+ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
+HEAD_FILES = ["head_config.json", "head_model.safetensors"]
+
+
+def tiny_bert(**overrides) -> BertModel:
+    torch.manual_seed(0)  # the same base weights every time: a saved adapter reloads into a fresh model
+    return BertModel(BertConfig(**{**TINY, **overrides})).eval()
+
+
+def randomize(model: torch.nn.Module, name: str) -> None:
+    """Move an adapter and its head away from their initialisation, so a reload that re-initialises shows."""
+    generator = torch.Generator().manual_seed(7)
+    parameters = list(model.adapter_parameters(name))
+    if name in model.heads:
+        parameters += list(model.heads[name].parameters())
+    with torch.no_grad():
+        for parameter in parameters:
+            if parameter is not model.embeddings.word.weight:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+
+
+def trained(config: str = "seq_bn_inv", model: torch.nn.Module | None = None, head: str | None = "classification"):
+    """A model with adapter "a" (and head "a") away from their initialisation."""
+    model = model if model is not None else tiny_bert()
+    model.add_adapter("a", config)
+    if head == "classification":
+        model.add_classification_head("a", num_labels=3)
+    elif head == "masked_lm":
+        model.add_masked_lm_head("a")
+    randomize(model, "a")
+    return model
+
+
+def fingerprint(model: torch.nn.Module) -> dict:
+    """Everything a load could change: every tensor, the adapters, heads and what is active."""
+    return {"state": {key: t.clone() for key, t in model.state_dict().items()},
+            "adapters": dict(model.adapter_configs), "heads": list(model.heads), "active": model.active_adapters,
+            "head": model.active_head, "plugs": [site.module.plug is None for site in model.sites_found]}
+
+
+def assert_unchanged(model: torch.nn.Module, before: dict) -> None:
+    after = fingerprint(model)
+    assert list(after["state"]) == list(before["state"])
+    assert all(torch.equal(before["state"][key], after["state"][key]) for key in before["state"])
+    assert {key: value for key, value in after.items() if key != "state"} == \
+        {key: value for key, value in before.items() if key != "state"}
+
+
+def same_tensors(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> bool:
+    return list(first) == list(second) and all(torch.equal(first[key], second[key]) for key in first)
+
+
+# ---- what a save writes -------------------------------------------------------------------------------------
+
+
+def test_save_writes_config_and_safetensors_with_relative_keys(tmp_path):
+    model = trained()
+    model.save_adapter(tmp_path / "a", "a", with_head=False)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ADAPTER_FILES
+    raw = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert raw["format"] == "peftcore-adapter" and raw["name"] == "a"
+    assert (raw["model_type"], raw["hidden_size"], raw["num_hidden_layers"]) == ("bert", 32, 2)
+    assert raw["config"] == model.adapter_configs["a"].to_dict()
+    tensors = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    assert same_tensors(dict(sorted(tensors.items())), dict(sorted(model.adapter_state("a").items())))
+    assert "layers.0.ffn.residual.adapters.down.weight" in tensors  # the adapter's name is not in the file
+    assert any(key.startswith("embeddings.site.adapters.") for key in tensors)
+
+
+def test_save_with_head_writes_the_head_beside_the_adapter(tmp_path):
+    model = trained()
+    model.save_adapter(tmp_path / "a", "a")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(ADAPTER_FILES + HEAD_FILES)
+    head = load_file(tmp_path / "a" / "head_model.safetensors")
+    assert sorted(head) == ["1.bias", "1.weight", "4.bias", "4.weight"]
+    assert json.loads((tmp_path / "a" / "head_config.json").read_text())["config"] == model.heads["a"].config
+
+
+# ---- round trips --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", ["seq_bn_inv", "double_seq_bn[reduction_factor={'0': 4, 'default': 8}]",
+                                    "scaled_par_bn[leave_out=[0]]", "lora[r=2]", "prefix_tuning[prefix_length=3]"])
+def test_load_restores_every_tensor_bit_exactly(config, tmp_path):
+    model = trained(config)
+    model.save_adapter(tmp_path / "a", "a")
+    fresh = tiny_bert()
+    assert fresh.load_adapter(tmp_path / "a", set_active=True) == "a"
+    assert fresh.adapter_configs["a"].to_dict() == model.adapter_configs["a"].to_dict()  # BnConfig, as AdapterHub
+    assert same_tensors(fresh.adapter_state("a"), model.adapter_state("a"))
+    assert same_tensors(fresh.heads["a"].state_dict(), model.heads["a"].state_dict())
+    assert fresh.active_adapters == ("a",) and fresh.active_head == "a"
+    model.set_active_adapters("a")
+    ids, mask = padded_batch(100, 0)
+    with torch.no_grad():
+        assert torch.equal(fresh(input_ids=ids, attention_mask=mask).logits,
+                           model(input_ids=ids, attention_mask=mask).logits)
+
+
+def test_load_as_renames_adapter_and_head(tmp_path):
+    model = trained()
+    model.save_adapter(tmp_path / "a", "a")
+    assert model.load_adapter(tmp_path / "a", load_as="b") == "b"
+    assert same_tensors(model.adapter_state("b"), model.adapter_state("a"))
+    assert same_tensors(model.heads["b"].state_dict(), model.heads["a"].state_dict())
+    assert model.active_adapters == ()
+
+
+def test_load_without_head_adds_no_head(tmp_path):
+    trained().save_adapter(tmp_path / "a", "a")
+    fresh = tiny_bert()
+    fresh.load_adapter(tmp_path / "a", with_head=False)
+    assert "a" in fresh.adapter_configs and list(fresh.heads) == []
+
+
+def test_masked_lm_head_reloads_tied_to_the_word_embeddings(tmp_path):
+    model = trained(head="masked_lm")
+    model.save_adapter(tmp_path / "a", "a")
+    assert "3.weight" not in load_file(tmp_path / "a" / "head_model.safetensors")  # the embeddings are not saved
+    fresh = tiny_bert()
+    fresh.load_adapter(tmp_path / "a")
+    assert fresh.heads["a"].decoder.weight is fresh.embeddings.word.weight
+    assert same_tensors(fresh.heads["a"].state_dict(), model.heads["a"].state_dict())
+
+
+def test_save_all_adapters_writes_one_directory_each(tmp_path):
+    model = trained()
+    model.add_adapter("b", "lora")
+    randomize(model, "b")
+    model.save_all_adapters(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+    fresh = tiny_bert()
+    for name in ("a", "b"):
+        assert fresh.load_adapter(tmp_path / name) == name
+        assert same_tensors(fresh.adapter_state(name), model.adapter_state(name))
+    assert list(fresh.heads) == ["a"]
+
+
+def test_saving_again_without_the_head_leaves_no_stale_head(tmp_path):
+    model = trained()
+    model.save_adapter(tmp_path / "a", "a")
+    model.save_adapter(tmp_path / "a", "a", with_head=False)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ADAPTER_FILES
+    fresh = tiny_bert()
+    fresh.load_adapter(tmp_path / "a")
+    assert list(fresh.heads) == []
+
+
+# ---- failed loads change nothing ----------------------------------------------------------------------------
+
+
+def edit_json(directory: Path, change) -> None:
+    file = directory / "adapter_config.json"
+    raw = json.loads(file.read_text())
+    change(raw)
+    file.write_text(json.dumps(raw))
+
+
+def edit_tensors(directory: Path, change, file: str = "adapter_model.safetensors") -> None:
+    tensors = load_file(directory / file)
+    change(tensors)
+    save_file(tensors, directory / file)
+
+
+def write_bytes(directory: Path, file: str, data) -> None:
+    path = directory / file
+    path.write_bytes(data(path.read_bytes()))
+
+
+KEY, EXTRA = "layers.0.ffn.residual.adapters.down.weight", "layers.0.ffn.residual.adapters.extra"
+
+CORRUPTIONS = {  # name -> (change the saved directory of adapter "a", error, message)
+    "wrong shape": (lambda d: edit_tensors(d, lambda t: t.update({KEY: torch.zeros(3, 32)})), ValueError,
+                    rf"1 shape mismatches: {KEY}: file \(3, 32\), model \(2, 32\)"),
+    "extra key": (lambda d: edit_tensors(d, lambda t: t.update({EXTRA: t[KEY].clone()})), ValueError,
+                  rf"1 unexpected: {EXTRA}"),
+    "missing key": (lambda d: edit_tensors(d, lambda t: t.pop(KEY)), ValueError, rf"1 missing: {KEY}"),
+    "head shape": (lambda d: edit_tensors(d, lambda t: t.update({"4.weight": torch.zeros(5, 32)}),
+                                          "head_model.safetensors"), ValueError, r"head 'a' does not fit"),
+    "truncated": (lambda d: write_bytes(d, "adapter_model.safetensors", lambda b: b[: len(b) // 2]), ValueError,
+                  "not a readable safetensors file"),
+    "zero bytes": (lambda d: write_bytes(d, "adapter_model.safetensors", lambda b: b""), ValueError,
+                   "not a readable safetensors file"),
+    "garbage": (lambda d: write_bytes(d, "adapter_model.safetensors", lambda b: bytes(range(256)) * 8), ValueError,
+                "not a readable safetensors file"),
+    "truncated head": (lambda d: write_bytes(d, "head_model.safetensors", lambda b: b[:-9]), ValueError,
+                       "head_model.safetensors is not a readable safetensors file"),
+    "no weights": (lambda d: (d / "adapter_model.safetensors").unlink(), FileNotFoundError,
+                   "has no adapter_model.safetensors"),
+    "invalid json": (lambda d: write_bytes(d, "adapter_config.json", lambda b: b[:-5]), ValueError,
+                     "adapter_config.json is not valid JSON"),
+    "json list": (lambda d: (d / "adapter_config.json").write_text("[1, 2]"), ValueError, "holds list"),
+    "unknown config field": (lambda d: edit_json(d, lambda raw: raw["config"].update(speed=2)), ValueError,
+                             r"has no field\(s\) \['speed'\]"),
+    "invalid config value": (lambda d: edit_json(d, lambda raw: raw["config"].update(reduction_factor=-1)),
+                             ValueError, "reduction_factor must be positive"),
+    "future format": (lambda d: edit_json(d, lambda raw: raw.update(format_version=2)), ValueError,
+                      "format_version 2"),
+    "no model type": (lambda d: edit_json(d, lambda raw: raw.pop("model_type")), ValueError,
+                      r"lacks \['model_type'\]"),
+    "unknown format": (lambda d: edit_json(d, lambda raw: raw.update(format="other")), ValueError,
+                       "neither a peftcore adapter"),
+}
+
+
+@pytest.fixture
+def target():
+    """The model a bad load must leave alone: it has an adapter and a head of its own, active."""
+    model = trained()
+    model.add_adapter("other", "lora")
+    model.add_tagging_head("other")
+    model.set_active_adapters("a")
+    return model
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_a_corrupt_directory_is_refused_and_the_model_is_unchanged(corruption, target, tmp_path):
+    corrupt, error, message = CORRUPTIONS[corruption]
+    trained().save_adapter(tmp_path / "saved", "a")
+    corrupt(tmp_path / "saved")
+    before = fingerprint(target)
+    with pytest.raises(error, match=message):
+        target.load_adapter(tmp_path / "saved", load_as="new")
+    assert_unchanged(target, before)
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    (lambda: RobertaModel(RobertaConfig(**TINY)), "adapter for a 'roberta' model; this model is 'bert'"),
+    (lambda: tiny_bert(hidden_size=48), "adapter for hidden size 48; this model's is 32"),
+    (lambda: tiny_bert(num_hidden_layers=3), r"4 unexpected: layers\.2\.ffn"),
+])
+def test_an_adapter_for_another_model_is_refused_and_the_model_is_unchanged(source, message, target, tmp_path):
+    trained(model=source()).save_adapter(tmp_path / "saved", "a")
+    before = fingerprint(target)
+    with pytest.raises(ValueError, match=message):
+        target.load_adapter(tmp_path / "saved", load_as="new")
+    assert_unchanged(target, before)
+
+
+def test_a_missing_directory_is_refused(target, tmp_path):
+    before = fingerprint(target)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        target.load_adapter(tmp_path / "nowhere")
+    assert_unchanged(target, before)
+
+
+class Payload:
+    """A pickle that runs code when loaded: creates the file it names."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_a_pickle_carrying_code_is_refused_without_running_it(target, tmp_path):
+    directory, sentinel = tmp_path / "hub", tmp_path / "pwned"
+    directory.mkdir()
+    (directory / "adapter_config.json").write_text(json.dumps({
+        "config": target.adapter_configs["a"].to_dict(), "name": "evil", "model_type": "bert", "hidden_size": 32,
+        "version": "adapters.1.3.0"}))
+    torch.save({"bert.encoder.layer.0.output.adapters.evil.adapter_up.weight": Payload(sentinel)},
+               directory / "pytorch_adapter.bin")
+    before = fingerprint(target)
+    with pytest.raises(ValueError, match="weights-only"):
+        target.load_adapter(directory)
+    assert not sentinel.exists()
+    assert_unchanged(target, before)
+    torch.load(directory / "pytorch_adapter.bin", weights_only=False)  # the payload is live: an unsafe load runs it
+    assert sentinel.exists()
+
+
+def test_an_unsupported_hf_peft_method_is_refused_clearly(target, tmp_path):
+    directory = tmp_path / "peft"
+    directory.mkdir()
+    (directory / "adapter_config.json").write_text(json.dumps({"peft_type": "LOHA", "r": 8}))
+    save_file({"base_model.model.encoder.layer.0.attention.self.query.hada_w1_a": torch.zeros(32, 8)},
+              directory / "adapter_model.safetensors")
+    before = fingerprint(target)
+    with pytest.raises(ValueError, match="PEFT method 'LOHA' is not available in peftcore"):
+        target.load_adapter(directory)
+    assert_unchanged(target, before)
+
+
+# ---- interrupted saves --------------------------------------------------------------------------------------
+
+
+def test_an_interrupted_save_leaves_the_previous_adapter_intact(tmp_path, monkeypatch):
+    model = trained()
+    model.save_adapter(tmp_path / "a", "a")
+    files = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+    saved_state = {key: t.clone() for key, t in model.adapter_state("a").items()}
+    randomize(model, "a")  # new values that must not reach the directory
+    with torch.no_grad():
+        next(model.adapter_parameters("a")).add_(1.0)
+
+    def crash(tensors, path, metadata=None):
+        Path(path).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(peftcore.io, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_adapter(tmp_path / "a", "a")
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no scratch directory left behind
+    fresh = tiny_bert()
+    fresh.load_adapter(tmp_path / "a")
+    assert same_tensors(fresh.adapter_state("a"), saved_state)

@@ -1,0 +1,392 @@
+"""The adapter API every model inherits (peftcore/model.py): adding, deleting and activating adapters, training only
+the chosen one, where modules are placed, dtype, the summary table, and a researcher's own model with sites."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from models import MODEL_CLASSES, RobertaConfig, RobertaModel
+from peftcore.configs import SeqBnConfig
+from peftcore.methods import Bottleneck, NICECoupling
+from peftcore.model import AdapterModelMixin
+from peftcore.sites import EmbeddingSite
+from tests.parity import padded_batch
+from tests.peftcore.test_sites import TinyBlock
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
+
+
+def tiny_model(model_type: str = "bert") -> nn.Module:
+    cls = MODEL_CLASSES[model_type]
+    extra = dict(image_size=16, patch_size=8) if model_type == "vit" else dict(vocab_size=100)
+    torch.manual_seed(0)
+    return cls(cls.config_class(**TINY, **extra)).eval()
+
+
+def inputs(model: nn.Module) -> dict[str, torch.Tensor]:
+    if model.config.model_type == "vit":
+        return {"pixel_values": torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))}
+    ids, mask = padded_batch(100, model.config.pad_token_id, lengths=(6, 4, 2))
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**batch).last_hidden_state
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {key: tensor.clone() for key, tensor in model.state_dict().items()}
+
+
+def assert_same_state(model: nn.Module, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert list(after) == list(before)
+    changed = [key for key in before if not torch.equal(before[key], after[key])]
+    assert not changed, f"changed: {changed}"
+
+
+# ---- lifecycle ----------------------------------------------------------------------------------------------
+
+
+def test_add_activate_deactivate_delete():
+    model = tiny_model()
+    model.add_adapter("a", "seq_bn")
+    assert list(model.adapter_configs) == ["a"] and model.active_adapters == ()
+    assert any(".adapters.a." in key for key in model.state_dict())
+    model.set_active_adapters("a")
+    assert model.active_adapters == ("a",)
+    model.set_active_adapters(None)
+    assert model.active_adapters == ()
+    model.delete_adapter("a")
+    assert model.adapter_configs == {} and list(model.iter_adapters()) == []
+    assert not any(".adapters." in key for key in model.state_dict())
+    assert all(site.module.plug is None for site in model.sites_found)
+
+
+def test_add_with_set_active_activates_and_default_config_is_seq_bn():
+    model = tiny_model()
+    model.add_adapter("a", set_active=True)
+    assert model.active_adapters == ("a",)
+    assert model.adapter_configs["a"] == SeqBnConfig()
+
+
+def test_adding_a_name_twice_needs_overwrite_ok():
+    model = tiny_model()
+    model.add_adapter("a", "seq_bn")
+    with pytest.raises(ValueError, match="'a' exists; pass overwrite_ok=True"):
+        model.add_adapter("a", "double_seq_bn")
+    assert set(model.get_adapter("a")[0]) == {"ffn.residual"}
+    model.add_adapter("a", "double_seq_bn", overwrite_ok=True)
+    assert set(model.get_adapter("a")[0]) == {"attn.residual", "ffn.residual"}
+
+
+def test_overwriting_an_active_adapter_runs_the_new_modules():
+    model = tiny_model()
+    batch, plain = inputs(model), hidden(tiny_model(), inputs(model))
+    model.add_adapter("a", "seq_bn", set_active=True)
+    assert not torch.equal(hidden(model, batch), plain)
+    model.add_adapter("a", "seq_bn", overwrite_ok=True)
+    for module in model.get_adapter("a").values():
+        nn.init.zeros_(module["ffn.residual"].up.weight)
+        nn.init.zeros_(module["ffn.residual"].up.bias)
+    assert model.active_adapters == ("a",)
+    assert torch.equal(hidden(model, batch), plain)  # a zero up-projection is the identity: the old modules are gone
+
+
+def test_loading_onto_an_existing_name_suggests_load_as(tmp_path):
+    model = tiny_model()
+    model.add_adapter("a", "seq_bn")
+    model.save_adapter(tmp_path / "a", "a")
+    with pytest.raises(ValueError, match="already has an adapter 'a'; pass load_as="):
+        model.load_adapter(tmp_path / "a")
+    assert model.load_adapter(tmp_path / "a", load_as="b") == "b"
+
+
+@pytest.mark.parametrize("call", [
+    lambda model: model.set_active_adapters("missing"),
+    lambda model: model.set_active_adapters(["a", "missing"]),
+    lambda model: model.delete_adapter("missing"),
+    lambda model: model.get_adapter("missing"),
+    lambda model: model.adapter_state("missing"),
+    lambda model: model.train_adapter("missing"),
+    lambda model: model.save_adapter("unused", "missing"),
+], ids=["set_active", "set_active_list", "delete", "get", "state", "train", "save"])
+def test_unknown_adapter_name_lists_the_known_names(call):
+    model = tiny_model()
+    model.add_adapter("a", "seq_bn")
+    model.add_adapter("b", "lora")
+    with pytest.raises(KeyError, match=r"no adapter named 'missing'; this model has \['a', 'b'\]"):
+        call(model)
+
+
+@pytest.mark.parametrize("name", ["", "x.y", "x,y", 3])
+def test_adapter_names_must_be_plain_strings(name):
+    with pytest.raises(ValueError, match="without '.' or ','"):
+        tiny_model().add_adapter(name, "seq_bn")
+
+
+def test_deleting_the_active_adapter_is_refused_and_changes_nothing():
+    model = tiny_model()
+    batch = inputs(model)
+    model.add_adapter("a", "seq_bn", set_active=True)
+    before, out = snapshot(model), hidden(model, batch)
+    with pytest.raises(ValueError, match="'a' is active; deactivate it first"):
+        model.delete_adapter("a")
+    assert model.active_adapters == ("a",) and "a" in model.adapter_configs
+    assert_same_state(model, before)
+    assert torch.equal(hidden(model, batch), out)
+
+
+@pytest.mark.parametrize(("setup", "error", "message"), [
+    ("missing", KeyError, "no adapter named 'missing'"),
+    (["b", "missing"], KeyError, "no adapter named 'missing'"),
+    (["a", "c"], ValueError, r"both sit at ffn.residual of layer 0"),
+    ([3], TypeError, "takes adapter names"),
+])
+def test_an_invalid_setup_keeps_the_previous_one(setup, error, message):
+    model = tiny_model()
+    batch = inputs(model)
+    model.add_adapter("a", "seq_bn")
+    model.add_adapter("b", "seq_bn_inv[mh_adapter=True, output_adapter=False]")
+    model.add_adapter("c", "par_bn")
+    model.set_active_adapters("b")
+    out = hidden(model, batch)
+    with pytest.raises(error, match=message):
+        model.set_active_adapters(setup)
+    assert model.active_adapters == ("b",)
+    assert torch.equal(hidden(model, batch), out)
+
+
+def test_adapters_at_different_sites_are_active_together():
+    model = tiny_model()
+    batch, plain = inputs(model), hidden(tiny_model(), inputs(model))
+    model.add_adapter("a", "seq_bn")
+    model.add_adapter("b", "lora")
+    with torch.no_grad():  # LoRA starts as the identity (B = 0)
+        for parameter in model.adapter_parameters("b"):
+            parameter.normal_(0.0, 0.5)
+    model.set_active_adapters(["a", "b"])
+    both = hidden(model, batch)
+    model.set_active_adapters("a")
+    assert not torch.equal(both, hidden(model, batch)) and not torch.equal(both, plain)
+
+
+# ---- training -----------------------------------------------------------------------------------------------
+
+
+def test_train_adapter_trains_only_that_adapter_and_its_head():
+    model = tiny_model()
+    model.add_adapter("a", "double_seq_bn_inv")
+    model.add_adapter("b", "seq_bn")
+    model.add_classification_head("a", num_labels=3)
+    model.add_classification_head("b", num_labels=3)
+    model.train_adapter("a")
+    assert model.training and model.active_adapters == ("a",) and model.active_head == "a"
+    own = {id(p) for p in model.adapter_parameters("a")} | {id(p) for p in model.heads["a"].parameters()}
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {name for name, p in model.named_parameters() if id(p) in own}
+    assert {name.split(".adapters.")[1].split(".")[0] for name in trainable if ".adapters." in name} == {"a"}
+
+    batch = inputs(model)
+    before = snapshot(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)  # all of them: a frozen one must get no gradient
+    labels = torch.tensor([0, 2, 1])
+    for _ in range(3):
+        out = model(**batch)
+        model.heads["a"].loss(out.logits, labels).backward()
+        with_grad = {name for name, p in model.named_parameters() if p.grad is not None}
+        assert with_grad == trainable
+        assert all(p.grad.abs().sum() > 0 for p in model.parameters() if p.grad is not None)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    after = model.state_dict()
+    for key, tensor in before.items():
+        if any(key.startswith(prefix) for prefix in ("heads.a.",)) or ".adapters.a." in key:
+            assert not torch.equal(tensor, after[key]), f"{key} did not train"
+        else:
+            assert torch.equal(tensor, after[key]), f"{key} changed"
+
+
+def test_freeze_model_freezes_and_unfreezes_everything():
+    model = tiny_model()
+    model.add_adapter("a", "seq_bn")
+    model.freeze_model(True)
+    assert not any(p.requires_grad for p in model.parameters())
+    model.freeze_model(False)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+# ---- placement ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    ("seq_bn", {0: {"ffn.residual"}, 1: {"ffn.residual"}}),
+    ("double_seq_bn", {0: {"attn.residual", "ffn.residual"}, 1: {"attn.residual", "ffn.residual"}}),
+    ("seq_bn_inv", {-1: {"embeddings"}, 0: {"ffn.residual"}, 1: {"ffn.residual"}}),
+    ("seq_bn[leave_out=[0]]", {1: {"ffn.residual"}}),
+    ("lora", {0: {"attn.q", "attn.v"}, 1: {"attn.q", "attn.v"}}),
+])
+def test_get_adapter_maps_layers_to_sites_to_modules(config, expected):
+    model = tiny_model()
+    model.add_adapter("a", config)
+    model.add_adapter("other", "seq_bn")
+    layers = model.get_adapter("a")
+    assert {layer: set(sites) for layer, sites in layers.items()} == expected
+    rows = [(layer, site, module) for name, layer, site, module in model.iter_adapters("a")]
+    assert [(layer, site) for layer, site, _ in rows] == [(layer, site) for layer in sorted(layers)
+                                                          for site in layers[layer]]
+    for layer, site, module in rows:
+        assert layers[layer][site] is module
+        assert module is model.get_submodule(f"layers.{layer}.{site}.adapters.a" if layer >= 0 else
+                                             "embeddings.site.adapters.a")
+    assert {name for name, *_ in model.iter_adapters()} == {"a", "other"}
+
+
+def test_module_types_of_an_invertible_config():
+    model = tiny_model()
+    model.add_adapter("a", "seq_bn_inv")
+    layers = model.get_adapter("a")
+    assert isinstance(layers[-1]["embeddings"], NICECoupling)
+    assert all(isinstance(layers[i]["ffn.residual"], Bottleneck) for i in (0, 1))
+
+
+def test_left_out_layers_hold_no_module():
+    model = tiny_model()
+    model.add_adapter("a", "double_seq_bn[leave_out=[1]]")
+    assert not any(".adapters." in key for key in model.layers[1].state_dict())
+    assert any(".adapters." in key for key in model.layers[0].state_dict())
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ("seq_bn[leave_out=[2]]", r"leave_out holds layer\(s\) \[2\], but the model has 2 layers"),
+    ("lora[leave_out=[0, 7]]", r"leave_out holds layer\(s\) \[7\]"),
+    ("seq_bn[leave_out=[0, 1]]", "places no module on this model"),
+])
+def test_leave_out_beyond_the_model_or_of_everything_is_an_error(config, message):
+    model = tiny_model()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=message):
+        model.add_adapter("a", config)
+    assert model.adapter_configs == {}
+    assert_same_state(model, before)
+
+
+# ---- outputs and dtype --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_type", sorted(MODEL_CLASSES))
+@pytest.mark.parametrize("config", ["double_seq_bn_inv", "lora[intermediate_lora=True, output_lora=True]",
+                                    "prefix_tuning[prefix_length=3]"])
+def test_an_inactive_adapter_leaves_outputs_bit_identical(model_type, config):
+    model = tiny_model(model_type)
+    batch = inputs(model)
+    plain = hidden(model, batch)
+    model.add_adapter("a", config)
+    with torch.no_grad():  # lora starts as the identity: make every adapter weight show when active
+        for parameter in model.adapter_parameters("a"):
+            parameter.normal_(0.0, 0.5)
+    assert torch.equal(hidden(model, batch), plain)
+    model.set_active_adapters("a")
+    assert not torch.equal(hidden(model, batch), plain)
+    model.set_active_adapters(None)
+    assert torch.equal(hidden(model, batch), plain)
+
+
+def test_adapters_and_heads_added_after_a_dtype_change_come_in_that_dtype():
+    model = tiny_model().to(torch.bfloat16)
+    model.add_adapter("a", "double_seq_bn_inv", set_active=True)
+    model.add_classification_head("a")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    out = model(**inputs(model))
+    assert out.last_hidden_state.dtype == out.logits.dtype == torch.bfloat16
+
+
+# ---- summary ------------------------------------------------------------------------------------------------
+
+
+def test_adapter_summary_rows_and_table():
+    model = tiny_model()
+    base = sum(p.numel() for p in model.parameters())
+    model.add_adapter("a", "seq_bn")
+    model.add_adapter("b", "lora")
+    model.add_classification_head("a")
+    model.train_adapter("a")
+    rows = model.adapter_summary(as_dict=True)
+    assert [row["name"] for row in rows] == ["a", "b", "Full model"]
+    a, b, full = rows
+    assert (a["architecture"], a["active"], a["train"]) == ("bottleneck", True, True)
+    assert (b["architecture"], b["active"], b["train"]) == ("lora", False, False)
+    assert a["#param"] == sum(p.numel() for p in model.adapter_parameters("a")) == 2 * (32 * 2 + 2 + 2 * 32 + 32)
+    assert full == {"name": "Full model", "#param": base, "%param": 100.0, "train": False}
+    assert a["%param"] == pytest.approx(100 * a["#param"] / base)
+
+    lines = model.adapter_summary().splitlines()
+    assert lines[0] == lines[-1] == "=" * 80 and lines[2] == lines[-3] == "-" * 80
+    assert lines[1].split() == ["Name", "Architecture", "#Param", "%Param", "Active", "Train"]
+    assert [line.split()[0] for line in lines[3:-3]] == ["a", "b"] and lines[-2].startswith("Full model")
+    # AdapterHub's row format prints the active and train flags as 1 / 0; ours is the same format
+    assert lines[3].split() == ["a", "bottleneck", f"{a['#param']:,}", f"{a['%param']:.3f}", "1", "1"]
+    assert all(len(line) == 80 for line in lines)
+
+
+# ---- a researcher's own model -------------------------------------------------------------------------------
+
+
+class TinyModelWithAdapters(AdapterModelMixin, nn.Module):
+    """Sites from peftcore.sites (in TinyBlock) under their names, layers in `layers`, the mixin, a config: done."""
+
+    def __init__(self, width: int = 8, depth: int = 2) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(hidden_size=width, model_type="tiny", layer_norm_eps=1e-5)
+        self.init_adapters()
+        self.embed = nn.Embedding(10, width)
+        self.site = EmbeddingSite()
+        self.layers = nn.ModuleList(TinyBlock(width) for _ in range(depth))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.site(self.embed(ids))
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_a_custom_model_with_sites_and_the_mixin_takes_adapters():
+    torch.manual_seed(0)
+    model, ids = TinyModelWithAdapters(), torch.tensor([[1, 2, 3, 4]])
+    plain = model(ids)
+    model.add_adapter("a", "seq_bn[reduction_factor=2]")
+    assert set(model.get_adapter("a")) == {0, 1}
+    assert torch.equal(model(ids), plain)
+    model.set_active_adapters("a")
+    assert not torch.allclose(model(ids), plain)
+    with pytest.raises(ValueError, match="give the model's config a num_attention_heads"):
+        model.add_adapter("p", "prefix_tuning")  # the one method that needs more than hidden_size
+
+
+# ---- size on disk -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def roberta_base_shaped():
+    import transformers as tf
+
+    shape = tf.RobertaConfig()  # roberta-base's shape: 12 layers of 768
+    config = RobertaConfig(**{field: getattr(shape, field) for field in (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+        "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id")})
+    return RobertaModel(config)
+
+
+def test_a_saved_seq_bn_adapter_for_roberta_base_is_under_4_mb(roberta_base_shaped, tmp_path):
+    model = roberta_base_shaped
+    model.add_adapter("a", "seq_bn")
+    model.save_adapter(tmp_path / "a", "a")
+    size = sum(file.stat().st_size for file in (tmp_path / "a").iterdir())
+    assert size < 4 * 2**20, f"{size / 2**20:.2f} MB"
+    assert sum(p.numel() for p in model.adapter_parameters("a")) == 12 * (2 * 768 * 48 + 48 + 768)
+
