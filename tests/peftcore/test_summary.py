@@ -22,7 +22,9 @@ CONFIGS = ["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn", "seq_bn_inv", "
            "seq_bn[ln_before=True, ln_after=True, use_gating=True, scaling='channel']",
            "double_seq_bn[reduction_factor={'0': 4, 'default': 16}, leave_out=[11]]",
            "par_bn[use_gating=True, init_weights='houlsby']",
-           "seq_bn[inv_adapter='glow', inv_adapter_reduction_factor=4]"]
+           "seq_bn[inv_adapter='glow', inv_adapter_reduction_factor=4]",
+           "compacter", "compacter++", "prefix_tuning", "prefix_tuning_flat", "lora", "ia3", "mam", "unipelt",
+           "lora[r=4, attn_matrices=['q', 'k', 'v'], intermediate_lora=True, output_lora=True, use_gating=True]"]
 ARCHS = {
     "bert-base": (lambda: tf.BertModel(tf.BertConfig()), lambda: BertModel(BertConfig())),
     "roberta-base": (lambda: tf.RobertaModel(tf.RobertaConfig(max_position_embeddings=514, type_vocab_size=1)),
@@ -45,7 +47,7 @@ def base_size_pair(request):
         for config in CONFIGS:
             theirs.add_adapter(adapter_name(config), config=config)
             ours.add_adapter(adapter_name(config), config)
-    assert all(p.is_meta for p in [*theirs.parameters(), *ours.parameters()])
+    assert all(p.is_meta for p in ours.parameters())  # AdapterHub's PHM layers allocate real tensors regardless
     return theirs, ours
 
 

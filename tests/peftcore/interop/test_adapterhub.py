@@ -89,7 +89,10 @@ VARIANTS = [
     "par_bn[init_weights='bert', non_linearity='gelu']",
 ]
 SUBSET = ["seq_bn", "double_seq_bn", "scaled_par_bn", "seq_bn[ln_before=True, use_gating=True, scaling='channel']",
-          "double_seq_bn[reduction_factor={'0': 4, 'default': 16}, leave_out=[1], ln_after=True]"]
+          "double_seq_bn[reduction_factor={'0': 4, 'default': 16}, leave_out=[1], ln_after=True]",
+          "lora[attn_matrices=['q', 'k', 'v'], intermediate_lora=True, output_lora=True]", "ia3[use_gating=True]",
+          "prefix_tuning[prefix_length=4, bottleneck_size=16]", "mam",
+          "unipelt"]
 SUBSETS = {"bert": NAMED + VARIANTS, "roberta": NAMED + VARIANTS, "deberta_v2": [*SUBSET, "double_seq_bn_inv"],
            "vit": SUBSET}  # AdapterHub refuses invertible adapters on ViT
 CASES = [pytest.param(arch, config, id=f"{arch}-{config}") for arch, configs in SUBSETS.items() for config in configs]
