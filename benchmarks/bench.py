@@ -1,4 +1,4 @@
-"""Speed and memory of peftcore against transformers, AdapterHub and PEFT on the same weights, in one process.
+"""Speed of peftcore against transformers, AdapterHub and PEFT on the same weights, in one process.
 
 Repetitions of the contenders are interleaved (ours, theirs, ours, theirs, ...) so that machine noise hits all of
 them alike; the table gives medians, inter-quartile spreads and the ratio of each to its reference.
@@ -10,12 +10,10 @@ them alike; the table gives medians, inter-quartile spreads and the ratio of eac
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
 import tempfile
 import time
-import tracemalloc
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -73,16 +71,6 @@ def forward(model: torch.nn.Module, batch: dict) -> Callable:
     return step
 
 
-def peak_memory(step: Callable[[], object]) -> int:
-    """Peak bytes allocated by Python-visible tensors' storage during one step (CPU: tracemalloc of the run)."""
-    gc.collect()
-    tracemalloc.start()
-    step()
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return peak
-
-
 def run(shape: str, repeats: int) -> list[dict]:
     spec = SHAPES[shape]
     config = tf.RobertaConfig(**spec["config"])
@@ -119,9 +107,7 @@ def run(shape: str, repeats: int) -> list[dict]:
                                          peft.LoraConfig(r=8, lora_alpha=8, target_modules=["query", "value"]))
             contenders["peft"] = train_step(target, adam(target), batch, lambda out: out.last_hidden_state)
         times = interleave(contenders, repeats)
-        entry = row(f"train step {method}", times, "adapterhub")
-        entry["peak_bytes"] = {name: peak_memory(step) for name, step in contenders.items()}
-        rows.append(entry)
+        rows.append(row(f"train step {method}", times, "adapterhub"))
 
     ours = RobertaModel.from_pretrained(directory).eval()
     plain = forward(ours, batch)
