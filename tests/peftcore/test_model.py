@@ -13,9 +13,8 @@ from models import MODEL_CLASSES, RobertaConfig, RobertaModel
 from peftcore.configs import SeqBnConfig
 from peftcore.methods import Bottleneck, NICECoupling
 from peftcore.model import AdapterModelMixin
-from peftcore.sites import EmbeddingSite
 from tests.parity import padded_batch
-from tests.peftcore.test_sites import TinyBlock
+from tests.peftcore.test_sites import TinyTransformer
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
 
@@ -337,22 +336,13 @@ def test_adapter_summary_rows_and_table():
 # ---- a researcher's own model -------------------------------------------------------------------------------
 
 
-class TinyModelWithAdapters(AdapterModelMixin, nn.Module):
-    """Sites from peftcore.sites (in TinyBlock) under their names, layers in `layers`, the mixin, a config: done."""
+class TinyModelWithAdapters(AdapterModelMixin, TinyTransformer):
+    """A model built from peftcore.sites classes (test_sites.TinyTransformer) plus the mixin and a config: done."""
 
     def __init__(self, width: int = 8, depth: int = 2) -> None:
-        super().__init__()
+        super().__init__(width, depth)
         self.config = SimpleNamespace(hidden_size=width, model_type="tiny", layer_norm_eps=1e-5)
         self.init_adapters()
-        self.embed = nn.Embedding(10, width)
-        self.site = EmbeddingSite()
-        self.layers = nn.ModuleList(TinyBlock(width) for _ in range(depth))
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.site(self.embed(ids))
-        for layer in self.layers:
-            x = layer(x)
-        return x
 
 
 def test_a_custom_model_with_sites_and_the_mixin_takes_adapters():
