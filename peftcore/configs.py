@@ -96,6 +96,17 @@ def check_in(owner: str, name: str, value: Any, choices: tuple) -> None:
         raise ValueError(f"{owner}.{name}={value!r} is not supported; use one of {list(choices)}.")
 
 
+def check_probability(owner: str, name: str, value: Any) -> None:
+    check_type(owner, name, value, (int, float), "a probability in [0, 1)")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{owner}.{name} must lie in [0, 1), got {value!r}.")
+
+
+def check_seed(owner: str, seed: Any) -> None:
+    if seed is not None:
+        check_type(owner, "init_weights_seed", seed, int, "an int or None")
+
+
 def check_leave_out(owner: str, leave_out: Any) -> tuple[int, ...]:
     check_type(owner, "leave_out", leave_out, (tuple, list), "a list of layer indices")
     for index in leave_out:
@@ -182,11 +193,8 @@ class BnConfig(AdapterConfigBase):
             raise ValueError(f"{name} places nothing: set mh_adapter, output_adapter or inv_adapter.")
         object.__setattr__(self, "leave_out", check_leave_out(name, self.leave_out))
         for rate in ("dropout", "stochastic_depth"):
-            check_type(name, rate, getattr(self, rate), (int, float), "a probability in [0, 1)")
-            if not 0.0 <= getattr(self, rate) < 1.0:
-                raise ValueError(f"{name}.{rate} must lie in [0, 1), got {getattr(self, rate)!r}.")
-        if self.init_weights_seed is not None:
-            check_type(name, "init_weights_seed", self.init_weights_seed, int, "an int or None")
+            check_probability(name, rate, getattr(self, rate))
+        check_seed(name, self.init_weights_seed)
         if self.phm_layer:
             self.check_phm(name)
 
@@ -326,9 +334,7 @@ class LoRAConfig(AdapterConfigBase):
         if self.r <= 0:
             raise ValueError(f"{name}.r must be a positive int, got {self.r}.")
         check_positive_number(name, "alpha", self.alpha)
-        check_type(name, "dropout", self.dropout, (int, float), "a probability in [0, 1)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"{name}.dropout must lie in [0, 1), got {self.dropout!r}.")
+        check_probability(name, "dropout", self.dropout)
         check_type(name, "attn_matrices", self.attn_matrices, (tuple, list), "a list of 'q', 'k', 'v'")
         object.__setattr__(self, "attn_matrices", tuple(self.attn_matrices))
         for matrix in self.attn_matrices:
@@ -347,8 +353,7 @@ class LoRAConfig(AdapterConfigBase):
             raise ValueError(f"{name} places nothing: set selfattn_lora (with attn_matrices), intermediate_lora or "
                              "output_lora.")
         object.__setattr__(self, "leave_out", check_leave_out(name, self.leave_out))
-        if self.init_weights_seed is not None:
-            check_type(name, "init_weights_seed", self.init_weights_seed, int, "an int or None")
+        check_seed(name, self.init_weights_seed)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -396,12 +401,9 @@ class PrefixTuningConfig(AdapterConfigBase):
                 raise ValueError(f"{name}.{size} must be a positive int, got {getattr(self, size)}.")
         check_in(name, "non_linearity", self.non_linearity.lower() if isinstance(self.non_linearity, str) else
                  self.non_linearity, tuple(ACTIVATIONS))
-        check_type(name, "dropout", self.dropout, (int, float), "a probability in [0, 1)")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"{name}.dropout must lie in [0, 1), got {self.dropout!r}.")
+        check_probability(name, "dropout", self.dropout)
         object.__setattr__(self, "leave_out", check_leave_out(name, self.leave_out))
-        if self.init_weights_seed is not None:
-            check_type(name, "init_weights_seed", self.init_weights_seed, int, "an int or None")
+        check_seed(name, self.init_weights_seed)
 
 
 @dataclass(frozen=True, init=False)
