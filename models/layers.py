@@ -292,3 +292,4 @@ class EncoderOutput:
     start_logits: Tensor | None = None  # (B, T), question answering only
     end_logits: Tensor | None = None  # (B, T), question answering only
     adapter_gating_scores: dict | None = None  # {adapter: {layer: {location: np.ndarray}}}, when asked for
+    adapter_fusion_attentions: dict | None = None  # {fusion: {layer: {location: np.ndarray (B, T, N)}}}, when asked

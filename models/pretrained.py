@@ -41,13 +41,17 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         self.config = config
         self.init_adapters()
 
-    def forward(self, *args: Any, output_adapter_gating_scores: bool = False, **kwargs: Any) -> EncoderOutput:
-        """The model's ``encode`` (see there for the inputs); ``output_adapter_gating_scores=True`` also returns the
-        UniPELT gate values of every gated adapter as ``adapter_gating_scores``."""
-        with self.recording_gates(output_adapter_gating_scores) as scores:
-            out = self.encode(*args, **kwargs)
-        out.adapter_gating_scores = scores
-        return out
+    def forward(self, *args: Any, output_adapter_gating_scores: bool = False,
+                output_adapter_fusion_attentions: bool = False, adapter_names: list[str | None] | None = None,
+                **kwargs: Any) -> EncoderOutput | list[EncoderOutput]:
+        """The model's ``encode`` (see there for the inputs) under the active adapter setup.
+
+        ``adapter_names`` names one adapter per example (None: the plain model) for a mixed batch;
+        ``output_adapter_gating_scores`` / ``output_adapter_fusion_attentions`` also return UniPELT gate values and
+        AdapterFusion attentions. A Parallel setup returns one output per branch.
+        """
+        return self.run_adapters(self.encode, args, kwargs, output_adapter_gating_scores,
+                                 output_adapter_fusion_attentions, adapter_names)
 
     def build_head(self) -> nn.Module | None:
         """The configured head, tied to the word embeddings when it is a masked-LM head and the config says so."""
@@ -77,10 +81,7 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         out = EncoderOutput(x, pooled, tuple(hidden_states) if hidden_states is not None else None,
                             tuple(attentions) if attentions is not None else None)
         head = self.current_head(self.head)
-        out.logits = self.run_head(head, x, pooled)
-        if getattr(head, "predicts_spans", False):
-            out.start_logits, out.end_logits = (t.squeeze(-1).contiguous() for t in out.logits.split(1, dim=-1))
-        return out
+        return out if head is None else self.apply_head(out, head)
 
     def check_ids(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None,
                   token_type_ids: Tensor | None, max_length: int) -> tuple[int, int]:

@@ -1,5 +1,6 @@
 """peftcore: parameter-efficient fine-tuning methods that plug into the sites of Transformer encoders."""
 
+from peftcore.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from peftcore.configs import (
     ADAPTER_CONFIG_MAP,
     DEFAULT_ADAPTER_CONFIG,
@@ -25,6 +26,7 @@ from peftcore.configs import (
     SeqBnInvConfig,
     UniPELTConfig,
 )
+from peftcore.fusion import AdapterFusionConfig
 from peftcore.model import AdapterModelMixin
 from peftcore.sites import SITE_NAMES, find_sites
 
@@ -36,25 +38,32 @@ __all__ = [
     "SITE_NAMES",
     "AdapterConfig",
     "AdapterConfigBase",
+    "AdapterFusionConfig",
     "AdapterModelMixin",
+    "Average",
+    "BatchSplit",
     "BnConfig",
     "CompacterConfig",
     "CompacterPlusPlusConfig",
     "ConfigUnion",
     "DoubleSeqBnConfig",
     "DoubleSeqBnInvConfig",
+    "Fuse",
     "HoulsbyConfig",
     "HoulsbyInvConfig",
     "IA3Config",
     "LoRAConfig",
     "MAMConfig",
     "ParBnConfig",
+    "Parallel",
     "ParallelConfig",
     "PfeifferConfig",
     "PfeifferInvConfig",
     "PrefixTuningConfig",
     "SeqBnConfig",
     "SeqBnInvConfig",
+    "Split",
+    "Stack",
     "UniPELTConfig",
     "find_sites",
 ]

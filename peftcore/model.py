@@ -7,9 +7,12 @@ up during forward. AdapterHub's ``ModelAdaptersMixin`` is the API being matched.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -18,13 +21,15 @@ import torch
 from torch import Tensor, nn
 
 from peftcore import io
-from peftcore.configs import DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, PrefixTuningConfig, members
+from peftcore.composition import BASE, BatchSplit, Block, Fuse, Parallel, Stack, parse_setup, site_plugs, spans
+from peftcore.configs import DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, LoRAConfig, PrefixTuningConfig, members
+from peftcore.fusion import AdapterFusion, AdapterFusionConfig, load_fusion, save_fusion
 from peftcore.heads import build_head, head_config
 from peftcore.interop import adapterhub, peft
 from peftcore.methods import METHODS
 from peftcore.methods.lora import LinearMethod
 from peftcore.methods.prefix import PrefixPool
-from peftcore.sites import EmbeddingSite, LMHead, ModelShape, Site, find_sites
+from peftcore.sites import EmbeddingSite, LMHead, ModelShape, ResidualSite, Site, find_sites
 
 SUMMARY_HEADER = ("name", "architecture", "#param", "%param", "active", "train")
 # AdapterHub's location keys, by site, for gating scores
@@ -53,10 +58,12 @@ class AdapterModelMixin:
     def init_adapters(self) -> None:
         """Empty adapter state; call before the model builds its modules."""
         self.adapter_configs: dict[str, AdapterConfigBase] = {}
-        self.active_setup: tuple[str, ...] = ()
+        self.fusion_configs: dict[str, AdapterFusionConfig] = {}
+        self.active_setup: Block | None = None
         self.heads = nn.ModuleDict()
         self.shared_parameters = nn.ModuleDict()
         self.active_head: str | None = None
+        self.branch_heads: Block | None = None  # Parallel/BatchSplit of head names: one head per slice of the batch
 
     @property
     def sites_found(self) -> tuple[Site, ...]:
@@ -83,7 +90,7 @@ class AdapterModelMixin:
         self.attach_adapter(name, config, modules)
         if set_active:
             self.set_active_adapters(name)
-        elif name in self.active_setup:  # replaced while active: its sites must run the new modules
+        elif name in self.active_names():  # replaced while active: its sites must run the new modules
             self.set_active_adapters(self.active_setup)
 
     def attach_adapter(self, name: str, config: AdapterConfigBase, built: BuiltAdapter) -> None:
@@ -127,9 +134,9 @@ class AdapterModelMixin:
     def delete_adapter(self, name: str) -> None:
         """Remove an adapter and its modules; an active adapter must be deactivated first."""
         self.check_known(name)
-        if name in self.active_setup:
-            raise ValueError(f"adapter {name!r} is active; deactivate it first with set_active_adapters(None) or "
-                             "another setup.")
+        if name in self.active_names():
+            raise ValueError(f"adapter {name!r} is active ({self.active_setup!r}); deactivate it first with "
+                             "set_active_adapters(None) or another setup.")
         if name in self.merged_adapters():
             raise ValueError(f"adapter {name!r} is merged into the weights; reset_adapter({name!r}) first.")
         self.remove_adapter(name)
@@ -180,35 +187,55 @@ class AdapterModelMixin:
     # ---- activation and training ------------------------------------------------------------------------------
 
     @property
-    def active_adapters(self) -> tuple[str, ...]:
+    def active_adapters(self) -> Block | None:
+        """The active setup as a composition block (a single adapter ``"a"`` is ``Stack("a")``), or None."""
         return self.active_setup
 
-    def set_active_adapters(self, setup: str | Sequence[str] | None) -> None:
-        """Activate one adapter, several (at different sites), or none; a head of the same name becomes active.
+    def active_names(self) -> tuple[str, ...]:
+        return () if self.active_setup is None else self.active_setup.flatten()
 
-        Nothing changes when the setup is invalid.
+    def set_active_adapters(self, setup: str | Block | Sequence | None) -> None:
+        """Activate an adapter or a composition of adapters (``Stack``, ``Fuse``, ``Split``, ``BatchSplit``,
+        ``Parallel``, ``Average``; ``"a,b"`` and ``["a", "b"]`` mean ``Stack("a", "b")``), or none.
+
+        The head named after the setup's last adapter becomes active; for ``Parallel`` (and a ``BatchSplit`` whose
+        every branch has a head) each branch gets its own head. Nothing changes when the setup is invalid.
         """
-        names = () if setup is None else (setup,) if isinstance(setup, str) else tuple(setup)
-        for name in names:
-            if not isinstance(name, str):
-                raise TypeError(f"set_active_adapters takes adapter names, got {name!r}.")
-            self.check_known(name)
-        plugs = []
-        merged = self.merged_adapters()
-        for site in self.sites_found:
-            present = [name for name in names if name in site.module.adapters and name not in merged]
-            if len(present) > 1:
-                raise ValueError(f"adapters {present} both sit at {site.name} of layer {site.layer}; composing "
-                                 "several adapters at one site (Stack, Fuse, ...) is not available yet.")
-            plugs.append((site, site.module.adapters[present[0]].plugs() if present else {}))
-        for site, site_plugs in plugs:
-            site.module.plug = site_plugs.get("plug")
-            if isinstance(site.module, EmbeddingSite):
-                site.module.inverse_plug = site_plugs.get("inverse_plug")
-        self.active_setup = names
-        head = next((name for name in reversed(names) if name in self.heads), None)
-        if head is not None or not names:
-            self.active_head = head
+        block = parse_setup(setup)
+        plugs = self.setup_plugs(block)
+        with setup_guard(self).changing():
+            self.push_plugs(plugs)
+            self.active_setup = block
+        self.branch_heads = None
+        heads = None if block is None else head_setup(block)
+        if isinstance(heads, Block):
+            if all(head in self.heads for head in heads):
+                self.branch_heads = heads
+        elif heads in self.heads or block is None:
+            self.active_head = heads
+
+    def setup_plugs(self, block: Block | None) -> list[tuple[Site, dict[str, Callable | None]]]:
+        """Every site's plugs for a setup; raises, before anything changes, when the setup cannot run."""
+        if block is not None:
+            for name in block.flatten():
+                if name != BASE:
+                    self.check_known(name)
+            merged = sorted(set(block.flatten()) & self.merged_adapters())
+            if merged and not all(isinstance(b, Stack) for b in walk(block)):
+                raise ValueError(f"adapters {merged} are merged into the weights and act on every row alike; "
+                                 f"reset_adapter() before composing them with {block!r}.")
+        skip = self.merged_adapters()
+        return [(site, site_plugs(site.module, block, skip, site.path)) for site in self.sites_found]
+
+    @staticmethod
+    def push_plugs(plugs: list[tuple[Site, dict[str, Callable | None]]]) -> None:
+        for site, site_plug in plugs:
+            for attribute, plug in site_plug.items():
+                setattr(site.module, attribute, plug)
+
+    def current_plugs(self) -> list[tuple[Site, dict[str, Callable | None]]]:
+        return [(site, {attr: getattr(site.module, attr) for attr in ("plug", "inverse_plug")
+                        if hasattr(site.module, attr)}) for site in self.sites_found]
 
     def freeze_model(self, freeze: bool = True) -> None:
         """Freeze (or unfreeze) every parameter of the model, adapters and heads included."""
@@ -216,9 +243,10 @@ class AdapterModelMixin:
             parameter.requires_grad_(not freeze)
         self.model_frozen = freeze
 
-    def train_adapter(self, setup: str | Sequence[str]) -> None:
-        """Train mode, everything frozen but the named adapters and their heads, and those adapters active."""
-        names = (setup,) if isinstance(setup, str) else tuple(setup)
+    def train_adapter(self, setup: str | Block | Sequence) -> None:
+        """Train mode, everything frozen but the setup's adapters and their heads, and the setup active."""
+        block = parse_setup(setup)
+        names = () if block is None else block.flatten()
         for name in names:
             self.check_known(name)
         merged = sorted(set(names) & self.merged_adapters())
@@ -232,7 +260,7 @@ class AdapterModelMixin:
                 parameter.requires_grad_(True)
             if name in self.heads:
                 self.heads[name].requires_grad_(True)
-        self.set_active_adapters(names)
+        self.set_active_adapters(block)
 
     @contextmanager
     def recording_gates(self, enabled: bool) -> Iterator[dict | None]:
@@ -254,6 +282,306 @@ class AdapterModelMixin:
         finally:
             for *_, module in gated:
                 module.record = None
+
+    @contextmanager
+    def recording_fusions(self, enabled: bool) -> Iterator[dict | None]:
+        """While active, every fusion layer stores its attention probabilities (B, T, N) as numpy arrays, in
+        AdapterHub's layout ``{fusion: {layer: {location: array}}}``."""
+        if not enabled:
+            yield None
+            return
+        attentions: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+        layers = [(name, site, fusion) for site in self.sites_found for name, fusion in site.module.fusions.items()
+                  ] if self.fusion_configs else []
+        for name, site, fusion in layers:
+            fusion.record = partial(store_attention, attentions.setdefault(name, {}), site.layer,
+                                    LOCATION_KEYS[site.name])
+        try:
+            yield attentions
+        finally:
+            for *_, fusion in layers:
+                fusion.record = None
+
+    # ---- forward with a setup -----------------------------------------------------------------------------------
+
+    def run_adapters(self, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any],
+                     output_adapter_gating_scores: bool = False, output_adapter_fusion_attentions: bool = False,
+                     adapter_names: Sequence[str | None] | None = None) -> Any:
+        """Run ``encode`` under the active setup, or under a per-example setup (``adapter_names``): replicate the
+        batch for Parallel, give each slice its head, and attach gate and fusion records.
+
+        Returns one output, or for ``Parallel`` (and a ``BatchSplit`` whose branches have heads) one per branch.
+        """
+        with self.recording_gates(output_adapter_gating_scores) as scores, \
+                self.recording_fusions(output_adapter_fusion_attentions) as attentions:
+            if adapter_names is not None:
+                outputs = self.mixed_batch(encode, args, kwargs, adapter_names)
+            else:
+                with nullcontext() if torch.compiler.is_compiling() else setup_guard(self).running():
+                    outputs = self.run_setup(encode, args, kwargs, self.active_setup, self.branch_heads)
+        for out in outputs if isinstance(outputs, list) else (outputs,):
+            out.adapter_gating_scores = scores
+            out.adapter_fusion_attentions = attentions
+        return outputs
+
+    def run_setup(self, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any], setup: Block | None,
+                  branch_heads: Block | None) -> Any:
+        channels = 1 if setup is None else setup.parallel_channels
+        if channels > 1:
+            args, kwargs = replicate_batch(args, kwargs, channels)
+        out = encode(*args, **kwargs)
+        if channels == 1 and branch_heads is None:
+            return out
+        rows = batch_rows(out)
+        branch = branch_heads or next(b for b in walk(setup) if isinstance(b, Parallel))
+        parts = spans_of(branch, rows)
+        outputs = [slice_output(out, span) for span in parts]
+        if branch_heads is not None:
+            for output, head in zip(outputs, branch_heads, strict=True):
+                self.apply_head(output, self.heads[head])
+        return outputs
+
+    def mixed_batch(self, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any],
+                    adapter_names: Sequence[str | None]) -> Any:
+        """One forward in which example i runs adapter ``adapter_names[i]`` (None or ``"__base__"``: no adapter).
+
+        The batch is grouped by adapter, each site runs every adapter on its rows only (a BatchSplit), and the
+        output comes back in the caller's order; each row gets its adapter's head when every named adapter has one.
+        """
+        names = [BASE if name is None else name for name in adapter_names]
+        rows = batch_rows_of(args, kwargs)
+        if len(names) != rows:
+            raise ValueError(f"adapter_names has {len(names)} entries, the batch has {rows} rows; name one adapter "
+                             "(or None) per example.")
+        merged = sorted(self.merged_adapters())
+        if merged:
+            raise ValueError(f"adapters {merged} are merged into the weights and would act on every row; "
+                             "reset_adapter() before running mixed batches.")
+        groups = list(dict.fromkeys(names))
+        index = torch.tensor([groups.index(name) for name in names])
+        order = torch.argsort(index, stable=True)
+        permuted = bool((order != torch.arange(rows)).any())
+        setup = BatchSplit(*groups, batch_sizes=torch.bincount(index, minlength=len(groups)).tolist())
+        plugs = self.setup_plugs(setup)
+        named = [name for name in groups if name != BASE]
+        heads = named and all(name in self.heads for name in named)
+        if permuted:
+            args, kwargs = reorder_batch(args, kwargs, order)
+        with setup_guard(self).changing():
+            previous, previous_heads = self.current_plugs(), self.branch_heads
+            self.push_plugs(plugs)
+            self.branch_heads = setup if heads else None  # the encoder leaves the heads to mixed_heads
+            try:
+                out = encode(*args, **kwargs)
+            finally:
+                self.push_plugs(previous)
+                self.branch_heads = previous_heads
+        if heads:
+            self.mixed_heads(out, setup)
+        return slice_output(out, torch.argsort(order)) if permuted else out
+
+    def mixed_heads(self, out: Any, setup: BatchSplit) -> None:
+        """Each group's rows through its adapter's head (the model's own head for rows without adapter)."""
+        parts = spans_of(setup, batch_rows(out))
+        pieces = []
+        for name, span in zip(setup, parts, strict=True):
+            head = self.heads[name] if name != BASE else getattr(self, "head", None)
+            if head is None:
+                raise ValueError("rows without adapter need the model's own head, and this model has none; name an "
+                                 "adapter for every row, or run those rows separately.")
+            pieces.append(self.apply_head(slice_output(out, span), head))
+        shapes = {tuple(piece.logits.shape[1:]) for piece in pieces}
+        if len(shapes) > 1:
+            raise ValueError(f"the adapters' heads give outputs of different shapes {sorted(shapes)}; run "
+                             "adapters whose heads differ in separate batches.")
+        for field in ("logits", "start_logits", "end_logits"):
+            values = [getattr(piece, field) for piece in pieces]
+            setattr(out, field, None if values[0] is None else torch.cat(values))
+
+    def apply_head(self, out: Any, head: nn.Module) -> Any:
+        """Logits of ``head`` on an output's last hidden state (span logits split for question answering)."""
+        out.logits = self.run_head(head, out.last_hidden_state, out.pooler_output)
+        if getattr(head, "predicts_spans", False):
+            out.start_logits, out.end_logits = (t.squeeze(-1).contiguous() for t in out.logits.split(1, dim=-1))
+        return out
+
+    # ---- fusion ---------------------------------------------------------------------------------------------------
+
+    def add_adapter_fusion(self, adapter_names: Fuse | Sequence[str] | str,
+                           config: str | dict | AdapterFusionConfig | None = None, name: str | None = None,
+                           overwrite_ok: bool = False, set_active: bool = False) -> None:
+        """Add AdapterFusion layers over bottleneck adapters at every residual site where they all sit;
+        ``config`` is ``"dynamic"`` (default), ``"static"`` or AdapterFusionConfig fields."""
+        fuse = as_fuse(adapter_names, name)
+        config = AdapterFusionConfig.load(config)
+        for adapter in fuse.flatten():
+            self.check_known(adapter)
+        if fuse.name in self.fusion_configs and not overwrite_ok:
+            raise ValueError(f"a fusion named {fuse.name!r} exists; pass overwrite_ok=True to replace it.")
+        self.attach_fusion(fuse.name, config, self.build_fusion(fuse, config))
+        if set_active:
+            self.set_active_adapters(fuse)
+
+    def build_fusion(self, fuse: Fuse, config: AdapterFusionConfig) -> list[tuple[Site, nn.Module]]:
+        """One fusion layer per residual site where the Fuse's children all sit; attaches nothing."""
+        dropout = getattr(self.config, "attention_probs_dropout_prob", 0.0)
+        reference = next(p for p in self.parameters() if p.is_floating_point())
+        placed = [(site, AdapterFusion(config, self.config.hidden_size, dropout).to(reference.device, reference.dtype))
+                  for site in self.fusion_sites(fuse)]
+        if not placed:
+            raise ValueError(f"the adapters of {fuse!r} share no residual site (fusion fuses bottleneck adapters "
+                             "placed at the same sub-layers).")
+        return placed
+
+    def fusion_sites(self, fuse: Fuse) -> list[Site]:
+        """Residual sites where every child of the Fuse has a module."""
+        children = [(child,) if isinstance(child, str) else child.flatten() for child in fuse]
+        return [site for site in self.sites_found if isinstance(site.module, ResidualSite)
+                and all(any(name in site.module.adapters for name in names) for names in children)]
+
+    def attach_fusion(self, name: str, config: AdapterFusionConfig, placed: list[tuple[Site, nn.Module]]) -> None:
+        self.remove_fusion(name)
+        for site, fusion in placed:
+            site.module.fusions[name] = fusion.train(self.training)
+        self.fusion_configs[name] = config
+        if self.active_setup is not None and any(isinstance(b, Fuse) and b.name == name for b in walk(
+                self.active_setup)):
+            self.set_active_adapters(self.active_setup)
+
+    def remove_fusion(self, name: str) -> None:
+        for site in self.sites_found:
+            if isinstance(site.module, ResidualSite) and name in site.module.fusions:
+                del site.module.fusions[name]
+        self.fusion_configs.pop(name, None)
+
+    def delete_adapter_fusion(self, adapter_names: Fuse | Sequence[str] | str) -> None:
+        """Remove a fusion's layers; an active fusion must be deactivated first."""
+        name = as_fuse(adapter_names).name
+        self.check_fusion(name)
+        if self.active_setup is not None and any(isinstance(b, Fuse) and b.name == name for b in walk(
+                self.active_setup)):
+            raise ValueError(f"fusion {name!r} is active ({self.active_setup!r}); deactivate it first.")
+        self.remove_fusion(name)
+
+    def check_fusion(self, name: str) -> None:
+        if name not in self.fusion_configs:
+            raise KeyError(f"no fusion named {name!r}; this model has {sorted(self.fusion_configs) or 'none'}.")
+
+    def fusion_layers(self, name: str) -> Iterator[tuple[Site, nn.Module]]:
+        for site in self.sites_found:
+            if isinstance(site.module, ResidualSite) and name in site.module.fusions:
+                yield site, site.module.fusions[name]
+
+    def train_adapter_fusion(self, setup: Fuse | Block | Sequence | str, unfreeze_adapters: bool = False) -> None:
+        """Train mode, everything frozen but the setup's fusion layers (and its adapters with
+        ``unfreeze_adapters``) and the active heads; the setup becomes active."""
+        block = parse_setup(as_fuse(setup) if isinstance(setup, str) else setup)
+        fusions = [b.name for b in walk(block) if isinstance(b, Fuse)]
+        if not fusions:
+            raise ValueError(f"{block!r} holds no Fuse block; train_adapter_fusion trains fusion layers.")
+        for name in fusions:
+            self.check_fusion(name)
+        self.set_active_adapters(block)
+        self.train()
+        self.freeze_model(True)
+        for name in fusions:
+            for _, fusion in self.fusion_layers(name):
+                fusion.requires_grad_(True)
+        if unfreeze_adapters:
+            for name in block.flatten():
+                for parameter in self.adapter_parameters(name):
+                    parameter.requires_grad_(True)
+        for head in (*(self.branch_heads or ()), self.active_head):
+            if head is not None:
+                self.heads[head].requires_grad_(True)
+
+    def fusion_regularization_loss(self) -> Tensor | None:
+        """AdapterHub's fusion regulariser summed over every trainable fusion layer that asks for it, or None."""
+        losses = [fusion.regularization_loss() for site in self.sites_found if isinstance(site.module, ResidualSite)
+                  for fusion in site.module.fusions.values() if fusion.value is not None
+                  and fusion.value.weight.requires_grad]
+        losses = [loss for loss in losses if loss is not None]
+        return sum(losses) if losses else None
+
+    def fusion_state(self, name: str) -> dict[str, Tensor]:
+        """A fusion's tensors keyed by path in the model with the fusion name left out."""
+        self.check_fusion(name)
+        return {f"{site.path}.fusions.{key}": tensor for site, fusion in self.fusion_layers(name)
+                for key, tensor in fusion.state_dict().items()}
+
+    def save_adapter_fusion(self, directory: str | os.PathLike, adapter_names: Fuse | Sequence[str] | str,
+                            with_head: bool = False, format: str = "peftcore") -> None:
+        """Write a fusion's layers atomically, in our format or (``format="adapterhub"``) AdapterHub's."""
+        name = as_fuse(adapter_names).name
+        self.check_fusion(name)
+        if format == "peftcore":
+            save_fusion(self, directory, name)
+        elif format == "adapterhub":
+            adapterhub.save_fusion(self, directory, name)
+        else:
+            raise ValueError(f"format={format!r} is not known; use 'peftcore' or 'adapterhub'.")
+
+    def load_adapter_fusion(self, directory: str | os.PathLike, load_as: str | None = None,
+                            set_active: bool = False) -> str:
+        """Load fusion layers (ours or AdapterHub's) over adapters already loaded; returns the fusion's name."""
+        fuse = load_fusion(self, directory, load_as)
+        if set_active:
+            self.set_active_adapters(fuse)
+        return fuse.name
+
+    # ---- averaging ------------------------------------------------------------------------------------------------
+
+    def average_adapter(self, adapter_name: str, adapter_list: Sequence[str], weights: Sequence[float] | None = None,
+                        normalize_weights: bool = True, overwrite_ok: bool = False, set_active: bool = False,
+                        combine_strategy: str = "linear", svd_rank: int | None = None) -> None:
+        """A new adapter whose weights are the weighted average of adapters of one config.
+
+        ``combine_strategy``: ``"linear"`` averages every tensor; for LoRA also ``"lora_linear_only_negate_b"``
+        (A by |w|, B by w; Zhang et al., 2023) and ``"lora_delta_w_svd"`` (the weighted sum of the updates
+        s·B·A, cut to rank ``svd_rank`` by SVD).
+        """
+        adapter_list = list(adapter_list)
+        if not adapter_list:
+            raise ValueError("average_adapter needs at least one adapter to average.")
+        for name in adapter_list:
+            self.check_known(name)
+        weights = [1.0] * len(adapter_list) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(adapter_list):
+            raise ValueError(f"{len(adapter_list)} adapters but {len(weights)} weights; give one weight per adapter.")
+        total = sum(weights) if normalize_weights else 1.0
+        if total == 0:
+            raise ValueError(f"weights {weights} sum to 0 and cannot be normalised; pass normalize_weights=False.")
+        weights = [w / total for w in weights]
+        config = self.adapter_configs[adapter_list[0]]
+        ignore = {"dropout": 0.0, "init_weights": None, "init_weights_seed": None}
+        if any(self.adapter_configs[name].replace(**ignore) != config.replace(**ignore) for name in adapter_list):
+            raise ValueError(f"adapters {adapter_list} have different configs; only adapters of one config (up to "
+                             "dropout and initialisation) can be averaged.")
+        strategies = ("linear", "lora_linear_only_negate_b", "lora_delta_w_svd")
+        is_lora = isinstance(config, LoRAConfig) and config.composition_mode == "add"
+        if combine_strategy not in strategies or (combine_strategy != "linear" and not is_lora):
+            raise ValueError(f"combine_strategy={combine_strategy!r} is not available for "
+                             f"{type(config).__name__}; use {'one of ' + str(strategies) if is_lora else 'linear'}.")
+        if combine_strategy == "lora_delta_w_svd":
+            if not isinstance(svd_rank, int) or svd_rank < 1:
+                raise ValueError(f"lora_delta_w_svd needs svd_rank, a positive int; got {svd_rank!r}.")
+            config = config.replace(r=svd_rank)
+        elif svd_rank is not None:
+            raise ValueError("svd_rank applies to combine_strategy='lora_delta_w_svd' only.")
+        check_name(adapter_name)
+        if adapter_name in self.adapter_configs and not overwrite_ok:
+            raise ValueError(f"an adapter named {adapter_name!r} exists; pass overwrite_ok=True to replace it.")
+        built = self.build_adapter(config)
+        averaged = average_states([self.adapter_state(name) for name in adapter_list], weights, combine_strategy,
+                                  self.adapter_configs[adapter_list[0]], config)
+        with torch.no_grad():
+            for key, (module, inner) in built.slots().items():
+                module.state_dict()[inner].copy_(averaged[key])
+        if adapter_name in self.adapter_configs:
+            self.remove_adapter(adapter_name)
+        self.attach_adapter(adapter_name, config, built)
+        if set_active:
+            self.set_active_adapters(adapter_name)
 
     # ---- merging ----------------------------------------------------------------------------------------------
 
@@ -336,7 +664,7 @@ class AdapterModelMixin:
             parameters = list(self.adapter_parameters(name))
             count = sum(p.numel() for p in parameters)
             rows.append({"name": name, "architecture": config.architecture or "bottleneck", "#param": count,
-                         "%param": count / base * 100, "active": name in self.active_setup,
+                         "%param": count / base * 100, "active": name in self.active_names(),
                          "train": all(p.requires_grad for p in parameters)})
         rows.append({"name": "Full model", "#param": base, "%param": 100.0,
                      "train": not getattr(self, "model_frozen", False)})
@@ -429,7 +757,10 @@ class AdapterModelMixin:
             self.active_head = None
 
     def current_head(self, model_head: nn.Module | None) -> nn.Module | None:
-        """The active adapter head if one is active, else the model's own head (or None)."""
+        """The active adapter head if one is active, else the model's own head (or None); None too while each
+        slice of the batch has its own head (they run after the encoder)."""
+        if self.branch_heads is not None:
+            return None
         return self.heads[self.active_head] if self.active_head is not None else model_head
 
     def run_head(self, head: nn.Module | None, x: Tensor, pooled: Tensor | None) -> Tensor | None:
@@ -492,3 +823,172 @@ def label2id(id2label: dict[int, str] | None, num_labels: int) -> dict[str, int]
     if id2label is not None and len(id2label) != num_labels:
         raise ValueError(f"id2label has {len(id2label)} labels, num_labels is {num_labels}.")
     return None if id2label is None else {label: int(i) for i, label in id2label.items()}
+
+
+def store_attention(attentions: dict[int, dict[str, np.ndarray]], layer: int, location: str, probs: Tensor) -> None:
+    attentions.setdefault(layer, {})[location] = probs.detach().float().cpu().numpy()
+
+
+def walk(block: Block | str | None) -> Iterator[Block]:
+    """Every block of a setup tree, the root first."""
+    if isinstance(block, Block):
+        yield block
+        for child in block:
+            yield from walk(child)
+
+
+def head_setup(block: Block) -> str | Block | None:
+    """The heads a setup activates (AdapterHub's parse_heads_from_composition): the last adapter of the final Stack
+    element, one head per branch of a Parallel, one per slice of a BatchSplit."""
+    final = block[-1] if isinstance(block, Stack) else block
+    if isinstance(final, str):
+        return final
+    lasts = [child if isinstance(child, str) else child.last() for child in final]
+    if isinstance(final, Parallel):
+        return Parallel(*lasts)
+    if isinstance(final, BatchSplit):
+        return BatchSplit(*lasts, batch_sizes=final.batch_sizes)
+    return None
+
+
+def as_fuse(adapter_names: Fuse | Sequence[str] | str, name: str | None = None) -> Fuse:
+    """``Fuse("a", "b")``, ``["a", "b"]`` and ``"a,b"`` all name the fusion of a and b."""
+    if isinstance(adapter_names, Fuse):
+        return adapter_names if name is None else Fuse(*adapter_names, name=name)
+    names = adapter_names.split(",") if isinstance(adapter_names, str) else list(adapter_names)
+    return Fuse(*names, name=name)
+
+
+def spans_of(block: Block, rows: int) -> list[slice]:
+    return spans(block, rows)
+
+
+def batch_rows(out: Any) -> int:
+    return out.last_hidden_state.shape[0]
+
+
+def batch_rows_of(args: tuple, kwargs: dict[str, Any]) -> int:
+    """The batch size of a forward's inputs: the first dimension of its first tensor."""
+    tensor = next((value for value in (*args, *kwargs.values()) if isinstance(value, Tensor)), None)
+    if tensor is None:
+        raise ValueError("the forward has no tensor input to take a batch from.")
+    return tensor.shape[0]
+
+
+def map_batch(args: tuple, kwargs: dict[str, Any], fn: Callable[[Tensor], Tensor]) -> tuple[tuple, dict[str, Any]]:
+    """Apply ``fn`` to every input tensor whose first dimension is the batch (broadcast ones stay as they are)."""
+    rows = batch_rows_of(args, kwargs)
+
+    def apply(value: Any) -> Any:
+        return fn(value) if isinstance(value, Tensor) and value.dim() and value.shape[0] == rows else value
+
+    return tuple(apply(value) for value in args), {key: apply(value) for key, value in kwargs.items()}
+
+
+def replicate_batch(args: tuple, kwargs: dict[str, Any], copies: int) -> tuple[tuple, dict[str, Any]]:
+    return map_batch(args, kwargs, lambda t: t.repeat(copies, *(1,) * (t.dim() - 1)))
+
+
+def reorder_batch(args: tuple, kwargs: dict[str, Any], order: Tensor) -> tuple[tuple, dict[str, Any]]:
+    return map_batch(args, kwargs, lambda t: t[order.to(t.device)])
+
+
+def slice_output(out: Any, rows: slice | Tensor) -> Any:
+    """An output dataclass with every per-example tensor cut to ``rows`` (a slice or an index tensor)."""
+    def cut(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return value[rows if isinstance(rows, slice) else rows.to(value.device)]
+        if isinstance(value, tuple):
+            return tuple(cut(item) for item in value)
+        return value
+
+    return dataclasses.replace(out, **{field.name: cut(getattr(out, field.name)) for field in dataclasses.fields(out)})
+
+
+def average_states(states: list[dict[str, Tensor]], weights: list[float], strategy: str, source: AdapterConfigBase,
+                   config: AdapterConfigBase) -> dict[str, Tensor]:
+    """The weighted combination of adapters' tensors (same keys) by ``strategy`` (see ``average_adapter``)."""
+    averaged = {key: sum(w * state[key] for w, state in zip(weights, states, strict=True)) for key in states[0]}
+    if strategy == "lora_linear_only_negate_b":
+        for key in averaged:
+            if key.endswith("lora_A"):
+                averaged[key] = sum(abs(w) * state[key] for w, state in zip(weights, states, strict=True))
+    elif strategy == "lora_delta_w_svd":
+        for key in [key for key in averaged if key.endswith("lora_A")]:
+            prefix = key[: -len("lora_A")]
+            delta = sum(w * state[prefix + "lora_B"].double() @ state[key].double()
+                        for w, state in zip(weights, states, strict=True))
+            if config.r > min(delta.shape):
+                raise ValueError(f"svd_rank={config.r} exceeds the rank {min(delta.shape)} a {tuple(delta.shape)} "
+                                 "weight update can have; choose a smaller svd_rank.")
+            u, singular, v = torch.linalg.svd(delta, full_matrices=False)
+            source_scaling, scaling = lora_scaling(source), lora_scaling(config)
+            dtype = states[0][key].dtype
+            averaged[key] = v[: config.r].to(dtype)
+            averaged[prefix + "lora_B"] = (u[:, : config.r] * singular[: config.r] * source_scaling / scaling).to(dtype)
+    return averaged
+
+
+def lora_scaling(config: LoRAConfig) -> float:
+    """The factor on B·A: alpha / r, or 1 when a gate scales the update instead."""
+    return 1.0 if config.use_gating else config.alpha / config.r
+
+
+class SetupGuard:
+    """Forwards read the active setup; changing it (``set_active_adapters``, a mixed batch) waits until running
+    forwards end and holds new ones off. So a forward never sees half of one setup and half of another, and two
+    threads may run forwards on one model — each under the setup active when it started."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition()
+        self.readers = 0
+        self.writer: int | None = None  # the thread changing the setup
+        self.local = threading.local()
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        me = threading.get_ident()
+        with self.condition:
+            while self.writer is not None and self.writer != me:
+                self.condition.wait()
+            self.readers += 1
+        self.local.depth = getattr(self.local, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            self.local.depth -= 1
+            with self.condition:
+                self.readers -= 1
+                self.condition.notify_all()
+
+    @contextmanager
+    def changing(self) -> Iterator[None]:
+        me = threading.get_ident()
+        if getattr(self.local, "depth", 0):
+            raise RuntimeError("the active setup cannot change inside a forward of the same model; change it "
+                               "before or after the forward.")
+        with self.condition:
+            if self.writer == me:  # nested change on the same thread
+                yield
+                return
+            while self.writer is not None or self.readers:
+                self.condition.wait()
+            self.writer = me
+        try:
+            yield
+        finally:
+            with self.condition:
+                self.writer = None
+                self.condition.notify_all()
+
+
+GUARDS: weakref.WeakKeyDictionary[nn.Module, SetupGuard] = weakref.WeakKeyDictionary()
+GUARDS_LOCK = threading.Lock()
+
+
+def setup_guard(model: nn.Module) -> SetupGuard:
+    """The model's guard, made on first use; kept outside the model so copies and pickles of it need none."""
+    with GUARDS_LOCK:
+        if model not in GUARDS:
+            GUARDS[model] = SetupGuard()
+        return GUARDS[model]

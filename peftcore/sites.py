@@ -92,13 +92,15 @@ class SiteLinear(nn.Linear):
 class ResidualSite(nn.Module):
     """``h, residual -> norm(h + residual)``. Bottleneck adapters replace this step and may use the norm.
 
-    ``norm`` is ``None`` for pre-LN models (ViT), where the step is a plain ``h + residual``.
+    ``norm`` is ``None`` for pre-LN models (ViT), where the step is a plain ``h + residual``. ``fusions`` holds the
+    AdapterFusion layers that fuse adapters here, by fusion name.
     """
 
     def __init__(self, norm: nn.Module | None) -> None:
         super().__init__()
         self.norm = norm if norm is not None else nn.Identity()
         self.adapters = nn.ModuleDict()
+        self.fusions = nn.ModuleDict()
         self.plug: Callable[[Tensor, Tensor, nn.Module], Tensor] | None = None
 
     def forward(self, h: Tensor, residual: Tensor) -> Tensor:

@@ -158,3 +158,57 @@ def write_tensors(directory: Path, names: tuple[str, str], state: Mapping[str, T
         write_safetensors(directory / names[0], {key: t.detach().clone() for key, t in state.items()})
     else:
         torch.save({key: t.detach().clone() for key, t in state.items()}, directory / names[1])
+
+
+# ---- AdapterFusion layers ------------------------------------------------------------------------------------------
+
+FUSION_CONFIG = "adapter_fusion_config.json"
+FUSION_WEIGHTS = ("model_adapter_fusion.safetensors", "pytorch_model_adapter_fusion.bin")
+
+
+def fusion_pairs(model: AdapterModelMixin, name: str) -> dict[str, str]:
+    """AdapterHub key (no base-model prefix) -> our key (fusion name left out), for every tensor of a fusion."""
+    return {f"{model.keymap.site_paths[site.name].format(i=site.layer)}.adapter_fusion_layer.{name}.{key}":
+            f"{site.path}.fusions.{key}" for site, fusion in model.fusion_layers(name) for key in fusion.state_dict()}
+
+
+def save_fusion(model: AdapterModelMixin, directory: str | os.PathLike, name: str, safetensors: bool = False) -> None:
+    """Write fusion ``name`` in AdapterHub's layout, so ``adapters``' ``load_adapter_fusion`` reads it."""
+    ours = model.fusion_state(name)
+    state = {their: ours[our] for their, our in fusion_pairs(model, name).items()}
+    with atomic_directory_write(directory) as scratch:
+        write_json(scratch / FUSION_CONFIG, {
+            "config": model.fusion_configs[name].to_dict(), "hidden_size": model.config.hidden_size,
+            "model_class": type(model).__name__, "model_name": None, "model_type": model.config.model_type,
+            "name": name, "version": VERSION})
+        write_tensors(scratch, FUSION_WEIGHTS, state, safetensors)
+
+
+def read_fusion(model: AdapterModelMixin, directory: Path) -> tuple[Any, Any, dict[str, Tensor], Any, Any]:
+    """An AdapterHub fusion directory: (name, config dict, state in our key names, model_type, hidden_size).
+
+    Keys are renamed by position (``encoder.layer.{i}.output.adapter_fusion_layer.{name}.*``); a layer's tensors
+    that fit no site stay under their own names, so the install reports them.
+    """
+    if not (directory / FUSION_CONFIG).is_file():
+        present = sorted(p.name for p in directory.iterdir())
+        raise FileNotFoundError(f"{directory} is neither a peftcore fusion (fusion_config.json) nor an AdapterHub "
+                                f"one ({FUSION_CONFIG}); it holds {present}.")
+    raw = read_json(directory / FUSION_CONFIG)
+    name = raw.get("name")
+    theirs = read_tensors(directory, FUSION_WEIGHTS)
+    if theirs is None:
+        raise FileNotFoundError(f"{directory} has no {' or '.join(FUSION_WEIGHTS)}.")
+    theirs = {key.removeprefix(model.keymap.prefix): tensor for key, tensor in theirs.items()}
+    by_path = {}
+    for site in model.sites_found:
+        if site.name in model.keymap.site_paths and site.layer is not None:
+            by_path[f"{model.keymap.site_paths[site.name].format(i=site.layer)}.adapter_fusion_layer.{name}."] = site
+    state = {}
+    for key, tensor in theirs.items():
+        site_path = next((path for path in by_path if key.startswith(path)), None)
+        local = key.removeprefix(site_path) if site_path else None
+        if site_path and local.startswith("dense."):
+            continue  # AdapterHub builds an unused `dense` layer when query, key and value are all off
+        state[f"{by_path[site_path].path}.fusions.{local}" if site_path else key] = tensor
+    return name, raw.get("config"), state, raw.get("model_type"), raw.get("hidden_size")

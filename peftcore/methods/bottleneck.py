@@ -110,39 +110,62 @@ class Bottleneck(Method):
                 nn.init.normal_(self.gate.weight, std=0.02, generator=generator)
                 nn.init.zeros_(self.gate.bias)
 
-    def transform(self, z: Tensor) -> Tensor:
-        """The scaled, dropped-out and gated bottleneck output f(z), without any residual."""
+    def transform(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """The scaled, dropped-out and gated bottleneck output f(z), without any residual, and the scaled
+        up-projection before dropout and gate."""
         up = self.up(self.act(self.down(self.norm_before(z))))  # (B, T, C)
         if self.training and self.config.stochastic_depth > 0:
             up = drop_rows(up, self.config.stochastic_depth)
-        out = self.dropout(up * self.scaling)
+        up = up * self.scaling
+        out = self.dropout(up)
         if self.gate is not None:
             gate = torch.sigmoid(self.gate(z)).mean(dim=1, keepdim=True)  # (B, 1, 1)
             if self.record is not None:
                 self.record(gate)
             out = out * gate
-        return out
+        return out, up
+
+    def pre(self, h: Tensor, x: Tensor, norm: nn.Module,
+            query_before_ln: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """What the adapter reads, the fusion query and the adapter's residual: ``(z, query, residual)``.
+
+        h is the sub-layer output, x its input, norm the layer's LayerNorm. A parallel adapter reads x.
+        """
+        config = self.config
+        if config.is_parallel:
+            return x, x, x
+        residual = h
+        query = h if query_before_ln else None
+        if config.original_ln_before:
+            h = h + x
+            if config.residual_before_ln == "post_add":
+                residual = h
+            h = norm(h)
+        if config.residual_before_ln is False:
+            residual = h
+        return h, h if query is None else query, residual
+
+    def body(self, z: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
+        """The adapter's output (with its own residual, unless parallel) and its scaled up-projection, which
+        AdapterFusion attends over."""
+        out, up = self.transform(z)
+        if self.config.is_parallel:
+            return self.norm_after(out), up
+        if self.config.adapter_residual_before_ln:
+            return self.norm_after(out + residual), up
+        return self.norm_after(out) + residual, up
+
+    def post(self, out: Tensor, h: Tensor, x: Tensor, norm: nn.Module) -> Tensor:
+        """After the adapter(s): a parallel adapter's output joins the sub-layer output h, then the layer's residual
+        x and LayerNorm follow if ``original_ln_after``."""
+        if self.config.is_parallel:
+            out = out + h
+        return norm(out + x) if self.config.original_ln_after else out
 
     def forward(self, h: Tensor, x: Tensor, norm: nn.Module) -> Tensor:
         """Residual-site step: h is the sub-layer output, x its input, norm the layer's LayerNorm."""
-        config = self.config
-        if config.is_parallel:
-            out = self.norm_after(self.transform(x)) + h
-        else:
-            residual = h
-            if config.original_ln_before:
-                h = h + x
-                if config.residual_before_ln == "post_add":
-                    residual = h
-                h = norm(h)
-            if config.residual_before_ln is False:
-                residual = h
-            out = self.transform(h)
-            if config.adapter_residual_before_ln:
-                out = self.norm_after(out + residual)
-            else:
-                out = self.norm_after(out) + residual
-        return norm(out + x) if config.original_ln_after else out
+        z, _, residual = self.pre(h, x, norm)
+        return self.post(self.body(z, residual)[0], h, x, norm)
 
 
 def bottleneck_width(config: BnConfig, hidden_size: int, layer: int) -> int:

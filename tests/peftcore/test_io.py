@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 import peftcore.io
 from models import BertConfig, BertModel, RobertaConfig, RobertaModel
+from peftcore.composition import Stack
 from tests.parity import padded_batch
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100)
@@ -106,7 +107,7 @@ def test_load_restores_every_tensor_bit_exactly(config, tmp_path):
     assert fresh.adapter_configs["a"].to_dict() == model.adapter_configs["a"].to_dict()  # BnConfig, as AdapterHub
     assert same_tensors(fresh.adapter_state("a"), model.adapter_state("a"))
     assert same_tensors(fresh.heads["a"].state_dict(), model.heads["a"].state_dict())
-    assert fresh.active_adapters == ("a",) and fresh.active_head == "a"
+    assert fresh.active_adapters == Stack("a") and fresh.active_head == "a"
     model.set_active_adapters("a")
     ids, mask = padded_batch(100, 0)
     with torch.no_grad():
@@ -120,7 +121,7 @@ def test_load_as_renames_adapter_and_head(tmp_path):
     assert model.load_adapter(tmp_path / "a", load_as="b") == "b"
     assert same_tensors(model.adapter_state("b"), model.adapter_state("a"))
     assert same_tensors(model.heads["b"].state_dict(), model.heads["a"].state_dict())
-    assert model.active_adapters == ()
+    assert model.active_adapters is None
 
 
 def test_load_without_head_adds_no_head(tmp_path):

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from models import MODEL_CLASSES, RobertaConfig, RobertaModel
+from peftcore.composition import Fuse, Stack
 from peftcore.configs import SeqBnConfig
 from peftcore.methods import Bottleneck, NICECoupling
 from peftcore.model import AdapterModelMixin
@@ -55,12 +56,12 @@ def assert_same_state(model: nn.Module, before: dict[str, torch.Tensor]) -> None
 def test_add_activate_deactivate_delete():
     model = tiny_model()
     model.add_adapter("a", "seq_bn")
-    assert list(model.adapter_configs) == ["a"] and model.active_adapters == ()
+    assert list(model.adapter_configs) == ["a"] and model.active_adapters is None
     assert any(".adapters.a." in key for key in model.state_dict())
     model.set_active_adapters("a")
-    assert model.active_adapters == ("a",)
+    assert model.active_adapters == Stack("a")
     model.set_active_adapters(None)
-    assert model.active_adapters == ()
+    assert model.active_adapters is None
     model.delete_adapter("a")
     assert model.adapter_configs == {} and list(model.iter_adapters()) == []
     assert not any(".adapters." in key for key in model.state_dict())
@@ -70,7 +71,7 @@ def test_add_activate_deactivate_delete():
 def test_add_with_set_active_activates_and_default_config_is_seq_bn():
     model = tiny_model()
     model.add_adapter("a", set_active=True)
-    assert model.active_adapters == ("a",)
+    assert model.active_adapters == Stack("a")
     assert model.adapter_configs["a"] == SeqBnConfig()
 
 
@@ -93,7 +94,7 @@ def test_overwriting_an_active_adapter_runs_the_new_modules():
     for module in model.get_adapter("a").values():
         nn.init.zeros_(module["ffn.residual"].up.weight)
         nn.init.zeros_(module["ffn.residual"].up.bias)
-    assert model.active_adapters == ("a",)
+    assert model.active_adapters == Stack("a")
     assert torch.equal(hidden(model, batch), plain)  # a zero up-projection is the identity: the old modules are gone
 
 
@@ -134,9 +135,9 @@ def test_deleting_the_active_adapter_is_refused_and_changes_nothing():
     batch = inputs(model)
     model.add_adapter("a", "seq_bn", set_active=True)
     before, out = snapshot(model), hidden(model, batch)
-    with pytest.raises(ValueError, match="'a' is active; deactivate it first"):
+    with pytest.raises(ValueError, match="'a' is active"):
         model.delete_adapter("a")
-    assert model.active_adapters == ("a",) and "a" in model.adapter_configs
+    assert model.active_adapters == Stack("a") and "a" in model.adapter_configs
     assert_same_state(model, before)
     assert torch.equal(hidden(model, batch), out)
 
@@ -144,7 +145,7 @@ def test_deleting_the_active_adapter_is_refused_and_changes_nothing():
 @pytest.mark.parametrize(("setup", "error", "message"), [
     ("missing", KeyError, "no adapter named 'missing'"),
     (["b", "missing"], KeyError, "no adapter named 'missing'"),
-    (["a", "c"], ValueError, r"both sit at ffn.residual of layer 0"),
+    (Fuse("a", "c"), ValueError, r"has no fusion layer"),
     ([3], TypeError, "takes adapter names"),
 ])
 def test_an_invalid_setup_keeps_the_previous_one(setup, error, message):
@@ -157,7 +158,7 @@ def test_an_invalid_setup_keeps_the_previous_one(setup, error, message):
     out = hidden(model, batch)
     with pytest.raises(error, match=message):
         model.set_active_adapters(setup)
-    assert model.active_adapters == ("b",)
+    assert model.active_adapters == Stack("b")
     assert torch.equal(hidden(model, batch), out)
 
 
@@ -185,7 +186,7 @@ def test_train_adapter_trains_only_that_adapter_and_its_head():
     model.add_classification_head("a", num_labels=3)
     model.add_classification_head("b", num_labels=3)
     model.train_adapter("a")
-    assert model.training and model.active_adapters == ("a",) and model.active_head == "a"
+    assert model.training and model.active_adapters == Stack("a") and model.active_head == "a"
     own = {id(p) for p in model.adapter_parameters("a")} | {id(p) for p in model.heads["a"].parameters()}
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable == {name for name, p in model.named_parameters() if id(p) in own}
