@@ -460,7 +460,9 @@ def prefix_slicewise(block: Block, functions: list[Callable | None], k: Tensor, 
             m = key.new_zeros(rows, 1, 1, key.shape[2])
         masks.append(F.pad(m.expand(rows, *m.shape[1:]), (missing, 0), value=torch.finfo(m.dtype).min))
         keys.append(F.pad(key, (0, 0, missing, 0)))
-        values.append(F.pad(value, (0, 0, missing, 0)))
+        # a query row that masks every key (DeBERTa's padding rows) attends uniformly: padding with the row's mean
+        # value keeps that mean what it would be alone; every other row gives the padding no weight at all
+        values.append(torch.cat([value.mean(dim=2, keepdim=True).expand(-1, -1, missing, -1), value], dim=2))
     return torch.cat(keys), torch.cat(values), torch.cat(masks)
 
 

@@ -291,8 +291,7 @@ class AdapterModelMixin:
             yield None
             return
         attentions: dict[str, dict[int, dict[str, np.ndarray]]] = {}
-        layers = [(name, site, fusion) for site in self.sites_found for name, fusion in site.module.fusions.items()
-                  ] if self.fusion_configs else []
+        layers = [(name, site, fusion) for name in self.fusion_configs for site, fusion in self.fusion_layers(name)]
         for name, site, fusion in layers:
             fusion.record = partial(store_attention, attentions.setdefault(name, {}), site.layer,
                                     LOCATION_KEYS[site.name])
@@ -553,8 +552,11 @@ class AdapterModelMixin:
             raise ValueError(f"weights {weights} sum to 0 and cannot be normalised; pass normalize_weights=False.")
         weights = [w / total for w in weights]
         config = self.adapter_configs[adapter_list[0]]
-        ignore = {"dropout": 0.0, "init_weights": None, "init_weights_seed": None}
-        if any(self.adapter_configs[name].replace(**ignore) != config.replace(**ignore) for name in adapter_list):
+        def essential(name: str) -> dict[str, Any]:  # AdapterHub ignores these two when comparing configs
+            config = self.adapter_configs[name].to_dict()
+            return {key: value for key, value in config.items() if key not in ("dropout", "init_weights")}
+
+        if any(essential(name) != essential(adapter_list[0]) for name in adapter_list):
             raise ValueError(f"adapters {adapter_list} have different configs; only adapters of one config (up to "
                              "dropout and initialisation) can be averaged.")
         strategies = ("linear", "lora_linear_only_negate_b", "lora_delta_w_svd")
@@ -652,6 +654,8 @@ class AdapterModelMixin:
         """Parameters of the encoder alone: no adapters, no heads (AdapterHub's base_model count)."""
         excluded = {id(p) for name in self.adapter_configs for p in self.adapter_parameters(name)}
         excluded |= {id(p) for p in self.heads.parameters()}
+        excluded |= {id(p) for name in self.fusion_configs for _, fusion in self.fusion_layers(name)
+                     for p in fusion.parameters()}
         if getattr(self, "head", None) is not None:
             excluded |= {id(p) for p in self.head.parameters()} - {id(p) for p in self.embeddings.parameters()}
         return sum(p.numel() for p in self.parameters() if id(p) not in excluded)
@@ -666,6 +670,13 @@ class AdapterModelMixin:
             rows.append({"name": name, "architecture": config.architecture or "bottleneck", "#param": count,
                          "%param": count / base * 100, "active": name in self.active_names(),
                          "train": all(p.requires_grad for p in parameters)})
+        active_fusions = {b.name for b in walk(self.active_setup) if isinstance(b, Fuse)}
+        for name in self.fusion_configs:
+            parameters = [p for _, fusion in self.fusion_layers(name) for p in fusion.parameters()]
+            count = sum(p.numel() for p in parameters)
+            rows.append({"name": f"Fuse[{name}]", "architecture": "fusion", "#param": count,
+                         "%param": count / base * 100, "active": name in active_fusions,
+                         "train": all(p.requires_grad for p in parameters)})
         rows.append({"name": "Full model", "#param": base, "%param": 100.0,
                      "train": not getattr(self, "model_frozen", False)})
         if as_dict:
@@ -674,6 +685,9 @@ class AdapterModelMixin:
         table = ["=" * 80, header.format(*(h.title() for h in SUMMARY_HEADER)), "-" * 80]
         table += [line.format(*(row.get(h, "") for h in SUMMARY_HEADER)) for row in rows]
         table.insert(len(table) - 1, "-" * 80)
+        if self.active_setup is not None and not (isinstance(self.active_setup, Stack) and len(self.active_setup) == 1
+                                                  and isinstance(self.active_setup[0], str)):
+            table += ["-" * 80, f"Active setup: {self.active_setup!r}"]
         return "\n".join([*table, "=" * 80])
 
     # ---- heads ------------------------------------------------------------------------------------------------
