@@ -149,6 +149,7 @@ def save_fusion(model: AdapterModelMixin, directory: str | os.PathLike, name: st
     with io.atomic_directory_write(directory) as scratch:
         io.write_json(scratch / FUSION_CONFIG_FILE, {
             "format": FUSION_FORMAT, "format_version": FUSION_FORMAT_VERSION, "name": name,
+            "adapters": list(model.fused_adapters[name]),
             "config": model.fusion_configs[name].to_dict(), "model_type": model.config.model_type,
             "hidden_size": model.config.hidden_size, "library": io.LIBRARY_VERSION})
         io.write_safetensors(scratch / FUSION_WEIGHTS_FILE, model.fusion_state(name))
@@ -166,11 +167,12 @@ def load_fusion(model: AdapterModelMixin, directory: str | os.PathLike, load_as:
         if raw.get("format") != FUSION_FORMAT or raw.get("format_version") != FUSION_FORMAT_VERSION:
             raise ValueError(f"{directory / FUSION_CONFIG_FILE} is not a peftcore fusion of format version "
                              f"{FUSION_FORMAT_VERSION}.")
-        name, config = raw.get("name"), raw.get("config")
+        name, config, adapters = raw.get("name"), raw.get("config"), raw.get("adapters")
         state = io.read_safetensors(io.require(directory / FUSION_WEIGHTS_FILE))
         model_type, hidden_size = raw.get("model_type"), raw.get("hidden_size")
     else:
         name, config, state, model_type, hidden_size = adapterhub.read_fusion(model, directory)
+        adapters = None
     if not isinstance(name, str) or not name:
         raise ValueError(f"{directory} names no fusion (its config has no 'name').")
     if model_type is not None and model_type != model.config.model_type:
@@ -182,7 +184,9 @@ def load_fusion(model: AdapterModelMixin, directory: str | os.PathLike, load_as:
     from peftcore.composition import Fuse
 
     config = AdapterFusionConfig.load(config)
-    fuse = Fuse(*name.split(","), name=load_as)
+    adapters = adapters if isinstance(adapters, list) and adapters else name.split(",")
+    custom = load_as or (name if name != ",".join(adapters) else None)
+    fuse = Fuse(*adapters, name=custom)
     for adapter in fuse.flatten():
         if adapter not in model.adapter_configs:
             raise ValueError(f"{directory} fuses adapters {list(fuse.flatten())}; load adapter {adapter!r} first.")
@@ -190,5 +194,5 @@ def load_fusion(model: AdapterModelMixin, directory: str | os.PathLike, load_as:
         raise ValueError(f"the model already has a fusion {fuse.name!r}; delete it first or pass load_as.")
     placed = model.build_fusion(fuse, config)
     io.fill(fusion_slots(model, placed), state, f"{directory}: fusion {name!r}")
-    model.attach_fusion(fuse.name, config, placed)
+    model.attach_fusion(fuse, config, placed)
     return fuse

@@ -59,6 +59,7 @@ class AdapterModelMixin:
         """Empty adapter state; call before the model builds its modules."""
         self.adapter_configs: dict[str, AdapterConfigBase] = {}
         self.fusion_configs: dict[str, AdapterFusionConfig] = {}
+        self.fused_adapters: dict[str, tuple[str, ...]] = {}  # fusion name -> the adapters it fuses
         self.active_setup: Block | None = None
         self.heads = nn.ModuleDict()
         self.shared_parameters = nn.ModuleDict()
@@ -139,6 +140,9 @@ class AdapterModelMixin:
                              "set_active_adapters(None) or another setup.")
         if name in self.merged_adapters():
             raise ValueError(f"adapter {name!r} is merged into the weights; reset_adapter({name!r}) first.")
+        fused = [fusion for fusion, names in self.fused_adapters.items() if name in names]
+        if fused:
+            raise ValueError(f"adapter {name!r} is fused in {fused}; delete_adapter_fusion({fused[0]!r}) first.")
         self.remove_adapter(name)
 
     def remove_adapter(self, name: str) -> None:
@@ -417,7 +421,7 @@ class AdapterModelMixin:
             self.check_known(adapter)
         if fuse.name in self.fusion_configs and not overwrite_ok:
             raise ValueError(f"a fusion named {fuse.name!r} exists; pass overwrite_ok=True to replace it.")
-        self.attach_fusion(fuse.name, config, self.build_fusion(fuse, config))
+        self.attach_fusion(fuse, config, self.build_fusion(fuse, config))
         if set_active:
             self.set_active_adapters(fuse)
 
@@ -438,11 +442,13 @@ class AdapterModelMixin:
         return [site for site in self.sites_found if isinstance(site.module, ResidualSite)
                 and all(any(name in site.module.adapters for name in names) for names in children)]
 
-    def attach_fusion(self, name: str, config: AdapterFusionConfig, placed: list[tuple[Site, nn.Module]]) -> None:
+    def attach_fusion(self, fuse: Fuse, config: AdapterFusionConfig, placed: list[tuple[Site, nn.Module]]) -> None:
+        name = fuse.name
         self.remove_fusion(name)
         for site, fusion in placed:
             site.module.fusions[name] = fusion.train(self.training)
         self.fusion_configs[name] = config
+        self.fused_adapters[name] = fuse.flatten()
         if self.active_setup is not None and any(isinstance(b, Fuse) and b.name == name for b in walk(
                 self.active_setup)):
             self.set_active_adapters(self.active_setup)
@@ -452,6 +458,7 @@ class AdapterModelMixin:
             if isinstance(site.module, ResidualSite) and name in site.module.fusions:
                 del site.module.fusions[name]
         self.fusion_configs.pop(name, None)
+        self.fused_adapters.pop(name, None)
 
     def delete_adapter_fusion(self, adapter_names: Fuse | Sequence[str] | str) -> None:
         """Remove a fusion's layers; an active fusion must be deactivated first."""

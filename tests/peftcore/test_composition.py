@@ -393,3 +393,13 @@ def test_summary_lists_fusion_layers_and_the_active_setup():
     rows = {row["name"]: row for row in model.adapter_summary(as_dict=True)}
     assert rows["Fuse[a,b]"]["active"] and rows["a"]["active"] and not rows["c"]["active"]
     assert rows["Fuse[a,b]"]["#param"] == sum(p.numel() for _, f in model.fusion_layers("a,b") for p in f.parameters())
+
+
+def test_a_fused_adapter_cannot_be_deleted_before_its_fusion():
+    model = fused_model()
+    model.set_active_adapters(None)
+    with pytest.raises(ValueError, match=r"adapter 'a' is fused in \['a,b'\]; delete_adapter_fusion"):
+        model.delete_adapter("a")
+    model.delete_adapter_fusion("a,b")
+    model.delete_adapter("a")
+    assert "a" not in model.adapter_configs and model.fusion_configs == {}
