@@ -158,7 +158,7 @@ def test_masked_lm_head_starts_from_the_checkpoints_lm_head(hf_checkpoint):
     with torch.no_grad():
         own = model(input_ids=ids, attention_mask=mask).logits
         model.add_masked_lm_head("a")
-        assert model.active_head == "a" and model.active_adapters == ()
+        assert model.active_head == "a" and model.active_adapters is None
         assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, own)
         assert_parity(own, reference(input_ids=ids, attention_mask=mask).logits)
     assert model.heads["a"].decoder.weight is model.embeddings.word.weight
