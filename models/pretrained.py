@@ -195,6 +195,8 @@ def check_native(state: Mapping[str, Tensor], expected: Mapping[str, tuple[int, 
     missing = sorted(set(expected) - set(state))
     mismatched = [f"{key}: checkpoint {tuple(state[key].shape)}, model {expected[key]}"
                   for key in sorted(set(state) & set(expected)) if tuple(state[key].shape) != expected[key]]
-    if unexpected or missing or mismatched:
-        raise ConversionError(report(architecture, unexpected, missing, mismatched))
+    wrong_dtype = [f"{key}: {state[key].dtype}" for key in sorted(set(state) & set(expected))
+                   if not state[key].is_floating_point()]
+    if unexpected or missing or mismatched or wrong_dtype:
+        raise ConversionError(report(architecture, unexpected, missing, mismatched, wrong_dtype))
     return state

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ class AdapterConfigBase:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AdapterConfigBase:
         """The config a dict describes; its ``"architecture"`` picks the class (none: bottleneck)."""
+        if not isinstance(data, Mapping):
+            raise TypeError(f"an adapter config dict maps field names to values, got {type(data).__name__} {data!r}.")
         data = dict(data)
         architecture = data.pop("architecture", None)
         if architecture not in ARCHITECTURES:
@@ -85,10 +88,25 @@ def check_type(owner: str, name: str, value: Any, types: type | tuple[type, ...]
         raise TypeError(f"{owner}.{name} must be {hint}, got {value!r}.")
 
 
+def check_finite_number(owner: str, name: str, value: Any, hint: str = "a finite number") -> None:
+    check_type(owner, name, value, (int, float), hint)
+    if not math.isfinite(value):
+        raise ValueError(f"{owner}.{name} must be finite, got {value!r}.")
+
+
 def check_positive_number(owner: str, name: str, value: Any) -> None:
-    check_type(owner, name, value, (int, float), "a positive number")
+    check_finite_number(owner, name, value, "a positive number")
     if value <= 0:
         raise ValueError(f"{owner}.{name} must be positive, got {value!r}.")
+
+
+def reduced_width(owner: str, name: str, hidden_size: int, factor: float) -> int:
+    """``int(hidden_size // factor)``: the width a reduction factor leaves, which must be at least one unit."""
+    width = int(hidden_size // factor)
+    if width < 1:
+        raise ValueError(f"{owner}.{name}={factor} exceeds the width {hidden_size} it divides, leaving no units; use "
+                         f"a factor of at most {hidden_size}.")
+    return width
 
 
 def check_in(owner: str, name: str, value: Any, choices: tuple) -> None:
@@ -107,12 +125,19 @@ def check_seed(owner: str, seed: Any) -> None:
         check_type(owner, "init_weights_seed", seed, int, "an int or None")
 
 
+def check_distinct(owner: str, name: str, values: tuple) -> None:
+    repeated = sorted({value for value in values if values.count(value) > 1}, key=str)
+    if repeated:
+        raise ValueError(f"{owner}.{name} lists {repeated} more than once; list each once.")
+
+
 def check_leave_out(owner: str, leave_out: Any) -> tuple[int, ...]:
     check_type(owner, "leave_out", leave_out, (tuple, list), "a list of layer indices")
     for index in leave_out:
         check_type(owner, "leave_out", index, int, "a list of non-negative layer indices")
         if index < 0:
             raise ValueError(f"{owner}.leave_out holds {index}; layer indices are non-negative.")
+    check_distinct(owner, "leave_out", tuple(leave_out))
     return tuple(leave_out)
 
 
@@ -181,7 +206,9 @@ class BnConfig(AdapterConfigBase):
         check_in(name, "init_weights", self.init_weights, ("bert", "mam_adapter", "houlsby"))
         if isinstance(self.scaling, int) and not isinstance(self.scaling, bool):
             object.__setattr__(self, "scaling", float(self.scaling))
-        if not isinstance(self.scaling, float):
+        if isinstance(self.scaling, float):
+            check_finite_number(name, "scaling", self.scaling)
+        else:
             check_in(name, "scaling", self.scaling, ("learned", "channel"))
         check_in(name, "inv_adapter", self.inv_adapter, (None, "nice", "glow"))
         if self.inv_adapter is not None:
@@ -339,6 +366,7 @@ class LoRAConfig(AdapterConfigBase):
         object.__setattr__(self, "attn_matrices", tuple(self.attn_matrices))
         for matrix in self.attn_matrices:
             check_in(name, "attn_matrices", matrix, ("q", "k", "v"))
+        check_distinct(name, "attn_matrices", self.attn_matrices)
         check_in(name, "composition_mode", self.composition_mode, ("add", "scale"))
         check_in(name, "init_weights", self.init_weights, ("lora", "bert", "ia3"))
         if self.composition_mode == "scale" and (self.r != 1 or self.dropout):
@@ -448,6 +476,8 @@ class ConfigUnion(AdapterConfigBase):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ConfigUnion:
+        if set(data) - {"architecture"} != {"configs"} or not isinstance(data["configs"], (list, tuple)):
+            raise ValueError(f"a union config holds one field, 'configs' (a list of method configs), got {dict(data)}.")
         return ConfigUnion(*(AdapterConfigBase.from_dict(config) for config in data["configs"]))
 
     def replace(self, **changes: Any) -> ConfigUnion:

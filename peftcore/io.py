@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -57,21 +58,51 @@ class SavedAdapter:
 
 @contextmanager
 def atomic_directory_write(path: str | os.PathLike, replaces: tuple[str, ...] = ()) -> Iterator[Path]:
-    """Write files into a temporary sibling directory, then move each into ``path`` by rename.
+    """Write files into a new sibling directory, then swap it in for ``path`` with two renames.
 
-    A crash while writing leaves whatever ``path`` held before untouched. Files named in ``replaces`` that this
-    write did not produce (a head saved earlier beside the adapter, say) are removed, so they cannot be loaded
-    with the new files.
+    The new directory first receives hard links to whatever else ``path`` holds (files this write neither produces
+    nor names in ``replaces``: a head saved earlier beside the adapter is dropped, so it cannot load with the new
+    files). Until the swap, ``path`` is untouched; an error in the swap puts it back. Only a power cut between the
+    two renames can leave ``path`` missing, with its previous content in the hidden ``.NAME.tmp*/previous``.
     """
     target = Path(path)
-    target.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"{target} is a file; an adapter or checkpoint is saved as a directory.")
+    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.tmp") as scratch:
-        yield Path(scratch)
-        written = sorted(Path(scratch).iterdir())
-        for file in written:
-            os.replace(file, target / file.name)
-        for stale in set(replaces) - {file.name for file in written}:
-            (target / stale).unlink(missing_ok=True)
+        staged, previous = Path(scratch) / "new", Path(scratch) / "previous"
+        staged.mkdir()
+        yield staged
+        if not target.exists():
+            os.replace(staged, target)
+            return
+        kept = {file.name for file in staged.iterdir()} | set(replaces)
+        for entry in target.iterdir():
+            if entry.name not in kept:
+                carry_over(entry, staged / entry.name)
+        os.replace(target, previous)
+        try:
+            os.replace(staged, target)
+        except BaseException:
+            os.replace(previous, target)
+            raise
+
+
+def carry_over(source: Path, destination: Path) -> None:
+    """Hard-link a file, link or directory tree into the new directory (copy where links are not supported)."""
+    if source.is_dir() and not source.is_symlink():
+        shutil.copytree(source, destination, symlinks=True, copy_function=link_or_copy)
+    elif source.is_symlink():
+        os.symlink(os.readlink(source), destination)
+    else:
+        link_or_copy(source, destination)
+
+
+def link_or_copy(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -219,15 +250,18 @@ def fill(expected: Mapping[str, tuple[nn.Module, str]], state: Mapping[str, Tens
     """Copy ``state`` into the modules ``expected`` names, after checking keys and shapes all match."""
     unexpected = sorted(set(state) - set(expected))
     missing = sorted(set(expected) - set(state))
-    mismatched = []
+    mismatched, wrong_dtype = [], []
     for key in sorted(set(state) & set(expected)):
         module, local = expected[key]
         target = module.state_dict()[local]
         if tuple(state[key].shape) != tuple(target.shape):
             mismatched.append(f"{key}: file {tuple(state[key].shape)}, model {tuple(target.shape)}")
-    if unexpected or missing or mismatched:
+        if state[key].is_floating_point() != target.is_floating_point():  # float dtypes convert to the model's
+            wrong_dtype.append(f"{key}: file {state[key].dtype}, model {target.dtype}")
+    if unexpected or missing or mismatched or wrong_dtype:
         lines = [f"{what} does not fit this model:"]
-        for title, keys in (("unexpected", unexpected), ("missing", missing), ("shape mismatches", mismatched)):
+        for title, keys in (("unexpected", unexpected), ("missing", missing), ("shape mismatches", mismatched),
+                            ("dtype mismatches", wrong_dtype)):
             if keys:
                 lines.append(f"  {len(keys)} {title}: {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}")
         raise ValueError("\n".join(lines))

@@ -649,7 +649,8 @@ class AdapterModelMixin:
         flat = PrefixPool(config.replace(flat=True), *pool.shape[1:2], *pool.shape[3:], self.config.hidden_size)
         with torch.no_grad():
             flat.control_trans.copy_(pool.flattened())
-        flat.to(device=pool.control_trans[0].weight.device).train(pool.training)
+        reference = pool.control_trans[0].weight
+        flat.to(device=reference.device, dtype=reference.dtype).train(pool.training)
         self.shared_parameters[name]["prefix"] = flat
         for _, _, _, module in self.iter_adapters(name):
             module.share(flat)

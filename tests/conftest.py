@@ -7,10 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(1)  # tiny models: one thread is faster, and stays fast when the machine is busy
+
+# Property tests: "ci" (the default) draws the same few examples on every run; HYPOTHESIS_PROFILE=long searches wider
+FUZZ = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
+settings.register_profile("ci", max_examples=12, derandomize=True, database=None, **FUZZ)
+settings.register_profile("long", max_examples=400, **FUZZ)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, vocab_size=120)
 

@@ -9,7 +9,7 @@ single tensor is written into the model.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,8 +148,9 @@ def hf_to_ours(keymap: KeyMap, hf_state: Mapping[str, Tensor], expected: Mapping
     missing = [key for key in missing if not key.startswith(keymap.init_if_missing)]
     mismatched = [f"{key}: checkpoint {tuple(t.shape)}, model {tuple(expected[key])}"
                   for key, t in state.items() if tuple(t.shape) != tuple(expected[key])]
-    if unexpected or missing or mismatched:
-        raise ConversionError(report(architecture, unexpected, missing, mismatched))
+    wrong_dtype = [f"{key}: {t.dtype}" for key, t in state.items() if not t.is_floating_point()]
+    if unexpected or missing or mismatched or wrong_dtype:
+        raise ConversionError(report(architecture, unexpected, missing, mismatched, wrong_dtype))
     return Converted(state, newly_initialized, sorted(set(dropped)))
 
 
@@ -188,12 +189,14 @@ def apply_leaf_alias(key: str, aliases: Mapping[str, str]) -> str:
     return f"{head}.{aliases[leaf]}" if head and leaf in aliases else key
 
 
-def report(architecture: str, unexpected: list[str], missing: list[str], mismatched: list[str]) -> str:
+def report(architecture: str, unexpected: list[str], missing: list[str], mismatched: list[str],
+           wrong_dtype: Sequence[str] = ()) -> str:
     """One message with every problem, each list cut to LIST_LIMIT entries."""
     lines = [f"the checkpoint does not fit a {architecture} model:"]
     for title, keys in (("unexpected keys (no entry in the key table)", unexpected),
                         ("missing keys (the model needs them)", missing),
-                        ("shape mismatches", mismatched)):
+                        ("shape mismatches", mismatched),
+                        ("tensors that are not floating point (every weight is)", wrong_dtype)):
         if keys:
             shown = ", ".join(keys[:LIST_LIMIT]) + (f", ... ({len(keys) - LIST_LIMIT} more)" if len(keys) > LIST_LIMIT
                                                     else "")

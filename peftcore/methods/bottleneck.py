@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from peftcore.configs import BnConfig, has_shared_phm
+from peftcore.configs import BnConfig, has_shared_phm, reduced_width
 from peftcore.methods.phm import PHMLinear, PHMShared
 from peftcore.sites import ACTIVATIONS, Method, ModelShape, Site, init_generator
 
@@ -169,7 +169,8 @@ class Bottleneck(Method):
 
 
 def bottleneck_width(config: BnConfig, hidden_size: int, layer: int) -> int:
-    return max(1, int(hidden_size // config.reduction_for(layer)))
+    """hidden // reduction_factor; a factor that leaves no unit is refused (AdapterHub silently keeps one)."""
+    return reduced_width(type(config).__name__, "reduction_factor", hidden_size, config.reduction_for(layer))
 
 
 def check_phm_sizes(config: BnConfig, hidden_size: int, width: int) -> None:

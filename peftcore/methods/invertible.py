@@ -15,13 +15,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from peftcore.configs import BnConfig
+from peftcore.configs import BnConfig, reduced_width
 from peftcore.sites import Activation, Method
 
 
 def subnet(width_in: int, width_out: int, config: BnConfig) -> nn.Sequential:
     """Linear(in, in // rf) -> act -> Linear(in // rf, out), with AdapterHub's BERT initialisation."""
-    hidden = int(width_in // config.inv_adapter_reduction_factor)
+    hidden = reduced_width(type(config).__name__, "inv_adapter_reduction_factor", width_in,
+                           config.inv_adapter_reduction_factor)
     net = nn.Sequential(nn.Linear(width_in, hidden), Activation(config.non_linearity), nn.Linear(hidden, width_out))
     for linear in (net[0], net[2]):
         nn.init.normal_(linear.weight, std=0.02)

@@ -4,6 +4,7 @@ before touching the model — a bad directory of any kind leaves every parameter
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -25,16 +26,18 @@ def tiny_bert(**overrides) -> BertModel:
     return BertModel(BertConfig(**{**TINY, **overrides})).eval()
 
 
-def randomize(model: torch.nn.Module, name: str) -> None:
-    """Move an adapter and its head away from their initialisation, so a reload that re-initialises shows."""
+def randomize(model: torch.nn.Module, name: str, scale: float = 1.0) -> None:
+    """Move an adapter and its head away from their initialisation (to N(0, scale²) draws), so a reload that
+    re-initialises shows."""
     generator = torch.Generator().manual_seed(7)
     parameters = list(model.adapter_parameters(name))
     if name in model.heads:
         parameters += list(model.heads[name].parameters())
+    tied = getattr(getattr(model.embeddings, "word", None), "weight", None)  # a masked-LM decoder's (ViT has none)
     with torch.no_grad():
         for parameter in parameters:
-            if parameter is not model.embeddings.word.weight:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+            if parameter is not tied:
+                parameter.copy_(scale * torch.randn(parameter.shape, generator=generator))
 
 
 def trained(config: str = "seq_bn_inv", model: torch.nn.Module | None = None, head: str | None = "classification"):
@@ -51,7 +54,8 @@ def trained(config: str = "seq_bn_inv", model: torch.nn.Module | None = None, he
 
 def fingerprint(model: torch.nn.Module) -> dict:
     """Everything a load could change: every tensor, the adapters, heads and what is active."""
-    return {"state": {key: t.clone() for key, t in model.state_dict().items()},
+    tensors = {**model.state_dict(), **dict(model.named_buffers())}  # non-persistent buffers too
+    return {"state": {key: t.clone() for key, t in tensors.items()},
             "adapters": dict(model.adapter_configs), "heads": list(model.heads), "active": model.active_adapters,
             "head": model.active_head, "plugs": [site.module.plug is None for site in model.sites_found]}
 
@@ -192,6 +196,10 @@ CORRUPTIONS = {  # name -> (change the saved directory of adapter "a", error, me
                     rf"1 shape mismatches: {KEY}: file \(3, 32\), model \(2, 32\)"),
     "extra key": (lambda d: edit_tensors(d, lambda t: t.update({EXTRA: t[KEY].clone()})), ValueError,
                   rf"1 unexpected: {EXTRA}"),
+    "integer dtype": (lambda d: edit_tensors(d, lambda t: t.update({KEY: t[KEY].long()})), ValueError,
+                      rf"1 dtype mismatches: {KEY}: file torch.int64, model torch.float32"),
+    "bool head dtype": (lambda d: edit_tensors(d, lambda t: t.update({"4.bias": t["4.bias"] > 0}),
+                                               "head_model.safetensors"), ValueError, "4.bias: file torch.bool"),
     "missing key": (lambda d: edit_tensors(d, lambda t: t.pop(KEY)), ValueError, rf"1 missing: {KEY}"),
     "head shape": (lambda d: edit_tensors(d, lambda t: t.update({"4.weight": torch.zeros(5, 32)}),
                                           "head_model.safetensors"), ValueError, r"head 'a' does not fit"),
@@ -210,6 +218,15 @@ CORRUPTIONS = {  # name -> (change the saved directory of adapter "a", error, me
     "json list": (lambda d: (d / "adapter_config.json").write_text("[1, 2]"), ValueError, "holds list"),
     "unknown config field": (lambda d: edit_json(d, lambda raw: raw["config"].update(speed=2)), ValueError,
                              r"has no field\(s\) \['speed'\]"),
+    "wrong method": (lambda d: edit_json(d, lambda raw: raw["config"].update(architecture="lora")), ValueError,
+                     r"LoRAConfig has no field\(s\) \['adapter_residual_before_ln'"),
+    "unknown method": (lambda d: edit_json(d, lambda raw: raw["config"].update(architecture="reft")), ValueError,
+                       "adapter architecture 'reft' is not known"),
+    "union without members": (lambda d: edit_json(d, lambda raw: raw.update(config={"architecture": "union"})),
+                              ValueError, "a union config holds one field, 'configs'"),
+    "no config": (lambda d: edit_json(d, lambda raw: raw.pop("config")), ValueError, r"lacks \['config'\]"),
+    "config not an object": (lambda d: edit_json(d, lambda raw: raw.update(config="seq_bn")), TypeError,
+                             "an adapter config dict maps field names to values, got str"),
     "invalid config value": (lambda d: edit_json(d, lambda raw: raw["config"].update(reduction_factor=-1)),
                              ValueError, "reduction_factor must be positive"),
     "future format": (lambda d: edit_json(d, lambda raw: raw.update(format_version=2)), ValueError,
@@ -252,6 +269,14 @@ def test_an_adapter_for_another_model_is_refused_and_the_model_is_unchanged(sour
     before = fingerprint(target)
     with pytest.raises(ValueError, match=message):
         target.load_adapter(tmp_path / "saved", load_as="new")
+    assert_unchanged(target, before)
+
+
+def test_a_model_checkpoint_directory_is_refused_as_an_adapter(target, tmp_path):
+    RobertaModel(RobertaConfig(**TINY)).save_pretrained(tmp_path / "roberta")
+    before = fingerprint(target)
+    with pytest.raises(FileNotFoundError, match=r"has no adapter_config.json \(it holds \['config.json'"):
+        target.load_adapter(tmp_path / "roberta")
     assert_unchanged(target, before)
 
 
@@ -304,21 +329,42 @@ def test_an_unsupported_hf_peft_method_is_refused_clearly(target, tmp_path):
 # ---- interrupted saves --------------------------------------------------------------------------------------
 
 
-def test_an_interrupted_save_leaves_the_previous_adapter_intact(tmp_path, monkeypatch):
+def crash_at(call: int, function, error: BaseException):
+    """``function``, raising ``error`` on its ``call``-th use (1-based) instead of running."""
+    calls = iter(range(1, 1000))
+
+    def crashing(*args, **kwargs):
+        if next(calls) == call:
+            raise error
+        return function(*args, **kwargs)
+
+    return crashing
+
+
+def half_written(tensors, path, metadata=None):
+    Path(path).write_bytes(b"half a file")
+    raise OSError("disk full")
+
+
+@pytest.mark.parametrize("crash", [
+    pytest.param(lambda: ("save_file", half_written), id="while writing the weights"),
+    pytest.param(lambda: ("os.replace", crash_at(1, os.replace, OSError("disk full"))), id="at the first rename"),
+    pytest.param(lambda: ("os.replace", crash_at(2, os.replace, KeyboardInterrupt())), id="between the renames"),
+])
+def test_an_interrupted_save_leaves_the_previous_adapter_intact(crash, tmp_path, monkeypatch):
     model = trained()
     model.save_adapter(tmp_path / "a", "a")
+    (tmp_path / "a" / "notes.txt").write_text("the user's own file")
     files = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
     saved_state = {key: t.clone() for key, t in model.adapter_state("a").items()}
-    randomize(model, "a")  # new values that must not reach the directory
-    with torch.no_grad():
-        next(model.adapter_parameters("a")).add_(1.0)
+    model.delete_head("a")  # the new save would drop the head file: it must not, when it fails
+    model.add_adapter("a", "lora[r=3]", overwrite_ok=True)  # new config and shapes that must not reach the directory
+    randomize(model, "a")
 
-    def crash(tensors, path, metadata=None):
-        Path(path).write_bytes(b"half a file")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(peftcore.io, "save_file", crash)
-    with pytest.raises(OSError, match="disk full"):
+    target, replacement = crash()
+    monkeypatch.setattr(peftcore.io, "save_file", replacement) if target == "save_file" else \
+        monkeypatch.setattr(peftcore.io.os, "replace", replacement)
+    with pytest.raises((OSError, KeyboardInterrupt)):
         model.save_adapter(tmp_path / "a", "a")
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == files
@@ -326,3 +372,15 @@ def test_an_interrupted_save_leaves_the_previous_adapter_intact(tmp_path, monkey
     fresh = tiny_bert()
     fresh.load_adapter(tmp_path / "a")
     assert same_tensors(fresh.adapter_state("a"), saved_state)
+
+
+def test_a_save_over_an_adapter_keeps_the_users_other_files_and_drops_a_stale_head(tmp_path):
+    model = trained()
+    model.save_adapter(tmp_path / "a", "a")
+    (tmp_path / "a" / "notes.txt").write_text("the user's own file")
+    (tmp_path / "a" / "runs").mkdir()
+    (tmp_path / "a" / "runs" / "log.txt").write_text("a subdirectory")
+    model.save_adapter(tmp_path / "a", "a", with_head=False)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted([*ADAPTER_FILES, "notes.txt", "runs"])
+    assert (tmp_path / "a" / "runs" / "log.txt").read_text() == "a subdirectory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]

@@ -10,6 +10,7 @@ import shutil
 import pytest
 import torch
 import transformers as tf
+from safetensors.torch import load_file, save_file
 
 import peftcore.io
 from models import BertModel, RobertaModel, from_pretrained
@@ -63,6 +64,44 @@ def test_corrupt_safetensors_is_a_clear_error(bert_dir, damage):
     file.write_bytes({"truncated": data[: len(data) // 2], "zero-byte": b"", "garbage": os.urandom(256)}[damage])
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         BertModel.from_pretrained(bert_dir)
+
+
+def edit_weights(directory, change) -> None:
+    tensors = load_file(directory / "model.safetensors")
+    change(tensors)
+    save_file(tensors, directory / "model.safetensors")
+
+
+QUERY = "encoder.layer.0.attention.self.query.weight"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda t: t.update({"encoder.layer.0.extra.weight": torch.zeros(2)}),
+     r"1 unexpected keys \(no entry in the key table\): encoder\.layer\.0\.extra\.weight"),
+    (lambda t: t.pop(QUERY), r"1 missing keys \(the model needs them\): layers\.0\.attn\.q\.weight"),
+    (lambda t: t.update({QUERY: t[QUERY][:-1]}),
+     r"1 shape mismatches: layers\.0\.attn\.q\.weight: checkpoint \(63, 64\)"),
+    (lambda t: t.update({QUERY: t[QUERY].long()}), r"not floating point .*: layers\.0\.attn\.q\.weight: torch\.int64"),
+], ids=["extra key", "missing key", "wrong shape", "integer dtype"])
+def test_tensors_that_do_not_fit_are_named_one_by_one(bert_dir, change, message):
+    edit_weights(bert_dir, change)
+    with pytest.raises(ConversionError, match=message):
+        BertModel.from_pretrained(bert_dir)
+
+
+def test_a_half_precision_checkpoint_loads_in_the_requested_dtype(bert_dir):
+    edit_weights(bert_dir, lambda tensors: tensors.update({k: t.half() for k, t in tensors.items()}))
+    model = BertModel.from_pretrained(bert_dir)
+    assert model.layers[0].attn.q.weight.dtype == torch.float32
+    assert torch.equal(model.layers[0].attn.q.weight, load_file(bert_dir / "model.safetensors")[QUERY].float())
+
+
+def test_an_adapter_directory_is_refused_as_a_checkpoint(bert_dir, tmp_path):
+    model = BertModel.from_pretrained(bert_dir)
+    model.add_adapter("a", "lora")
+    model.save_adapter(tmp_path / "adapter", "a")
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        BertModel.from_pretrained(tmp_path / "adapter")
 
 
 def test_invalid_config_json_is_a_clear_error(bert_dir):

@@ -105,12 +105,17 @@ def test_bottleneck_computes_the_placement_its_config_states(placement):
     (16, (4, 4, 4)),
     ({"0": 4, "default": 16}, (16, 4, 4)),
     ({"1": 2, "default": 8}, (8, 32, 8)),
-    (1000, (1, 1, 1)),  # at least one unit
     (2.5, (25, 25, 25)),  # int(64 // 2.5)
 ])
 def test_bottleneck_width_is_hidden_size_floor_divided_by_the_layers_reduction_factor(reduction_factor, widths):
     config = SeqBnConfig(reduction_factor=reduction_factor)
     assert tuple(Bottleneck(config, 64, layer).down.out_features for layer in range(3)) == widths
+
+
+def test_a_reduction_factor_that_leaves_no_unit_is_refused():
+    """AdapterHub keeps a one-unit bottleneck; a factor above the hidden size is a mistake worth naming."""
+    with pytest.raises(ValueError, match=r"SeqBnConfig.reduction_factor=1000 exceeds the width 64"):
+        Bottleneck(SeqBnConfig(reduction_factor=1000), 64, 0)
 
 
 # ---- initialisation ---------------------------------------------------------------------------------------------

@@ -302,10 +302,12 @@ def test_learn_phm_false_keeps_the_rule_fixed_through_train_adapter(learn):
 
 def test_sizes_not_divisible_by_phm_dim_fail_clearly_and_change_nothing():
     model = tiny_bert()  # hidden 16
-    for config, message in [("compacter", "phm_dim=4 does not divide the bottleneck width 1"),
+    for config, message in [("compacter", "reduction_factor=32 exceeds the width 16"),
+                            ("compacter[reduction_factor=16]", "phm_dim=4 does not divide the bottleneck width 1"),
                             ("compacter[reduction_factor=8]", "phm_dim=4 does not divide the bottleneck width 2"),
                             ("compacter[phm_dim=3, reduction_factor=1]", "phm_dim=3 does not divide the hidden size"),
-                            ("compacter[phm_dim=3, shared_phm_rule=False]", "phm_dim=3 does not divide the hidden")]:
+                            ("compacter[phm_dim=3, shared_phm_rule=False, reduction_factor=2]",
+                             "phm_dim=3 does not divide the hidden")]:
         with pytest.raises(ValueError, match=message):
             model.add_adapter("a", config)
     assert not model.adapter_configs and not len(model.shared_parameters)
