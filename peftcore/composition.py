@@ -15,7 +15,7 @@ Semantics and nesting rules are AdapterHub's (``adapters.composition`` 1.3.0), w
 each difference: Stack adds LoRA updates (AdapterHub multiplies the low-rank maps); Average weighs once (AdapterHub
 divides the weighted sum by N again); BatchSplit, Parallel and Split treat each slice exactly as if it ran alone
 (AdapterHub applies the first child's pre-processing and the last child's post-processing to every slice, and fails
-with LoRA and with adapters at different sites); unsupported combinations raise (AdapterHub silently runs only the
+when a child has no module where the others have); unsupported combinations raise (AdapterHub silently runs only the
 first invertible adapter of a setup).
 """
 
