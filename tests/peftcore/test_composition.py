@@ -403,3 +403,17 @@ def test_a_fused_adapter_cannot_be_deleted_before_its_fusion():
     model.delete_adapter_fusion("a,b")
     model.delete_adapter("a")
     assert "a" not in model.adapter_configs and model.fusion_configs == {}
+
+
+def test_a_compiled_model_runs_compositions_and_mixed_batches_as_eager():
+    model = with_adapters("bert", {"a": "seq_bn", "l": "lora", "p": "prefix_tuning[prefix_length=2]"})
+    batch = inputs(model)
+    compiled = torch.compile(model, backend="eager")  # graph capture is what is tested; eager keeps it fast
+    for setup in (Stack("a", "l"), BatchSplit("a", "p", "l", batch_sizes=1)):
+        model.set_active_adapters(setup)
+        with torch.no_grad():
+            assert_parity(compiled(**batch).last_hidden_state, model(**batch).last_hidden_state)
+    with torch.no_grad():
+        names = ["a", None, "p"]
+        assert_parity(compiled(**batch, adapter_names=names).last_hidden_state,
+                      model(**batch, adapter_names=names).last_hidden_state)
