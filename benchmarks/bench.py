@@ -1,161 +1,130 @@
-"""Speed of peftcore against transformers, AdapterHub and PEFT on the same weights, in one process.
+"""Speed and memory of peftcore against transformers, AdapterHub and PEFT on the same weights, in one process.
 
 Repetitions of the contenders are interleaved (ours, theirs, ours, theirs, ...) so that machine noise hits all of
-them alike; the table gives medians, inter-quartile spreads and the ratio of each to its reference.
+them alike; the table gives medians, inter-quartile spreads ("!" marks an IQR above 10% of the median: re-run
+that row) and the ratio of each contender to the row's reference and to a second reference where there is one.
 
-    python benchmarks/bench.py --shape small            # a quick run
-    python benchmarks/bench.py --shape base --threads 2 # roberta-base, batch 8 x 128 (docs/performance.md)
+    python benchmarks/bench.py --shape small                          # everything but compile, quick
+    python benchmarks/bench.py --shape base --threads 2 --only floor forward train   # roberta-base, batch 8 x 128
+    python benchmarks/bench.py --shape small --only compile --compile # torch.compile (slow to compile)
+
+Workloads (--only): floor (matmul rate, FLOP floor), forward (every architecture vs transformers), train (every
+method vs AdapterHub, with HF frozen / head-only / full and our frozen step as references), inference (LoRA and IA3,
+unmerged and merged, vs our plain forward), mixed (mixed-adapter batch vs a loop, once the model takes
+adapter_names), memory (peak RSS of a train step, one fresh process per contender), load (checkpoint conversion
+and adapter load), varlen (lengths uniform in 16..128, padded), compile (needs --compile).
+On CUDA the run uses bf16 unless --dtype says otherwise, and memory is the allocator's peak.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
+import platform
+import shutil
+import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
-import adapters
-import peft
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
-import transformers as tf
 
-from models import RobertaModel
+from benchmarks import harness, workloads
 
-SHAPES = {
-    "small": dict(config=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
-                              vocab_size=1000), batch=8, length=64),
-    "base": dict(config=dict(), batch=8, length=128),  # roberta-base
-}
-METHODS = ("lora", "ia3", "seq_bn", "prefix_tuning", "mam", "unipelt")
+WORKLOADS = ("floor", "forward", "train", "inference", "mixed", "memory", "load", "varlen", "compile")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def timed(step: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    step()
-    return time.perf_counter() - start
-
-
-def interleave(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Each contender once for warm-up, then ``repeats`` rounds running every contender once per round."""
-    for step in contenders.values():
-        step()
-    times = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, step in contenders.items():
-            times[name].append(timed(step))
-    return times
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    quartiles = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
-    return {"median": statistics.median(samples), "iqr": quartiles[2] - quartiles[0]}
-
-
-def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: dict, pick=lambda out: out) -> Callable:
-    def step() -> None:
-        out = model(**batch)
-        pick(out).float().pow(2).mean().backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
-
-
-def forward(model: torch.nn.Module, batch: dict) -> Callable:
-    def step() -> None:
-        with torch.no_grad():
-            model(**batch)
-    return step
-
-
-def run(shape: str, repeats: int) -> list[dict]:
-    spec = SHAPES[shape]
-    config = tf.RobertaConfig(**spec["config"])
-    directory = Path(tempfile.mkdtemp())
-    torch.manual_seed(0)
-    tf.RobertaModel(config).save_pretrained(directory)
-    ids = torch.randint(5, config.vocab_size, (spec["batch"], spec["length"]))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    rows = []
-
-    hf = tf.RobertaModel.from_pretrained(directory).eval()
-    ours = RobertaModel.from_pretrained(directory).eval()
-    times = interleave({"ours": forward(ours, batch), "transformers": forward(hf, batch)}, repeats)
-    rows.append(row("forward (plain)", times, "transformers"))
-
-    for method in METHODS:
-        ours = RobertaModel.from_pretrained(directory)
-        ours.add_adapter("a", method)
-        ours.train_adapter("a")
-        hub = tf.RobertaModel.from_pretrained(directory)
-        adapters.init(hub)
-        hub.add_adapter("a", config=method)
-        hub.train_adapter("a")
-        frozen = tf.RobertaModel.from_pretrained(directory).train()
-        frozen.requires_grad_(False)
-        frozen.pooler.requires_grad_(True)
-        contenders = {
-            "ours": train_step(ours, adam(ours), batch, lambda out: out.last_hidden_state),
-            "adapterhub": train_step(hub, adam(hub), batch, lambda out: out.last_hidden_state),
-            "transformers-frozen": train_step(frozen, adam(frozen), batch, lambda out: out.pooler_output),
-        }
-        if method == "lora":
-            target = peft.get_peft_model(tf.RobertaModel.from_pretrained(directory),
-                                         peft.LoraConfig(r=8, lora_alpha=8, target_modules=["query", "value"]))
-            contenders["peft"] = train_step(target, adam(target), batch, lambda out: out.last_hidden_state)
-        times = interleave(contenders, repeats)
-        rows.append(row(f"train step {method}", times, "adapterhub"))
-
-    ours = RobertaModel.from_pretrained(directory).eval()
-    plain = forward(ours, batch)
-    lora = RobertaModel.from_pretrained(directory).eval()
-    lora.add_adapter("a", "lora", set_active=True)
-    merged = RobertaModel.from_pretrained(directory).eval()
-    merged.add_adapter("a", "lora", set_active=True)
-    merged.merge_adapter("a")
-    times = interleave({"plain": plain, "lora unmerged": forward(lora, batch), "lora merged": forward(merged, batch)},
-                       repeats)
-    rows.append(row("inference with LoRA", times, "plain"))
-    return rows
-
-
-def adam(model: torch.nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-
-def row(workload: str, times: dict[str, list[float]], reference: str) -> dict:
-    stats = {name: summary(samples) for name, samples in times.items()}
-    base = stats[reference]["median"]
-    return {"workload": workload, "reference": reference, "stats": stats,
-            "ratios": {name: stat["median"] / base for name, stat in stats.items()}}
-
-
-def print_table(rows: list[dict]) -> None:
-    print(f"{'workload':<28}{'contender':<22}{'median s':>10}{'IQR s':>9}{'ratio':>8}")
-    for entry in rows:
-        for name, stat in entry["stats"].items():
-            mark = " (ref)" if name == entry["reference"] else ""
-            print(f"{entry['workload']:<28}{name + mark:<22}{stat['median']:>10.4f}{stat['iqr']:>9.4f}"
-                  f"{entry['ratios'][name]:>8.2f}")
-
-
-def main() -> None:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=SHAPES, default="small")
-    parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument("--shape", choices=workloads.SHAPES, default="small")
+    parser.add_argument("--repeats", type=int, default=8, help="timed rounds per row, after one warm-up round")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--json", default="benchmarks/results.json")
-    args = parser.parse_args()
+    parser.add_argument("--only", nargs="+", choices=WORKLOADS, help="workloads to run (default: all but compile)")
+    parser.add_argument("--methods", nargs="+", choices=workloads.METHODS, default=workloads.METHODS)
+    parser.add_argument("--compile", action="store_true", help="also run the torch.compile workload")
+    parser.add_argument("--varlen-batches", type=int, default=4, help="batches per variable-length repetition")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=DTYPES, help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument("--quiet-wait", type=float, default=10.0,
+                        help="before each timed round, wait up to this many seconds for other processes to leave "
+                             "the CPU (0: never wait)")
+    parser.add_argument("--busy", type=float, default=0.25,
+                        help="a sample during which other processes used this many cores or more is not clean: it is "
+                             "repeated (up to 2 x --repeats rounds); each row reports how clean its samples were")
+    parser.add_argument("--json", default="benchmarks/results.json", help="where to write every row as JSON")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)  # internal: measure one contender's peak memory
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def machine(args: argparse.Namespace, dtype: torch.dtype) -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    info = {"shape": args.shape, "threads": args.threads, "device": args.device, "dtype": str(dtype),
+            "torch": torch.__version__, "cpu": cpu, "cores": os.cpu_count(), "repeats": args.repeats,
+            "load_average_at_start": os.getloadavg()}
+    if args.device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(args.device)
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
     torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    rows = run(args.shape, args.repeats)
-    print(f"shape {args.shape}, {args.threads} threads, torch {torch.__version__}, medians of {args.repeats}")
-    print_table(rows)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"shape": args.shape, "threads": args.threads, "rows": rows}, indent=2))
+    workloads.quiet()
+    harness.SETTINGS.update(quiet_wait=args.quiet_wait, busy=args.busy)
+    device = torch.device(args.device)
+    dtype = DTYPES[args.dtype] if args.dtype else torch.bfloat16 if device.type == "cuda" else torch.float32
+    root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="peftcore-bench-"))
+    b = workloads.Bench(args.shape, device, dtype, args.repeats, root, args.threads)
+    if args.memory_child:
+        print(json.dumps(workloads.memory_child(b, args.memory_child, args.method)))
+        return
+
+    chosen = args.only or [w for w in WORKLOADS if w != "compile" or args.compile]
+    if "compile" in chosen and not args.compile:
+        raise SystemExit("the compile workload compiles for minutes; pass --compile to run it.")
+    info = machine(args, dtype)
+    print(", ".join(f"{key} {value}" for key, value in info.items()), flush=True)
+    harness.print_header()
+    child = ["--shape", args.shape, "--threads", str(args.threads), "--device", args.device,
+             "--dtype", next(name for name, value in DTYPES.items() if value == dtype)]
+    methods = tuple(args.methods)
+    try:
+        run_workloads(args, b, chosen, methods, child, info)
+    finally:
+        if not args.root:  # the checkpoints are ours: a base-shape run writes about 2 GB of them
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run_workloads(args: argparse.Namespace, b: workloads.Bench, chosen: list[str], methods: tuple[str, ...],
+                  child: list[str], info: dict) -> None:
+    start = time.perf_counter()
+    run = {
+        "floor": lambda: workloads.floor(b),
+        "forward": lambda: workloads.plain_forward(b),
+        "train": lambda: workloads.train(b, methods),
+        "inference": lambda: workloads.inference(b),
+        "mixed": lambda: workloads.mixed(b),
+        "memory": lambda: workloads.memory(b, methods, child),
+        "load": lambda: workloads.loading(b),
+        "varlen": lambda: workloads.varlen(b, methods, args.varlen_batches),
+        "compile": lambda: workloads.compiled(b),
+    }
+    for workload in WORKLOADS:
+        if workload in chosen:
+            run[workload]()
+    info.update(load_average_at_end=os.getloadavg(), wall_s=round(time.perf_counter() - start, 1))
+    print(f"done in {info['wall_s']} s; load average at end {info['load_average_at_end']}", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({**info, "floor": b.floor, "rows": b.rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Benchmarks of peftcore against its references; run ``python benchmarks/bench.py --help``."""
