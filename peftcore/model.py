@@ -337,7 +337,7 @@ class AdapterModelMixin:
             return out
         rows = batch_rows(out)
         branch = branch_heads or next(b for b in walk(setup) if isinstance(b, Parallel))
-        parts = spans_of(branch, rows)
+        parts = spans(branch, rows)
         outputs = [slice_output(out, span) for span in parts]
         if branch_heads is not None:
             for output, head in zip(outputs, branch_heads, strict=True):
@@ -385,7 +385,7 @@ class AdapterModelMixin:
 
     def mixed_heads(self, out: Any, setup: BatchSplit) -> None:
         """Each group's rows through its adapter's head (the model's own head for rows without adapter)."""
-        parts = spans_of(setup, batch_rows(out))
+        parts = spans(setup, batch_rows(out))
         pieces = []
         for name, span in zip(setup, parts, strict=True):
             head = self.heads[name] if name != BASE else getattr(self, "head", None)
@@ -879,10 +879,6 @@ def as_fuse(adapter_names: Fuse | Sequence[str] | str, name: str | None = None) 
         return adapter_names if name is None else Fuse(*adapter_names, name=name)
     names = adapter_names.split(",") if isinstance(adapter_names, str) else list(adapter_names)
     return Fuse(*names, name=name)
-
-
-def spans_of(block: Block, rows: int) -> list[slice]:
-    return spans(block, rows)
 
 
 def batch_rows(out: Any) -> int:
