@@ -22,10 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from peftcore import io
+from peftcore.composition import Fuse
 from peftcore.sites import Site
 
 if TYPE_CHECKING:
-    from peftcore.composition import Fuse
     from peftcore.model import AdapterModelMixin
 
 
@@ -181,8 +181,6 @@ def load_fusion(model: AdapterModelMixin, directory: str | os.PathLike, load_as:
     if hidden_size is not None and hidden_size != model.config.hidden_size:
         raise ValueError(f"{directory} holds a fusion for hidden size {hidden_size}; this model's is "
                          f"{model.config.hidden_size}.")
-    from peftcore.composition import Fuse
-
     config = AdapterFusionConfig.load(config)
     adapters = adapters if isinstance(adapters, list) and adapters else name.split(",")
     custom = load_as or (name if name != ",".join(adapters) else None)

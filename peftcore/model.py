@@ -449,8 +449,7 @@ class AdapterModelMixin:
             site.module.fusions[name] = fusion.train(self.training)
         self.fusion_configs[name] = config
         self.fused_adapters[name] = fuse.flatten()
-        if self.active_setup is not None and any(isinstance(b, Fuse) and b.name == name for b in walk(
-                self.active_setup)):
+        if name in fusion_names(self.active_setup):
             self.set_active_adapters(self.active_setup)
 
     def remove_fusion(self, name: str) -> None:
@@ -464,8 +463,7 @@ class AdapterModelMixin:
         """Remove a fusion's layers; an active fusion must be deactivated first."""
         name = as_fuse(adapter_names).name
         self.check_fusion(name)
-        if self.active_setup is not None and any(isinstance(b, Fuse) and b.name == name for b in walk(
-                self.active_setup)):
+        if name in fusion_names(self.active_setup):
             raise ValueError(f"fusion {name!r} is active ({self.active_setup!r}); deactivate it first.")
         self.remove_fusion(name)
 
@@ -482,7 +480,7 @@ class AdapterModelMixin:
         """Train mode, everything frozen but the setup's fusion layers (and its adapters with
         ``unfreeze_adapters``) and the active heads; the setup becomes active."""
         block = parse_setup(as_fuse(setup) if isinstance(setup, str) else setup)
-        fusions = [b.name for b in walk(block) if isinstance(b, Fuse)]
+        fusions = fusion_names(block)
         if not fusions:
             raise ValueError(f"{block!r} holds no Fuse block; train_adapter_fusion trains fusion layers.")
         for name in fusions:
@@ -678,7 +676,7 @@ class AdapterModelMixin:
             rows.append({"name": name, "architecture": config.architecture or "bottleneck", "#param": count,
                          "%param": count / base * 100, "active": name in self.active_names(),
                          "train": all(p.requires_grad for p in parameters)})
-        active_fusions = {b.name for b in walk(self.active_setup) if isinstance(b, Fuse)}
+        active_fusions = fusion_names(self.active_setup)
         for name in self.fusion_configs:
             parameters = [p for _, fusion in self.fusion_layers(name) for p in fusion.parameters()]
             count = sum(p.numel() for p in parameters)
@@ -857,6 +855,11 @@ def walk(block: Block | str | None) -> Iterator[Block]:
         yield block
         for child in block:
             yield from walk(child)
+
+
+def fusion_names(block: Block | None) -> list[str]:
+    """The fusion layers a setup runs: the name of every Fuse in it."""
+    return [b.name for b in walk(block) if isinstance(b, Fuse)]
 
 
 def head_setup(block: Block) -> str | Block | None:
