@@ -18,6 +18,7 @@ from models.layers import (
     EncoderLayer,
     EncoderOutput,
     MaskedLMHead,
+    Padding,
     PooledClassificationHead,
     Pooler,
     QuestionAnsweringHead,
@@ -75,7 +76,11 @@ class BertModel(PretrainedEncoder):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> EncoderOutput:
-        """input_ids (B, T) -> EncoderOutput; attention_mask is 1 for real tokens and 0 for padding."""
+        """input_ids (B, T) -> EncoderOutput; attention_mask is 1 for real tokens and 0 for padding.
+
+        A padded batch runs unpadded (see ``Padding``) unless ``unpad`` is off or the adapter setup mixes tokens;
+        padded positions of the outputs are then zeros.
+        """
         shape = self.check_ids(input_ids, inputs_embeds, attention_mask, token_type_ids, self.max_length)
         device = (input_ids if input_ids is not None else inputs_embeds).device
         if token_type_ids is None:
@@ -83,13 +88,14 @@ class BertModel(PretrainedEncoder):
         if position_ids is None:
             position_ids = self.default_position_ids(input_ids, shape, device)
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, C)
-        mask = additive_mask(attention_mask, x.dtype)  # (B, 1, 1, T)
+        padding = Padding.of(attention_mask, additive_mask(attention_mask, x.dtype), self.unpadded())
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
+        x = padding.pack(x)  # (1, N, C) when unpadded
         for layer in self.layers:
-            x, probs = layer(x, mask, output_attentions)
+            x, probs = layer(x, padding, output_attentions)
             if output_hidden_states:
-                hidden_states.append(x)
+                hidden_states.append(padding.pad(x))
             if output_attentions:
                 attentions.append(probs)
-        return self.finish(x, hidden_states, attentions)
+        return self.finish(padding.pad(x), hidden_states, attentions)

@@ -29,6 +29,7 @@ from models.layers import (
     EncoderOutput,
     FeedForward,
     MaskedLMHead,
+    Padding,
     QuestionAnsweringHead,
     TokenClassificationHead,
     additive_mask,
@@ -177,10 +178,12 @@ class DisentangledAttention(nn.Module):
         self.head_logits = nn.Linear(H, H, bias=False) if config.talking_head else None
         self.head_weights = nn.Linear(H, H, bias=False) if config.talking_head else None
 
-    def forward(self, x: Tensor, mask: Tensor | None, relative: tuple[Tensor, Tensor] | None,
+    def forward(self, x: Tensor, padding: Padding, relative: tuple[Tensor, Tensor] | None,
                 output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
-        """x (B, T, C), additive mask (B, 1, 1, T), relative = (embeddings (2S, C), index (T, T)) -> (B, T, C)."""
-        q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.q, self.k, self.v))  # (B, H, T, D)
+        """x (B, T, C) or packed (1, N, C), additive mask (B, 1, T, T) in ``padding``, relative = (embeddings (2S, C),
+        index (T, T)) -> x's shape."""
+        q, k, v = (split_heads(padding.pad(proj(x)), self.num_heads) for proj in (self.q, self.k, self.v))
+        mask = padding.mask
         bias = self.position_bias(q, k, *relative) if relative is not None and (self.c2p or self.p2c) else None
         if self.prefix.plug is not None:
             k, v, mask = self.prefix(k, v, mask, x)  # (B, H, P+T, D)
@@ -192,7 +195,7 @@ class DisentangledAttention(nn.Module):
             attn_mask = mask if bias is None else bias if mask is None else (
                 bias + mask).clamp_min(torch.finfo(mask.dtype).min)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=1 / self.scale)
-            return self.out(merge_heads(y)), None  # (B, T, C)
+            return self.out(padding.pack(merge_heads(y))), None  # (B, T, C)
         scores = q @ k.transpose(-1, -2) / self.scale  # (B, H, T, P+T)
         if bias is not None:
             scores = scores + bias
@@ -203,7 +206,7 @@ class DisentangledAttention(nn.Module):
         probs = F.dropout(scores.softmax(dim=-1), dropout_p)
         if self.head_weights is not None:
             probs = self.head_weights(probs.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return self.out(merge_heads(probs @ v)), probs  # (B, T, C)
+        return self.out(padding.pack(merge_heads(probs @ v))), probs  # (B, T, C)
 
     def position_bias(self, q: Tensor, k: Tensor, embeddings: Tensor, index: Tensor) -> Tensor:
         """(c2p + p2c) / scale for q, k (B, H, T, D), relative embeddings (2S, C) and their index (T, T)."""
@@ -232,9 +235,9 @@ class DebertaLayer(nn.Module):
                                nn.LayerNorm(C, eps=config.layer_norm_eps))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: Tensor, mask: Tensor | None, relative: tuple[Tensor, Tensor] | None,
+    def forward(self, x: Tensor, padding: Padding, relative: tuple[Tensor, Tensor] | None,
                 output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
-        h, probs = self.attn(x, mask, relative, output_attentions)
+        h, probs = self.attn(x, padding, relative, output_attentions)
         x = self.attn.residual(self.dropout(h), x)  # site attn.residual
         x = self.ffn.residual(self.dropout(self.ffn(x)), x)  # site ffn.residual
         return x, probs
@@ -325,16 +328,18 @@ class DebertaModel(PretrainedEncoder):
         if mask is not None:  # padded query rows masked whole, as transformers' get_attention_mask does
             mask = mask.expand(-1, -1, T, -1).masked_fill(attention_mask[:, None, :, None] == 0,
                                                           torch.finfo(x.dtype).min)  # (B, 1, T, T)
+        padding = Padding.of(attention_mask, mask, self.unpadded())
         relative = self.relative_positions(T, device) if self.rel_embeddings is not None else None
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
+        embedded, x = x, padding.pack(x)  # (1, N, C) when unpadded
         for index, layer in enumerate(self.layers):
-            h, probs = layer(x, mask, relative, output_attentions)
-            if index == 0 and self.conv is not None:
-                h = self.conv(x, h, attention_mask)  # v2: a convolution over the first layer's input joins its output
+            h, probs = layer(x, padding, relative, output_attentions)
+            if index == 0 and self.conv is not None:  # v2: a convolution over the first layer's input joins its output
+                h = padding.pack(self.conv(embedded, padding.pad(h), attention_mask))
             x = h
             if output_hidden_states:
-                hidden_states.append(x)
+                hidden_states.append(padding.pad(x))
             if output_attentions:
                 attentions.append(probs)
-        return self.finish(x, hidden_states, attentions)
+        return self.finish(padding.pad(x), hidden_states, attentions)

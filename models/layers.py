@@ -55,6 +55,45 @@ def additive_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor |
     return (1.0 - keep) * torch.finfo(dtype).min
 
 
+@dataclass(frozen=True)
+class Padding:
+    """A batch's padding as the layers see it: the additive attention ``mask`` and, when the batch runs unpadded,
+    the flat positions ``index`` (N,) of its real tokens in the ``shape`` (B, T).
+
+    Unpadded, everything that acts on each token alone — linears, FFN, norms, residual sites and their adapters —
+    runs on the N real tokens packed as (1, N, C); attention pads its q/k/v back to (B, T, C) around the softmax
+    and packs its output again. Without ``index`` both steps are the identity.
+    """
+
+    mask: Tensor | None = None
+    index: Tensor | None = None
+    shape: tuple[int, int] | None = None
+
+    @classmethod
+    def of(cls, attention_mask: Tensor | None, mask: Tensor | None, unpad: bool) -> Padding:
+        """The padding of a (B, T) 1/0 attention mask; unpadded when ``unpad`` and the batch has padding.
+
+        torch.compile keeps the padded layout: the packed length N depends on the data.
+        """
+        if not unpad or attention_mask is None or torch.compiler.is_compiling():
+            return cls(mask)
+        index = attention_mask.flatten().nonzero().squeeze(1)  # (N,)
+        if index.numel() == attention_mask.numel():
+            return cls(mask)
+        return cls(mask, index, tuple(attention_mask.shape))
+
+    def pack(self, x: Tensor) -> Tensor:
+        """(B, T, ...) -> (1, N, ...): the real tokens only."""
+        return x if self.index is None else x.flatten(0, 1)[self.index].unsqueeze(0)
+
+    def pad(self, x: Tensor) -> Tensor:
+        """(1, N, ...) -> (B, T, ...), zeros at the padded positions."""
+        if self.index is None:
+            return x
+        flat = x.new_zeros(self.shape[0] * self.shape[1], *x.shape[2:]).index_copy(0, self.index, x[0])
+        return flat.unflatten(0, self.shape)
+
+
 class Embeddings(nn.Module):
     """word + token type + position embeddings, then LayerNorm and dropout (BERT, RoBERTa)."""
 
@@ -89,8 +128,10 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(hidden_size, hidden_size)
         self.residual = ResidualSite(residual_norm)  # site attn.residual (applied by the layer)
 
-    def forward(self, x: Tensor, mask: Tensor | None, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
-        q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.q, self.k, self.v))  # (B, H, T, D)
+    def forward(self, x: Tensor, padding: Padding, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
+        """x (B, T, C), or the packed real tokens (1, N, C) when ``padding`` says so -> the same shape."""
+        q, k, v = (split_heads(padding.pad(proj(x)), self.num_heads) for proj in (self.q, self.k, self.v))
+        mask = padding.mask
         if self.prefix.plug is not None:
             k, v, mask = self.prefix(k, v, mask, x)  # (B, H, P+T, D)
         dropout_p = self.dropout_p if self.training else 0.0
@@ -98,7 +139,7 @@ class SelfAttention(nn.Module):
             y, probs = attend_explicitly(q, k, v, mask, dropout_p)
         else:
             y, probs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
-        return self.out(merge_heads(y)), probs  # (B, T, C)
+        return self.out(padding.pack(merge_heads(y))), probs  # (B, T, C)
 
 
 def attend_explicitly(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> tuple[Tensor, Tensor]:
@@ -136,8 +177,8 @@ class EncoderLayer(nn.Module):
         self.ffn = FeedForward(C, config.intermediate_size, config.hidden_act, nn.LayerNorm(C, eps=eps))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: Tensor, mask: Tensor | None, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
-        h, probs = self.attn(x, mask, output_attentions)
+    def forward(self, x: Tensor, padding: Padding, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
+        h, probs = self.attn(x, padding, output_attentions)
         x = self.attn.residual(self.dropout(h), x)  # site attn.residual
         x = self.ffn.residual(self.dropout(self.ffn(x)), x)  # site ffn.residual
         return x, probs

@@ -17,7 +17,15 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from models.convert.tables import VIT, VIT_ARCHITECTURES, VIT_REQUIRED_VALUES
-from models.layers import EncoderConfig, EncoderOutput, FeedForward, Pooler, SelfAttention, check_positive
+from models.layers import (
+    EncoderConfig,
+    EncoderOutput,
+    FeedForward,
+    Padding,
+    Pooler,
+    SelfAttention,
+    check_positive,
+)
 from models.pretrained import PretrainedEncoder
 from peftcore.sites import EmbeddingSite
 
@@ -104,7 +112,7 @@ class ViTLayer(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: Tensor, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
-        h, probs = self.attn(self.attn_norm(x), None, output_attentions)
+        h, probs = self.attn(self.attn_norm(x), Padding(), output_attentions)
         x = self.attn.residual(self.dropout(h), x)  # site attn.residual
         x = self.ffn.residual(self.dropout(self.ffn(self.ffn_norm(x))), x)  # site ffn.residual
         return x, probs

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from peftcore import io
-from peftcore.composition import BASE, BatchSplit, Block, Fuse, Parallel, Stack, parse_setup, site_plugs, spans
+from peftcore.composition import BASE, BatchSplit, Block, Fuse, Parallel, Split, Stack, parse_setup, site_plugs, spans
 from peftcore.configs import DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, LoRAConfig, PrefixTuningConfig, members
 from peftcore.fusion import AdapterFusion, AdapterFusionConfig, load_fusion, save_fusion
 from peftcore.heads import build_head, head_config
@@ -65,6 +65,8 @@ class AdapterModelMixin:
         self.shared_parameters = nn.ModuleDict()
         self.active_head: str | None = None
         self.branch_heads: Block | None = None  # Parallel/BatchSplit of head names: one head per slice of the batch
+        self.unpad = True  # run padded batches on their real tokens only (see models.layers.Padding)
+        self.setup_token_wise = True  # whether the active setup acts on each token alone
 
     @property
     def sites_found(self) -> tuple[Site, ...]:
@@ -210,6 +212,7 @@ class AdapterModelMixin:
         with setup_guard(self).changing():
             self.push_plugs(plugs)
             self.active_setup = block
+            self.setup_token_wise = self.token_wise(block)
         self.branch_heads = None
         heads = None if block is None else head_setup(block)
         if isinstance(heads, Block):
@@ -230,6 +233,21 @@ class AdapterModelMixin:
                                  f"reset_adapter() before composing them with {block!r}.")
         skip = self.merged_adapters()
         return [(site, site_plugs(site.module, block, skip, site.path)) for site in self.sites_found]
+
+    def token_wise(self, block: Block | None) -> bool:
+        """Whether a setup acts on each token alone, so that padded batches may run unpadded: every module is
+        token-wise (``Method.token_wise``) and no block splits by position or batch row."""
+        if block is None:
+            return True
+        if any(isinstance(b, (Split, BatchSplit, Parallel)) for b in walk(block)):
+            return False
+        return all(module.token_wise for name in block.flatten() if name != BASE
+                   for *_, module in self.iter_adapters(name))
+
+    def unpadded(self) -> bool:
+        """Whether this forward may run a padded batch on its real tokens only: ``unpad`` is on and the running
+        setup acts on each token alone. Outputs are then zeros at padded positions (transformers' are not)."""
+        return self.unpad and self.setup_token_wise
 
     @staticmethod
     def push_plugs(plugs: list[tuple[Site, dict[str, Callable | None]]]) -> None:
@@ -299,9 +317,11 @@ class AdapterModelMixin:
         for name, site, fusion in layers:
             fusion.record = partial(store_attention, attentions.setdefault(name, {}), site.layer,
                                     LOCATION_KEYS[site.name])
+        token_wise, self.setup_token_wise = self.setup_token_wise, False  # records are (B, T, N): keep the padding
         try:
             yield attentions
         finally:
+            self.setup_token_wise = token_wise
             for *_, fusion in layers:
                 fusion.record = None
 
@@ -371,14 +391,15 @@ class AdapterModelMixin:
         if permuted:
             args, kwargs = reorder_batch(args, kwargs, order)
         with setup_guard(self).changing():
-            previous, previous_heads = self.current_plugs(), self.branch_heads
+            previous, previous_heads, token_wise = self.current_plugs(), self.branch_heads, self.setup_token_wise
             self.push_plugs(plugs)
             self.branch_heads = setup if heads else None  # the encoder leaves the heads to mixed_heads
+            self.setup_token_wise = False  # the groups are batch rows, which packing would merge
             try:
                 out = encode(*args, **kwargs)
             finally:
                 self.push_plugs(previous)
-                self.branch_heads = previous_heads
+                self.branch_heads, self.setup_token_wise = previous_heads, token_wise
         if heads:
             self.mixed_heads(out, setup)
         return slice_output(out, torch.argsort(order)) if permuted else out

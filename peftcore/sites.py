@@ -111,7 +111,8 @@ class PrefixSite(nn.Module):
     """``k, v, mask, x -> k, v, mask`` inside self-attention; prefix tuning prepends key/value vectors here.
 
     k and v are ``(B, H, T, D)``; mask is the additive attention mask ``(B, 1, 1|T, T)`` or None; x is the
-    attention block's input ``(B, T, C)`` (a gate reads it). When active the plug returns ``(B, H, P+T, D)`` keys
+    attention block's input ``(B, T, C)`` (a gate reads it), or its packed real tokens ``(1, N, C)`` when the batch
+    runs unpadded (only setups without gates do). When active the plug returns ``(B, H, P+T, D)`` keys
     and values and a mask padded by ``P`` attendable columns.
     """
 
@@ -181,6 +182,12 @@ class Method(nn.Module):
     @classmethod
     def build(cls, config: object, site: Site, shape: ModelShape, shared: nn.Module | None) -> Method:
         return cls(config, shape.hidden_size, site.layer)
+
+    @property
+    def token_wise(self) -> bool:
+        """Whether this module acts on each token alone, so a padded batch may run on its real tokens only.
+        A UniPELT gate averages over the whole padded sequence, as AdapterHub's does."""
+        return getattr(self, "gate", None) is None
 
     def share(self, shared: nn.Module) -> None:
         """Keep a reference to the adapter's shared module without registering it a second time."""

@@ -19,6 +19,14 @@ def assert_parity(ours: Tensor, theirs: Tensor, atol: float = ATOL, mask: Tensor
     assert error <= atol, f"max abs difference {error:.3g} exceeds {atol:.1g}"
 
 
+def real_tokens(x: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """Per-token outputs (B, T, ...) with padded positions zeroed. A padded batch runs unpadded by default and leaves
+    zeros there; transformers and AdapterHub leave values no loss reads (``unpad=False`` reproduces them)."""
+    if attention_mask is None:
+        return x
+    return x * attention_mask.reshape(*attention_mask.shape, *(1,) * (x.dim() - 2)).to(x.dtype)
+
+
 def padded_batch(vocab_size: int, pad_token_id: int, lengths: tuple[int, ...] = (12, 7, 3),
                  seed: int = 0) -> tuple[Tensor, Tensor]:
     """Random token ids, right-padded to the longest length, and their 1/0 attention mask."""

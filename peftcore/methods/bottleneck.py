@@ -66,6 +66,11 @@ class Bottleneck(Method):
     def build(cls, config: BnConfig, site: Site, shape: ModelShape, shared: PHMShared | None) -> Bottleneck:
         return cls(config, shape.hidden_size, site.layer, shared)
 
+    @property
+    def token_wise(self) -> bool:
+        """Stochastic depth drops whole examples' updates, so it needs the batch rows too."""
+        return super().token_wise and not self.config.stochastic_depth
+
     def __init__(self, config: BnConfig, hidden_size: int, layer: int, shared: PHMShared | None = None) -> None:
         super().__init__()
         self.config = config

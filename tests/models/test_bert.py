@@ -52,18 +52,25 @@ def run(model, ids, mask, **kwargs):
 
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("config", CONFIGS)
-def test_hidden_states_and_pooler_equal_transformers_on_padded_batches(hf_checkpoint, arch, config):
+@pytest.mark.parametrize("unpad", [True, False], ids=["unpadded", "padded"])
+def test_hidden_states_and_pooler_equal_transformers_on_padded_batches(hf_checkpoint, arch, config, unpad):
+    """Unpadded (the default), real tokens equal transformers' and padded positions are zeros; with
+    ``unpad=False`` every position equals transformers'."""
     directory, theirs = reference(hf_checkpoint, arch, **CONFIGS[config])
     ours = ARCHS[arch][1].from_pretrained(directory).eval()
+    ours.unpad = unpad
     ids, mask = batch_for(theirs)
     with torch.no_grad():
         expected = theirs(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         got = ours(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-    assert_parity(got.last_hidden_state, expected.last_hidden_state)
+    compared = mask if unpad else None
+    assert_parity(got.last_hidden_state, expected.last_hidden_state, mask=compared)
     assert_parity(got.pooler_output, expected.pooler_output)
     assert len(got.hidden_states) == len(expected.hidden_states)
     for mine, hers in zip(got.hidden_states, expected.hidden_states, strict=True):
-        assert_parity(mine, hers)
+        assert_parity(mine, hers, mask=compared)
+    if unpad:
+        assert not got.last_hidden_state[mask == 0].any() and not got.hidden_states[-1][mask == 0].any()
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -76,10 +83,10 @@ def test_every_head_gives_the_logits_of_its_transformers_class(hf_checkpoint, ar
     with torch.no_grad():
         expected, got = run(theirs, ids, mask), run(ours, ids, mask)
     if head == "question_answering":
-        assert_parity(got.start_logits, expected.start_logits)
-        assert_parity(got.end_logits, expected.end_logits)
+        assert_parity(got.start_logits, expected.start_logits, mask=mask)
+        assert_parity(got.end_logits, expected.end_logits, mask=mask)
     else:
-        assert_parity(got.logits, expected.logits)
+        assert_parity(got.logits, expected.logits, mask=mask if got.logits.dim() == 3 else None)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -96,7 +103,7 @@ def test_untied_masked_lm_decoder_loads_its_own_weights(hf_checkpoint, arch):
     assert ours.head.decoder.weight is not ours.embeddings.word.weight
     ids, mask = batch_for(theirs)
     with torch.no_grad():
-        assert_parity(run(ours, ids, mask).logits, run(theirs, ids, mask).logits)
+        assert_parity(run(ours, ids, mask).logits, run(theirs, ids, mask).logits, mask=mask)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -111,10 +118,10 @@ def test_attentions_token_types_positions_and_embeddings_inputs_equal_transforme
         expected, got = theirs(input_ids=ids, **kwargs), ours(input_ids=ids, **kwargs)
         embeds = theirs.embeddings.word_embeddings(ids)
         from_embeds = [model(inputs_embeds=embeds, attention_mask=mask) for model in (theirs, ours)]
-    assert_parity(got.last_hidden_state, expected.last_hidden_state)
-    for mine, hers in zip(got.attentions, expected.attentions, strict=True):
-        assert_parity(mine, hers)
-    assert_parity(from_embeds[1].last_hidden_state, from_embeds[0].last_hidden_state)
+    assert_parity(got.last_hidden_state, expected.last_hidden_state, mask=mask)
+    for mine, hers in zip(got.attentions, expected.attentions, strict=True):  # the rows of real query tokens
+        assert_parity(mine.transpose(1, 2), hers.transpose(1, 2), mask=mask)
+    assert_parity(from_embeds[1].last_hidden_state, from_embeds[0].last_hidden_state, mask=mask)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -128,11 +135,11 @@ def test_export_to_hf_layout_loads_in_transformers_with_the_same_outputs(hf_chec
     with torch.no_grad():
         got, expected = run(ours, ids, mask), run(reloaded, ids, mask)
     if head is None:
-        assert_parity(got.last_hidden_state, expected.last_hidden_state)
+        assert_parity(got.last_hidden_state, expected.last_hidden_state, mask=mask)
     elif head == "question_answering":
-        assert_parity(got.start_logits, expected.start_logits)
+        assert_parity(got.start_logits, expected.start_logits, mask=mask)
     else:
-        assert_parity(got.logits, expected.logits)
+        assert_parity(got.logits, expected.logits, mask=mask if got.logits.dim() == 3 else None)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -178,7 +185,7 @@ def test_pooler_can_be_left_out(hf_checkpoint, arch):
     ids, mask = batch_for(theirs)
     with torch.no_grad():
         got = ours(input_ids=ids, attention_mask=mask)
-        assert_parity(got.last_hidden_state, theirs(input_ids=ids, attention_mask=mask).last_hidden_state)
+        assert_parity(got.last_hidden_state, theirs(input_ids=ids, attention_mask=mask).last_hidden_state, mask=mask)
     assert ours.pooler is None and got.pooler_output is None
 
 
@@ -204,7 +211,7 @@ def test_torch_compile_gives_the_eager_outputs(hf_checkpoint, arch):
     compiled = torch.compile(ours)
     ids, mask = batch_for(ours)
     with torch.no_grad():
-        assert_parity(run(compiled, ids, mask).logits, run(ours, ids, mask).logits)
+        assert_parity(run(compiled, ids, mask).logits, run(ours, ids, mask).logits, mask=mask)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -110,7 +110,8 @@ def test_share_att_key_runs_the_position_projections_through_the_q_and_k_sites()
     calls = []
     model.layers[0].attn.k.plug = lambda x, y: calls.append(tuple(x.shape)) or y
     run(model, ids, mask)
-    assert calls == [(3, 20, SMALL["hidden_size"]), (1, 2 * 8, SMALL["hidden_size"])]  # tokens, then 2 × 8 buckets
+    tokens = (1, sum(LENGTHS), SMALL["hidden_size"])  # the real tokens, packed
+    assert calls == [tokens, (1, 2 * 8, SMALL["hidden_size"])]  # tokens, then 2 × 8 buckets
 
 
 def test_a_deberta_v1_checkpoint_is_refused_naming_its_model_type(hf_checkpoint):

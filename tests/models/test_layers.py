@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models import BertConfig, BertModel
+from models.layers import Padding
 
 TINY = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
             max_position_embeddings=8)
@@ -56,3 +57,26 @@ def test_dropout_is_active_in_training_and_off_in_eval(model):
     assert not torch.equal(model(input_ids=ids).last_hidden_state, model(input_ids=ids).last_hidden_state)
     model.eval()
     assert torch.equal(model(input_ids=ids).last_hidden_state, model(input_ids=ids).last_hidden_state)
+
+
+# ---- unpadded execution -------------------------------------------------------------------------------------------
+
+
+def test_padding_packs_the_real_tokens_and_pads_them_back_with_zeros():
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 1]])  # right, and left, padding
+    x = torch.arange(18.0).view(3, 3, 2)
+    padding = Padding.of(mask, None, unpad=True)
+    packed = padding.pack(x)
+    assert packed.shape == (1, 6, 2) and torch.equal(packed[0], x[mask.bool()])
+    assert torch.equal(padding.pad(packed), x * mask[..., None])
+
+
+@pytest.mark.parametrize("mask", [None, torch.ones(2, 3, dtype=torch.long)], ids=["no mask", "no padding"])
+def test_a_batch_without_padding_keeps_its_layout(mask):
+    x = torch.randn(2, 3, 4)
+    padding = Padding.of(mask, None, unpad=True)
+    assert padding.index is None and padding.pack(x) is x and padding.pad(x) is x
+
+
+def test_unpad_false_keeps_the_padded_layout():
+    assert Padding.of(torch.tensor([[1, 0]]), None, unpad=False).index is None

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from peftcore.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack, parse_setup
-from tests.parity import assert_parity
+from tests.parity import assert_parity, real_tokens
 from tests.peftcore.test_model import assert_same_state, hidden, inputs, snapshot, tiny_model
 
 MIXED = {  # method -> the two configs a mixed batch runs side by side
@@ -152,7 +152,7 @@ def test_parallel_returns_one_output_per_branch_with_its_head():
         model.set_active_adapters(name)
         with torch.no_grad():
             alone = model(**batch)
-        assert_parity(out.last_hidden_state, alone.last_hidden_state)
+        assert_parity(out.last_hidden_state, alone.last_hidden_state, mask=batch["attention_mask"])
         assert_parity(out.logits, alone.logits)
 
 
@@ -178,7 +178,7 @@ def test_mixed_batch_equals_running_each_example_alone(arch, method):
     batch = {key: value.repeat(2, *(1,) * (value.dim() - 1))[:4] for key, value in inputs(model).items()}
     names = ["b", None, "a", "b"]
     with torch.no_grad():
-        mixed = model(**batch, adapter_names=names).last_hidden_state
+        mixed = real_tokens(model(**batch, adapter_names=names).last_hidden_state, batch.get("attention_mask"))
     for i, name in enumerate(names):
         assert_parity(mixed[i:i + 1], run(model, name, rows(batch, slice(i, i + 1))))
 
@@ -240,6 +240,7 @@ def test_forwards_in_two_threads_each_see_one_whole_setup():
         for _ in range(10):
             with torch.no_grad():
                 out = model(**batch, adapter_names=["b", "a", None]).last_hidden_state
+            out = real_tokens(out, batch["attention_mask"])
             if (out - mixed_expected).abs().max() > 1e-5:
                 failures.append("mixed batch saw another setup")
 
@@ -409,11 +410,12 @@ def test_a_compiled_model_runs_compositions_and_mixed_batches_as_eager():
     model = with_adapters("bert", {"a": "seq_bn", "l": "lora", "p": "prefix_tuning[prefix_length=2]"})
     batch = inputs(model)
     compiled = torch.compile(model, backend="eager")  # graph capture is what is tested; eager keeps it fast
+    mask = batch["attention_mask"]  # compiled forwards keep the padding, eager ones leave zeros there
     for setup in (Stack("a", "l"), BatchSplit("a", "p", "l", batch_sizes=1)):
         model.set_active_adapters(setup)
         with torch.no_grad():
-            assert_parity(compiled(**batch).last_hidden_state, model(**batch).last_hidden_state)
+            assert_parity(compiled(**batch).last_hidden_state, model(**batch).last_hidden_state, mask=mask)
     with torch.no_grad():
         names = ["a", None, "p"]
         assert_parity(compiled(**batch, adapter_names=names).last_hidden_state,
-                      model(**batch, adapter_names=names).last_hidden_state)
+                      model(**batch, adapter_names=names).last_hidden_state, mask=mask)

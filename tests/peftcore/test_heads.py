@@ -160,7 +160,7 @@ def test_masked_lm_head_starts_from_the_checkpoints_lm_head(hf_checkpoint):
         model.add_masked_lm_head("a")
         assert model.active_head == "a" and model.active_adapters is None
         assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, own)
-        assert_parity(own, reference(input_ids=ids, attention_mask=mask).logits)
+        assert_parity(own, reference(input_ids=ids, attention_mask=mask).logits, mask=mask)
     assert model.heads["a"].decoder.weight is model.embeddings.word.weight
 
 

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from models import MODEL_CLASSES, RobertaConfig, RobertaModel
-from peftcore.composition import Fuse, Stack
+from peftcore.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from peftcore.configs import SeqBnConfig
 from peftcore.methods import Bottleneck, NICECoupling
 from peftcore.model import AdapterModelMixin
-from tests.parity import padded_batch
+from tests.parity import assert_parity, padded_batch, real_tokens
 from tests.peftcore.test_sites import TinyTransformer
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
@@ -36,7 +36,7 @@ def inputs(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     with torch.no_grad():
-        return model(**batch).last_hidden_state
+        return real_tokens(model(**batch).last_hidden_state, batch.get("attention_mask"))
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -381,3 +381,120 @@ def test_a_saved_seq_bn_adapter_for_roberta_base_is_under_4_mb(roberta_base_shap
     assert size < 4 * 2**20, f"{size / 2**20:.2f} MB"
     assert sum(p.numel() for p in model.adapter_parameters("a")) == 12 * (2 * 768 * 48 + 48 + 768)
 
+
+
+# ---- unpadded execution -------------------------------------------------------------------------------------------
+
+ATTENTION_OPTIONS = {  # every text architecture, with each option that touches attention or crosses tokens
+    "bert": {},
+    "roberta": {},
+    "deberta": dict(relative_attention=True, pos_att_type=("c2p", "p2c"), max_relative_positions=4, talking_head=True),
+    "deberta-v2": dict(relative_attention=True, pos_att_type=("c2p", "p2c"), position_buckets=4,
+                       max_relative_positions=6, share_att_key=True, norm_rel_ebd="layer_norm", conv_kernel_size=3),
+}
+TOKEN_WISE = ["lora[intermediate_lora=True, output_lora=True]", "ia3", "seq_bn", "double_seq_bn", "par_bn",
+              "scaled_par_bn", "compacter[reduction_factor=4]", "compacter++[reduction_factor=4]", "prefix_tuning",
+              "prefix_tuning_flat", "double_seq_bn_inv",
+              "mam"]
+LENGTHS = (9, 5, 2)
+
+
+def text_model(arch: str, **adapters: str) -> nn.Module:
+    """A tiny model without dropout, each adapter moved off its (often identity) initialisation."""
+    cls = MODEL_CLASSES[arch]
+    torch.manual_seed(0)
+    model = cls(cls.config_class(**TINY, vocab_size=100, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                 **ATTENTION_OPTIONS[arch]))
+    for name, config in adapters.items():
+        model.add_adapter(name, config)
+        with torch.no_grad():
+            for parameter in model.adapter_parameters(name):
+                parameter.add_(torch.randn_like(parameter) * 0.2)
+    return model.eval()
+
+
+def tokens_seen(model: nn.Module) -> list[tuple[int, ...]]:
+    """The input shapes the first FFN linear receives from now on: (1, N, C) packed, (B, T, C) padded."""
+    shapes: list[tuple[int, ...]] = []
+    model.layers[0].ffn.intermediate.register_forward_hook(lambda module, args, out: shapes.append(args[0].shape))
+    return shapes
+
+
+def forward_and_grads(model: nn.Module, batch: dict, unpad: bool) -> tuple:
+    model.unpad = unpad
+    model.zero_grad()
+    out = model(**batch, output_hidden_states=True)
+    weights = torch.randn(out.last_hidden_state.shape, generator=torch.Generator().manual_seed(0))
+    (real_tokens(out.last_hidden_state, batch["attention_mask"]) * weights).sum().backward()
+    return out, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("arch", ATTENTION_OPTIONS)
+@pytest.mark.parametrize("config", TOKEN_WISE)
+def test_a_padded_batch_runs_on_its_real_tokens_with_the_padded_paths_outputs_and_gradients(arch, config):
+    model = text_model(arch, a=config)
+    model.train_adapter("a")
+    model.eval()
+    ids, mask = padded_batch(100, model.config.pad_token_id, LENGTHS)
+    batch = {"input_ids": ids, "attention_mask": mask}
+    shapes = tokens_seen(model)
+    (unpadded, grads), (padded, padded_grads) = (forward_and_grads(model, batch, unpad) for unpad in (True, False))
+    assert shapes == [(1, sum(LENGTHS), TINY["hidden_size"]), (*ids.shape, TINY["hidden_size"])]
+    assert_parity(unpadded.last_hidden_state, padded.last_hidden_state, mask=mask)
+    for mine, theirs in zip(unpadded.hidden_states, padded.hidden_states, strict=True):
+        assert_parity(mine, theirs, mask=mask)
+    assert not unpadded.last_hidden_state[mask == 0].any()
+    assert grads.keys() == padded_grads.keys() and grads
+    for name, grad in grads.items():
+        assert_parity(grad, padded_grads[name], atol=1e-5 * max(1.0, padded_grads[name].abs().max().item()))
+
+
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
+@pytest.mark.parametrize("setup", [Stack("a", "b"), Fuse("a", "b"), Average("a", "b", weights=[0.3, 0.7])],
+                         ids=repr)
+def test_token_wise_compositions_run_unpadded_too(arch, setup):
+    model = text_model(arch, a="seq_bn", b="seq_bn[reduction_factor=4]")
+    if isinstance(setup, Fuse):
+        model.add_adapter_fusion(setup)
+    model.set_active_adapters(setup)
+    ids, mask = padded_batch(100, model.config.pad_token_id, LENGTHS)
+    shapes = tokens_seen(model)
+    with torch.no_grad():
+        unpadded = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        model.unpad = False
+        padded = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert shapes[0][:2] == (1, sum(LENGTHS))
+    assert_parity(unpadded, padded, mask=mask)
+
+
+NOT_TOKEN_WISE = {  # what needs the padded layout, and why
+    "UniPELT gates average over the padded sequence": ({"a": "unipelt"}, "a", {}),
+    "a LoRA gate too": ({"a": "lora[use_gating=True]"}, "a", {}),
+    "stochastic depth drops whole examples": ({"a": "seq_bn[stochastic_depth=0.5]"}, "a", {}),
+    "Split cuts at a token position": ({"a": "seq_bn", "b": "lora"}, Split("a", "b", splits=[4, 5]), {}),
+    "BatchSplit cuts at batch rows": ({"a": "seq_bn", "b": "lora"}, BatchSplit("a", "b", batch_sizes=[1, 2]), {}),
+    "Parallel replicates the rows": ({"a": "seq_bn", "b": "lora"}, Parallel("a", "b"), {}),
+    "mixed batches are BatchSplits": ({"a": "seq_bn", "b": "lora"}, None, {"adapter_names": ["a", None, "b"]}),
+    "fusion attentions are (B, T, N)": ({"a": "seq_bn", "b": "seq_bn[reduction_factor=4]"}, Fuse("a", "b"),
+                                        {"output_adapter_fusion_attentions": True}),
+}
+
+
+@pytest.mark.parametrize("case", NOT_TOKEN_WISE)
+def test_setups_that_read_across_tokens_or_rows_keep_the_padded_layout(case):
+    adapters, setup, kwargs = NOT_TOKEN_WISE[case]
+    model = text_model("bert", **adapters)
+    if isinstance(setup, Fuse):
+        model.add_adapter_fusion(setup)
+    model.set_active_adapters(setup)
+    ids, mask = padded_batch(100, model.config.pad_token_id, LENGTHS)
+    shapes = tokens_seen(model)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, **kwargs)
+        model.unpad = False
+        padded = model(input_ids=ids, attention_mask=mask, **kwargs)
+    assert len(shapes) == 2 and all(shape[1:] == (ids.shape[1], TINY["hidden_size"]) for shape in shapes)
+    for mine, theirs in zip(*((o if isinstance(o, list) else [o]) for o in (out, padded)), strict=True):
+        assert torch.equal(mine.last_hidden_state, theirs.last_hidden_state)
+    model.unpad = True
+    assert model.unpadded() is bool(kwargs)  # records and mixed batches are per forward; those setups are token-wise

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from models import BertModel, DebertaModel, DebertaV2Model, RobertaModel, ViTModel
 from peftcore.interop import adapterhub
 from tests.conftest import SMALL
-from tests.parity import assert_parity, padded_batch
+from tests.parity import assert_parity, padded_batch, real_tokens
 
 SMALL_VIT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, image_size=32,
                  patch_size=8)
@@ -168,7 +168,7 @@ def ours_from(arch: str, directory: Path) -> torch.nn.Module:
 
 def hidden(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
     with torch.no_grad():
-        return model(**inputs).last_hidden_state
+        return real_tokens(model(**inputs).last_hidden_state, inputs.get("attention_mask"))
 
 
 def assert_moved(adapted: torch.Tensor, plain: torch.Tensor) -> None:
@@ -182,8 +182,10 @@ def read_adapterhub_weights(directory: Path) -> dict[str, torch.Tensor]:
     return torch.load(directory / "pytorch_adapter.bin", weights_only=True)
 
 
-def head_logits(out, head: str) -> torch.Tensor:
-    return torch.stack((out.start_logits, out.end_logits), -1) if head == "qa" else out.logits
+def head_logits(out, head: str, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The head's logits; per-token ones at real tokens only (see real_tokens)."""
+    logits = torch.stack((out.start_logits, out.end_logits), -1) if head == "qa" else out.logits
+    return logits if logits.dim() == 2 else real_tokens(logits, attention_mask)
 
 
 # ---- adapters, both ways --------------------------------------------------------------------------------------
@@ -199,7 +201,7 @@ def test_adapter_trained_by_adapterhub_gives_its_outputs_in_ours(checkpoint, arc
     plain = hidden(ours, inputs)
     assert ours.load_adapter(tmp_path / "a", set_active=True) == "a"
     expected = hidden(theirs, inputs)
-    assert_parity(hidden(ours, inputs), expected)  # every token, padding included: gates average over them
+    assert_parity(hidden(ours, inputs), expected)  # real tokens; gates also read the padding, so it must match too
     assert_moved(expected, plain)
 
 
@@ -350,7 +352,7 @@ def test_flex_head_trained_by_adapterhub_gives_its_logits_in_ours(checkpoint, ar
     theirs = adapterhub_model(arch, directory, flex=True)
     theirs.add_adapter("a", config=config)
     getattr(theirs, f"add_{kind}_head")("a", **kwargs)
-    train_adapterhub(theirs, inputs, lambda out: head_logits(out, head))
+    train_adapterhub(theirs, inputs, lambda out: head_logits(out, head, inputs["attention_mask"]))
     theirs.save_adapter(str(tmp_path / "a"), "a", use_safetensors=safetensors)
     assert (tmp_path / "a" / ("model_head.safetensors" if safetensors else "pytorch_model_head.bin")).is_file()
     ours = ours_from(arch, directory)
@@ -361,7 +363,8 @@ def test_flex_head_trained_by_adapterhub_gives_its_logits_in_ours(checkpoint, ar
         if head == "masked_lm":  # the inverse is in play: decoding without it gives other logits
             lm = ours.heads["a"]
             assert (lm.decoder(lm.transform(mine.last_hidden_state)) - mine.logits).abs().max() > 1e-3
-    assert_parity(head_logits(mine, head), head_logits(expected, head))
+    mask = inputs["attention_mask"]
+    assert_parity(head_logits(mine, head, mask), head_logits(expected, head, mask))
 
 
 @pytest.mark.parametrize("safetensors", [False, True], ids=["pickle", "safetensors"])
@@ -385,7 +388,8 @@ def test_head_saved_by_ours_in_adapterhub_layout_gives_our_logits_in_adapterhub(
     assert theirs.active_head == "a"
     with torch.no_grad():
         mine, expected = ours(**inputs), theirs(**inputs)
-    assert_parity(head_logits(expected, head), head_logits(mine, head))
+    mask = inputs["attention_mask"]
+    assert_parity(head_logits(expected, head, mask), head_logits(mine, head, mask))
 
 
 def test_static_classification_head_saved_with_the_adapter_gives_adapterhubs_logits(hf_checkpoint, tmp_path):
@@ -416,12 +420,13 @@ def test_adapterhub_static_masked_lm_head_skips_the_inverse_and_ours_applies_it(
     with torch.no_grad():
         mine, expected = ours(**inputs), theirs(**inputs, output_hidden_states=True)
         h = expected.hidden_states[-1]
-        assert_parity(mine.last_hidden_state, h)
+        mask = inputs["attention_mask"]
+        assert_parity(mine.last_hidden_state, h, mask=mask)
         predictions = theirs.cls.predictions
         transformed = predictions.transform(h)
         assert_parity(expected.logits, predictions.decoder(transformed))  # no inverse
         inverted = theirs.bert.invertible_adapters["a"](transformed, rev=True)
-        assert_parity(mine.logits, predictions.decoder(inverted))
+        assert_parity(mine.logits, predictions.decoder(inverted), mask=mask)
     assert (mine.logits - expected.logits).abs().max() > 1e-3
 
 

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from peftcore.composition import Average, BatchSplit, Block, Fuse, Parallel, Split, Stack
-from tests.parity import assert_parity
+from tests.parity import assert_parity, real_tokens
 from tests.peftcore.interop.test_adapterhub import (
     ARCHS,
     adapterhub_model,
@@ -76,7 +76,8 @@ class Pair:
 
     def hidden(self, ours_setup, theirs_setup) -> tuple[torch.Tensor, torch.Tensor]:
         ours, theirs = self.outputs(ours_setup, theirs_setup)
-        return ours.last_hidden_state, theirs.last_hidden_state
+        mask = self.inputs.get("attention_mask")
+        return real_tokens(ours.last_hidden_state, mask), real_tokens(theirs.last_hidden_state, mask)
 
     def ours_hidden(self, setup) -> torch.Tensor:
         self.ours.set_active_adapters(setup)

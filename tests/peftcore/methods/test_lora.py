@@ -34,7 +34,7 @@ def test_adapter_trained_by_adapterhub_gives_its_outputs_and_parameter_count(ada
     ours.load_adapter(tmp_path / "a", set_active=True)
     with torch.no_grad():
         expected = theirs(input_ids=ids, attention_mask=mask).last_hidden_state
-        assert_parity(ours(input_ids=ids, attention_mask=mask).last_hidden_state, expected)
+        assert_parity(ours(input_ids=ids, attention_mask=mask).last_hidden_state, expected, mask=mask)
     assert ours.adapter_summary(as_dict=True)[0]["#param"] == theirs.adapter_summary(as_dict=True)[0]["#param"]
 
 
@@ -54,7 +54,7 @@ def test_ours_saved_in_adapterhub_layout_loads_in_adapterhub(hf_checkpoint, conf
     ids, mask = padded_batch(SMALL["vocab_size"], 0)
     with torch.no_grad():
         assert_parity(ours(input_ids=ids, attention_mask=mask).last_hidden_state,
-                      theirs(input_ids=ids, attention_mask=mask).last_hidden_state)
+                      theirs(input_ids=ids, attention_mask=mask).last_hidden_state, mask=mask)
 
 
 @pytest.mark.parametrize("config", ["lora", "ia3", "lora[intermediate_lora=True, output_lora=True, r=2, alpha=5]"])
@@ -86,7 +86,7 @@ def test_adapterhub_ia3_merge_ignores_the_bias_and_ours_does_not(adapterhub_trai
         theirs.merge_adapter("a")
         their_merged = theirs(input_ids=ids, attention_mask=mask).last_hidden_state
         ours.merge_adapter("a")
-        assert_parity(ours(input_ids=ids, attention_mask=mask).last_hidden_state, expected)
+        assert_parity(ours(input_ids=ids, attention_mask=mask).last_hidden_state, expected, mask=mask)
     assert (their_merged - expected).abs().max() > 1e-3
 
 

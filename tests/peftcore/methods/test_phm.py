@@ -17,7 +17,7 @@ from peftcore import ADAPTER_CONFIG_MAP, CompacterConfig, CompacterPlusPlusConfi
 from peftcore.configs import BnConfig
 from peftcore.methods.phm import PHMLinear, PHMShared
 from tests.conftest import SMALL
-from tests.parity import assert_parity, padded_batch
+from tests.parity import assert_parity, padded_batch, real_tokens
 
 ARCHS = {
     "bert": (tf.BertModel, tf.BertConfig, adapters.BertAdapterModel, BertModel, BertConfig),
@@ -50,7 +50,7 @@ PARITY_CONFIGS = [
 
 
 def run(model, ids, mask):
-    return model(input_ids=ids, attention_mask=mask).last_hidden_state
+    return real_tokens(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
 
 # ---- parameter counts on base-size shapes -----------------------------------------------------------------
