@@ -56,9 +56,13 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
     def build_head(self) -> nn.Module | None:
         """The configured head, tied to the word embeddings when it is a masked-LM head and the config says so."""
         head = self.head_classes[self.config.head](self.config) if self.config.head else None
+        self.tie_weights(head)
+        return head
+
+    def tie_weights(self, head: nn.Module | None) -> None:
+        """Make a masked-LM head's decoder weight the word embeddings' own parameter, when the config ties them."""
         if isinstance(head, MaskedLMHead) and self.config.tie_word_embeddings:
             head.decoder.weight = self.embeddings.word.weight
-        return head
 
     def init_weights(self, module: nn.Module) -> None:
         """transformers' initialisation: N(0, initializer_range) weights, zero biases, unit LayerNorms."""
@@ -130,7 +134,8 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
             kwargs = convert.config_kwargs_from_hf(raw, cls.config_class, cls.architectures, cls.required_values)
             config = config_from_dict(cls.config_class, kwargs, overrides)
         weights = convert.read_weights(path, on_file)
-        model = cls(config)
+        with torch.device("meta"):  # shapes only: random init of what the checkpoint overwrites would dominate
+            model = cls(config)
         expected = {key: tuple(t.shape) for key, t in model.base_state_dict().items()}
         if convert.is_native(raw):
             state = check_native(weights, expected, cls.__name__)
@@ -140,8 +145,30 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
             if converted.newly_initialized:
                 warnings.warn(f"{cls.__name__}: the checkpoint has no {converted.newly_initialized}; they are freshly "
                               "initialised and need training.", stacklevel=2)
-        model.load_state_dict(state, strict=False)
+        model.materialize(state, dtype)
         return model.to(dtype)
+
+    def materialize(self, state: Mapping[str, Tensor], dtype: torch.dtype) -> None:
+        """Fill a model built on the meta device, which skips initialising what the checkpoint overwrites:
+        ``state``'s tensors become its parameters, and the modules of the keys ``state`` lacks (head, pooler) get
+        fresh tensors from ``init_weights`` (the distributions of ``cls(config)``, not its draws for a given seed).
+
+        Those modules are initialised first, so a checkpoint tensor always wins, as with ``load_state_dict`` into a
+        built model. Checkpoint tensors are copied into contiguous ``dtype`` memory of their own: parameters never
+        alias the file's memory map or each other, so in-place updates (merging LoRA) are safe.
+        """
+        lacking = {key.rpartition(".")[0] for key in self.base_state_dict() if key not in state}
+        for name, module in self.named_modules():
+            if name in lacking:
+                module.to_empty(device="cpu", recurse=False)
+                self.init_weights(module)
+        self.load_state_dict({key: t.to(dtype, copy=True, memory_format=torch.contiguous_format)
+                              for key, t in state.items()}, strict=False, assign=True)
+        self.tie_weights(self.head)  # assign=True replaced the word embeddings' parameter the decoder shared
+        left = [name for name, t in [*self.named_parameters(), *self.named_buffers()] if t.is_meta]
+        if left:
+            raise RuntimeError(f"{type(self).__name__} has tensors that neither the checkpoint nor init_weights "
+                               f"fill: {left}.")
 
     def head_state_from_hf(self, hf_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """An HF task head's tensors (e.g. AdapterHub's static head file) in our ``head.*`` key names."""

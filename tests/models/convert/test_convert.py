@@ -1,4 +1,5 @@
-"""Reading checkpoint directories: every kind of bad input is a clear error, and saves are atomic."""
+"""Reading checkpoint directories: every kind of bad input is a clear error, a load fills the model with the
+checkpoint's tensors and initialises only what it lacks, and saves are atomic."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from safetensors.torch import load_file, save_file
 import peftcore.io
 from models import BertModel, RobertaModel, from_pretrained
 from models.convert import ConversionError
+from models.convert.keymap import hf_to_ours
 from tests.conftest import SMALL
 
 
@@ -94,6 +96,41 @@ def test_a_half_precision_checkpoint_loads_in_the_requested_dtype(bert_dir):
     model = BertModel.from_pretrained(bert_dir)
     assert model.layers[0].attn.q.weight.dtype == torch.float32
     assert torch.equal(model.layers[0].attn.q.weight, load_file(bert_dir / "model.safetensors")[QUERY].float())
+
+
+def test_a_head_the_checkpoint_lacks_is_initialised_and_every_other_tensor_is_the_checkpoints_own(hf_checkpoint):
+    directory, _ = hf_checkpoint(tf.RobertaModel, tf.RobertaConfig(**SMALL))  # a base checkpoint: no LM head
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="freshly initialised"):
+        model = RobertaModel.from_pretrained(directory, head="masked_lm")
+    head, std = model.head, model.config.initializer_range
+    assert head.dense.weight.std().item() == pytest.approx(std, rel=0.1)
+    for zero in (head.dense.bias, head.norm.bias, head.decoder.bias):
+        assert torch.equal(zero, torch.zeros_like(zero))
+    assert torch.equal(head.norm.weight, torch.ones_like(head.norm.weight))
+    assert head.decoder.weight is model.embeddings.word.weight
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning):
+        again = RobertaModel.from_pretrained(directory, head="masked_lm")
+    assert torch.equal(again.head.dense.weight, head.dense.weight)  # the same seed, the same fresh head
+
+    checkpoint = load_file(directory / "model.safetensors")
+    expected = {key: tuple(t.shape) for key, t in model.base_state_dict().items()}
+    loaded = hf_to_ours(model.keymap, checkpoint, expected, model.aliases(), model.config, "RobertaModel").state
+    assert len(loaded) > 30 and not [key for key in loaded if key.startswith("head.")]
+    state = model.state_dict()
+    for key, tensor in loaded.items():
+        assert torch.equal(state[key], tensor), key
+    for name, parameter in model.named_parameters():  # real parameters with memory of their own: in-place updates work
+        assert isinstance(parameter, torch.nn.Parameter) and parameter.requires_grad, name
+        assert parameter.is_contiguous() and parameter.device.type == "cpu", name
+        assert parameter.untyped_storage().nbytes() == parameter.numel() * parameter.element_size(), name
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    assert torch.equal(model.embeddings.word.weight, checkpoint["embeddings.word_embeddings.weight"] + 1.0)
+    assert torch.equal(load_file(directory / "model.safetensors")["embeddings.word_embeddings.weight"],
+                       checkpoint["embeddings.word_embeddings.weight"])
 
 
 def test_an_adapter_directory_is_refused_as_a_checkpoint(bert_dir, tmp_path):
