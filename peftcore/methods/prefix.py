@@ -4,7 +4,7 @@ attention layer, at the ``attn.prefix`` site.
 Numerically equal to AdapterHub's ``adapters.methods.prefix_tuning`` (``PrefixTuning``, ``FlatPrefixTuning``,
 ``PrefixTuningLayer``). The reparameterising MLP is one module per adapter shared by all layers
 (``model.shared_parameters[adapter]["prefix"]``), stored once — AdapterHub registers it in every layer and saves
-N + 1 copies. Each layer computes only its own slice of the MLP's output.
+N + 1 copies. The MLP runs once per forward, for every layer at once.
 
     E = wte(0..P-1)                                  (P, C)
     KV = W2 tanh(W1 E + b1) + b2                     (P, L·2·H·D), or a flat learned vector of that size
@@ -44,18 +44,27 @@ class PrefixPool(nn.Module):
                                                    Activation(config.non_linearity),
                                                    nn.Linear(config.bottleneck_size, width))
         self.dropout = nn.Dropout(config.dropout)
+        self.prefixes: tuple[Tensor, ...] | None = None  # this forward's, between its first and last layer
 
     def layer_prefix(self, layer: int) -> Tensor:
-        """Keys and values of one layer, (2, H, P, D), computing only that layer's slice of the MLP."""
+        """Keys and values of one layer, (2, H, P, D).
+
+        The first layer of a forward runs the MLP once for every layer and the others read their slice; the last
+        drops the result, so no graph outlives the forward. Slicing the MLP's weight per layer instead would
+        make backward zero-fill a gradient of the whole weight in every layer.
+        """
+        prefixes = self.prefixes
+        if layer == 0 or prefixes is None:
+            prefixes = self.prefixes = self.every_layer()
+        if layer == len(prefixes) - 1:
+            self.prefixes = None
+        return prefixes[layer]
+
+    def every_layer(self) -> tuple[Tensor, ...]:
+        """Every layer's keys and values, L × (2, H, P, D)."""
         P, L, _, H, D = self.shape
-        if self.config.flat:
-            kv = self.control_trans.view(P, L, 2, H, D)[:, layer]  # (P, 2, H, D)
-        else:
-            hidden = self.control_trans[1](self.control_trans[0](self.wte.weight))  # (P, bottleneck)
-            out = self.control_trans[2]
-            rows = slice(layer * 2 * H * D, (layer + 1) * 2 * H * D)
-            kv = F.linear(hidden, out.weight[rows], out.bias[rows]).view(P, 2, H, D)
-        return kv.permute(1, 2, 0, 3)  # (2, H, P, D)
+        kv = self.control_trans if self.config.flat else self.control_trans(self.wte.weight)  # (P, L·2·H·D)
+        return kv.view(P, L, 2, H, D).permute(1, 2, 3, 0, 4).unbind(0)
 
     def flattened(self) -> Tensor:
         """The whole prefix as the flat vector ``flat=True`` stores: what ``eject`` keeps."""
