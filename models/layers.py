@@ -58,16 +58,19 @@ def additive_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor |
 @dataclass(frozen=True)
 class Padding:
     """A batch's padding as the layers see it: the additive attention ``mask`` and, when the batch runs unpadded,
-    the flat positions ``index`` (N,) of its real tokens in the ``shape`` (B, T).
+    the flat positions ``index`` (N,) of its real tokens in the ``shape`` (B, T) and each row's count of them.
 
     Unpadded, everything that acts on each token alone — linears, FFN, norms, residual sites and their adapters —
-    runs on the N real tokens packed as (1, N, C); attention pads its q/k/v back to (B, T, C) around the softmax
-    and packs its output again. Without ``index`` both steps are the identity.
+    runs on the N real tokens packed as (1, N, C), each row's tokens in a run. Attention runs on each row's run
+    (``attend_per_sequence``), or pads q/k/v back to (B, T, C) around the softmax where it needs the padded
+    layout (prefixes, position biases, returned probabilities). Without ``index`` packing and padding are the
+    identity.
     """
 
     mask: Tensor | None = None
     index: Tensor | None = None
     shape: tuple[int, int] | None = None
+    lengths: tuple[int, ...] | None = None
 
     @classmethod
     def of(cls, attention_mask: Tensor | None, mask: Tensor | None, unpad: bool) -> Padding:
@@ -77,10 +80,11 @@ class Padding:
         """
         if not unpad or attention_mask is None or torch.compiler.is_compiling():
             return cls(mask)
-        index = attention_mask.flatten().nonzero().squeeze(1)  # (N,)
+        real = attention_mask != 0
+        index = real.flatten().nonzero().squeeze(1)  # (N,)
         if index.numel() == attention_mask.numel():
             return cls(mask)
-        return cls(mask, index, tuple(attention_mask.shape))
+        return cls(mask, index, tuple(attention_mask.shape), tuple(real.sum(dim=1).tolist()))
 
     def pack(self, x: Tensor) -> Tensor:
         """(B, T, ...) -> (1, N, ...): the real tokens only."""
@@ -130,16 +134,28 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, padding: Padding, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
         """x (B, T, C), or the packed real tokens (1, N, C) when ``padding`` says so -> the same shape."""
-        q, k, v = (split_heads(padding.pad(proj(x)), self.num_heads) for proj in (self.q, self.k, self.v))
+        q, k, v = (proj(x) for proj in (self.q, self.k, self.v))
+        dropout_p = self.dropout_p if self.training else 0.0
+        if padding.lengths is not None and self.prefix.plug is None and not output_attentions:
+            return self.out(attend_per_sequence(q, k, v, padding.lengths, self.num_heads, dropout_p)), None
+        q, k, v = (split_heads(padding.pad(t), self.num_heads) for t in (q, k, v))  # (B, H, T, D)
         mask = padding.mask
         if self.prefix.plug is not None:
             k, v, mask = self.prefix(k, v, mask, x)  # (B, H, P+T, D)
-        dropout_p = self.dropout_p if self.training else 0.0
         if output_attentions:
             y, probs = attend_explicitly(q, k, v, mask, dropout_p)
         else:
             y, probs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
         return self.out(padding.pack(merge_heads(y))), probs  # (B, T, C)
+
+
+def attend_per_sequence(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], num_heads: int,
+                        dropout_p: float) -> Tensor:
+    """Packed (1, N, C) q, k, v -> (1, N, C): SDPA over each row's run of real tokens, unmasked. Equal to masked
+    attention over the padded batch at its real tokens, without computing scores for the padding."""
+    runs = zip(*(t.split(lengths, dim=1) for t in (q, k, v)), strict=True)
+    return torch.cat([merge_heads(F.scaled_dot_product_attention(*(split_heads(t, num_heads) for t in run),
+                                                                 dropout_p=dropout_p)) for run in runs], dim=1)
 
 
 def attend_explicitly(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> tuple[Tensor, Tensor]:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from models import BertConfig, BertModel
-from models.layers import Padding
+from models.layers import Padding, SelfAttention, additive_mask
+from tests.parity import assert_parity
 
 TINY = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
             max_position_embeddings=8)
@@ -80,3 +81,15 @@ def test_a_batch_without_padding_keeps_its_layout(mask):
 
 def test_unpad_false_keeps_the_padded_layout():
     assert Padding.of(torch.tensor([[1, 0]]), None, unpad=False).index is None
+
+
+def test_attention_per_sequence_equals_masked_attention_over_the_padded_batch():
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 0], [0, 1, 1, 1]])  # holes, an empty row, left padding
+    attention = SelfAttention(8, 2, 0.0, None).eval()
+    x = torch.randn(4, 4, 8)
+    padded = Padding(additive_mask(mask, x.dtype))
+    unpadded = Padding.of(mask, padded.mask, unpad=True)
+    assert unpadded.lengths == (4, 2, 0, 3)
+    expected, _ = attention(x, padded)
+    got, _ = attention(unpadded.pack(x), unpadded)
+    assert_parity(unpadded.pad(got), expected, mask=mask)
