@@ -136,8 +136,9 @@ class SelfAttention(nn.Module):
         """x (B, T, C), or the packed real tokens (1, N, C) when ``padding`` says so -> the same shape."""
         q, k, v = (proj(x) for proj in (self.q, self.k, self.v))
         dropout_p = self.dropout_p if self.training else 0.0
-        if padding.lengths is not None and self.prefix.plug is None and not output_attentions:
-            return self.out(attend_per_sequence(q, k, v, padding.lengths, self.num_heads, dropout_p)), None
+        if padding.lengths is not None and not output_attentions:
+            prefix = self.prefix_rows(x, len(padding.lengths))
+            return self.out(attend_per_sequence(q, k, v, padding.lengths, self.num_heads, dropout_p, prefix)), None
         q, k, v = (split_heads(padding.pad(t), self.num_heads) for t in (q, k, v))  # (B, H, T, D)
         mask = padding.mask
         if self.prefix.plug is not None:
@@ -148,14 +149,27 @@ class SelfAttention(nn.Module):
             y, probs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
         return self.out(padding.pack(merge_heads(y))), probs  # (B, T, C)
 
+    def prefix_rows(self, x: Tensor, rows: int) -> tuple[Tensor, Tensor] | None:
+        """Each row's prefix keys and values (B, H, P, D): the prefix site run on no tokens. None when it is empty."""
+        if self.prefix.plug is None:
+            return None
+        none = x.new_empty(rows, self.num_heads, 0, x.shape[-1] // self.num_heads)
+        k, v, _ = self.prefix(none, none, None, x[:, :0].expand(rows, -1, -1))
+        return k, v
+
 
 def attend_per_sequence(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], num_heads: int,
-                        dropout_p: float) -> Tensor:
-    """Packed (1, N, C) q, k, v -> (1, N, C): SDPA over each row's run of real tokens, unmasked. Equal to masked
-    attention over the padded batch at its real tokens, without computing scores for the padding."""
-    runs = zip(*(t.split(lengths, dim=1) for t in (q, k, v)), strict=True)
-    return torch.cat([merge_heads(F.scaled_dot_product_attention(*(split_heads(t, num_heads) for t in run),
-                                                                 dropout_p=dropout_p)) for run in runs], dim=1)
+                        dropout_p: float, prefix: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Packed (1, N, C) q, k, v -> (1, N, C): SDPA over each row's run of real tokens, unmasked, after the row's
+    prefix keys and values (B, H, P, D) if any. Equal to masked attention over the padded batch at its real tokens,
+    without computing scores for the padding."""
+    outputs = []
+    for row, run in enumerate(zip(*(t.split(lengths, dim=1) for t in (q, k, v)), strict=True)):
+        q_row, k_row, v_row = (split_heads(t, num_heads) for t in run)  # (1, H, T_row, D)
+        if prefix is not None:
+            k_row, v_row = (torch.cat([p[row:row + 1], t], dim=2) for p, t in zip(prefix, (k_row, v_row), strict=True))
+        outputs.append(merge_heads(F.scaled_dot_product_attention(q_row, k_row, v_row, dropout_p=dropout_p)))
+    return torch.cat(outputs, dim=1)
 
 
 def attend_explicitly(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> tuple[Tensor, Tensor]:
