@@ -449,22 +449,32 @@ def test_a_padded_batch_runs_on_its_real_tokens_with_the_padded_paths_outputs_an
         assert_parity(grad, padded_grads[name], atol=1e-5 * max(1.0, padded_grads[name].abs().max().item()))
 
 
-@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
-@pytest.mark.parametrize("setup", [Stack("a", "b"), Fuse("a", "b"), Average("a", "b", weights=[0.3, 0.7])],
-                         ids=repr)
-def test_token_wise_compositions_run_unpadded_too(arch, setup):
-    model = text_model(arch, a="seq_bn", b="seq_bn[reduction_factor=4]")
+def both_layouts(arch: str, adapters: dict[str, str], setup, **kwargs) -> tuple:
+    """A padded batch run under ``setup`` with ``unpad`` on, then off: the model, both outputs, the input shapes
+    its first FFN linear saw, and the attention mask."""
+    model = text_model(arch, **adapters)
     if isinstance(setup, Fuse):
         model.add_adapter_fusion(setup)
     model.set_active_adapters(setup)
     ids, mask = padded_batch(100, model.config.pad_token_id, LENGTHS)
     shapes = tokens_seen(model)
+    outputs = []
     with torch.no_grad():
-        unpadded = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        model.unpad = False
-        padded = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        for unpad in (True, False):
+            model.unpad = unpad
+            outputs.append(model(input_ids=ids, attention_mask=mask, **kwargs))
+    model.unpad = True
+    return model, outputs, shapes, mask
+
+
+@pytest.mark.parametrize("arch", ["bert", "deberta-v2"])
+@pytest.mark.parametrize("setup", [Stack("a", "b"), Fuse("a", "b"), Average("a", "b", weights=[0.3, 0.7])],
+                         ids=repr)
+def test_token_wise_compositions_run_unpadded_too(arch, setup):
+    _, (unpadded, padded), shapes, mask = both_layouts(arch, {"a": "seq_bn", "b": "seq_bn[reduction_factor=4]"},
+                                                       setup)
     assert shapes[0][:2] == (1, sum(LENGTHS))
-    assert_parity(unpadded, padded, mask=mask)
+    assert_parity(unpadded.last_hidden_state, padded.last_hidden_state, mask=mask)
 
 
 NOT_TOKEN_WISE = {  # what needs the padded layout, and why
@@ -483,18 +493,8 @@ NOT_TOKEN_WISE = {  # what needs the padded layout, and why
 @pytest.mark.parametrize("case", NOT_TOKEN_WISE)
 def test_setups_that_read_across_tokens_or_rows_keep_the_padded_layout(case):
     adapters, setup, kwargs = NOT_TOKEN_WISE[case]
-    model = text_model("bert", **adapters)
-    if isinstance(setup, Fuse):
-        model.add_adapter_fusion(setup)
-    model.set_active_adapters(setup)
-    ids, mask = padded_batch(100, model.config.pad_token_id, LENGTHS)
-    shapes = tokens_seen(model)
-    with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, **kwargs)
-        model.unpad = False
-        padded = model(input_ids=ids, attention_mask=mask, **kwargs)
-    assert len(shapes) == 2 and all(shape[1:] == (ids.shape[1], TINY["hidden_size"]) for shape in shapes)
+    model, (out, padded), shapes, mask = both_layouts("bert", adapters, setup, **kwargs)
+    assert len(shapes) == 2 and all(shape[1:] == (mask.shape[1], TINY["hidden_size"]) for shape in shapes)
     for mine, theirs in zip(*((o if isinstance(o, list) else [o]) for o in (out, padded)), strict=True):
         assert torch.equal(mine.last_hidden_state, theirs.last_hidden_state)
-    model.unpad = True
     assert model.unpadded() is bool(kwargs)  # records and mixed batches are per forward; those setups are token-wise
