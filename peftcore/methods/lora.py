@@ -113,7 +113,9 @@ class LoRA(LinearMethod):
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         delta = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)  # (B, T, R) -> (B, T, out)
-        return y + delta * (self.gate_value(x) if self.gate is not None else self.scaling)
+        if self.gate is not None:
+            return y + delta * self.gate_value(x)
+        return y.add(delta, alpha=self.scaling)  # one fused pass, no scaled copy of delta
 
     def fold(self, linear: SiteLinear) -> None:
         linear.weight += self.scaling * (self.lora_B @ self.lora_A)
