@@ -388,9 +388,9 @@ def varlen(b: Bench, methods: tuple[str, ...], count: int) -> None:
     padded = sum(batch["attention_mask"].numel() for batch in batches)
     notes = {"batches": count, "real_token_fraction": round(real / padded, 3),
              "padded_lengths": [batch["input_ids"].shape[1] for batch in batches]}
-    padded = ours(b).eval()
-    padded.unpad = False  # what running on the real tokens only buys
-    times = b.measure({"ours": forward(ours(b).eval(), batches), "ours padded": forward(padded, batches),
+    padded_model = ours(b).eval()
+    padded_model.unpad = False  # what running on the real tokens only buys
+    times = b.measure({"ours": forward(ours(b).eval(), batches), "ours padded": forward(padded_model, batches),
                        "transformers": forward(transformers_model(b).eval(), batches)})
     b.add("varlen forward roberta", times, "transformers", "ours padded", **notes)
     for method in methods:

@@ -111,8 +111,9 @@ class PrefixSite(nn.Module):
     """``k, v, mask, x -> k, v, mask`` inside self-attention; prefix tuning prepends key/value vectors here.
 
     k and v are ``(B, H, T, D)``; mask is the additive attention mask ``(B, 1, 1|T, T)`` or None; x is the
-    attention block's input ``(B, T, C)`` (a gate reads it), or its packed real tokens ``(1, N, C)`` when the batch
-    runs unpadded (only setups without gates do). When active the plug returns ``(B, H, P+T, D)`` keys
+    attention block's input ``(B, T, C)`` (a gate reads it). When the batch runs unpadded (only setups without gates
+    do), x is the packed real tokens ``(1, N, C)``, or ``(B, 0, C)`` with ``(B, H, 0, D)`` keys and values when
+    attention asks for each row's prefix alone. When active the plug returns ``(B, H, P+T, D)`` keys
     and values and a mask padded by ``P`` attendable columns.
     """
 
