@@ -11,19 +11,19 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from models.convert.tables import BERT, BERT_ARCHITECTURES, BERT_REQUIRED_VALUES
+from models.convert.tables import BERT
 from models.layers import (
     Embeddings,
     EncoderConfig,
     EncoderLayer,
     EncoderOutput,
-    MaskedLMHead,
     Padding,
     PooledClassificationHead,
     Pooler,
     QuestionAnsweringHead,
     TokenClassificationHead,
     additive_mask,
+    masked_lm_head,
 )
 from models.pretrained import PretrainedEncoder
 
@@ -40,11 +40,9 @@ class BertModel(PretrainedEncoder):
     """BERT encoder with optional pooler and task head (``config.head``)."""
 
     config_class = BertConfig
-    keymap = BERT
-    architectures = BERT_ARCHITECTURES
-    required_values = BERT_REQUIRED_VALUES
+    architecture = BERT
     head_classes: ClassVar = {
-        "masked_lm": MaskedLMHead,
+        "masked_lm": masked_lm_head,
         "sequence_classification": PooledClassificationHead,
         "token_classification": TokenClassificationHead,
         "question_answering": QuestionAnsweringHead,
@@ -89,13 +87,4 @@ class BertModel(PretrainedEncoder):
             position_ids = self.default_position_ids(input_ids, shape, device)
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, C)
         padding = Padding.of(attention_mask, additive_mask(attention_mask, x.dtype), self.unpadded())
-        hidden_states = [x] if output_hidden_states else None
-        attentions = [] if output_attentions else None
-        x = padding.pack(x)  # (1, N, C) when unpadded
-        for layer in self.layers:
-            x, probs = layer(x, padding, output_attentions)
-            if output_hidden_states:
-                hidden_states.append(padding.pad(x))
-            if output_attentions:
-                attentions.append(probs)
-        return self.finish(padding.pad(x), hidden_states, attentions)
+        return self.run_layers(x, padding, output_hidden_states, output_attentions)

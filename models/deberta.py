@@ -7,8 +7,8 @@ table of relative position embeddings and δ(i, j) is the clamped relative dista
 DeBERTa v2 (embeddings, disentangled attention, layer, heads, the model's forward) live here; deberta_v2.py adds
 only what v2 changes.
 
-transformers fuses v1's q/k/v into one ``in_proj`` (per-head interleaved rows, see convert/tables_deberta.py);
-we keep separate q, k, v linears so that LoRA and (IA)^3 can adapt each alone.
+transformers fuses v1's q/k/v into one ``in_proj`` (per-head interleaved rows, see ``split_in_proj`` in
+convert/tables.py); we keep separate q, k, v linears so that LoRA and (IA)^3 can adapt each alone.
 """
 
 from __future__ import annotations
@@ -22,18 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.convert.tables import DEBERTA, DEBERTA_ARCHITECTURES, DEBERTA_REQUIRED_VALUES
+from models.convert.tables import DEBERTA
 from models.layers import (
     ACTIVATIONS,
     EncoderConfig,
     EncoderOutput,
     FeedForward,
-    MaskedLMHead,
     Padding,
     QuestionAnsweringHead,
     TokenClassificationHead,
     additive_mask,
     check_choice,
+    masked_lm_head,
     merge_heads,
     split_heads,
 )
@@ -235,8 +235,8 @@ class DebertaLayer(nn.Module):
                                nn.LayerNorm(C, eps=config.layer_norm_eps))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: Tensor, padding: Padding, relative: tuple[Tensor, Tensor] | None,
-                output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, padding: Padding, output_attentions: bool = False,
+                relative: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
         h, probs = self.attn(x, padding, relative, output_attentions)
         x = self.attn.residual(self.dropout(h), x)  # site attn.residual
         x = self.ffn.residual(self.dropout(self.ffn(x)), x)  # site ffn.residual
@@ -264,11 +264,9 @@ class DebertaModel(PretrainedEncoder):
     """DeBERTa encoder with optional task head (``config.head``); DeBERTa has no pooler."""
 
     config_class = DebertaConfig
-    keymap = DEBERTA
-    architectures = DEBERTA_ARCHITECTURES
-    required_values = DEBERTA_REQUIRED_VALUES
+    architecture = DEBERTA
     head_classes: ClassVar = {
-        "masked_lm": MaskedLMHead,  # transformers' legacy head: BERT's
+        "masked_lm": masked_lm_head,  # transformers' legacy head: BERT's
         "sequence_classification": ContextPoolerHead,
         "token_classification": TokenClassificationHead,
         "question_answering": QuestionAnsweringHead,
@@ -280,7 +278,6 @@ class DebertaModel(PretrainedEncoder):
         self.rel_embeddings = (nn.Embedding(2 * config.pos_ebd_size, config.hidden_size)
                                if config.relative_attention else None)
         self.layers = nn.ModuleList(self.build_layer(config) for _ in range(config.num_hidden_layers))
-        self.conv: nn.Module | None = None  # DeBERTa v2's convolution beside the first layer
         self.pooler = None
         self.head = self.build_head()
         self.apply(self.init_weights)
@@ -330,16 +327,4 @@ class DebertaModel(PretrainedEncoder):
                                                           torch.finfo(x.dtype).min)  # (B, 1, T, T)
         padding = Padding.of(attention_mask, mask, self.unpadded())
         relative = self.relative_positions(T, device) if self.rel_embeddings is not None else None
-        hidden_states = [x] if output_hidden_states else None
-        attentions = [] if output_attentions else None
-        embedded, x = x, padding.pack(x)  # (1, N, C) when unpadded
-        for index, layer in enumerate(self.layers):
-            h, probs = layer(x, padding, relative, output_attentions)
-            if index == 0 and self.conv is not None:  # v2: a convolution over the first layer's input joins its output
-                h = padding.pack(self.conv(embedded, padding.pad(h), attention_mask))
-            x = h
-            if output_hidden_states:
-                hidden_states.append(padding.pad(x))
-            if output_attentions:
-                attentions.append(probs)
-        return self.finish(padding.pad(x), hidden_states, attentions)
+        return self.run_layers(x, padding, output_hidden_states, output_attentions, relative=relative)

@@ -15,9 +15,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from models.convert.tables import DEBERTA_V2, DEBERTA_V2_ARCHITECTURES, DEBERTA_V2_REQUIRED_VALUES
+from models.convert.tables import DEBERTA_V2
 from models.deberta import DebertaConfig, DebertaLayer, DebertaModel, relative_index
-from models.layers import ACTIVATIONS, check_choice, check_positive
+from models.layers import ACTIVATIONS, Padding, check_choice, check_positive
 
 NORM_REL_EBD = ("none", "layer_norm")
 
@@ -119,14 +119,18 @@ class DebertaV2Model(DebertaModel):
     """DeBERTa v2/v3 encoder with optional task head (``config.head``)."""
 
     config_class = DebertaV2Config
-    keymap = DEBERTA_V2
-    architectures = DEBERTA_V2_ARCHITECTURES
-    required_values = DEBERTA_V2_REQUIRED_VALUES
+    architecture = DEBERTA_V2
 
     def __init__(self, config: DebertaV2Config) -> None:
         super().__init__(config)
         self.rel_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.has_rel_norm else None
         self.conv = ConvLayer(config) if config.conv_kernel_size > 0 else None
+
+    def first_layer_output(self, embedded: Tensor, h: Tensor, padding: Padding) -> Tensor:
+        """h joined by a convolution over the first layer's input, the embeddings (B, T, C), if conv_kernel_size > 0."""
+        if self.conv is None:
+            return h
+        return padding.pack(self.conv(embedded, padding.pad(h), padding.attention_mask))
 
     def build_layer(self, config: DebertaV2Config) -> DebertaLayer:
         """v2: biased q/k/v and position projections; q and k project the positions too under share_att_key."""

@@ -10,7 +10,6 @@ pass first for some shapes; with it, resized uint8 values differ by up to 1 leve
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -20,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from peftcore.io import read_json
 
 PRECISION_BITS = 22  # Pillow's fixed-point weights for 8-bit images: 32 - 8 - 2 bits (Resample.c)
 
@@ -131,11 +132,7 @@ class ImageProcessor:
         if not file.is_file():
             raise FileNotFoundError(f"{os.fspath(path)!r} has no preprocessor_config.json; pass the directory that "
                                     "ViTImageProcessor.save_pretrained wrote, or build ImageProcessor(...) directly.")
-        try:
-            raw = json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{file} is not valid JSON: {error}") from error
-        return cls(**config_kwargs(raw, file))
+        return cls(**config_kwargs(read_json(file), file))
 
     def __call__(self, images: Tensor | np.ndarray | Sequence[Tensor | np.ndarray]) -> dict[str, Tensor]:
         """One image (H, W, C) or (C, H, W), a batch (B, ...) of them, or a list -> {"pixel_values": (B, C, H, W)}."""

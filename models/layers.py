@@ -1,5 +1,6 @@
-"""Blocks shared by every encoder: embeddings, self-attention, feed-forward, the post-LN encoder layer,
-task heads, and the ``Encoder`` base class that runs them — each with its sites (peftcore/sites.py).
+"""Blocks shared by every encoder — embeddings, self-attention, feed-forward, the post-LN encoder layer, the pooler
+and task heads, each with its sites (peftcore/sites.py) — and the config, padding and output types the models share.
+``PretrainedEncoder`` (pretrained.py) runs the layers.
 
 Axis legend, used in every shape comment and einops pattern of this package:
     B batch, T tokens, H heads, D head dim, C hidden, P prefix length, R rank, V vocabulary, L labels.
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftcore.sites import ACTIVATIONS, EmbeddingSite, LMHead, PrefixSite, ResidualSite, SiteLinear
+from peftcore.sites import ACTIVATIONS, EmbeddingSite, MaskedLMHead, PrefixSite, ResidualSite, SiteLinear
 
 HEADS = ("masked_lm", "sequence_classification", "token_classification", "question_answering",
          "image_classification")
@@ -57,8 +58,9 @@ def additive_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor |
 
 @dataclass(frozen=True)
 class Padding:
-    """A batch's padding as the layers see it: the additive attention ``mask`` and, when the batch runs unpadded,
-    the flat positions ``index`` (N,) of its real tokens in the ``shape`` (B, T) and each row's count of them.
+    """A batch's padding as the layers see it: the additive attention ``mask``, the (B, T) 1/0 ``attention_mask`` it
+    was made from and, when the batch runs unpadded, the flat positions ``index`` (N,) of its real tokens in the
+    ``shape`` (B, T) and each row's count of them.
 
     Unpadded, everything that acts on each token alone — linears, FFN, norms, residual sites and their adapters —
     runs on the N real tokens packed as (1, N, C), each row's tokens in a run. Attention runs on each row's run
@@ -71,6 +73,7 @@ class Padding:
     index: Tensor | None = None
     shape: tuple[int, int] | None = None
     lengths: tuple[int, ...] | None = None
+    attention_mask: Tensor | None = None
 
     @classmethod
     def of(cls, attention_mask: Tensor | None, mask: Tensor | None, unpad: bool) -> Padding:
@@ -79,12 +82,12 @@ class Padding:
         torch.compile keeps the padded layout: the packed length N depends on the data.
         """
         if not unpad or attention_mask is None or torch.compiler.is_compiling():
-            return cls(mask)
+            return cls(mask, attention_mask=attention_mask)
         real = attention_mask != 0
         index = real.flatten().nonzero().squeeze(1)  # (N,)
         if index.numel() == attention_mask.numel():
-            return cls(mask)
-        return cls(mask, index, tuple(attention_mask.shape), tuple(real.sum(dim=1).tolist()))
+            return cls(mask, attention_mask=attention_mask)
+        return cls(mask, index, tuple(attention_mask.shape), tuple(real.sum(dim=1).tolist()), attention_mask)
 
     def pack(self, x: Tensor) -> Tensor:
         """(B, T, ...) -> (1, N, ...): the real tokens only."""
@@ -225,18 +228,11 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(x[:, 0]))  # (B, C)
 
 
-class MaskedLMHead(LMHead):
-    """dense -> activation -> LayerNorm -> decoder onto the vocabulary (tied to the word embeddings by default)."""
-
-    def __init__(self, config: EncoderConfig) -> None:
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.embedding_width)
-        self.act = ACTIVATIONS[config.hidden_act]
-        self.norm = nn.LayerNorm(config.embedding_width, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.embedding_width, config.vocab_size)
-
-    def transform(self, x: Tensor) -> Tensor:
-        return self.norm(self.act(self.dense(x)))  # (B, T, C); the decoder makes it (B, T, V)
+def masked_lm_head(config: EncoderConfig) -> MaskedLMHead:
+    """BERT's language-model head (peftcore.sites.MaskedLMHead, named as transformers names it), onto the embedding
+    width; tied to the word embeddings when the config says so."""
+    return MaskedLMHead(config.hidden_size, config.embedding_width, config.vocab_size, config.hidden_act,
+                        config.layer_norm_eps)
 
 
 class PooledClassificationHead(nn.Module):

@@ -1,5 +1,6 @@
-"""``PretrainedEncoder``: what every architecture shares around its forward — loading HF or peftcore
-checkpoints, exporting to either, weight initialisation, input checks, and the pooler/head step."""
+"""``PretrainedEncoder``: what every architecture shares — the layer loop and the pooler/head step of its forward,
+loading HF or peftcore checkpoints and exporting to either, answering HF-layout questions from its ``Architecture``
+record, weight initialisation and input checks."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from models import convert
-from models.convert.keymap import ConversionError, KeyMap, hf_to_ours, ours_to_hf, report
-from models.layers import EncoderConfig, EncoderOutput, MaskedLMHead
+from models.convert.architecture import Architecture, HFModule
+from models.convert.keymap import ConversionError, check_fit, hf_to_ours, ours_to_hf
+from models.layers import EncoderConfig, EncoderOutput, Padding
 from peftcore.model import AdapterModelMixin
+from peftcore.sites import MaskedLMHead, SiteLinear
 
 Model = TypeVar("Model", bound="PretrainedEncoder")
 
@@ -24,14 +27,13 @@ Model = TypeVar("Model", bound="PretrainedEncoder")
 class PretrainedEncoder(AdapterModelMixin, nn.Module):
     """Base class of every model: subclasses set the class attributes and build their modules.
 
-    Subclasses define ``embeddings`` (ending in an EmbeddingSite), ``layers``, ``pooler`` (or None) and
-    ``head`` (or None), and an ``encode`` (their forward) that ends in ``self.finish``.
+    Subclasses define ``embeddings`` (ending in an EmbeddingSite), ``layers`` (each called as
+    ``layer(x, padding, output_attentions, **context)``), ``pooler`` (or None) and ``head`` (or None), and an
+    ``encode`` (their forward) that computes the embeddings and the padding, then ends in ``self.run_layers``.
     """
 
     config_class: ClassVar[type[EncoderConfig]]
-    keymap: ClassVar[KeyMap]  # HF key table, also read by peftcore's interop to name HF modules
-    architectures: ClassVar[Mapping[str, tuple[str | None, bool]]]  # transformers class -> (head, has pooler)
-    required_values: ClassVar[Mapping[str, Any]] = {}  # config.json fields we implement for one value only
+    architecture: ClassVar[Architecture]  # the HF side: key table, transformers classes, config renames, site paths
     head_classes: ClassVar[Mapping[str, type[nn.Module]]]
 
     def __init__(self, config: EncoderConfig) -> None:
@@ -39,6 +41,7 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}.")
         self.config = config
+        self.norm: nn.Module | None = None  # a final LayerNorm on the last hidden state: pre-LN models (ViT) set one
         self.init_adapters()
 
     def forward(self, *args: Any, output_adapter_gating_scores: bool = False,
@@ -59,10 +62,14 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         self.tie_weights(head)
         return head
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The module that embeds the input tokens (transformers' name): the word embeddings of a text model."""
+        return self.embeddings.word
+
     def tie_weights(self, head: nn.Module | None) -> None:
         """Make a masked-LM head's decoder weight the word embeddings' own parameter, when the config ties them."""
         if isinstance(head, MaskedLMHead) and self.config.tie_word_embeddings:
-            head.decoder.weight = self.embeddings.word.weight
+            head.decoder.weight = self.get_input_embeddings().weight
 
     def init_weights(self, module: nn.Module) -> None:
         """transformers' initialisation: N(0, initializer_range) weights, zero biases, unit LayerNorms."""
@@ -79,13 +86,38 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
+    def run_layers(self, x: Tensor, padding: Padding, output_hidden_states: bool, output_attentions: bool,
+                   **layer_context: Any) -> EncoderOutput:
+        """The layers on the embeddings ``x`` (B, T, C), then ``norm`` if any and ``finish``: every model's loop.
+
+        A padded batch runs packed, as ``padding`` says; hidden states are returned padded back to (B, T, C).
+        ``layer_context`` goes to every layer (DeBERTa's relative positions).
+        """
+        hidden_states = [x] if output_hidden_states else None
+        attentions = [] if output_attentions else None
+        h = padding.pack(x)  # (1, N, C) when unpadded
+        for index, layer in enumerate(self.layers):
+            h, probs = layer(h, padding, output_attentions, **layer_context)
+            if index == 0:
+                h = self.first_layer_output(x, h, padding)
+            if output_hidden_states:
+                hidden_states.append(padding.pad(h))
+            if output_attentions:
+                attentions.append(probs)
+        last = padding.pad(h)  # (B, T, C)
+        return self.finish(last if self.norm is None else self.norm(last), hidden_states, attentions)
+
+    def first_layer_output(self, embedded: Tensor, h: Tensor, padding: Padding) -> Tensor:
+        """The first layer's output ``h`` as the second layer reads it: unchanged but in DeBERTa v2, which joins a
+        convolution over the embeddings (B, T, C) to it."""
+        return h
+
     def finish(self, x: Tensor, hidden_states: list[Tensor] | None, attentions: list[Tensor] | None) -> EncoderOutput:
         """Pooler and head on the last hidden state: the active adapter head if any, else the model's own head."""
         pooled = self.pooler(x) if self.pooler is not None else None
         out = EncoderOutput(x, pooled, tuple(hidden_states) if hidden_states is not None else None,
                             tuple(attentions) if attentions is not None else None)
-        head = self.current_head(self.head)
-        return out if head is None else self.apply_head(out, head)
+        return self.apply_active_head(out, self.head)
 
     def check_ids(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None,
                   token_type_ids: Tensor | None, max_length: int) -> tuple[int, int]:
@@ -126,12 +158,11 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         raw = convert.read_config(path)
         convert.check_model_type(raw, cls.config_class.model_type, cls.__name__)
         if "head" in overrides and "add_pooling_layer" not in overrides:
-            overrides["add_pooling_layer"] = next((pooler for head, pooler in cls.architectures.values()
-                                                  if head == overrides["head"]), False)
+            overrides["add_pooling_layer"] = cls.architecture.pooler_for(overrides["head"])
         if convert.is_native(raw):
             config = config_from_dict(cls.config_class, raw["config"], overrides)
         else:
-            kwargs = convert.config_kwargs_from_hf(raw, cls.config_class, cls.architectures, cls.required_values)
+            kwargs = convert.config_kwargs_from_hf(raw, cls.config_class, cls.architecture)
             config = config_from_dict(cls.config_class, kwargs, overrides)
         weights = convert.read_weights(path, on_file)
         with torch.device("meta"):  # shapes only: random init of what the checkpoint overwrites would dominate
@@ -140,7 +171,7 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         if convert.is_native(raw):
             state = check_native(weights, expected, cls.__name__)
         else:
-            converted = hf_to_ours(cls.keymap, weights, expected, model.aliases(), config, cls.__name__)
+            converted = hf_to_ours(cls.architecture.keymap, weights, expected, model.aliases(), config, cls.__name__)
             state = converted.state
             if converted.newly_initialized:
                 warnings.warn(f"{cls.__name__}: the checkpoint has no {converted.newly_initialized}; they are freshly "
@@ -176,10 +207,29 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
             raise ValueError(f"the file holds a {self.config.model_type} task head but this model has none; load the "
                              "checkpoint with head=... first.")
         expected = {key: tuple(t.shape) for key, t in self.base_state_dict().items() if key.startswith("head.")}
-        converted = hf_to_ours(self.keymap, hf_state, expected, self.aliases(), self.config, type(self).__name__)
+        converted = hf_to_ours(self.architecture.keymap, hf_state, expected, self.aliases(), self.config,
+                               type(self).__name__)
         if converted.newly_initialized:
             raise ConversionError(f"the head file lacks {converted.newly_initialized}.")
         return converted.state
+
+    @property
+    def hf_prefix(self) -> str:
+        """The base model's key prefix in HF task checkpoints (``"bert."``); head keys sit at the top level."""
+        return self.architecture.keymap.prefix
+
+    def hf_site_path(self, site: str, layer: int | None) -> str | None:
+        """Where AdapterHub attaches the method modules of ``site`` in ``layer``; None where this model has no place."""
+        return self.architecture.site_path(site, layer)
+
+    def hf_modules(self, with_prefix: bool) -> dict[str, HFModule]:
+        """Every HF module with a weight (base under ``hf_prefix`` when ``with_prefix``, own head at the top level)."""
+        linear_sites = {site.path: site.name for site in self.sites_found if isinstance(site.module, SiteLinear)}
+        return self.architecture.hf_modules(self.config, len(self.layers), linear_sites, with_prefix)
+
+    def hf_head_keys(self) -> dict[str, str | None]:
+        """The HF key table of the model's own task head: HF key -> our ``head.*`` key or None; {} without a head."""
+        return self.architecture.head_keys(self.config.head)
 
     def aliases(self) -> set[str]:
         """State-dict keys that name a parameter already listed under another key (tied weights)."""
@@ -196,8 +246,8 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         """Write the model as a checkpoint directory: ``format="hf"`` for transformers, ``"peftcore"`` for ours."""
         model_type = self.config_class.model_type
         if format == "hf":
-            config = convert.config_to_hf(self.config, model_type, self.architectures)
-            state = ours_to_hf(self.keymap, self.base_state_dict(), self.config)
+            config = convert.config_to_hf(self.config, model_type, self.architecture)
+            state = ours_to_hf(self.architecture.keymap, self.base_state_dict(), self.config)
         elif format == "peftcore":
             config, state = convert.native_config(self.config, model_type), self.base_state_dict()
         else:
@@ -218,12 +268,5 @@ def config_from_dict(config_class: type[EncoderConfig], values: Mapping[str, Any
 def check_native(state: Mapping[str, Tensor], expected: Mapping[str, tuple[int, ...]], architecture: str
                  ) -> Mapping[str, Tensor]:
     """A peftcore-format state dict must hold exactly the model's keys, with the model's shapes."""
-    unexpected = sorted(set(state) - set(expected))
-    missing = sorted(set(expected) - set(state))
-    mismatched = [f"{key}: checkpoint {tuple(state[key].shape)}, model {expected[key]}"
-                  for key in sorted(set(state) & set(expected)) if tuple(state[key].shape) != expected[key]]
-    wrong_dtype = [f"{key}: {state[key].dtype}" for key in sorted(set(state) & set(expected))
-                   if not state[key].is_floating_point()]
-    if unexpected or missing or mismatched or wrong_dtype:
-        raise ConversionError(report(architecture, unexpected, missing, mismatched, wrong_dtype))
+    check_fit(state, expected, architecture, sorted(set(state) - set(expected)), sorted(set(expected) - set(state)))
     return state

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from models.bert import BertModel
-from models.convert.tables import ROBERTA, ROBERTA_ARCHITECTURES
+from models.convert.tables import ROBERTA
 from models.layers import EncoderConfig, FirstTokenClassificationHead
 
 
@@ -33,8 +33,7 @@ class RobertaModel(BertModel):
     """RoBERTa encoder: BertModel with padding-offset positions and RoBERTa's own classification head."""
 
     config_class = RobertaConfig
-    keymap = ROBERTA
-    architectures = ROBERTA_ARCHITECTURES
+    architecture = ROBERTA
     head_classes: ClassVar = {**BertModel.head_classes, "sequence_classification": FirstTokenClassificationHead}
 
     @property

@@ -6,7 +6,6 @@ when present, as transformers reads them.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer as RustTokenizer
 from torch import Tensor
+
+from peftcore.io import read_json
 
 UNLIMITED = 10**9  # transformers writes a huge model_max_length when the checkpoint states none
 
@@ -44,7 +45,7 @@ class Tokenizer:
         settings = {}
         for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the later file wins, as in transformers
             if (directory / name).is_file():
-                settings.update(json.loads((directory / name).read_text()))
+                settings.update(read_json(directory / name))
         pad = settings.get("pad_token", "[PAD]")
         pad = pad["content"] if isinstance(pad, dict) else pad
         max_length = settings.get("model_max_length")

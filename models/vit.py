@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from models.convert.tables import VIT, VIT_ARCHITECTURES, VIT_REQUIRED_VALUES
+from models.convert.tables import VIT
 from models.layers import (
     EncoderConfig,
     EncoderOutput,
@@ -111,8 +111,8 @@ class ViTLayer(nn.Module):
         self.ffn = FeedForward(C, config.intermediate_size, config.hidden_act, None)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: Tensor, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
-        h, probs = self.attn(self.attn_norm(x), Padding(), output_attentions)
+    def forward(self, x: Tensor, padding: Padding, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
+        h, probs = self.attn(self.attn_norm(x), padding, output_attentions)
         x = self.attn.residual(self.dropout(h), x)  # site attn.residual
         x = self.ffn.residual(self.dropout(self.ffn(self.ffn_norm(x))), x)  # site ffn.residual
         return x, probs
@@ -133,19 +133,21 @@ class ViTModel(PretrainedEncoder):
     """ViT encoder with optional pooler and image-classification head (``config.head``)."""
 
     config_class = ViTConfig
-    keymap = VIT
-    architectures = VIT_ARCHITECTURES
-    required_values = VIT_REQUIRED_VALUES
+    architecture = VIT
     head_classes: ClassVar = {"image_classification": ImageClassificationHead}
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__(config)
         self.embeddings = PatchEmbeddings(config)  # ends in site embeddings
         self.layers = nn.ModuleList(ViTLayer(config) for _ in range(config.num_hidden_layers))
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # on the last hidden state
         self.pooler = Pooler(config.hidden_size) if config.add_pooling_layer else None
         self.head = self.build_head()
         self.apply(self.init_weights)
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch projection: ViT embeds pixels, not tokens (transformers' ViTModel returns its patch embedding)."""
+        return self.embeddings.patch
 
     def init_weights(self, module: nn.Module) -> None:
         """transformers' ViT initialisation: truncated N(0, initializer_range) for the linears, the patch
@@ -174,15 +176,7 @@ class ViTModel(PretrainedEncoder):
         """
         self.check_pixels(pixel_values, interpolate_pos_encoding)
         x = self.embeddings(pixel_values.to(self.embeddings.patch.weight.dtype))  # (B, T, C)
-        hidden_states = [x] if output_hidden_states else None
-        attentions = [] if output_attentions else None
-        for layer in self.layers:
-            x, probs = layer(x, output_attentions)
-            if output_hidden_states:
-                hidden_states.append(x)
-            if output_attentions:
-                attentions.append(probs)
-        return self.finish(self.norm(x), hidden_states, attentions)
+        return self.run_layers(x, Padding(), output_hidden_states, output_attentions)  # images have no padding
 
     def check_pixels(self, pixel_values: Tensor, interpolate_pos_encoding: bool) -> None:
         """Validate a forward's images; every message says what to pass instead."""

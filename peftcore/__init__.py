@@ -1,15 +1,13 @@
 """peftcore: parameter-efficient fine-tuning methods that plug into the sites of Transformer encoders."""
 
 from peftcore.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
-from peftcore.configs import (
-    ADAPTER_CONFIG_MAP,
-    DEFAULT_ADAPTER_CONFIG,
+from peftcore.configs import ADAPTER_CONFIG_MAP, DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, ConfigUnion
+from peftcore.fusion import AdapterFusionConfig
+from peftcore.methods import (
     AdapterConfig,
-    AdapterConfigBase,
     BnConfig,
     CompacterConfig,
     CompacterPlusPlusConfig,
-    ConfigUnion,
     DoubleSeqBnConfig,
     DoubleSeqBnInvConfig,
     HoulsbyConfig,
@@ -26,7 +24,6 @@ from peftcore.configs import (
     SeqBnInvConfig,
     UniPELTConfig,
 )
-from peftcore.fusion import AdapterFusionConfig
 from peftcore.model import AdapterModelMixin
 from peftcore.sites import SITE_NAMES, find_sites
 

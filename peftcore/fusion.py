@@ -12,21 +12,17 @@ Numerically equal to AdapterHub's ``BertFusion`` with its ``AdapterFusionConfig`
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from peftcore import io
-from peftcore.composition import Fuse
-from peftcore.sites import Site
-
-if TYPE_CHECKING:
-    from peftcore.model import AdapterModelMixin
+from peftcore import placement
+from peftcore.composition import Block, Fuse, fusion_names
+from peftcore.host import AdapterHost
+from peftcore.sites import ResidualSite, Site
 
 
 @dataclass(frozen=True)
@@ -83,7 +79,7 @@ FUSION_CONFIG_MAP = {
 class AdapterFusion(nn.Module):
     """One fusion layer at one residual site; parameter names are AdapterHub's (``query``, ``key``, ``value``)."""
 
-    record: Callable[[Tensor], None] | None = None  # set while a forward records the fusion attentions
+    record: Callable[[Tensor], None] | None = None  # set when attached: keeps attentions while the model records
 
     def __init__(self, config: AdapterFusionConfig, hidden_size: int, dropout: float) -> None:
         super().__init__()
@@ -133,64 +129,87 @@ class AdapterFusion(nn.Module):
         return 0.01 * (torch.eye(weight.shape[0], dtype=weight.dtype, device=weight.device) - weight).pow(2).sum()
 
 
-# ---- files ---------------------------------------------------------------------------------------------------------
-
-FUSION_CONFIG_FILE, FUSION_WEIGHTS_FILE = "fusion_config.json", "fusion_model.safetensors"
-FUSION_FORMAT, FUSION_FORMAT_VERSION = "peftcore-fusion", 1
+# ---- the calls on a model -----------------------------------------------------------------------------------------
 
 
-def fusion_slots(model: AdapterModelMixin, placed: list[tuple[Site, nn.Module]]) -> dict[str, tuple[nn.Module, str]]:
-    """Our key (fusion name left out) -> (module, key inside it), for every tensor of a fusion's layers."""
-    return {f"{site.path}.fusions.{key}": (fusion, key) for site, fusion in placed for key in fusion.state_dict()}
+def check(host: AdapterHost, name: str) -> None:
+    if name not in host.fusion_configs:
+        raise KeyError(f"no fusion named {name!r}; this model has {sorted(host.fusion_configs) or 'none'}.")
 
 
-def save_fusion(model: AdapterModelMixin, directory: str | os.PathLike, name: str) -> None:
-    """``fusion_config.json`` + ``fusion_model.safetensors``, written atomically."""
-    with io.atomic_directory_write(directory) as scratch:
-        io.write_json(scratch / FUSION_CONFIG_FILE, {
-            "format": FUSION_FORMAT, "format_version": FUSION_FORMAT_VERSION, "name": name,
-            "adapters": list(model.fused_adapters[name]),
-            "config": model.fusion_configs[name].to_dict(), "model_type": model.config.model_type,
-            "hidden_size": model.config.hidden_size, "library": io.LIBRARY_VERSION})
-        io.write_safetensors(scratch / FUSION_WEIGHTS_FILE, model.fusion_state(name))
+def sites(host: AdapterHost, fuse: Fuse) -> list[Site]:
+    """Residual sites where every child of the Fuse has a module."""
+    children = [(child,) if isinstance(child, str) else child.flatten() for child in fuse]
+    return [site for site in host.sites_found if isinstance(site.module, ResidualSite)
+            and all(any(name in site.module.adapters for name in names) for names in children)]
 
 
-def load_fusion(model: AdapterModelMixin, directory: str | os.PathLike, load_as: str | None) -> Fuse:
-    """Read a fusion directory (ours or AdapterHub's), check it against the model off the model, then attach it."""
-    from peftcore.interop import adapterhub
-
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"fusion directory {str(directory)!r} does not exist.")
-    if (directory / FUSION_CONFIG_FILE).is_file():
-        raw = io.read_json(directory / FUSION_CONFIG_FILE)
-        if raw.get("format") != FUSION_FORMAT or raw.get("format_version") != FUSION_FORMAT_VERSION:
-            raise ValueError(f"{directory / FUSION_CONFIG_FILE} is not a peftcore fusion of format version "
-                             f"{FUSION_FORMAT_VERSION}.")
-        name, config, adapters = raw.get("name"), raw.get("config"), raw.get("adapters")
-        state = io.read_safetensors(io.require(directory / FUSION_WEIGHTS_FILE))
-        model_type, hidden_size = raw.get("model_type"), raw.get("hidden_size")
-    else:
-        name, config, state, model_type, hidden_size = adapterhub.read_fusion(model, directory)
-        adapters = None
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{directory} names no fusion (its config has no 'name').")
-    if model_type is not None and model_type != model.config.model_type:
-        raise ValueError(f"{directory} holds a fusion for a {model_type!r} model; this model is "
-                         f"{model.config.model_type!r}.")
-    if hidden_size is not None and hidden_size != model.config.hidden_size:
-        raise ValueError(f"{directory} holds a fusion for hidden size {hidden_size}; this model's is "
-                         f"{model.config.hidden_size}.")
-    config = AdapterFusionConfig.load(config)
-    adapters = adapters if isinstance(adapters, list) and adapters else name.split(",")
-    custom = load_as or (name if name != ",".join(adapters) else None)
-    fuse = Fuse(*adapters, name=custom)
+def build(host: AdapterHost, fuse: Fuse, config: AdapterFusionConfig) -> list[tuple[Site, AdapterFusion]]:
+    """One fusion layer per residual site where the Fuse's children all sit; attaches nothing."""
     for adapter in fuse.flatten():
-        if adapter not in model.adapter_configs:
-            raise ValueError(f"{directory} fuses adapters {list(fuse.flatten())}; load adapter {adapter!r} first.")
-    if fuse.name in model.fusion_configs:
-        raise ValueError(f"the model already has a fusion {fuse.name!r}; delete it first or pass load_as.")
-    placed = model.build_fusion(fuse, config)
-    io.fill(fusion_slots(model, placed), state, f"{directory}: fusion {name!r}")
-    model.attach_fusion(fuse, config, placed)
-    return fuse
+        placement.check_known(host, adapter)
+    dropout = getattr(host.config, "attention_probs_dropout_prob", 0.0)
+    placed = [(site, placement.like_model(host, AdapterFusion(config, host.config.hidden_size, dropout)))
+              for site in sites(host, fuse)]
+    if not placed:
+        raise ValueError(f"the adapters of {fuse!r} share no residual site (fusion fuses bottleneck adapters "
+                         "placed at the same sub-layers).")
+    return placed
+
+
+def attach(host: AdapterHost, fuse: Fuse, config: AdapterFusionConfig,
+           placed: list[tuple[Site, AdapterFusion]]) -> None:
+    """Put built fusion layers into their sites (replacing a fusion of that name), their attentions' sinks into
+    the recorder."""
+    remove(host, fuse.name)
+    for site, fusion in placed:
+        site.module.fusions[fuse.name] = fusion.train(host.training)
+        fusion.record = host.recorder.fusion_sink(fuse.name, site.layer, site.name)
+    host.fusion_configs[fuse.name] = config
+    host.fused_adapters[fuse.name] = fuse.flatten()
+
+
+def remove(host: AdapterHost, name: str) -> None:
+    for site in host.sites_found:
+        if isinstance(site.module, ResidualSite) and name in site.module.fusions:
+            del site.module.fusions[name]
+    host.fusion_configs.pop(name, None)
+    host.fused_adapters.pop(name, None)
+
+
+def layers(host: AdapterHost, name: str) -> Iterator[tuple[Site, AdapterFusion]]:
+    for site in host.sites_found:
+        if isinstance(site.module, ResidualSite) and name in site.module.fusions:
+            yield site, site.module.fusions[name]
+
+
+def train(host: AdapterHost, block: Block, unfreeze_adapters: bool) -> None:
+    """Everything frozen but the setup's fusion layers (and its adapters with ``unfreeze_adapters``)."""
+    for name in fusion_names(block):
+        for _, fusion in layers(host, name):
+            fusion.requires_grad_(True)
+    if unfreeze_adapters:
+        for name in block.flatten():
+            for parameter in placement.parameters(host, name):
+                parameter.requires_grad_(True)
+
+
+def regularization_loss(host: AdapterHost) -> Tensor | None:
+    """AdapterHub's fusion regulariser summed over every trainable fusion layer that asks for it, or None."""
+    losses = [fusion.regularization_loss() for site in host.sites_found if isinstance(site.module, ResidualSite)
+              for fusion in site.module.fusions.values() if fusion.value is not None
+              and fusion.value.weight.requires_grad]
+    losses = [loss for loss in losses if loss is not None]
+    return sum(losses) if losses else None
+
+
+def state(host: AdapterHost, name: str) -> dict[str, Tensor]:
+    """A fusion's tensors keyed by path in the model with the fusion name left out."""
+    check(host, name)
+    return {f"{site.path}.fusions.{key}": tensor for site, fusion in layers(host, name)
+            for key, tensor in fusion.state_dict().items()}
+
+
+def slots(placed: list[tuple[Site, AdapterFusion]]) -> dict[str, tuple[nn.Module, str]]:
+    """Our file key (fusion name left out) -> (module, key inside it), for every tensor of a fusion's layers."""
+    return {f"{site.path}.fusions.{key}": (fusion, key) for site, fusion in placed for key in fusion.state_dict()}

@@ -1,8 +1,9 @@
 """Prediction heads named after adapters, in the layout of AdapterHub's flexible heads
-(``adapters.heads.base.PredictionHead`` and ``BertStyleMaskedLMHead``), so their files load key for key.
+(``adapters.heads.base.PredictionHead`` and ``BertStyleMaskedLMHead``), so their files load key for key, and the
+calls that add, build and delete them.
 
-A head is built from its config dict — AdapterHub's ``head_config.json`` ``"config"`` — by ``build_head``, both
-when a user adds one and when one is loaded, so the two can never disagree.
+A head is built from its config dict — AdapterHub's ``head_config.json`` ``"config"`` — by ``build``, both when a
+user adds one and when one is loaded, so the two can never disagree.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftcore.sites import Activation, LMHead
+from peftcore import placement
+from peftcore.host import AdapterHost
+from peftcore.sites import Activation, MaskedLMHead
 
 TOKEN_LEVEL = ("tagging", "question_answering")
 SEQUENCE_LEVEL = ("classification", "multilabel_classification", "image_classification")
@@ -70,26 +74,17 @@ class PredictionHead(nn.Sequential):
         return F.cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1), ignore_index=-100)
 
 
-class MaskedLMPredictionHead(LMHead):
-    """Linear(C, C) -> act -> LayerNorm -> Linear(C, V), numbered 0, 1, 2, 3 as AdapterHub's BertStyleMaskedLMHead."""
+class MaskedLMPredictionHead(MaskedLMHead):
+    """A masked-LM adapter head: BERT's LM head numbered 0, 1, 2, 3 as AdapterHub's BertStyleMaskedLMHead, with its
+    config and loss."""
 
     def __init__(self, config: Mapping[str, Any], hidden_size: int, layer_norm_eps: float) -> None:
-        super().__init__()
         if config["layers"] != 2 or not config.get("layer_norm", True):
             raise ValueError("masked_lm heads have layers=2 and layer_norm=True (BERT's LM head); got "
                              f"layers={config['layers']}, layer_norm={config.get('layer_norm')}.")
-        self.add_module("0", nn.Linear(hidden_size, hidden_size))
-        self.add_module("1", Activation(config["activation_function"]))
-        self.add_module("2", nn.LayerNorm(hidden_size, eps=layer_norm_eps))
-        self.add_module("3", nn.Linear(hidden_size, config["vocab_size"], bias=config.get("bias", True)))
+        super().__init__(hidden_size, hidden_size, config["vocab_size"], config["activation_function"],
+                         layer_norm_eps, bias=config.get("bias", True), numbered=True)
         self.config = dict(config)
-
-    @property
-    def decoder(self) -> nn.Linear:
-        return getattr(self, "3")
-
-    def transform(self, x: Tensor) -> Tensor:
-        return getattr(self, "2")(getattr(self, "1")(getattr(self, "0")(x)))
 
     def loss(self, logits: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
@@ -114,8 +109,8 @@ def head_config(head_type: str, **fields: Any) -> dict[str, Any]:
     return config
 
 
-def build_head(config: Mapping[str, Any], hidden_size: int, vocab_size: int, dropout: float,
-               layer_norm_eps: float, initializer_range: float) -> nn.Module:
+def new_head(config: Mapping[str, Any], hidden_size: int, vocab_size: int, dropout: float,
+             layer_norm_eps: float, initializer_range: float) -> nn.Module:
     """The head a config dict describes, initialised as transformers initialises heads."""
     if config["head_type"] == "masked_lm":
         if config.get("vocab_size", vocab_size) != vocab_size:
@@ -132,4 +127,61 @@ def build_head(config: Mapping[str, Any], hidden_size: int, vocab_size: int, dro
     return head
 
 
-__all__ = ["HEAD_TYPES", "MaskedLMPredictionHead", "PredictionHead", "build_head", "head_config"]
+# ---- the calls on a model -----------------------------------------------------------------------------------------
+
+
+def add(host: AdapterHost, name: str, config: dict[str, Any], overwrite_ok: bool, set_active: bool) -> None:
+    """Add a head from an AdapterHub head config dict; it becomes the active head when ``set_active``."""
+    placement.check_name(name)
+    if name in host.heads and not overwrite_ok:
+        raise ValueError(f"a head named {name!r} exists; pass overwrite_ok=True to replace it.")
+    attach(host, name, build(host, config))
+    if set_active:
+        host.active_head = name
+
+
+def build(host: AdapterHost, config: dict[str, Any]) -> nn.Module:
+    """A head from its config dict, on the model's device and dtype, a masked-LM head tied to the word embeddings
+    and started from the model's own LM head when it has one; attaches nothing."""
+    config = head_config(**config)
+    model = host.config
+    dropout = model.classifier_dropout_prob if hasattr(model, "classifier_dropout_prob") else 0.1
+    head = new_head(config, model.hidden_size, getattr(model, "vocab_size", 0), dropout, model.layer_norm_eps,
+                    getattr(model, "initializer_range", 0.02))
+    if isinstance(head, MaskedLMHead):
+        head.decoder.weight = host.get_input_embeddings().weight
+        if isinstance(host.head, MaskedLMHead):
+            with torch.no_grad():
+                head.decoder.bias.copy_(host.head.decoder.bias)
+                for mine, theirs in zip(head.parts()[:3], host.head.parts()[:3], strict=True):
+                    mine.load_state_dict(theirs.state_dict())
+    return placement.like_model(host, head)
+
+
+def attach(host: AdapterHost, name: str, head: nn.Module) -> None:
+    host.heads[name] = head.train(host.training)
+
+
+def delete(host: AdapterHost, name: str) -> None:
+    if name not in host.heads:
+        raise KeyError(f"no head named {name!r}; this model has {sorted(host.heads) or 'none'}.")
+    del host.heads[name]
+    if host.active_head == name:
+        host.active_head = None
+
+
+def label2id(id2label: dict[int, str] | None, num_labels: int) -> dict[str, int] | None:
+    """AdapterHub's head config keeps label2id; checked here, where id2label still shows every label."""
+    if id2label is not None and len(id2label) != num_labels:
+        raise ValueError(f"id2label has {len(id2label)} labels, num_labels is {num_labels}.")
+    return None if id2label is None else {label: int(i) for i, label in id2label.items()}
+
+
+def own_state(host: AdapterHost, head: nn.Module) -> dict[str, Tensor]:
+    """A head's tensors (attached or not) without those it shares with the encoder (an LM decoder tied to the word
+    embeddings): what a head file holds."""
+    shared = {id(p) for name, p in host.named_parameters(remove_duplicate=False) if not name.startswith("heads.")}
+    return {key: t for key, t in head.state_dict(keep_vars=True).items() if id(t) not in shared}
+
+
+__all__ = ["HEAD_TYPES", "MaskedLMPredictionHead", "PredictionHead", "head_config", "new_head"]

@@ -42,7 +42,6 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-
 class Activation(nn.Module):
     """A named activation of ``ACTIVATIONS`` as a module, for use inside nn.Sequential."""
 
@@ -145,67 +144,37 @@ class EmbeddingSite(nn.Module):
         return x if self.inverse_plug is None else self.inverse_plug(x)
 
 
-def init_generator(seed: int | None) -> torch.Generator | None:
-    """A private generator for ``init_weights_seed`` (None: the global RNG), so seeding never touches global state."""
-    return None if seed is None else torch.Generator().manual_seed(seed)
+class MaskedLMHead(nn.Module):
+    """BERT's language-model head: dense -> activation -> LayerNorm -> decoder onto the vocabulary, (B, T, C) ->
+    (B, T, V). The model runs its embedding site's inverse between ``transform`` and ``decoder``, where invertible
+    adapters undo their embedding transform.
 
-
-class ModelShape(NamedTuple):
-    """What a method needs to know of the model it is built for."""
-
-    hidden_size: int
-    num_layers: int
-    num_heads: int | None  # None: the model's config has no num_attention_heads
-
-
-class Method(nn.Module):
-    """Base of every PEFT method module. A method serves one config class and says where a config places it.
-
-    ``sites(config, layer)`` maps config fields to site names for one layer (``None``: the embeddings); it is the
-    only translation from config to placement. ``build_shared`` makes the one module an adapter shares across all
-    its sites, if the method has one (kept in ``model.shared_parameters[adapter][shared_key]``); ``build`` makes the
-    module for one site, given that shared module. ``plugs`` returns the callables its site runs when this adapter
-    is active alone (``{"plug": ...}``, plus ``"inverse_plug"`` at the embedding site).
+    Its parts are named as transformers names a model's own head (``dense, act, norm, decoder``) or, ``numbered``,
+    as AdapterHub numbers its flex heads (``0, 1, 2, 3``: ``BertStyleMaskedLMHead``), so either's files load key for
+    key.
     """
 
-    config_class: type
-    shared_key: str | None = None
-    record: Callable[[Tensor], None] | None = None  # set while a forward records gate values
-
-    @classmethod
-    def sites(cls, config: object, layer: int | None) -> tuple[str, ...]:
-        raise NotImplementedError
-
-    @classmethod
-    def build_shared(cls, config: object, shape: ModelShape) -> nn.Module | None:
-        return None
-
-    @classmethod
-    def build(cls, config: object, site: Site, shape: ModelShape, shared: nn.Module | None) -> Method:
-        return cls(config, shape.hidden_size, site.layer)
-
-    @property
-    def token_wise(self) -> bool:
-        """Whether this module acts on each token alone, so a padded batch may run on its real tokens only.
-        A UniPELT gate averages over the whole padded sequence, as AdapterHub's does."""
-        return getattr(self, "gate", None) is None
-
-    def share(self, shared: nn.Module) -> None:
-        """Keep a reference to the adapter's shared module without registering it a second time."""
-        object.__setattr__(self, "shared", shared)
-
-    def plugs(self) -> dict[str, Callable]:
-        return {"plug": self.forward}
-
-
-class LMHead(nn.Module):
-    """Base of language-model heads: ``decoder(transform(x))``. The model runs its embedding site's inverse
-    between the two, where invertible adapters undo their embedding transform."""
-
+    NAMES = ("dense", "act", "norm", "decoder")
     decoder: nn.Linear
 
+    def __init__(self, hidden_size: int, width: int, vocab_size: int, activation: str, eps: float, bias: bool = True,
+                 numbered: bool = False) -> None:
+        super().__init__()
+        parts = (nn.Linear(hidden_size, width), Activation(activation), nn.LayerNorm(width, eps=eps),
+                 nn.Linear(width, vocab_size, bias=bias))
+        self.names = tuple(map(str, range(4))) if numbered else self.NAMES
+        for name, part in zip(self.names, parts, strict=True):
+            self.add_module(name, part)
+        if numbered:  # `decoder` names the last part either way; a plain reference, not a second registration
+            object.__setattr__(self, "decoder", parts[3])
+
+    def parts(self) -> tuple[nn.Module, ...]:
+        """(dense, act, norm, decoder), whatever their names."""
+        return tuple(self._modules[name] for name in self.names)
+
     def transform(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        dense, act, norm, _ = self.parts()
+        return norm(act(dense(x)))  # (B, T, C); the decoder makes it (B, T, V)
 
     def forward(self, x: Tensor, pooled: Tensor | None = None) -> Tensor:
         return self.decoder(self.transform(x))

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule
 
-from peftcore.io import read_adapter
+from peftcore.interop import read_adapter
 
 Batch = dict[str, Tensor]
 

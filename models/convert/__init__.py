@@ -7,7 +7,6 @@ is ``config.json`` with a ``peftcore_format`` field and our config, plus ``model
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Callable, Mapping
@@ -17,9 +16,10 @@ from typing import Any
 
 from torch import Tensor
 
+from models.convert.architecture import Architecture
 from models.convert.keymap import ConversionError, KeyMap
 from models.convert.tables import GENERIC_FIELDS
-from peftcore.io import atomic_directory_write, read_pickle, read_safetensors, write_json, write_safetensors
+from peftcore.io import atomic_directory_write, read_json, read_pickle, read_safetensors, write_json, write_safetensors
 
 NATIVE_FORMAT = 1  # version written into our config.json as "peftcore_format"
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -37,11 +37,8 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         present = sorted(p.name for p in directory.iterdir())
         raise FileNotFoundError(f"{str(directory)!r} has no config.json (it holds {present}); pass the directory "
                                 "that save_pretrained wrote.")
-    try:
-        config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{config_file} is not valid JSON: {error}") from error
-    if not isinstance(config, dict) or "model_type" not in config:
+    config = read_json(config_file)
+    if "model_type" not in config:
         raise ValueError(f"{config_file} has no model_type; it is not a transformers or peftcore config.")
     return config
 
@@ -71,10 +68,9 @@ def read_weights(path: str | os.PathLike, on_file: Callable[[Path], None] | None
 
 def read_sharded(index_file: Path, reader: Callable[[Path], dict[str, Tensor]],
                  on_file: Callable[[Path], None]) -> dict[str, Tensor]:
-    try:
-        weight_map = json.loads(index_file.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{index_file} is not a valid shard index (needs a weight_map): {error}") from error
+    weight_map = read_json(index_file).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise ValueError(f"{index_file} is not a valid shard index: it needs a weight_map object.")
     state: dict[str, Tensor] = {}
     for shard in sorted(set(weight_map.values())):
         if not (index_file.parent / shard).is_file():
@@ -87,27 +83,34 @@ def read_sharded(index_file: Path, reader: Callable[[Path], dict[str, Tensor]],
     return state
 
 
-def config_kwargs_from_hf(hf: Mapping[str, Any], config_cls: type, architectures: Mapping[str, tuple[str | None, bool]],
-                          required_values: Mapping[str, Any]) -> dict[str, Any]:
+def config_kwargs_from_hf(hf: Mapping[str, Any], config_cls: type, architecture: Architecture) -> dict[str, Any]:
     """Translate an HF config.json into our config's keyword arguments.
 
-    Fields we share keep their names. The head and pooler follow ``architectures[0]``; num_labels follows
-    id2label. A field whose value we do not implement is an error; a field we do not know is a warning.
+    Fields we share keep their names, ``architecture.config_renames`` rename the others. The head and pooler follow
+    ``architectures[0]``; num_labels follows id2label. A field whose value we do not implement is an error; a field
+    we do not know is a warning.
     """
     name = config_cls.__name__
-    for field_name, value in required_values.items():
+    for field_name, value in architecture.required_values.items():
         if field_name in hf and hf[field_name] != value:
             raise ValueError(f"config.json sets {field_name}={hf[field_name]!r}; {name} implements only {value!r}.")
+    renames = architecture.config_renames
+    doubled = sorted(theirs for theirs, ours in renames.items() if theirs in hf and ours in hf)
+    if doubled:
+        raise ValueError(f"config.json sets both {doubled} and their {name} names {[renames[f] for f in doubled]}; "
+                         "keep one of each pair.")
+    hf = {renames.get(key, key): value for key, value in hf.items()}
     ours = {f.name for f in fields(config_cls)} - OUR_FIELDS
-    unknown = sorted(set(hf) - ours - GENERIC_FIELDS - set(required_values) - OUR_FIELDS)
+    unknown = sorted(set(hf) - ours - GENERIC_FIELDS - set(architecture.required_values) - OUR_FIELDS)
     if unknown:
         warnings.warn(f"config.json fields {unknown} are not used by {name}; they are ignored.", stacklevel=3)
     kwargs = {key: value for key, value in hf.items() if key in ours}
-    architecture = (hf.get("architectures") or [next(iter(architectures))])[0]
-    if architecture not in architectures:
-        raise ValueError(f"config.json names architecture {architecture!r}, which {name} cannot load; "
-                         f"supported: {sorted(architectures)}.")
-    kwargs["head"], kwargs["add_pooling_layer"] = architectures[architecture]
+    classes = architecture.hf_classes
+    hf_class = (hf.get("architectures") or [next(iter(classes))])[0]
+    if hf_class not in classes:
+        raise ValueError(f"config.json names architecture {hf_class!r}, which {name} cannot load; "
+                         f"supported: {sorted(classes)}.")
+    kwargs["head"], kwargs["add_pooling_layer"] = classes[hf_class]
     if "id2label" in hf:
         kwargs["num_labels"] = len(hf["id2label"])
     elif "num_labels" in hf:
@@ -115,11 +118,13 @@ def config_kwargs_from_hf(hf: Mapping[str, Any], config_cls: type, architectures
     return kwargs
 
 
-def config_to_hf(config: Any, model_type: str, architectures: Mapping[str, tuple[str | None, bool]]) -> dict[str, Any]:
+def config_to_hf(config: Any, model_type: str, architecture: Architecture) -> dict[str, Any]:
     """Our config as an HF config.json that transformers loads into the matching class."""
-    candidates = [arch for arch, (head, _) in architectures.items() if head == config.head]
-    exact = [arch for arch in candidates if architectures[arch][1] == config.add_pooling_layer]
-    hf = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in OUR_FIELDS}
+    classes = architecture.hf_classes
+    candidates = [hf_class for hf_class, (head, _) in classes.items() if head == config.head]
+    exact = [hf_class for hf_class in candidates if classes[hf_class][1] == config.add_pooling_layer]
+    renames = architecture.config_renames_back
+    hf = {renames.get(f.name, f.name): getattr(config, f.name) for f in fields(config) if f.name not in OUR_FIELDS}
     hf.update(model_type=model_type, architectures=[(exact or candidates)[0]])
     hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(config.num_labels)}
     hf["label2id"] = {f"LABEL_{i}": i for i in range(config.num_labels)}
@@ -145,5 +150,5 @@ def write_checkpoint(path: str | os.PathLike, config: Mapping[str, Any], state: 
         write_json(scratch / "config.json", config)
 
 
-__all__ = ["ConversionError", "KeyMap", "check_model_type", "config_kwargs_from_hf", "config_to_hf", "is_native",
-           "native_config", "read_config", "read_weights", "write_checkpoint"]
+__all__ = ["Architecture", "ConversionError", "KeyMap", "check_model_type", "config_kwargs_from_hf", "config_to_hf",
+           "is_native", "native_config", "read_config", "read_weights", "write_checkpoint"]

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor
 
-LIST_LIMIT = 12  # keys shown per list in an error; the rest are counted
+from peftcore.io import problem_report
 
 
 class ConversionError(ValueError):
@@ -49,8 +49,6 @@ class KeyMap:
         leaf_aliases: old names of a key's last segment (TF-converted checkpoints' LayerNorm gamma/beta).
         init_if_missing: our key prefixes a checkpoint may lack; they keep their fresh initialisation (a new
             head, a pooler the checkpoint was saved without). Any other missing key is an error.
-        site_paths: site name -> the module path (``{i}`` for the layer) where AdapterHub and PEFT attach the
-            method modules of that site in this architecture; their adapter files name keys after it.
     """
 
     prefix: str
@@ -59,7 +57,6 @@ class KeyMap:
     copies: Mapping[str, str] = field(default_factory=dict)
     leaf_aliases: Mapping[str, str] = field(default_factory=lambda: {"gamma": "weight", "beta": "bias"})
     init_if_missing: tuple[str, ...] = ("pooler.", "head.")
-    site_paths: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for head in (None, *self.heads):  # a table that maps two HF keys to one of ours fails at import
@@ -145,12 +142,8 @@ def hf_to_ours(keymap: KeyMap, hf_state: Mapping[str, Tensor], expected: Mapping
 
     missing = [key for key in expected if key not in state]
     newly_initialized = [key for key in missing if key.startswith(keymap.init_if_missing)]
-    missing = [key for key in missing if not key.startswith(keymap.init_if_missing)]
-    mismatched = [f"{key}: checkpoint {tuple(t.shape)}, model {tuple(expected[key])}"
-                  for key, t in state.items() if tuple(t.shape) != tuple(expected[key])]
-    wrong_dtype = [f"{key}: {t.dtype}" for key, t in state.items() if not t.is_floating_point()]
-    if unexpected or missing or mismatched or wrong_dtype:
-        raise ConversionError(report(architecture, unexpected, missing, mismatched, wrong_dtype))
+    check_fit(state, expected, architecture, unexpected,
+              [key for key in missing if not key.startswith(keymap.init_if_missing)])
     return Converted(state, newly_initialized, sorted(set(dropped)))
 
 
@@ -189,17 +182,19 @@ def apply_leaf_alias(key: str, aliases: Mapping[str, str]) -> str:
     return f"{head}.{aliases[leaf]}" if head and leaf in aliases else key
 
 
-def report(architecture: str, unexpected: list[str], missing: list[str], mismatched: list[str],
-           wrong_dtype: Sequence[str] = ()) -> str:
-    """One message with every problem, each list cut to LIST_LIMIT entries."""
-    lines = [f"the checkpoint does not fit a {architecture} model:"]
-    for title, keys in (("unexpected keys (no entry in the key table)", unexpected),
-                        ("missing keys (the model needs them)", missing),
-                        ("shape mismatches", mismatched),
-                        ("tensors that are not floating point (every weight is)", wrong_dtype)):
-        if keys:
-            shown = ", ".join(keys[:LIST_LIMIT]) + (f", ... ({len(keys) - LIST_LIMIT} more)" if len(keys) > LIST_LIMIT
-                                                    else "")
-            lines.append(f"  {len(keys)} {title}: {shown}")
-    lines.append("Check that config.json's model_type matches the weights, and that the file is complete.")
-    return "\n".join(lines)
+def check_fit(state: Mapping[str, Tensor], expected: Mapping[str, tuple[int, ...]], architecture: str,
+              unexpected: Sequence[str], missing: Sequence[str]) -> None:
+    """Raise one ConversionError listing every problem: the ``unexpected`` and ``missing`` keys, and the tensors of
+    ``state`` whose shape differs from ``expected`` (our key -> shape) or that are not floating point."""
+    common = sorted(set(state) & set(expected))
+    mismatched = [f"{key}: checkpoint {tuple(state[key].shape)}, model {tuple(expected[key])}" for key in common
+                  if tuple(state[key].shape) != tuple(expected[key])]
+    wrong_dtype = [f"{key}: {state[key].dtype}" for key in common if not state[key].is_floating_point()]
+    if unexpected or missing or mismatched or wrong_dtype:
+        raise ConversionError(problem_report(
+            f"the checkpoint does not fit a {architecture} model:",
+            [("unexpected keys (no entry in the key table)", unexpected),
+             ("missing keys (the model needs them)", missing),
+             ("shape mismatches", mismatched),
+             ("tensors that are not floating point (every weight is)", wrong_dtype)],
+            "Check that config.json's model_type matches the weights, and that the file is complete."))

@@ -1,7 +1,9 @@
-"""Key tables and config translation for each architecture: one line per HF tensor, weight and bias both.
+"""One ``Architecture`` record per model — BERT, ROBERTA, DEBERTA, DEBERTA_V2, VIT — with its key table (one line per
+HF tensor, weight and bias both), transformers classes, AdapterHub module paths and refused config values.
 
 HF names verified against ``state_dict()`` of transformers 4.57.6's BertModel/BertFor*, RobertaModel/RobertaFor*,
-DebertaModel/DebertaFor*, DebertaV2Model/DebertaV2For*, ViTModel and ViTForImageClassification classes.
+DebertaModel/DebertaFor*, DebertaV2Model/DebertaV2For*, ViTModel and ViTForImageClassification classes
+(tests/models/convert/test_tables.py checks every one).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from models.convert.architecture import Architecture
 from models.convert.keymap import KeyMap, Split
 
 
@@ -20,90 +23,7 @@ def linear(hf: str, ours: str) -> dict[str, str]:
     return {f"{hf}.weight": f"{ours}.weight", f"{hf}.bias": f"{ours}.bias"}
 
 
-BERT = KeyMap(
-    prefix="bert.",
-    keys={
-        "embeddings.word_embeddings.weight": "embeddings.word.weight",
-        "embeddings.position_embeddings.weight": "embeddings.position.weight",
-        "embeddings.token_type_embeddings.weight": "embeddings.token_type.weight",
-        **linear("embeddings.LayerNorm", "embeddings.norm"),
-        "embeddings.position_ids": None,  # buffer in older files; we compute positions
-        "embeddings.token_type_ids": None,  # buffer in older files; zeros by default
-        **linear("encoder.layer.{i}.attention.self.query", "layers.{i}.attn.q"),
-        **linear("encoder.layer.{i}.attention.self.key", "layers.{i}.attn.k"),
-        **linear("encoder.layer.{i}.attention.self.value", "layers.{i}.attn.v"),
-        **linear("encoder.layer.{i}.attention.output.dense", "layers.{i}.attn.out"),
-        **linear("encoder.layer.{i}.attention.output.LayerNorm", "layers.{i}.attn.residual.norm"),
-        **linear("encoder.layer.{i}.intermediate.dense", "layers.{i}.ffn.intermediate"),
-        **linear("encoder.layer.{i}.output.dense", "layers.{i}.ffn.output"),
-        **linear("encoder.layer.{i}.output.LayerNorm", "layers.{i}.ffn.residual.norm"),
-        **linear("pooler.dense", "pooler.dense"),
-    },
-    heads={
-        "masked_lm": {
-            **linear("cls.predictions.transform.dense", "head.dense"),
-            **linear("cls.predictions.transform.LayerNorm", "head.norm"),
-            "cls.predictions.decoder.weight": "head.decoder.weight",  # tied to the word embeddings by default
-            "cls.predictions.bias": "head.decoder.bias",
-            **dict.fromkeys(("cls.seq_relationship.weight", "cls.seq_relationship.bias")),  # BertForPreTraining's NSP
-        },
-        "sequence_classification": linear("classifier", "head.classifier"),
-        "token_classification": linear("classifier", "head.classifier"),
-        "question_answering": linear("qa_outputs", "head.qa_outputs"),
-    },
-    copies={"cls.predictions.decoder.bias": "cls.predictions.bias"},
-    site_paths={
-        "attn.q": "encoder.layer.{i}.attention.self.query",
-        "attn.k": "encoder.layer.{i}.attention.self.key",
-        "attn.v": "encoder.layer.{i}.attention.self.value",
-        "attn.prefix": "encoder.layer.{i}.attention.self.prefix_tuning",
-        "attn.residual": "encoder.layer.{i}.attention.output",
-        "ffn.intermediate": "encoder.layer.{i}.intermediate.dense",
-        "ffn.output": "encoder.layer.{i}.output.dense",
-        "ffn.residual": "encoder.layer.{i}.output",
-    },
-)
-
-ROBERTA = replace(
-    BERT,  # same base keys under another prefix; RoBERTa's heads are its own
-    prefix="roberta.",
-    heads={
-        "masked_lm": {
-            **linear("lm_head.dense", "head.dense"),
-            **linear("lm_head.layer_norm", "head.norm"),
-            "lm_head.decoder.weight": "head.decoder.weight",
-            "lm_head.bias": "head.decoder.bias",
-        },
-        "sequence_classification": {
-            **linear("classifier.dense", "head.dense"),
-            **linear("classifier.out_proj", "head.out_proj"),
-        },
-        "token_classification": linear("classifier", "head.classifier"),
-        "question_answering": linear("qa_outputs", "head.qa_outputs"),
-    },
-    copies={"lm_head.decoder.bias": "lm_head.bias"},
-)
-
-# transformers class name -> (our head, whether that class builds the pooler); the first class of a head is the
-# one a model gets when the user picks that head for a checkpoint of another
-BERT_ARCHITECTURES = {
-    "BertModel": (None, True),
-    "BertForMaskedLM": ("masked_lm", False),
-    "BertForPreTraining": ("masked_lm", True),
-    "BertForSequenceClassification": ("sequence_classification", True),
-    "BertForTokenClassification": ("token_classification", False),
-    "BertForQuestionAnswering": ("question_answering", False),
-}
-ROBERTA_ARCHITECTURES = {
-    "RobertaModel": (None, True),
-    "RobertaForMaskedLM": ("masked_lm", False),
-    "RobertaForSequenceClassification": ("sequence_classification", False),
-    "RobertaForTokenClassification": ("token_classification", False),
-    "RobertaForQuestionAnswering": ("question_answering", False),
-}
-
-# config.json fields that change the computation, and the only value we implement
-BERT_REQUIRED_VALUES = {"position_embedding_type": "absolute", "is_decoder": False, "add_cross_attention": False}
+INVERTIBLE = {"embeddings": "invertible_adapters"}  # where AdapterHub keeps invertible adapters, in every model
 
 # config.json fields of transformers' generic PretrainedConfig that carry nothing for an encoder's forward
 GENERIC_FIELDS = frozenset({
@@ -115,6 +35,96 @@ GENERIC_FIELDS = frozenset({
     "is_encoder_decoder", "tie_encoder_decoder", "cross_attention_hidden_size", "use_bfloat16", "tf_legacy_loss",
     "add_pooling_layer",
 })
+
+
+# ---- BERT and RoBERTa ----
+
+BERT = Architecture(
+    keymap=KeyMap(
+        prefix="bert.",
+        keys={
+            "embeddings.word_embeddings.weight": "embeddings.word.weight",
+            "embeddings.position_embeddings.weight": "embeddings.position.weight",
+            "embeddings.token_type_embeddings.weight": "embeddings.token_type.weight",
+            **linear("embeddings.LayerNorm", "embeddings.norm"),
+            "embeddings.position_ids": None,  # buffer in older files; we compute positions
+            "embeddings.token_type_ids": None,  # buffer in older files; zeros by default
+            **linear("encoder.layer.{i}.attention.self.query", "layers.{i}.attn.q"),
+            **linear("encoder.layer.{i}.attention.self.key", "layers.{i}.attn.k"),
+            **linear("encoder.layer.{i}.attention.self.value", "layers.{i}.attn.v"),
+            **linear("encoder.layer.{i}.attention.output.dense", "layers.{i}.attn.out"),
+            **linear("encoder.layer.{i}.attention.output.LayerNorm", "layers.{i}.attn.residual.norm"),
+            **linear("encoder.layer.{i}.intermediate.dense", "layers.{i}.ffn.intermediate"),
+            **linear("encoder.layer.{i}.output.dense", "layers.{i}.ffn.output"),
+            **linear("encoder.layer.{i}.output.LayerNorm", "layers.{i}.ffn.residual.norm"),
+            **linear("pooler.dense", "pooler.dense"),
+        },
+        heads={
+            "masked_lm": {
+                **linear("cls.predictions.transform.dense", "head.dense"),
+                **linear("cls.predictions.transform.LayerNorm", "head.norm"),
+                "cls.predictions.decoder.weight": "head.decoder.weight",  # tied to the word embeddings by default
+                "cls.predictions.bias": "head.decoder.bias",
+                # BertForPreTraining's next-sentence classifier: dropped
+                **dict.fromkeys(("cls.seq_relationship.weight", "cls.seq_relationship.bias")),
+            },
+            "sequence_classification": linear("classifier", "head.classifier"),
+            "token_classification": linear("classifier", "head.classifier"),
+            "question_answering": linear("qa_outputs", "head.qa_outputs"),
+        },
+        copies={"cls.predictions.decoder.bias": "cls.predictions.bias"},
+    ),
+    hf_classes={
+        "BertModel": (None, True),
+        "BertForMaskedLM": ("masked_lm", False),
+        "BertForPreTraining": ("masked_lm", True),
+        "BertForSequenceClassification": ("sequence_classification", True),
+        "BertForTokenClassification": ("token_classification", False),
+        "BertForQuestionAnswering": ("question_answering", False),
+    },
+    site_paths={
+        **INVERTIBLE,
+        "attn.q": "encoder.layer.{i}.attention.self.query",
+        "attn.k": "encoder.layer.{i}.attention.self.key",
+        "attn.v": "encoder.layer.{i}.attention.self.value",
+        "attn.prefix": "encoder.layer.{i}.attention.self.prefix_tuning",
+        "attn.residual": "encoder.layer.{i}.attention.output",
+        "ffn.intermediate": "encoder.layer.{i}.intermediate.dense",
+        "ffn.output": "encoder.layer.{i}.output.dense",
+        "ffn.residual": "encoder.layer.{i}.output",
+    },
+    required_values={"position_embedding_type": "absolute", "is_decoder": False, "add_cross_attention": False},
+)
+
+ROBERTA = replace(
+    BERT,  # BERT's base keys under another prefix, its module paths and refused values; RoBERTa's heads are its own
+    keymap=replace(
+        BERT.keymap,
+        prefix="roberta.",
+        heads={
+            "masked_lm": {
+                **linear("lm_head.dense", "head.dense"),
+                **linear("lm_head.layer_norm", "head.norm"),
+                "lm_head.decoder.weight": "head.decoder.weight",
+                "lm_head.bias": "head.decoder.bias",
+            },
+            "sequence_classification": {
+                **linear("classifier.dense", "head.dense"),
+                **linear("classifier.out_proj", "head.out_proj"),
+            },
+            "token_classification": linear("classifier", "head.classifier"),
+            "question_answering": linear("qa_outputs", "head.qa_outputs"),
+        },
+        copies={"lm_head.decoder.bias": "lm_head.bias"},
+    ),
+    hf_classes={
+        "RobertaModel": (None, True),
+        "RobertaForMaskedLM": ("masked_lm", False),
+        "RobertaForSequenceClassification": ("sequence_classification", False),
+        "RobertaForTokenClassification": ("token_classification", False),
+        "RobertaForQuestionAnswering": ("question_answering", False),
+    },
+)
 
 
 # ---- DeBERTa v1 and v2/v3 ----
@@ -158,16 +168,6 @@ SHARED = {  # every key v1 and v2 name alike
     )),
 }
 
-# where AdapterHub attaches method modules in both DeBERTa versions (verified against adapters 1.3.0 state_dict keys);
-# v1's q, k and v are one fused in_proj, which no single site of ours corresponds to
-DEBERTA_SITE_PATHS = {
-    "attn.prefix": f"{LAYER}.attention.self.prefix_tuning",
-    "attn.residual": f"{LAYER}.attention.output",
-    "ffn.intermediate": f"{LAYER}.intermediate.dense",
-    "ffn.output": f"{LAYER}.output.dense",
-    "ffn.residual": f"{LAYER}.output",
-}
-
 HEADS = {  # DebertaFor* and DebertaV2For* save the same head keys
     "masked_lm": {  # the legacy=True head, the one transformers builds by default
         **linear("cls.predictions.transform.dense", "head.dense"),
@@ -183,40 +183,71 @@ HEADS = {  # DebertaFor* and DebertaV2For* save the same head keys
     "question_answering": linear("qa_outputs", "head.qa_outputs"),
 }
 
-DEBERTA = KeyMap(
-    prefix="deberta.",
-    keys={
-        **SHARED,
-        f"{LAYER}.attention.self.in_proj.weight": Split(
-            ("layers.{i}.attn.q.weight", "layers.{i}.attn.k.weight", "layers.{i}.attn.v.weight"),
-            split_in_proj, join_in_proj),
-        f"{LAYER}.attention.self.q_bias": "layers.{i}.attn.q.bias",
-        f"{LAYER}.attention.self.v_bias": "layers.{i}.attn.v.bias",  # k has no bias in v1
-        f"{LAYER}.attention.self.pos_proj.weight": "layers.{i}.attn.pos_k.weight",  # c2p, no bias
-        **linear(f"{LAYER}.attention.self.pos_q_proj", "layers.{i}.attn.pos_q"),  # p2c
-        f"{LAYER}.attention.self.head_logits_proj.weight": "layers.{i}.attn.head_logits.weight",  # talking_head
-        f"{LAYER}.attention.self.head_weights_proj.weight": "layers.{i}.attn.head_weights.weight",
+# where AdapterHub attaches method modules in both DeBERTa versions (verified against adapters 1.3.0 state_dict keys);
+# v1's q, k and v are one fused in_proj, which no single site of ours corresponds to
+DEBERTA_SITE_PATHS = {
+    **INVERTIBLE,
+    "attn.prefix": f"{LAYER}.attention.self.prefix_tuning",
+    "attn.residual": f"{LAYER}.attention.output",
+    "ffn.intermediate": f"{LAYER}.intermediate.dense",
+    "ffn.output": f"{LAYER}.output.dense",
+    "ffn.residual": f"{LAYER}.output",
+}
+
+# DeBERTa's base models have no pooler. Every field transformers reads for DeBERTa is a config field of ours,
+# validated there (unsupported values raise a ValueError naming it): no refused values.
+DEBERTA = Architecture(
+    keymap=KeyMap(
+        prefix="deberta.",
+        keys={
+            **SHARED,
+            f"{LAYER}.attention.self.in_proj.weight": Split(
+                ("layers.{i}.attn.q.weight", "layers.{i}.attn.k.weight", "layers.{i}.attn.v.weight"),
+                split_in_proj, join_in_proj),
+            f"{LAYER}.attention.self.q_bias": "layers.{i}.attn.q.bias",
+            f"{LAYER}.attention.self.v_bias": "layers.{i}.attn.v.bias",  # k has no bias in v1
+            f"{LAYER}.attention.self.pos_proj.weight": "layers.{i}.attn.pos_k.weight",  # c2p, no bias
+            **linear(f"{LAYER}.attention.self.pos_q_proj", "layers.{i}.attn.pos_q"),  # p2c
+            f"{LAYER}.attention.self.head_logits_proj.weight": "layers.{i}.attn.head_logits.weight",  # talking_head
+            f"{LAYER}.attention.self.head_weights_proj.weight": "layers.{i}.attn.head_weights.weight",
+        },
+        heads=HEADS,
+        copies={"cls.predictions.decoder.bias": "cls.predictions.bias"},
+    ),
+    hf_classes={
+        "DebertaModel": (None, False),
+        "DebertaForMaskedLM": ("masked_lm", False),
+        "DebertaForSequenceClassification": ("sequence_classification", False),
+        "DebertaForTokenClassification": ("token_classification", False),
+        "DebertaForQuestionAnswering": ("question_answering", False),
     },
-    heads=HEADS,
-    copies={"cls.predictions.decoder.bias": "cls.predictions.bias"},
     site_paths=DEBERTA_SITE_PATHS,
 )
 
-DEBERTA_V2 = KeyMap(
-    prefix="deberta.",
-    keys={
-        **SHARED,
-        **linear(f"{LAYER}.attention.self.query_proj", "layers.{i}.attn.q"),
-        **linear(f"{LAYER}.attention.self.key_proj", "layers.{i}.attn.k"),
-        **linear(f"{LAYER}.attention.self.value_proj", "layers.{i}.attn.v"),
-        **linear(f"{LAYER}.attention.self.pos_key_proj", "layers.{i}.attn.pos_k"),  # c2p, unless share_att_key
-        **linear(f"{LAYER}.attention.self.pos_query_proj", "layers.{i}.attn.pos_q"),  # p2c, unless share_att_key
-        **linear("encoder.LayerNorm", "rel_norm"),  # norm_rel_ebd="layer_norm"
-        **linear("encoder.conv.conv", "conv.conv"),  # conv_kernel_size > 0
-        **linear("encoder.conv.LayerNorm", "conv.norm"),
+DEBERTA_V2 = Architecture(
+    keymap=KeyMap(
+        prefix="deberta.",
+        keys={
+            **SHARED,
+            **linear(f"{LAYER}.attention.self.query_proj", "layers.{i}.attn.q"),
+            **linear(f"{LAYER}.attention.self.key_proj", "layers.{i}.attn.k"),
+            **linear(f"{LAYER}.attention.self.value_proj", "layers.{i}.attn.v"),
+            **linear(f"{LAYER}.attention.self.pos_key_proj", "layers.{i}.attn.pos_k"),  # c2p, unless share_att_key
+            **linear(f"{LAYER}.attention.self.pos_query_proj", "layers.{i}.attn.pos_q"),  # p2c, unless share_att_key
+            **linear("encoder.LayerNorm", "rel_norm"),  # norm_rel_ebd="layer_norm"
+            **linear("encoder.conv.conv", "conv.conv"),  # conv_kernel_size > 0
+            **linear("encoder.conv.LayerNorm", "conv.norm"),
+        },
+        heads=HEADS,
+        copies={"cls.predictions.decoder.bias": "cls.predictions.bias"},
+    ),
+    hf_classes={
+        "DebertaV2Model": (None, False),
+        "DebertaV2ForMaskedLM": ("masked_lm", False),
+        "DebertaV2ForSequenceClassification": ("sequence_classification", False),
+        "DebertaV2ForTokenClassification": ("token_classification", False),
+        "DebertaV2ForQuestionAnswering": ("question_answering", False),
     },
-    heads=HEADS,
-    copies={"cls.predictions.decoder.bias": "cls.predictions.bias"},
     site_paths={
         "attn.q": f"{LAYER}.attention.self.query_proj",
         "attn.k": f"{LAYER}.attention.self.key_proj",
@@ -225,49 +256,35 @@ DEBERTA_V2 = KeyMap(
     },
 )
 
-# transformers class name -> (our head, whether that class builds the pooler); DeBERTa's base model has none
-DEBERTA_ARCHITECTURES = {
-    "DebertaModel": (None, False),
-    "DebertaForMaskedLM": ("masked_lm", False),
-    "DebertaForSequenceClassification": ("sequence_classification", False),
-    "DebertaForTokenClassification": ("token_classification", False),
-    "DebertaForQuestionAnswering": ("question_answering", False),
-}
-DEBERTA_V2_ARCHITECTURES = {
-    "DebertaV2Model": (None, False),
-    "DebertaV2ForMaskedLM": ("masked_lm", False),
-    "DebertaV2ForSequenceClassification": ("sequence_classification", False),
-    "DebertaV2ForTokenClassification": ("token_classification", False),
-    "DebertaV2ForQuestionAnswering": ("question_answering", False),
-}
-
-# config.json fields that change the computation, and the only value we implement. Every other field transformers
-# reads for DeBERTa is a config field of ours, validated there (unsupported values raise a ValueError naming it).
-DEBERTA_REQUIRED_VALUES: dict[str, Any] = {}
-DEBERTA_V2_REQUIRED_VALUES: dict[str, Any] = {}
-
 
 # ---- ViT ----
 
-VIT = KeyMap(
-    prefix="vit.",
-    keys={
-        "embeddings.cls_token": "embeddings.cls",
-        "embeddings.position_embeddings": "embeddings.position",
-        **linear("embeddings.patch_embeddings.projection", "embeddings.patch"),
-        **linear("encoder.layer.{i}.layernorm_before", "layers.{i}.attn_norm"),
-        **linear("encoder.layer.{i}.attention.attention.query", "layers.{i}.attn.q"),
-        **linear("encoder.layer.{i}.attention.attention.key", "layers.{i}.attn.k"),
-        **linear("encoder.layer.{i}.attention.attention.value", "layers.{i}.attn.v"),
-        **linear("encoder.layer.{i}.attention.output.dense", "layers.{i}.attn.out"),
-        **linear("encoder.layer.{i}.layernorm_after", "layers.{i}.ffn_norm"),
-        **linear("encoder.layer.{i}.intermediate.dense", "layers.{i}.ffn.intermediate"),
-        **linear("encoder.layer.{i}.output.dense", "layers.{i}.ffn.output"),
-        **linear("layernorm", "norm"),
-        **linear("pooler.dense", "pooler.dense"),
+VIT = Architecture(
+    keymap=KeyMap(
+        prefix="vit.",
+        keys={
+            "embeddings.cls_token": "embeddings.cls",
+            "embeddings.position_embeddings": "embeddings.position",
+            **linear("embeddings.patch_embeddings.projection", "embeddings.patch"),
+            **linear("encoder.layer.{i}.layernorm_before", "layers.{i}.attn_norm"),
+            **linear("encoder.layer.{i}.attention.attention.query", "layers.{i}.attn.q"),
+            **linear("encoder.layer.{i}.attention.attention.key", "layers.{i}.attn.k"),
+            **linear("encoder.layer.{i}.attention.attention.value", "layers.{i}.attn.v"),
+            **linear("encoder.layer.{i}.attention.output.dense", "layers.{i}.attn.out"),
+            **linear("encoder.layer.{i}.layernorm_after", "layers.{i}.ffn_norm"),
+            **linear("encoder.layer.{i}.intermediate.dense", "layers.{i}.ffn.intermediate"),
+            **linear("encoder.layer.{i}.output.dense", "layers.{i}.ffn.output"),
+            **linear("layernorm", "norm"),
+            **linear("pooler.dense", "pooler.dense"),
+        },
+        heads={"image_classification": linear("classifier", "head.classifier")},
+    ),
+    hf_classes={
+        "ViTModel": (None, True),
+        "ViTForImageClassification": ("image_classification", False),
     },
-    heads={"image_classification": linear("classifier", "head.classifier")},
     site_paths={  # AdapterHub's ViT keeps its bottlenecks in extra modules around the pre-LN residuals
+        **INVERTIBLE,
         "attn.q": "encoder.layer.{i}.attention.attention.query",
         "attn.k": "encoder.layer.{i}.attention.attention.key",
         "attn.v": "encoder.layer.{i}.attention.attention.value",
@@ -277,13 +294,5 @@ VIT = KeyMap(
         "ffn.output": "encoder.layer.{i}.output.dense",
         "ffn.residual": "encoder.layer.{i}.output.output_adapters",
     },
+    required_values={"pooler_act": "tanh"},
 )
-
-# transformers class name -> (our head, whether that class builds the pooler)
-VIT_ARCHITECTURES = {
-    "ViTModel": (None, True),
-    "ViTForImageClassification": ("image_classification", False),
-}
-
-# config.json fields that change the computation, and the only value we implement
-VIT_REQUIRED_VALUES = {"pooler_act": "tanh"}

@@ -1,0 +1,64 @@
+"""Adapter and fusion files in every format we read and write: ours (``ours.py``), AdapterHub's
+(``adapterhub.py``) and HuggingFace PEFT's (``peft.py``). This is the one place that tells the formats apart:
+``load_adapter`` recognises a directory's format by its files, and every reader turns a directory into a
+``SavedAdapter`` (``saved.py``) that one install step checks against the model before attaching it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from peftcore import io
+from peftcore.composition import Fuse
+from peftcore.host import AdapterHost
+from peftcore.interop import adapterhub, ours, peft
+from peftcore.interop.saved import SavedAdapter, install, install_fusion
+
+ADAPTER_FORMATS = ("peftcore", "adapterhub", "peft")
+FUSION_FORMATS = ("peftcore", "adapterhub")
+
+
+def read_adapter(host: AdapterHost, directory: str | os.PathLike, with_head: bool = True) -> SavedAdapter:
+    """Read an adapter directory in whichever format it is: ours, AdapterHub's or HF PEFT's."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"adapter directory {str(directory)!r} does not exist.")
+    raw = io.read_json(io.require(directory / ours.CONFIG_FILE))
+    if ours.is_ours(raw):
+        return ours.read(directory, raw, with_head)
+    if adapterhub.is_adapterhub(directory, raw):
+        return adapterhub.read(directory, raw, with_head, host)
+    if peft.is_peft(raw):
+        return peft.read(directory, raw, with_head, host)
+    raise ValueError(f"{directory / ours.CONFIG_FILE} is neither a peftcore adapter (format={ours.FORMAT!r}), an "
+                     "AdapterHub one (config, with adapter.safetensors or pytorch_adapter.bin beside it) nor a "
+                     "HuggingFace PEFT one (peft_type).")
+
+
+def load_adapter(host: AdapterHost, directory: str | os.PathLike, load_as: str | None, with_head: bool) -> str:
+    """Read, check and attach an adapter directory; returns the adapter's name."""
+    saved = read_adapter(host, directory, with_head)
+    return install(host, saved, load_as or saved.name, str(directory))
+
+
+def save_adapter(host: AdapterHost, directory: str | os.PathLike, name: str, with_head: bool, format: str) -> None:
+    if format not in ADAPTER_FORMATS:
+        raise ValueError(f"format={format!r} is not known; use 'peftcore', 'adapterhub' or 'peft'.")
+    {"peftcore": ours.save, "adapterhub": adapterhub.save, "peft": peft.save}[format](host, directory, name,
+                                                                                        with_head)
+
+
+def load_fusion(host: AdapterHost, directory: str | os.PathLike, load_as: str | None) -> Fuse:
+    """Read a fusion directory (ours or AdapterHub's), check it against the model off the model, then attach it."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"fusion directory {str(directory)!r} does not exist.")
+    saved = ours.read_fusion(directory) if ours.is_our_fusion(directory) else adapterhub.read_fusion(host, directory)
+    return install_fusion(host, saved, load_as, str(directory))
+
+
+def save_fusion(host: AdapterHost, directory: str | os.PathLike, name: str, format: str) -> None:
+    if format not in FUSION_FORMATS:
+        raise ValueError(f"format={format!r} is not known; use 'peftcore' or 'adapterhub'.")
+    {"peftcore": ours.save_fusion, "adapterhub": adapterhub.save_fusion}[format](host, directory, name)

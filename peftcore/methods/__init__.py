@@ -1,13 +1,69 @@
-"""PEFT methods, one family per file. ``METHODS`` lists every method module class: each declares the config
-class it serves (``config_class``) and, through ``sites(config, layer)``, where a config places it."""
+"""PEFT methods, one method per file, each with its config classes, its module class and its hooks (base.py).
 
-from peftcore.methods.bottleneck import Bottleneck
-from peftcore.methods.invertible import GLOWCoupling, NICECoupling
-from peftcore.methods.lora import IA3, LoRA
+A method file ends by registering itself (``register_method``), so importing it here is what makes a built-in
+method available; ``METHODS`` lists every registered module class, each declaring the config class it serves
+(``config_class``) and, through ``sites(config, layer)``, where a config places it.
+"""
+
+from peftcore.methods.base import METHODS, Method, ModelShape, methods_for, register_method
+from peftcore.methods.bottleneck import (
+    AdapterConfig,
+    BnConfig,
+    Bottleneck,
+    CompacterConfig,
+    CompacterPlusPlusConfig,
+    DoubleSeqBnConfig,
+    HoulsbyConfig,
+    ParallelConfig,
+    ParBnConfig,
+    PfeifferConfig,
+    SeqBnConfig,
+)
+from peftcore.methods.combinations import MAMConfig, UniPELTConfig
+from peftcore.methods.ia3 import IA3, IA3Config
+from peftcore.methods.invertible import (
+    DoubleSeqBnInvConfig,
+    GLOWCoupling,
+    HoulsbyInvConfig,
+    NICECoupling,
+    PfeifferInvConfig,
+    SeqBnInvConfig,
+)
+from peftcore.methods.lora import LoRA, LoRAConfig
 from peftcore.methods.phm import PHMLinear, PHMShared
-from peftcore.methods.prefix import PrefixTuning
+from peftcore.methods.prefix import PrefixTuning, PrefixTuningConfig
 
-METHODS = (Bottleneck, NICECoupling, GLOWCoupling, LoRA, IA3, PrefixTuning)
-
-__all__ = ["IA3", "METHODS", "Bottleneck", "GLOWCoupling", "LoRA", "NICECoupling", "PHMLinear", "PHMShared",
-           "PrefixTuning"]
+__all__ = [
+    "IA3",
+    "METHODS",
+    "AdapterConfig",
+    "BnConfig",
+    "Bottleneck",
+    "CompacterConfig",
+    "CompacterPlusPlusConfig",
+    "DoubleSeqBnConfig",
+    "DoubleSeqBnInvConfig",
+    "GLOWCoupling",
+    "HoulsbyConfig",
+    "HoulsbyInvConfig",
+    "IA3Config",
+    "LoRA",
+    "LoRAConfig",
+    "MAMConfig",
+    "Method",
+    "ModelShape",
+    "NICECoupling",
+    "PHMLinear",
+    "PHMShared",
+    "ParBnConfig",
+    "ParallelConfig",
+    "PfeifferConfig",
+    "PfeifferInvConfig",
+    "PrefixTuning",
+    "PrefixTuningConfig",
+    "SeqBnConfig",
+    "SeqBnInvConfig",
+    "UniPELTConfig",
+    "methods_for",
+    "register_method",
+]

@@ -14,18 +14,198 @@ residual site, which hands it the sub-layer output ``h``, the sub-layer input ``
 
 The exact placement of the residual ``r`` and the LayerNorms follows the config's ``original_ln_before/after``,
 ``residual_before_ln``, ``adapter_residual_before_ln``, ``ln_before/after`` fields, as AdapterHub applies them.
+Compacter (``phm_layer``) swaps the two linears for PHM layers (phm.py).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from peftcore.configs import BnConfig, has_shared_phm, reduced_width
-from peftcore.methods.phm import PHMLinear, PHMShared
-from peftcore.sites import ACTIVATIONS, Method, ModelShape, Site, init_generator
+from peftcore.configs import (
+    AdapterConfigBase,
+    check_finite_number,
+    check_in,
+    check_leave_out,
+    check_positive_number,
+    check_probability,
+    check_seed,
+    check_type,
+    reduced_width,
+)
+from peftcore.methods.base import Method, ModelShape, init_generator, register_method
+from peftcore.methods.gating import Gate
+from peftcore.methods.phm import PHMLinear, PHMShared, check_phm_fields
+from peftcore.sites import ACTIVATIONS, Site
+
+
+@dataclass(frozen=True, kw_only=True)
+class BnConfig(AdapterConfigBase):
+    """Bottleneck adapter (Houlsby et al., 2019; Pfeiffer et al., 2020): AdapterHub's BnConfig, field for field.
+
+    ``reduction_factor`` may map layer indices (as strings) and ``"default"`` to factors. Bottleneck width is
+    ``max(1, int(hidden_size // reduction_factor))``. The ``phm_*`` fields configure Compacter's PHM layers.
+    """
+
+    mh_adapter: bool
+    output_adapter: bool
+    reduction_factor: float | Mapping[str, float]
+    non_linearity: str
+    original_ln_before: bool = False
+    original_ln_after: bool = True
+    residual_before_ln: bool | str = True
+    adapter_residual_before_ln: bool = False
+    ln_before: bool = False
+    ln_after: bool = False
+    init_weights: str = "bert"
+    init_weights_seed: int | None = None
+    is_parallel: bool = False
+    scaling: float | str = 1.0
+    use_gating: bool = False
+    inv_adapter: str | None = None
+    inv_adapter_reduction_factor: float | None = None
+    cross_adapter: bool = False
+    leave_out: tuple[int, ...] = ()
+    dropout: float = 0.0
+    phm_layer: bool = False
+    phm_dim: int = 4
+    factorized_phm_W: bool = True
+    shared_W_phm: bool = False
+    shared_phm_rule: bool = True
+    factorized_phm_rule: bool = False
+    phm_c_init: str = "normal"
+    phm_init_range: float = 0.0001
+    learn_phm: bool = True
+    hypercomplex_nonlinearity: str = "glorot-uniform"
+    phm_rank: int = 1
+    phm_bias: bool = True
+    stochastic_depth: float = 0.0
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for flag in ("mh_adapter", "output_adapter", "original_ln_before", "original_ln_after",
+                     "adapter_residual_before_ln", "ln_before", "ln_after", "is_parallel", "use_gating",
+                     "cross_adapter", "phm_layer", "learn_phm", "phm_bias"):
+            check_type(name, flag, getattr(self, flag), bool, "True or False")
+        if isinstance(self.reduction_factor, Mapping):
+            for key, factor in self.reduction_factor.items():
+                if not (key == "default" or str(key).isdigit()):
+                    raise ValueError(f"{name}.reduction_factor keys are layer indices or 'default', got {key!r}.")
+                check_positive_number(name, f"reduction_factor[{key!r}]", factor)
+            object.__setattr__(self, "reduction_factor", {str(k): v for k, v in self.reduction_factor.items()})
+        else:
+            check_positive_number(name, "reduction_factor", self.reduction_factor)
+        check_in(name, "non_linearity", self.non_linearity.lower() if isinstance(self.non_linearity, str) else
+                 self.non_linearity, tuple(ACTIVATIONS))
+        if not (isinstance(self.residual_before_ln, bool) or self.residual_before_ln == "post_add"):
+            # not check_in: `0 in (True, False)` holds, and the bottleneck tests `is False`
+            raise ValueError(f"{name}.residual_before_ln={self.residual_before_ln!r} is not supported; use one of "
+                             "[True, False, 'post_add'].")
+        check_in(name, "init_weights", self.init_weights, ("bert", "mam_adapter", "houlsby"))
+        if isinstance(self.scaling, int) and not isinstance(self.scaling, bool):
+            object.__setattr__(self, "scaling", float(self.scaling))
+        if isinstance(self.scaling, float):
+            check_finite_number(name, "scaling", self.scaling)
+        else:
+            check_in(name, "scaling", self.scaling, ("learned", "channel"))
+        check_in(name, "inv_adapter", self.inv_adapter, (None, "nice", "glow"))
+        if self.inv_adapter is not None:
+            check_positive_number(name, "inv_adapter_reduction_factor", self.inv_adapter_reduction_factor)
+        if self.cross_adapter:
+            raise ValueError(f"{name}.cross_adapter=True places an adapter after decoder cross-attention; "
+                             "peftcore's encoders have none. Use mh_adapter or output_adapter.")
+        if not (self.mh_adapter or self.output_adapter or self.inv_adapter):
+            raise ValueError(f"{name} places nothing: set mh_adapter, output_adapter or inv_adapter.")
+        object.__setattr__(self, "leave_out", check_leave_out(name, self.leave_out))
+        for rate in ("dropout", "stochastic_depth"):
+            check_probability(name, rate, getattr(self, rate))
+        check_seed(name, self.init_weights_seed)
+        if self.phm_layer:
+            check_phm_fields(self, name)
+
+    def union_conflict(self, other: AdapterConfigBase) -> str | None:
+        """Bottlenecks may share a union when one sits after attention and the other after the FFN."""
+        if not isinstance(other, BnConfig):
+            return None
+        if self.mh_adapter == other.mh_adapter or self.output_adapter == other.output_adapter:
+            return ("ConfigUnion holds two bottleneck configs that would sit at the same sites; combine different "
+                    "methods, or bottlenecks at different places (mh_adapter vs output_adapter).")
+        if has_shared_phm(self) and has_shared_phm(other):
+            return ("ConfigUnion holds two Compacter bottlenecks that share PHM parameters across layers; an adapter "
+                    "has one set. Set shared_phm_rule=False and shared_W_phm=False on one of them.")
+        return None
+
+    def reduction_for(self, layer: int) -> float:
+        """The reduction factor of ``layer``: its own entry, else ``"default"`` (AdapterHub's lookup)."""
+        if not isinstance(self.reduction_factor, Mapping):
+            return self.reduction_factor
+        factor = self.reduction_factor.get(str(layer), self.reduction_factor.get("default"))
+        if factor is None:
+            raise ValueError(f"reduction_factor {dict(self.reduction_factor)} has no entry for layer {layer} and no "
+                             "'default'; add one.")
+        return factor
+
+
+
+AdapterConfig = BnConfig  # AdapterHub's older name for the bottleneck config
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeqBnConfig(BnConfig):
+    """Pfeiffer et al. (2020), https://arxiv.org/abs/2005.00247: one adapter after the FFN; AdapterHub's default."""
+
+    mh_adapter: bool = False
+    output_adapter: bool = True
+    reduction_factor: float | Mapping[str, float] = 16
+    non_linearity: str = "relu"
+    original_ln_before: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class DoubleSeqBnConfig(BnConfig):
+    """Houlsby et al. (2019), https://arxiv.org/abs/1902.00751: adapters after attention and after the FFN."""
+
+    mh_adapter: bool = True
+    output_adapter: bool = True
+    reduction_factor: float | Mapping[str, float] = 16
+    non_linearity: str = "swish"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParBnConfig(BnConfig):
+    """He et al. (2021), https://arxiv.org/abs/2110.04366: an adapter parallel to the FFN, scaled by 4."""
+
+    mh_adapter: bool = False
+    output_adapter: bool = True
+    reduction_factor: float | Mapping[str, float] = 2
+    non_linearity: str = "relu"
+    init_weights: str = "mam_adapter"
+    is_parallel: bool = True
+    scaling: float | str = 4.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompacterConfig(DoubleSeqBnConfig):
+    """Compacter (Karimi Mahabadi et al., 2021, https://arxiv.org/abs/2106.04647): Houlsby placement with PHM
+    down- and up-projections (``phm_layer``)."""
+
+    phm_layer: bool = True
+    reduction_factor: float | Mapping[str, float] = 32
+    non_linearity: str = "gelu"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompacterPlusPlusConfig(SeqBnConfig):
+    """Compacter++ (Karimi Mahabadi et al., 2021): Compacter with one adapter after the FFN only (Pfeiffer
+    placement)."""
+
+    phm_layer: bool = True
+    reduction_factor: float | Mapping[str, float] = 32
+    non_linearity: str = "gelu"
 
 
 class Bottleneck(Method):
@@ -39,6 +219,7 @@ class Bottleneck(Method):
 
     config_class = BnConfig
     shared_key = "phm"
+    adapterhub_shared_path = "shared_parameters.{name}"  # Compacter's shared rule and W sit in the base model
 
     @classmethod
     def sites(cls, config: BnConfig, layer: int | None) -> tuple[str, ...]:
@@ -88,7 +269,7 @@ class Bottleneck(Method):
         else:
             self.scaling = nn.Parameter(torch.ones(1 if config.scaling == "learned" else hidden_size))
         self.norm_after = nn.LayerNorm(hidden_size) if config.ln_after else nn.Identity()
-        self.gate = nn.Linear(hidden_size, 1) if config.use_gating else None
+        self.gate = Gate(hidden_size) if config.use_gating else None
         self.dropout = nn.Dropout(config.dropout)
         self.reset_parameters()
 
@@ -111,9 +292,8 @@ class Bottleneck(Method):
                 else:  # houlsby
                     nn.init.trunc_normal_(linear.weight, std=1e-2, a=-2e-2, b=2e-2, generator=generator)
                 nn.init.zeros_(linear.bias)
-            if self.gate is not None and init != "houlsby":  # AdapterHub leaves a houlsby gate at PyTorch's init
-                nn.init.normal_(self.gate.weight, std=0.02, generator=generator)
-                nn.init.zeros_(self.gate.bias)
+        if self.gate is not None and init != "houlsby":  # AdapterHub leaves a houlsby gate at PyTorch's init
+            self.gate.reset_parameters_from(generator, zero_bias=True)
 
     def transform(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """The scaled, dropped-out and gated bottleneck output f(z), without any residual, and the scaled
@@ -124,10 +304,7 @@ class Bottleneck(Method):
         up = up * self.scaling
         out = self.dropout(up)
         if self.gate is not None:
-            gate = torch.sigmoid(self.gate(z)).mean(dim=1, keepdim=True)  # (B, 1, 1)
-            if self.record is not None:
-                self.record(gate)
-            out = out * gate
+            out = out * self.gate(z)  # (B, 1, 1)
         return out, up
 
     def pre(self, h: Tensor, x: Tensor, norm: nn.Module,
@@ -172,6 +349,22 @@ class Bottleneck(Method):
         z, _, residual = self.pre(h, x, norm)
         return self.post(self.body(z, residual)[0], h, x, norm)
 
+    @classmethod
+    def adapterhub_names(cls, config: BnConfig, key: str) -> tuple[str, ...]:
+        """``down.weight`` -> ``adapter_down.0.weight`` (``adapter_down`` is AdapterHub's Sequential: [LayerNorm,]
+        Linear, act); an input LayerNorm is stored under ``adapter_down.0`` and again as ``adapter_norm_before``."""
+        names = {"down": "adapter_down.1" if config.ln_before else "adapter_down.0", "up": "adapter_up",
+                 "norm_after": "adapter_norm_after", "norm_before": "adapter_down.0", "gate": "gate",
+                 "scaling": "scaling"}
+        module, _, leaf = key.partition(".")
+        renamed = f"{names[module]}.{leaf}" if leaf else names[module]
+        return (renamed, f"adapter_norm_before.{leaf}") if module == "norm_before" else (renamed,)
+
+
+def has_shared_phm(config: BnConfig) -> bool:
+    """Whether a Compacter config keeps a rule or W shared across layers (model.shared_parameters)."""
+    return config.phm_layer and (config.shared_phm_rule or config.shared_W_phm)
+
 
 def bottleneck_width(config: BnConfig, hidden_size: int, layer: int) -> int:
     """hidden // reduction_factor; a factor that leaves no unit is refused (AdapterHub silently keeps one)."""
@@ -193,3 +386,13 @@ def drop_rows(x: Tensor, p: float) -> Tensor:
     """Stochastic depth in "row" mode (Huang et al., 2016): drop each example's update with probability p."""
     keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - p)
     return x * keep / (1 - p)
+
+
+PfeifferConfig, HoulsbyConfig, ParallelConfig = SeqBnConfig, DoubleSeqBnConfig, ParBnConfig
+
+PRESETS = {"seq_bn": SeqBnConfig(), "double_seq_bn": DoubleSeqBnConfig(), "par_bn": ParBnConfig(),
+           "scaled_par_bn": ParBnConfig(scaling="learned"), "compacter": CompacterConfig(),
+           "compacter++": CompacterPlusPlusConfig()}
+LEGACY_NAMES = {"pfeiffer": "seq_bn", "houlsby": "double_seq_bn", "parallel": "par_bn",  # AdapterHub's old names,
+                "scaled_parallel": "scaled_par_bn"}  # still accepted
+register_method(Bottleneck, {**PRESETS, **{old: PRESETS[new] for old, new in LEGACY_NAMES.items()}})

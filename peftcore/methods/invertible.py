@@ -10,13 +10,34 @@ Parameter names (F, G; s1, s2) are AdapterHub's, so its files load without renam
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from peftcore.configs import BnConfig, reduced_width
-from peftcore.sites import Activation, Method
+from peftcore.configs import reduced_width
+from peftcore.methods.base import Method, register_method
+from peftcore.methods.bottleneck import BnConfig, DoubleSeqBnConfig, SeqBnConfig
+from peftcore.sites import Activation
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeqBnInvConfig(SeqBnConfig):
+    """SeqBn plus a NICE invertible adapter on the embeddings (MAD-X's language adapter)."""
+
+    inv_adapter: str | None = "nice"
+    inv_adapter_reduction_factor: float | None = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class DoubleSeqBnInvConfig(DoubleSeqBnConfig):
+    """DoubleSeqBn plus a NICE invertible adapter on the embeddings."""
+
+    inv_adapter: str | None = "nice"
+    inv_adapter_reduction_factor: float | None = 2
+
+
+PfeifferInvConfig, HoulsbyInvConfig = SeqBnInvConfig, DoubleSeqBnInvConfig
 
 
 def subnet(width_in: int, width_out: int, config: BnConfig) -> nn.Sequential:
@@ -31,10 +52,11 @@ def subnet(width_in: int, width_out: int, config: BnConfig) -> nn.Sequential:
 
 
 class Coupling(Method):
-    """What both couplings share: their site, their halves of the hidden vector, and their plugs."""
+    """What both couplings share: their site and their halves of the hidden vector."""
 
     config_class = BnConfig
     kind: str
+    adapterhub_container = None  # AdapterHub keeps them at invertible_adapters.{name}
 
     @classmethod
     def sites(cls, config: BnConfig, layer: int | None) -> tuple[str, ...]:
@@ -44,9 +66,6 @@ class Coupling(Method):
         super().__init__()
         self.split = hidden_size // 2  # x1 = x[..., :split], x2 = x[..., split:]
         self.widths = (self.split, hidden_size - self.split)
-
-    def plugs(self) -> dict[str, Callable]:
-        return {"plug": self.forward, "inverse_plug": self.inverse}
 
 
 class NICECoupling(Coupling):
@@ -104,3 +123,9 @@ class GLOWCoupling(Coupling):
         x2 = (y2 - t1) / self.scale(s1)
         s2, t2 = self.s2(x2).split((first, first), dim=-1)
         return torch.cat(((y1 - t2) / self.scale(s2), x2), dim=-1)
+
+
+PRESETS = {"seq_bn_inv": SeqBnInvConfig(), "double_seq_bn_inv": DoubleSeqBnInvConfig()}
+register_method(NICECoupling, {**PRESETS, "pfeiffer+inv": PRESETS["seq_bn_inv"],
+                                "houlsby+inv": PRESETS["double_seq_bn_inv"]})
+register_method(GLOWCoupling)

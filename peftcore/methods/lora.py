@@ -1,21 +1,96 @@
-"""LoRA (Hu et al., 2021, https://arxiv.org/abs/2106.09685) and (IA)^3 (Liu et al., 2022,
-https://arxiv.org/abs/2205.05638) on the linear sites: ``attn.{q,k,v}``, ``ffn.intermediate``, ``ffn.output``.
+"""LoRA (Hu et al., 2021, https://arxiv.org/abs/2106.09685) on the linear sites: ``attn.{q,k,v}``,
+``ffn.intermediate``, ``ffn.output`` — and what (IA)^3 (ia3.py) shares with it: the config, the placement, the
+UniPELT gate and exact merge/reset.
 
-Numerically equal to AdapterHub's ``adapters.methods.lora.LoRA`` / ``IA3`` inside ``LoRALinear`` (and to HF
-PEFT's LoRA). Both merge into the linear they adapt for zero-overhead inference and reset exactly: merging keeps
-a copy of the original weight and bias, so reset restores them bit for bit after any number of cycles.
+Numerically equal to AdapterHub's ``adapters.methods.lora.LoRA`` inside ``LoRALinear`` and to HF PEFT's LoRA, whose
+files it reads and writes (``from_peft``/``to_peft``). Merging keeps a copy of the original weight and bias, so reset
+restores them bit for bit after any number of cycles.
 """
 
 from __future__ import annotations
 
 import math
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftcore.configs import LoRAConfig
-from peftcore.sites import Method, ModelShape, Site, SiteLinear, init_generator
+from peftcore.configs import (
+    AdapterConfigBase,
+    check_distinct,
+    check_in,
+    check_leave_out,
+    check_positive_number,
+    check_probability,
+    check_seed,
+    check_type,
+)
+from peftcore.methods.base import Method, ModelShape, PeftFile, init_generator, linear_average, register_method
+from peftcore.methods.gating import Gate
+from peftcore.sites import Site, SiteLinear
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoRAConfig(AdapterConfigBase):
+    """LoRA (Hu et al., 2021, https://arxiv.org/abs/2106.09685): AdapterHub's LoRAConfig, field for field.
+
+    ``selfattn_lora`` adapts the attention matrices in ``attn_matrices`` ("q", "k", "v"); ``intermediate_lora`` and
+    ``output_lora`` the two feed-forward linears. ``composition_mode="scale"`` is (IA)^3. DoRA and VeRA fields are
+    accepted at their defaults only.
+    """
+
+    architecture: ClassVar[str | None] = "lora"
+    selfattn_lora: bool = True
+    intermediate_lora: bool = False
+    output_lora: bool = False
+    leave_out: tuple[int, ...] = ()
+    r: int = 8
+    alpha: float = 8
+    dropout: float = 0.0
+    attn_matrices: tuple[str, ...] = ("q", "v")
+    composition_mode: str = "add"
+    init_weights: str = "lora"
+    init_weights_seed: int | None = None
+    use_gating: bool = False
+    use_dora: bool = False
+    vera_d: float | None = None
+    vera_b: float | None = None
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for flag in ("selfattn_lora", "intermediate_lora", "output_lora", "use_gating", "use_dora"):
+            check_type(name, flag, getattr(self, flag), bool, "True or False")
+        check_type(name, "r", self.r, int, "a positive int")
+        if self.r <= 0:
+            raise ValueError(f"{name}.r must be a positive int, got {self.r}.")
+        check_positive_number(name, "alpha", self.alpha)
+        check_probability(name, "dropout", self.dropout)
+        check_type(name, "attn_matrices", self.attn_matrices, (tuple, list), "a list of 'q', 'k', 'v'")
+        object.__setattr__(self, "attn_matrices", tuple(self.attn_matrices))
+        for matrix in self.attn_matrices:
+            check_in(name, "attn_matrices", matrix, ("q", "k", "v"))
+        check_distinct(name, "attn_matrices", self.attn_matrices)
+        check_in(name, "composition_mode", self.composition_mode, ("add", "scale"))
+        check_in(name, "init_weights", self.init_weights, ("lora", "bert", "ia3"))
+        if self.composition_mode == "scale" and (self.r != 1 or self.dropout):
+            raise ValueError(f"{name}: composition_mode='scale' ((IA)^3) needs r=1 and dropout=0, got r={self.r}, "
+                             f"dropout={self.dropout}.")
+        if self.use_dora or self.vera_d is not None or self.vera_b is not None:
+            raise ValueError(f"{name}: DoRA (use_dora) and VeRA (vera_d, vera_b) are not available; leave them at "
+                             "their defaults.")
+        if self.dtype is not None:
+            raise ValueError(f"{name}.dtype={self.dtype!r}: LoRA weights follow the model's dtype; leave dtype=None.")
+        if not (self.selfattn_lora and self.attn_matrices) and not self.intermediate_lora and not self.output_lora:
+            raise ValueError(f"{name} places nothing: set selfattn_lora (with attn_matrices), intermediate_lora or "
+                             "output_lora.")
+        object.__setattr__(self, "leave_out", check_leave_out(name, self.leave_out))
+        check_seed(name, self.init_weights_seed)
 
 
 def linear_sites(config: LoRAConfig, layer: int | None) -> tuple[str, ...]:
@@ -41,31 +116,33 @@ class LinearMethod(Method):
     def build(cls, config: LoRAConfig, site: Site, shape: ModelShape, shared: nn.Module | None) -> LinearMethod:
         return cls(config, site.module.in_features, site.module.out_features)
 
+    adapterhub_container = "loras"
+
     def __init__(self, config: LoRAConfig, in_features: int) -> None:
         super().__init__()
         self.config = config
-        self.gate = nn.Linear(in_features, 1) if config.use_gating else None
+        self.gate = Gate(in_features) if config.use_gating else None
         self.original: tuple[Tensor, Tensor | None] | None = None  # the linear's weights while merged
         if self.gate is not None:  # AdapterHub: N(0, 0.02) weight, PyTorch's default bias
-            nn.init.normal_(self.gate.weight, std=0.02, generator=init_generator(config.init_weights_seed))
-
-    def gate_value(self, x: Tensor) -> Tensor:
-        """UniPELT's gate mean_T(sigmoid(W_g x + b_g)), one value per example: (B, 1, 1)."""
-        gate = torch.sigmoid(self.gate(x)).mean(dim=1, keepdim=True)
-        if self.record is not None:
-            self.record(gate)
-        return gate
+            self.gate.reset_parameters_from(init_generator(config.init_weights_seed), zero_bias=False)
 
     @property
     def is_merged(self) -> bool:
         return self.original is not None
 
+    def merge_refusal(self) -> str | None:
+        if self.is_merged:
+            return "it is merged already; reset_adapter() before merging again"
+        if self.gate is not None:
+            return ("it is gated (use_gating=True): its output depends on the input, so it cannot be folded into a "
+                    "weight")
+        return None
+
     def merge_into(self, linear: SiteLinear) -> None:
         """Fold this adapter into ``linear``'s weight (and bias), keeping the originals for ``unmerge_from``."""
-        if self.gate is not None:
-            raise ValueError("a gated adapter depends on its input and cannot be merged into a weight.")
-        if self.is_merged:
-            raise ValueError("this adapter is merged already; reset it before merging again.")
+        refusal = self.merge_refusal()
+        if refusal:
+            raise ValueError(f"this adapter cannot merge: {refusal}.")
         with torch.no_grad():
             self.original = (linear.weight.detach().clone(),
                              None if linear.bias is None else linear.bias.detach().clone())
@@ -93,6 +170,8 @@ class LoRA(LinearMethod):
     """
 
     composition_mode = "add"
+    peft_type = "LORA"
+    peft_suffixes = (".lora_A.weight", ".lora_B.weight")
 
     def __init__(self, config: LoRAConfig, in_features: int, out_features: int) -> None:
         super().__init__(config, in_features)
@@ -114,38 +193,198 @@ class LoRA(LinearMethod):
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         delta = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)  # (B, T, R) -> (B, T, out)
         if self.gate is not None:
-            return y + delta * self.gate_value(x)
+            return y + delta * self.gate(x)
         return y.add(delta, alpha=self.scaling)  # one fused pass, no scaled copy of delta
 
     def fold(self, linear: SiteLinear) -> None:
         linear.weight += self.scaling * (self.lora_B @ self.lora_A)
 
+    @property
+    def update_scale(self) -> float:
+        """The factor on B·A: alpha / r, or 1 when a gate scales the update instead."""
+        return 1.0 if self.gate is not None else self.scaling
 
-class IA3(LinearMethod):
-    """y = (W x + b) ⊙ (alpha · l), or ⊙ (gate(x) · l) when gated: a learned vector l rescales the output.
+    @classmethod
+    def from_peft(cls, file: PeftFile) -> tuple[LoRAConfig, dict[str, Tensor]]:
+        check_peft_options(file)
+        return lora_from_peft(file)
 
-    Merging scales the weight's rows and the bias; AdapterHub 1.3.0 forgets the bias (its merge is wrong whenever
-    b ≠ 0, as in every BERT linear) — ours equals the unmerged forward.
-    """
+    @classmethod
+    def to_peft(cls, config: LoRAConfig, placed: Mapping[str, Mapping[str, Method]], modules: Mapping[str, Any]
+                ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        refuse_gated_peft(config)
+        return lora_to_peft(config, placed, modules)
 
-    composition_mode = "scale"
+    # ---- averaging: AdapterHub's three strategies ----------------------------------------------------------------
 
-    def __init__(self, config: LoRAConfig, in_features: int, out_features: int) -> None:
-        super().__init__(config, in_features)
-        self.lora_B = nn.Parameter(torch.ones(out_features, 1))  # AdapterHub's name for the vector l
-        self.scaling = config.alpha
+    average_strategies = ("linear", "lora_linear_only_negate_b", "lora_delta_w_svd")
+
+    @classmethod
+    def averaged_config(cls, config: LoRAConfig, strategy: str, svd_rank: int | None) -> LoRAConfig:
+        """``lora_delta_w_svd`` cuts the summed update to rank ``svd_rank``: the new adapter has r = svd_rank."""
+        if strategy != "lora_delta_w_svd":
+            return super().averaged_config(config, strategy, svd_rank)
+        if not isinstance(svd_rank, int) or isinstance(svd_rank, bool) or svd_rank < 1:
+            raise ValueError(f"lora_delta_w_svd needs svd_rank, a positive int; got {svd_rank!r}.")
+        return config.replace(r=svd_rank)
+
+    def average_from(self, sources: Sequence[LoRA], weights: Sequence[float], strategy: str) -> None:
+        """linear: A and B by w; negate_b: A by |w|, B by w (Zhang et al., 2023); delta_w_svd: the weighted sum of
+        the updates s·B·A, cut to this adapter's rank by SVD (its scaling folded into B). A gate averages by w."""
+        pairs = list(zip(weights, sources, strict=True))
+        if self.gate is not None:
+            linear_average(self.gate, [source.gate for source in sources], weights)
         with torch.no_grad():
-            if config.init_weights == "lora":
-                nn.init.zeros_(self.lora_B)
-            elif config.init_weights == "bert":
-                nn.init.normal_(self.lora_B, std=0.02, generator=init_generator(config.init_weights_seed))
+            if strategy != "lora_delta_w_svd":
+                negate_b = strategy == "lora_linear_only_negate_b"
+                self.lora_A.copy_(sum((abs(w) if negate_b else w) * source.lora_A for w, source in pairs))
+                self.lora_B.copy_(sum(w * source.lora_B for w, source in pairs))
+                return
+            delta = sum(w * source.update_scale * source.lora_B.double() @ source.lora_A.double()
+                        for w, source in pairs)
+            r = self.lora_A.shape[0]
+            if r > min(delta.shape):
+                raise ValueError(f"svd_rank={r} exceeds the rank {min(delta.shape)} a {tuple(delta.shape)} weight "
+                                 "update can have; choose a smaller svd_rank.")
+            u, singular, v = torch.linalg.svd(delta, full_matrices=False)
+            self.lora_A.copy_(v[:r])
+            self.lora_B.copy_(u[:, :r] * singular[:r] / self.update_scale)
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        scale = self.lora_B.view(-1)  # (out,)
-        return y * (scale * self.gate_value(x) if self.gate is not None else scale * self.scaling)
 
-    def fold(self, linear: SiteLinear) -> None:
-        factor = self.scaling * self.lora_B.view(-1)
-        linear.weight *= factor[:, None]
-        if linear.bias is not None:
-            linear.bias *= factor
+# ---- HuggingFace PEFT's files ------------------------------------------------------------------------------------
+
+# PEFT options whose non-default value changes what the file means; each must be falsy (bias: "none")
+REFUSED_PEFT_OPTIONS = {
+    "use_dora": "DoRA's magnitude vector", "lora_bias": "a bias on lora_B", "fan_in_fan_out": "Conv1D (GPT-2) weights",
+    "layer_replication": "replicated layers", "target_parameters": "bare nn.Parameter targets",
+    "trainable_token_indices": "trainable embedding rows", "use_qalora": "QALoRA", "use_bdlora": "BD-LoRA",
+    "alora_invocation_tokens": "activated LoRA", "megatron_config": "Megatron layers", "arrow_config": "Arrow routing",
+    "kasa_config": "KaSA", "monteclora_config": "MonteCLoRA", "velora_config": "VeLoRA",
+}
+BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")  # these rewrite the base weights
+LORA_DEFAULTS = {  # the rest of what peft 0.21.2 writes for a plain LoRA
+    "alora_invocation_tokens": None, "arrow_config": None, "bias": "none", "corda_config": None,
+    "ensure_weight_tying": False, "eva_config": None, "init_lora_weights": True, "kasa_config": None,
+    "layer_replication": None, "layers_pattern": None, "layers_to_transform": None, "loftq_config": {},
+    "lora_bias": False, "lora_ga_config": None, "megatron_config": None, "megatron_core": "megatron.core",
+    "monteclora_config": None, "peft_type": "LORA", "qalora_group_size": 16, "target_parameters": None,
+    "trainable_token_indices": None, "use_bdlora": None, "use_dora": False, "use_qalora": False,
+    "use_rslora": False, "velora_config": None,
+}
+
+
+def refuse_gated_peft(config: LoRAConfig) -> None:
+    if config.use_gating:
+        raise ValueError("it is gated (use_gating=True); PEFT has no gated LoRA/(IA)^3.")
+
+
+def check_peft_options(file: PeftFile) -> None:
+    """Refuse a PEFT LoRA/(IA)^3 file whose options peftcore cannot express, naming them."""
+    raw = file.raw
+    if raw.get("bias", "none") != "none":
+        raise ValueError(f"{file.where}: bias={raw['bias']!r} trains base-model biases, which peftcore keeps out of "
+                         "adapters; only bias='none' adapters load.")
+    used = [f"{option}={raw[option]!r} ({what})" for option, what in REFUSED_PEFT_OPTIONS.items() if raw.get(option)]
+    if used:
+        raise ValueError(f"{file.where}: peftcore's LoRA has no equivalent of {', '.join(used)}; only plain "
+                         "LoRA/(IA)^3 adapters load.")
+    init = str(raw.get("init_lora_weights", True)).lower()
+    if init.startswith(BASE_CHANGING_INITS):
+        raise ValueError(f"{file.where}: init_lora_weights={raw['init_lora_weights']!r} rewrites the base weights, "
+                         "so this file's A and B only hold on PEFT's modified base model; convert it to a plain LoRA "
+                         "first (save_pretrained(path_initial_model_for_weight_conversion=...)).")
+
+
+def config_for_sites(file: PeftFile, config_class: type[LoRAConfig], **fields: Any) -> LoRAConfig:
+    """Our config places one set of sites in every layer it does not leave out: the sites the file targets."""
+    by_layer: dict[int, set[str]] = {i: set() for i in range(file.shape.num_layers)}
+    for module in file.targeted.values():
+        by_layer[module.layer].update(module.sites)
+    used = set().union(*by_layer.values())
+    uneven = {layer: sorted(sites) for layer, sites in by_layer.items() if sites and sites != used}
+    if uneven:
+        raise ValueError(f"{file.where}: the adapted modules differ between layers ({uneven} vs {sorted(used)} "
+                         "elsewhere); peftcore's LoRA/(IA)^3 adapts the same sites in every layer it does not leave "
+                         "out.")
+    attn = tuple(m for m in ("q", "k", "v") if f"attn.{m}" in used)
+    return config_class(selfattn_lora=bool(attn), attn_matrices=attn or ("q", "v"),
+                        intermediate_lora="ffn.intermediate" in used, output_lora="ffn.output" in used,
+                        leave_out=tuple(layer for layer, sites in by_layer.items() if not sites), **fields)
+
+
+def pattern_value(patterns: Mapping[str, Any], key: str, default: Any) -> Any:
+    """``rank_pattern``/``alpha_pattern`` lookup (peft's ``utils.other.get_pattern_key``): the first match."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", key):
+            return value
+    return default
+
+
+def lora_from_peft(file: PeftFile) -> tuple[LoRAConfig, dict[str, Tensor]]:
+    """Our lora_A/lora_B per site: one rank (the largest, zero-padded: padded rows and columns stay zero in
+    training) and one alpha (other modules' scalings folded into their B); rsLoRA's alpha / sqrt(r) likewise."""
+    raw = file.raw
+    ranks, scalings = {}, {}
+    for path in file.targeted:
+        r = pattern_value(raw.get("rank_pattern") or {}, path, raw["r"])
+        alpha = pattern_value(raw.get("alpha_pattern") or {}, path, raw["lora_alpha"])
+        ranks[path], scalings[path] = r, alpha / (math.sqrt(r) if raw.get("use_rslora") else r)
+    r = max(ranks.values())
+    uniform = len(set(scalings.values())) == 1
+    scaling = next(iter(scalings.values())) if uniform else raw["lora_alpha"] / (
+        math.sqrt(raw["r"]) if raw.get("use_rslora") else raw["r"])
+    alpha = scaling * r
+    config = config_for_sites(file, LoRAConfig, r=r, alpha=int(alpha) if float(alpha).is_integer() else alpha,
+                              dropout=raw.get("lora_dropout", 0.0))
+    if len(set(ranks.values())) > 1:
+        warnings.warn(f"{file.where}: ranks differ between modules ({sorted(set(ranks.values()))}); smaller ranks "
+                      f"are padded with zeros to r={r} (same outputs, more parameters).", stacklevel=5)
+    state = {}
+    for path, module in file.targeted.items():
+        A, B = file.tensors.get(f"{path}.lora_A.weight"), file.tensors.get(f"{path}.lora_B.weight")
+        if A is None or B is None or A.shape[0] != ranks[path] or B.shape[1] != ranks[path]:
+            raise ValueError(f"{file.where}: {path} needs lora_A (r, in) and lora_B (out, r) with r={ranks[path]}, "
+                             f"got {None if A is None else tuple(A.shape)} and "
+                             f"{None if B is None else tuple(B.shape)}.")
+        A = torch.cat([A, A.new_zeros(r - A.shape[0], A.shape[1])])  # (R, in)
+        B = torch.cat([B, B.new_zeros(B.shape[0], r - B.shape[1])], dim=1)  # (out, R)
+        if scalings[path] != scaling:
+            B = B * (scalings[path] / scaling)
+        for site, part in zip(module.sites, module.split(B) if module.split else (B,), strict=True):
+            state[file.key(module.layer, site, "lora_A")] = A
+            state[file.key(module.layer, site, "lora_B")] = part.contiguous()
+    return config, state
+
+
+def lora_to_peft(config: LoRAConfig, placed: Mapping[str, Mapping[str, LoRA]], modules: Mapping[str, Any]
+                 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """PEFT's lora_A/lora_B per module; on DeBERTa v1's fused in_proj our q/k/v LoRAs of rank r join into one of
+    rank m·r (block structure, exact), said in rank_pattern/alpha_pattern."""
+    state, patterns = {}, {}
+    for path, ours in placed.items():
+        module = modules[path]
+        if not module.split:
+            (lora,) = ours.values()
+            state[f"{path}.lora_A.weight"] = lora.lora_A.detach()
+            state[f"{path}.lora_B.weight"] = lora.lora_B.detach()
+            continue
+        present = [site for site in module.sites if site in ours]
+        A = torch.cat([ours[site].lora_A.detach() for site in present])  # (m R, in)
+        parts = []
+        for site in module.sites:
+            part = A.new_zeros(ours[present[0]].lora_B.shape[0], A.shape[0])  # (H D, m R)
+            if site in ours:
+                j = present.index(site) * config.r
+                part[:, j:j + config.r] = ours[site].lora_B.detach()
+            parts.append(part)
+        state[f"{path}.lora_A.weight"] = A
+        state[f"{path}.lora_B.weight"] = module.join(tuple(parts))
+        if len(present) > 1:
+            patterns[path.rsplit(".", 1)[-1]] = len(present)
+    raw = {**LORA_DEFAULTS, "r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
+           "rank_pattern": {leaf: m * config.r for leaf, m in patterns.items()},
+           "alpha_pattern": {leaf: m * config.alpha for leaf, m in patterns.items()}}
+    return raw, state
+
+
+register_method(LoRA, {"lora": LoRAConfig()})

@@ -26,15 +26,52 @@ Where we differ from AdapterHub 1.3.0 (``adapters/methods/modeling.py``):
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from einops import einsum, rearrange
 from torch import Tensor, nn
 
-from peftcore.configs import BnConfig
+from peftcore.configs import check_in, check_positive_number, check_type
 
 PER_LAYER_RULE_SCALE = 0.01  # AdapterHub and the Compacter code draw a per-layer rule from N(0, 0.01) or U(±0.01)
+
+
+class CompacterFields(Protocol):
+    """The fields of a bottleneck config (bottleneck.py's ``BnConfig``) that PHM layers read."""
+
+    init_weights: str
+    phm_dim: int
+    phm_rank: int
+    factorized_phm_W: bool
+    shared_W_phm: bool
+    shared_phm_rule: bool
+    factorized_phm_rule: bool
+    phm_c_init: str
+    phm_init_range: float
+    learn_phm: bool
+    hypercomplex_nonlinearity: str
+    phm_bias: bool
+
+
+def check_phm_fields(config: CompacterFields, name: str) -> None:
+    """Compacter's fields of a bottleneck config named ``name``, checked only when phm_layer is on (AdapterHub
+    ignores them otherwise)."""
+    for flag in ("factorized_phm_W", "shared_W_phm", "shared_phm_rule", "factorized_phm_rule"):
+        check_type(name, flag, getattr(config, flag), bool, "True or False")
+    for size in ("phm_dim", "phm_rank"):
+        check_type(name, size, getattr(config, size), int, "a positive int")
+        if getattr(config, size) <= 0:
+            raise ValueError(f"{name}.{size} must be a positive int, got {getattr(config, size)}.")
+    check_positive_number(name, "phm_init_range", config.phm_init_range)
+    check_in(name, "phm_c_init", config.phm_c_init, ("normal", "uniform"))
+    check_in(name, "hypercomplex_nonlinearity", config.hypercomplex_nonlinearity,
+             ("glorot-uniform", "glorot-normal", "normal", "phm"))
+    if config.init_weights == "houlsby":
+        raise ValueError(f"{name}: init_weights='houlsby' draws nn.Linear weights, and phm_layer=True has none "
+                         "(AdapterHub crashes here). Use init_weights='bert' (the PHM layers' own init, set by "
+                         "hypercomplex_nonlinearity) or 'mam_adapter' (the up-projection starts at zero).")
 
 
 def kronecker_sum(rule: Tensor, weight: Tensor) -> Tensor:
@@ -46,7 +83,7 @@ def kronecker_sum(rule: Tensor, weight: Tensor) -> Tensor:
     return rearrange(blocks, "a b c d -> (a b) (c d)")  # (n·p, n·q)
 
 
-def new_rule(config: BnConfig) -> dict[str, nn.Parameter]:
+def new_rule(config: CompacterFields) -> dict[str, nn.Parameter]:
     """The rule's parameters, uninitialised: A (n, n, n), or its factors (n, n, 1) and (n, 1, n)."""
     n = config.phm_dim
     if config.factorized_phm_rule:
@@ -55,7 +92,7 @@ def new_rule(config: BnConfig) -> dict[str, nn.Parameter]:
     return {"phm_rule": nn.Parameter(torch.empty(n, n, n))}
 
 
-def new_weight(config: BnConfig, in_features: int, out_features: int, prefix: str) -> dict[str, nn.Parameter]:
+def new_weight(config: CompacterFields, in_features: int, out_features: int, prefix: str) -> dict[str, nn.Parameter]:
     """W's parameters, uninitialised: ``{prefix}`` (n, in/n, out/n), or ``{prefix}_left`` (n, in/n, rank) and
     ``{prefix}_right`` (n, rank, out/n) when ``factorized_phm_W``."""
     n, rank = config.phm_dim, config.phm_rank
@@ -65,7 +102,7 @@ def new_weight(config: BnConfig, in_features: int, out_features: int, prefix: st
     return {prefix: nn.Parameter(torch.empty(n, in_features // n, out_features // n))}
 
 
-def init_rule(parameters: list[nn.Parameter], config: BnConfig, scale: float,
+def init_rule(parameters: list[nn.Parameter], config: CompacterFields, scale: float,
               generator: torch.Generator | None) -> None:
     """N(0, scale) when ``phm_c_init="normal"``, else U(-scale, scale); ``requires_grad`` is ``learn_phm``."""
     with torch.no_grad():
@@ -77,7 +114,7 @@ def init_rule(parameters: list[nn.Parameter], config: BnConfig, scale: float,
             parameter.requires_grad_(config.learn_phm)
 
 
-def init_weight(parameter: nn.Parameter, config: BnConfig, generator: torch.Generator | None) -> None:
+def init_weight(parameter: nn.Parameter, config: CompacterFields, generator: torch.Generator | None) -> None:
     """Each (rows, cols) block W_i drawn as ``hypercomplex_nonlinearity`` says: Glorot (Xavier) uniform or normal
     over the block's own fans, or N(0, phm_init_range)."""
     rows, cols = parameter.shape[1:]
@@ -107,7 +144,7 @@ class PHMShared(nn.Module):
     A shared rule is drawn from N(0, phm_init_range) or U(-1, 1), as AdapterHub draws it.
     """
 
-    def __init__(self, config: BnConfig, hidden_size: int, width: int, generator: torch.Generator | None = None,
+    def __init__(self, config: CompacterFields, hidden_size: int, width: int, generator: torch.Generator | None = None,
                  zero_up: bool = False) -> None:
         super().__init__()
         self.config = config
@@ -139,7 +176,7 @@ class PHMLinear(nn.Module):
         zero_init: start with H = 0 (``init_weights="mam_adapter"`` on the up-projection).
     """
 
-    def __init__(self, in_features: int, out_features: int, config: BnConfig, position: str = "down",
+    def __init__(self, in_features: int, out_features: int, config: CompacterFields, position: str = "down",
                  shared: PHMShared | None = None, zero_init: bool = False) -> None:
         super().__init__()
         n = config.phm_dim

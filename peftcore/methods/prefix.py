@@ -13,12 +13,62 @@ N + 1 copies. The MLP runs once per forward, for every layer at once.
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftcore.configs import PrefixTuningConfig
-from peftcore.sites import Activation, Method, ModelShape, Site, init_generator
+from peftcore.configs import (
+    AdapterConfigBase,
+    check_in,
+    check_leave_out,
+    check_probability,
+    check_seed,
+    check_type,
+)
+from peftcore.methods.base import Method, ModelShape, PeftFile, init_generator, register_method, shared_state_key
+from peftcore.methods.gating import Gate
+from peftcore.sites import ACTIVATIONS, Activation, Site
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrefixTuningConfig(AdapterConfigBase):
+    """Prefix tuning (Li & Liang, 2021, https://arxiv.org/abs/2101.00190): AdapterHub's PrefixTuningConfig.
+
+    ``prefix_length`` key/value vectors per layer, produced by an MLP over ``prefix_length`` learned embeddings
+    (``bottleneck_size`` wide) shared by all layers, or stored directly when ``flat``. ``encoder_prefix`` and
+    ``cross_prefix`` are AdapterHub's encoder-decoder switches; an encoder's self-attention ignores them.
+    """
+
+    architecture: ClassVar[str | None] = "prefix_tuning"
+    encoder_prefix: bool = True
+    cross_prefix: bool = True
+    leave_out: tuple[int, ...] = ()
+    flat: bool = False
+    prefix_length: int = 30
+    bottleneck_size: int = 512
+    non_linearity: str = "tanh"
+    dropout: float = 0.0
+    use_gating: bool = False
+    shared_gating: bool = True
+    init_weights_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for flag in ("encoder_prefix", "cross_prefix", "flat", "use_gating", "shared_gating"):
+            check_type(name, flag, getattr(self, flag), bool, "True or False")
+        for size in ("prefix_length", "bottleneck_size"):
+            check_type(name, size, getattr(self, size), int, "a positive int")
+            if getattr(self, size) <= 0:
+                raise ValueError(f"{name}.{size} must be a positive int, got {getattr(self, size)}.")
+        check_in(name, "non_linearity", self.non_linearity.lower() if isinstance(self.non_linearity, str) else
+                 self.non_linearity, tuple(ACTIVATIONS))
+        check_probability(name, "dropout", self.dropout)
+        object.__setattr__(self, "leave_out", check_leave_out(name, self.leave_out))
+        check_seed(name, self.init_weights_seed)
 
 
 class PrefixPool(nn.Module):
@@ -82,6 +132,9 @@ class PrefixTuning(Method):
 
     config_class = PrefixTuningConfig
     shared_key = "prefix"
+    adapterhub_container = "prefix_gates"
+    adapterhub_shared_path = "prefix_tuning.prefix_tunings.{name}.self_prefix"
+    peft_type = "PREFIX_TUNING"
 
     @classmethod
     def sites(cls, config: PrefixTuningConfig, layer: int | None) -> tuple[str, ...]:
@@ -104,19 +157,62 @@ class PrefixTuning(Method):
         super().__init__()
         self.index = index
         self.share(pool)
-        self.gate = nn.Linear(hidden_size, 1 if config.shared_gating else 2) if config.use_gating else None
+        self.gate = Gate(hidden_size, 1 if config.shared_gating else 2) if config.use_gating else None
         if self.gate is not None:  # AdapterHub: N(0, 0.02) weight, PyTorch's default bias
-            nn.init.normal_(self.gate.weight, std=0.02, generator=init_generator(config.init_weights_seed))
+            self.gate.reset_parameters_from(init_generator(config.init_weights_seed), zero_bias=False)
 
     def forward(self, k: Tensor, v: Tensor, mask: Tensor | None, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         B = k.shape[0]
         prefix = self.shared.dropout(self.shared.layer_prefix(self.index).unsqueeze(1).expand(-1, B, -1, -1, -1))
         pk, pv = prefix.to(k.dtype)  # (B, H, P, D) each
         if self.gate is not None:
-            gate = torch.sigmoid(self.gate(x)).mean(dim=1)  # (B, 1|2)
-            if self.record is not None:
-                self.record(gate)
+            gate = self.gate(x)[:, 0]  # (B, 1|2)
             pk, pv = pk * gate[:, 0, None, None, None], pv * gate[:, -1, None, None, None]
         if mask is not None:
             mask = F.pad(mask, (pk.shape[2], 0))  # prefix columns are always attended: additive 0
         return torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2), mask  # (B, H, P+T, D)
+
+    @classmethod
+    def ejected(cls, config: PrefixTuningConfig, shared: PrefixPool | None) -> tuple[PrefixTuningConfig, PrefixPool]:
+        """The flat prefix the MLP computes: the same outputs, smaller, no longer trained through the MLP."""
+        if config.flat:
+            raise ValueError("this prefix-tuning adapter is flat already; there is no MLP to eject.")
+        flat = PrefixPool(config.replace(flat=True), *shared.shape[1:2], *shared.shape[3:], shared.wte.embedding_dim)
+        with torch.no_grad():
+            flat.control_trans.copy_(shared.flattened())
+        reference = shared.control_trans[0].weight
+        return config.replace(flat=True), flat.to(device=reference.device, dtype=reference.dtype).train(shared.training)
+
+    @classmethod
+    def adapterhub_names(cls, config: PrefixTuningConfig, key: str) -> tuple[str, ...]:
+        return (key.removeprefix("gate."),)  # the gate is the whole module in AdapterHub's prefix_gates
+
+    @classmethod
+    def is_adapterhub_copy(cls, key: str) -> bool:
+        """AdapterHub saves the prefix pool once more in every layer; its base-model copy is the one read."""
+        return ".prefix_tuning.pool." in key
+
+    @classmethod
+    def from_peft(cls, file: PeftFile) -> tuple[PrefixTuningConfig, dict[str, Tensor]]:
+        """PEFT's ``prompt_embeddings`` (P, L·2·H·D) — the projected output when ``prefix_projection`` — viewed as
+        (P, L, 2, H, D), exactly our flat pool's layout."""
+        raw, shape = file.raw, (file.shape.num_layers, file.shape.num_heads, file.shape.hidden_size)
+        theirs = (raw.get("num_layers"), raw.get("num_attention_heads"), raw.get("token_dim"))
+        if theirs != shape or raw.get("num_transformer_submodules", 1) != 1:
+            raise ValueError(f"{file.where}: prefix for (layers, heads, hidden) = {theirs} with "
+                             f"{raw.get('num_transformer_submodules')} submodule(s); this model is {shape}.")
+        embeddings = file.tensors.get("prompt_embeddings")
+        length = raw.get("num_virtual_tokens")
+        if embeddings is None or tuple(embeddings.shape) != (length, shape[0] * 2 * shape[2]):
+            raise ValueError(f"{file.where}: expected prompt_embeddings of shape ({length}, "
+                             f"{shape[0] * 2 * shape[2]}), got "
+                             f"{None if embeddings is None else tuple(embeddings.shape)}.")
+        warnings.warn(f"{file.where}: transformers shifts position ids by the prefix length under PEFT's prefix "
+                      f"tuning; peftcore does not. Pass position_ids = {length} + arange(T) to reproduce PEFT's "
+                      "outputs.", stacklevel=5)
+        config = PrefixTuningConfig(flat=True, prefix_length=length)
+        return config, {shared_state_key(cls.shared_key, "control_trans"): embeddings.reshape(-1)}
+
+
+register_method(PrefixTuning, {"prefix_tuning": PrefixTuningConfig(),
+                               "prefix_tuning_flat": PrefixTuningConfig(flat=True)})

@@ -9,21 +9,13 @@ import json
 import adapters
 import pytest
 
-from peftcore import configs
-from peftcore.configs import (
-    ADAPTER_CONFIG_MAP,
-    DEFAULT_ADAPTER_CONFIG,
-    AdapterConfigBase,
-    BnConfig,
-    DoubleSeqBnConfig,
-    LoRAConfig,
-    SeqBnConfig,
-    parse,
-)
+import peftcore
+from peftcore import BnConfig, DoubleSeqBnConfig, LoRAConfig, SeqBnConfig
+from peftcore.configs import ADAPTER_CONFIG_MAP, DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, parse
 
 # our config classes (and factories) that AdapterHub 1.3.0 exports under the same name, callable without arguments
-SAME_NAMED = sorted(name for name in configs.__all__ if name.endswith("Config") and hasattr(adapters, name)
-                    and name not in ("AdapterConfig", "BnConfig"))
+SAME_NAMED = sorted(name for name in peftcore.__all__ if name.endswith("Config") and hasattr(adapters, name)
+                    and name not in ("AdapterConfig", "BnConfig", "AdapterFusionConfig"))
 # the pre-1.0 class names AdapterHub keeps only as registry keys
 LEGACY_NAMES = {"PfeifferConfig": "pfeiffer", "HoulsbyConfig": "houlsby", "ParallelConfig": "parallel",
                 "PfeifferInvConfig": "pfeiffer+inv", "HoulsbyInvConfig": "houlsby+inv"}
@@ -47,12 +39,12 @@ def test_registry_entry_has_adapterhubs_exact_fields_and_defaults(name):
 
 @pytest.mark.parametrize("name", SAME_NAMED)
 def test_same_named_config_class_has_adapterhubs_defaults(name):
-    assert getattr(configs, name)().to_dict() == getattr(adapters, name)().to_dict()
+    assert getattr(peftcore, name)().to_dict() == getattr(adapters, name)().to_dict()
 
 
 @pytest.mark.parametrize(("name", "key"), sorted(LEGACY_NAMES.items()))
 def test_legacy_class_names_are_the_legacy_registry_entries(name, key):
-    assert getattr(configs, name)().to_dict() == adapters.ADAPTER_CONFIG_MAP[key].to_dict()
+    assert getattr(peftcore, name)().to_dict() == adapters.ADAPTER_CONFIG_MAP[key].to_dict()
 
 
 def test_bn_config_has_exactly_adapterhubs_fields():

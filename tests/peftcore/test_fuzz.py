@@ -15,20 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from models import MODEL_CLASSES
-from peftcore.configs import (
-    ADAPTER_CONFIG_MAP,
-    AdapterConfigBase,
-    BnConfig,
-    CompacterConfig,
-    ConfigUnion,
-    IA3Config,
-    LoRAConfig,
-    PrefixTuningConfig,
-    SeqBnConfig,
-    SeqBnInvConfig,
-    members,
-    parse,
-)
+from peftcore import BnConfig, CompacterConfig, IA3Config, LoRAConfig, PrefixTuningConfig, SeqBnConfig, SeqBnInvConfig
+from peftcore.configs import ADAPTER_CONFIG_MAP, AdapterConfigBase, ConfigUnion, members, parse
 from peftcore.sites import ACTIVATIONS
 from tests.peftcore.test_io import assert_unchanged, fingerprint, randomize, same_tensors
 from tests.peftcore.test_model import TINY, hidden, inputs, tiny_model

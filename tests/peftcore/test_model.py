@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from models import MODEL_CLASSES, RobertaConfig, RobertaModel
+from peftcore import SeqBnConfig
 from peftcore.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
-from peftcore.configs import SeqBnConfig
 from peftcore.methods import Bottleneck, NICECoupling
 from peftcore.model import AdapterModelMixin
 from tests.parity import assert_parity, padded_batch, real_tokens

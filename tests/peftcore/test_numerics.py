@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from models import MODEL_CLASSES
-from peftcore.configs import AdapterConfigBase, BnConfig, parse
+from peftcore import BnConfig
+from peftcore.configs import AdapterConfigBase, parse
 from tests.parity import assert_parity
 from tests.peftcore.test_io import randomize
 from tests.peftcore.test_model import inputs, tiny_model

@@ -8,9 +8,7 @@ import torch
 import transformers as tf
 
 from models import BertModel
-from peftcore.configs import (
-    AdapterConfigBase,
-    ConfigUnion,
+from peftcore import (
     DoubleSeqBnConfig,
     LoRAConfig,
     MAMConfig,
@@ -18,8 +16,8 @@ from peftcore.configs import (
     PrefixTuningConfig,
     SeqBnConfig,
     UniPELTConfig,
-    parse,
 )
+from peftcore.configs import AdapterConfigBase, ConfigUnion, parse
 from tests.parity import assert_parity
 
 UNIONS = ["mam[0.prefix_length=4, 0.bottleneck_size=16]", "unipelt", "seq_bn[ln_before=True]|lora[r=2]",

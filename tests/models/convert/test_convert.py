@@ -116,7 +116,8 @@ def test_a_head_the_checkpoint_lacks_is_initialised_and_every_other_tensor_is_th
 
     checkpoint = load_file(directory / "model.safetensors")
     expected = {key: tuple(t.shape) for key, t in model.base_state_dict().items()}
-    loaded = hf_to_ours(model.keymap, checkpoint, expected, model.aliases(), model.config, "RobertaModel").state
+    loaded = hf_to_ours(model.architecture.keymap, checkpoint, expected, model.aliases(), model.config,
+                        "RobertaModel").state
     assert len(loaded) > 30 and not [key for key in loaded if key.startswith("head.")]
     state = model.state_dict()
     for key, tensor in loaded.items():

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import BertConfig, BertModel
-from peftcore.configs import BnConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig, SeqBnInvConfig, parse
+from peftcore import BnConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig, SeqBnInvConfig
+from peftcore.configs import parse
 from peftcore.methods.bottleneck import Bottleneck
 
 C = 16  # hidden size of the tensor-level tests

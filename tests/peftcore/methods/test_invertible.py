@@ -9,7 +9,7 @@ import torch
 from adapters.methods.modeling import GLOWCouplingBlock, NICECouplingBlock
 
 from models import BertConfig, BertModel
-from peftcore.configs import BnConfig, DoubleSeqBnInvConfig, SeqBnConfig, SeqBnInvConfig
+from peftcore import BnConfig, DoubleSeqBnInvConfig, SeqBnConfig, SeqBnInvConfig
 from peftcore.methods.invertible import GLOWCoupling, NICECoupling
 
 GLOW = SeqBnConfig(inv_adapter="glow", inv_adapter_reduction_factor=2)

@@ -8,8 +8,8 @@ import torch
 import transformers as tf
 
 from models import BertConfig, BertModel, RobertaModel
-from peftcore.configs import IA3Config, LoRAConfig
-from peftcore.methods.lora import IA3, LoRA
+from peftcore import IA3Config, LoRAConfig
+from peftcore.methods import IA3, LoRA
 from tests.conftest import SMALL
 from tests.parity import assert_parity, padded_batch
 

@@ -13,8 +13,7 @@ import transformers as tf
 from adapters.methods.modeling import PHMLayer
 
 from models import BertConfig, BertModel, RobertaConfig, RobertaModel
-from peftcore import ADAPTER_CONFIG_MAP, CompacterConfig, CompacterPlusPlusConfig, ConfigUnion, SeqBnConfig
-from peftcore.configs import BnConfig
+from peftcore import ADAPTER_CONFIG_MAP, BnConfig, CompacterConfig, CompacterPlusPlusConfig, ConfigUnion, SeqBnConfig
 from peftcore.methods.phm import PHMLinear, PHMShared
 from tests.conftest import SMALL
 from tests.parity import assert_parity, padded_batch, real_tokens

@@ -8,7 +8,7 @@ import torch
 import transformers as tf
 
 from models import BertModel, DebertaV2Model, RobertaModel
-from peftcore.configs import PrefixTuningConfig
+from peftcore import PrefixTuningConfig
 from peftcore.methods.prefix import PrefixTuning
 from tests.conftest import SMALL
 from tests.parity import assert_parity, padded_batch

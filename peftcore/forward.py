@@ -1,0 +1,192 @@
+"""Running a model's forward under its adapter setup: the installed plan, a Parallel setup's copies of the batch,
+a mixed batch's per-row adapters, and what heads read.
+
+A plain forward only reads the installed plan (setup.py). A forward that needs another plan or records values runs
+alone: a mixed batch installs the plan of its grouping (compiled once per grouping and kept with the active plan)
+for its span, a recording collects into the model's recorder (recording.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from peftcore import placement
+from peftcore.composition import BASE, BatchSplit, Parallel, spans, walk
+from peftcore.host import AdapterHost
+from peftcore.setup import Plan, compile_plan, guard
+from peftcore.sites import MaskedLMHead
+
+MIXED_PLANS_KEPT = 32  # groupings whose plans a model keeps (serving sees a few shapes again and again)
+
+
+def run(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any], gates: bool = False,
+        fusions: bool = False, adapter_names: Sequence[str | None] | None = None) -> Any:
+    """``encode`` under the active setup, or with one adapter per example (``adapter_names``); with gate values
+    (``gates``) and fusion attentions (``fusions``) attached to each output when asked.
+
+    Returns one output, or for ``Parallel`` (and a ``BatchSplit`` whose branches have heads) one per branch.
+    """
+    if adapter_names is None and not (gates or fusions):
+        with nullcontext() if torch.compiler.is_compiling() else guard(host).running():
+            return run_plan(host, host.plan, encode, args, kwargs)
+    with guard(host).changing(), host.recorder.collecting(gates, fusions) as (scores, attentions):
+        if adapter_names is None:
+            with guard(host).running():
+                outputs = run_plan(host, host.plan, encode, args, kwargs)
+        else:
+            outputs = mixed_batch(host, encode, args, kwargs, adapter_names)
+    for out in outputs if isinstance(outputs, list) else (outputs,):
+        out.adapter_gating_scores, out.adapter_fusion_attentions = scores, attentions
+    return outputs
+
+
+def run_plan(host: AdapterHost, plan: Plan, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+    channels = 1 if plan.setup is None else plan.setup.parallel_channels
+    if channels > 1:
+        args, kwargs = replicate_batch(args, kwargs, channels)
+    out = encode(*args, **kwargs)
+    if channels == 1 and plan.branch_heads is None:
+        return out
+    rows = out.last_hidden_state.shape[0]
+    branch = plan.branch_heads or next(b for b in walk(plan.setup) if isinstance(b, Parallel))
+    outputs = [slice_output(out, span) for span in spans(branch, rows)]
+    if plan.branch_heads is not None:
+        for output, head in zip(outputs, plan.branch_heads, strict=True):
+            apply_head(host, output, host.heads[head])
+    return outputs
+
+
+def mixed_batch(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any],
+                adapter_names: Sequence[str | None]) -> Any:
+    """One forward in which example i runs adapter ``adapter_names[i]`` (None or ``"__base__"``: no adapter).
+
+    The batch is grouped by adapter, each site runs every adapter on its rows only (a BatchSplit), and the output
+    comes back in the caller's order; each row gets its adapter's head when every named adapter has one.
+    """
+    names = [BASE if name is None else name for name in adapter_names]
+    rows = batch_rows_of(args, kwargs)
+    if len(names) != rows:
+        raise ValueError(f"adapter_names has {len(names)} entries, the batch has {rows} rows; name one adapter "
+                         "(or None) per example.")
+    groups = list(dict.fromkeys(names))
+    index = torch.tensor([groups.index(name) for name in names])
+    order = torch.argsort(index, stable=True)
+    permuted = bool((order != torch.arange(rows)).any())
+    plan = mixed_plan(host, tuple(groups), tuple(torch.bincount(index, minlength=len(groups)).tolist()))
+    if permuted:
+        args, kwargs = reorder_batch(args, kwargs, order)
+    active = host.plan
+    host.plan = plan
+    plan.install()
+    try:
+        with guard(host).running():
+            out = encode(*args, **kwargs)
+    finally:
+        host.plan = active
+        active.install()
+    if plan.branch_heads is not None:
+        mixed_heads(host, out, plan.branch_heads)
+    return slice_output(out, torch.argsort(order)) if permuted else out
+
+
+def mixed_plan(host: AdapterHost, groups: tuple[str, ...], sizes: tuple[int, ...]) -> Plan:
+    """The plan of a mixed batch's grouping: a BatchSplit over the groups, run padded (the groups are batch rows,
+    which packing would merge), the heads left to ``mixed_heads``; compiled once per grouping."""
+    cache = host.plan.mixed
+    if (groups, sizes) not in cache:
+        merged = sorted(placement.merged(host))
+        if merged:
+            raise ValueError(f"adapters {merged} are merged into the weights and would act on every row; "
+                             "reset_adapter() before running mixed batches.")
+        setup = BatchSplit(*groups, batch_sizes=list(sizes))
+        named = [name for name in groups if name != BASE]
+        heads = setup if named and all(name in host.heads for name in named) else None
+        if len(cache) >= MIXED_PLANS_KEPT:
+            del cache[next(iter(cache))]
+        cache[groups, sizes] = compile_plan(host, setup, branch_heads=heads, token_wise=False)
+    return cache[groups, sizes]
+
+
+def mixed_heads(host: AdapterHost, out: Any, setup: BatchSplit) -> None:
+    """Each group's rows through its adapter's head (the model's own head for rows without adapter)."""
+    pieces = []
+    for name, span in zip(setup, spans(setup, out.last_hidden_state.shape[0]), strict=True):
+        head = host.heads[name] if name != BASE else host.head
+        if head is None:
+            raise ValueError("rows without adapter need the model's own head, and this model has none; name an "
+                             "adapter for every row, or run those rows separately.")
+        pieces.append(apply_head(host, slice_output(out, span), head))
+    shapes = {tuple(piece.logits.shape[1:]) for piece in pieces}
+    if len(shapes) > 1:
+        raise ValueError(f"the adapters' heads give outputs of different shapes {sorted(shapes)}; run "
+                         "adapters whose heads differ in separate batches.")
+    for field in ("logits", "start_logits", "end_logits"):
+        values = [getattr(piece, field) for piece in pieces]
+        setattr(out, field, None if values[0] is None else torch.cat(values))
+
+
+def current_head(host: AdapterHost, model_head: nn.Module | None) -> nn.Module | None:
+    """The active adapter head if one is active, else the model's own head (or None); None too while each slice of
+    the batch has its own head (they run after the encoder)."""
+    if host.plan.branch_heads is not None:
+        return None
+    return host.heads[host.active_head] if host.active_head is not None else model_head
+
+
+def apply_head(host: AdapterHost, out: Any, head: nn.Module) -> Any:
+    """Logits of ``head`` on an output's last hidden state (span logits split for question answering); a
+    language-model head decodes through the embedding site's inverse, where invertible adapters undo themselves."""
+    x = out.last_hidden_state
+    if isinstance(head, MaskedLMHead):
+        out.logits = head.decoder(placement.embedding_site(host).inverse(head.transform(x)))
+    else:
+        out.logits = head(x, out.pooler_output)
+    if getattr(head, "predicts_spans", False):
+        out.start_logits, out.end_logits = (t.squeeze(-1).contiguous() for t in out.logits.split(1, dim=-1))
+    return out
+
+
+# ---- the batch dimension of a forward's inputs and outputs --------------------------------------------------------
+
+def batch_rows_of(args: tuple, kwargs: dict[str, Any]) -> int:
+    """The batch size of a forward's inputs: the first dimension of its first tensor."""
+    tensor = next((value for value in (*args, *kwargs.values()) if isinstance(value, Tensor)), None)
+    if tensor is None:
+        raise ValueError("the forward has no tensor input to take a batch from.")
+    return tensor.shape[0]
+
+
+def map_batch(args: tuple, kwargs: dict[str, Any], fn: Callable[[Tensor], Tensor]) -> tuple[tuple, dict[str, Any]]:
+    """Apply ``fn`` to every input tensor whose first dimension is the batch (broadcast ones stay as they are)."""
+    rows = batch_rows_of(args, kwargs)
+
+    def apply(value: Any) -> Any:
+        return fn(value) if isinstance(value, Tensor) and value.dim() and value.shape[0] == rows else value
+
+    return tuple(apply(value) for value in args), {key: apply(value) for key, value in kwargs.items()}
+
+
+def replicate_batch(args: tuple, kwargs: dict[str, Any], copies: int) -> tuple[tuple, dict[str, Any]]:
+    return map_batch(args, kwargs, lambda t: t.repeat(copies, *(1,) * (t.dim() - 1)))
+
+
+def reorder_batch(args: tuple, kwargs: dict[str, Any], order: Tensor) -> tuple[tuple, dict[str, Any]]:
+    return map_batch(args, kwargs, lambda t: t[order.to(t.device)])
+
+
+def slice_output(out: Any, rows: slice | Tensor) -> Any:
+    """An output dataclass with every per-example tensor cut to ``rows`` (a slice or an index tensor)."""
+    def cut(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return value[rows if isinstance(rows, slice) else rows.to(value.device)]
+        if isinstance(value, tuple):
+            return tuple(cut(item) for item in value)
+        return value
+
+    return dataclasses.replace(out, **{field.name: cut(getattr(out, field.name)) for field in dataclasses.fields(out)})

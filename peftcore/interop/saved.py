@@ -1,0 +1,94 @@
+"""What every file format reads into: an adapter or fusion in our key names, not yet attached to any model, and the
+one install step that checks it against the model off the model and only then attaches it (a failed load leaves the
+model as it was)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from peftcore import fusion, heads, io, placement
+from peftcore.composition import Fuse
+from peftcore.configs import AdapterConfigBase
+from peftcore.fusion import AdapterFusionConfig
+from peftcore.host import AdapterHost
+
+
+@dataclass
+class SavedAdapter:
+    """An adapter read from disk, in our key names."""
+
+    name: str
+    config: AdapterConfigBase
+    state: dict[str, Tensor]  # our keys, adapter name left out
+    model_type: str | None
+    hidden_size: int | None
+    head_config: dict[str, Any] | None = None
+    head_state: dict[str, Tensor] | None = None
+    model_head_state: dict[str, Tensor] | None = None  # a transformers task head's weights, for the model's own head
+
+
+@dataclass
+class SavedFusion:
+    """Fusion layers read from disk, in our key names."""
+
+    name: Any
+    config: Any  # the fields of an AdapterFusionConfig, validated on install
+    adapters: Any  # the fused adapters' names, or None where the file only has the fusion's name
+    state: dict[str, Tensor]
+    model_type: str | None
+    hidden_size: int | None
+
+
+def check_model(host: AdapterHost, model_type: str | None, hidden_size: int | None, what: str) -> None:
+    if model_type is not None and model_type != host.config.model_type:
+        raise ValueError(f"{what} for a {model_type!r} model; this model is {host.config.model_type!r}.")
+    if hidden_size is not None and hidden_size != host.config.hidden_size:
+        raise ValueError(f"{what} for hidden size {hidden_size}; this model's is {host.config.hidden_size}.")
+
+
+def install(host: AdapterHost, saved: SavedAdapter, name: str, source: str) -> str:
+    """Build, fill and check every module of ``saved`` off the model, then attach them all."""
+    placement.check_name(name)
+    if name in host.adapter_configs:
+        raise ValueError(f"the model already has an adapter {name!r}; pass load_as='another_name' or delete it.")
+    check_model(host, saved.model_type, saved.hidden_size, f"{source} holds an adapter")
+    built = placement.build(host, saved.config)
+    io.fill(built.slots(), saved.state, f"{source}: adapter {saved.name!r}")
+    head = None
+    if saved.head_config is not None:
+        head = heads.build(host, saved.head_config)
+        own = heads.own_state(host, head)
+        tied = set(head.state_dict()) - set(own)  # AdapterHub writes a tied decoder too; it is the model's
+        fill_state = {key: t for key, t in (saved.head_state or {}).items() if key not in tied}
+        io.fill({key: (head, key) for key in own}, fill_state, f"{source}: head {saved.name!r}")
+    if saved.model_head_state is not None:
+        tied = host.aliases()
+        io.fill({f"head.{key}": (host.head, key) for key in host.head.state_dict() if f"head.{key}" not in tied},
+                saved.model_head_state, f"{source}: model head")
+    placement.attach(host, name, saved.config, built)
+    if head is not None:
+        heads.attach(host, name, head)
+    return name
+
+
+def install_fusion(host: AdapterHost, saved: SavedFusion, load_as: str | None, source: str) -> Fuse:
+    """Check a fusion against the model and the adapters it fuses off the model, then attach its layers."""
+    if not isinstance(saved.name, str) or not saved.name:
+        raise ValueError(f"{source} names no fusion (its config has no 'name').")
+    check_model(host, saved.model_type, saved.hidden_size, f"{source} holds a fusion")
+    config = AdapterFusionConfig.load(saved.config)
+    adapters = saved.adapters if isinstance(saved.adapters, list) and saved.adapters else saved.name.split(",")
+    custom = load_as or (saved.name if saved.name != ",".join(adapters) else None)
+    fuse = Fuse(*adapters, name=custom)
+    for adapter in fuse.flatten():
+        if adapter not in host.adapter_configs:
+            raise ValueError(f"{source} fuses adapters {list(fuse.flatten())}; load adapter {adapter!r} first.")
+    if fuse.name in host.fusion_configs:
+        raise ValueError(f"the model already has a fusion {fuse.name!r}; delete it first or pass load_as.")
+    placed = fusion.build(host, fuse, config)
+    io.fill(fusion.slots(placed), saved.state, f"{source}: fusion {saved.name!r}")
+    fusion.attach(host, fuse, config, placed)
+    return fuse

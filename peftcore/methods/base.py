@@ -1,0 +1,204 @@
+"""What every method builds on: ``Method``, the module base class whose hooks are the only place the core learns
+what differs between methods, and ``ModelShape``, what a method may know of the model it is built for.
+
+The core (placement, composition, merging, averaging, files) calls these hooks and never looks at a method's class,
+config fields or parameter names. A new method overrides the hooks it needs; the defaults describe a method that
+adds computation at its sites and stores its tensors under the same names in every format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from peftcore.configs import AdapterConfigBase, register
+from peftcore.sites import Site
+
+
+class ModelShape(NamedTuple):
+    """What a method needs to know of the model it is built for."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int | None  # None: the model's config has no num_attention_heads
+
+
+def init_generator(seed: int | None) -> torch.Generator | None:
+    """A private generator for ``init_weights_seed`` (None: the global RNG), so seeding never touches global state."""
+    return None if seed is None else torch.Generator().manual_seed(seed)
+
+
+def state_key(site_path: str, local: str) -> str:
+    """Our file key of a tensor ``local`` of the module attached at ``site_path`` (the adapter name left out)."""
+    return f"{site_path}.adapters.{local}"
+
+
+def shared_state_key(shared_key: str, local: str) -> str:
+    """Our file key of a tensor ``local`` of an adapter's shared module ``shared_key``."""
+    return f"shared_parameters.{shared_key}.{local}"
+
+
+@dataclass(frozen=True)
+class PeftFile:
+    """A HuggingFace PEFT adapter as a method's ``from_peft`` receives it: the file's config, its tensors (keys
+    without PEFT's ``base_model.model.`` root), the model's HF modules that its ``target_modules`` select (each
+    covering some of our sites, in the file's own naming), and where each of our sites lives in our model."""
+
+    where: Path  # the config file, for messages
+    raw: Mapping[str, Any]
+    tensors: Mapping[str, Tensor]
+    targeted: Mapping[str, Any]  # HF module path -> the model's HFModule (path, layer, sites, split, join)
+    site_paths: Mapping[tuple[int, str], str]  # (layer, site name) -> our module path
+    shape: ModelShape
+
+    def key(self, layer: int, site: str, local: str) -> str:
+        """Our key for tensor ``local`` of the module at ``site`` of ``layer``."""
+        return state_key(self.site_paths[layer, site], local)
+
+
+def linear_average(target: nn.Module, sources: Sequence[nn.Module], weights: Sequence[float]) -> None:
+    """Every tensor of ``target`` := the weighted sum of the same tensor in ``sources``."""
+    states = [source.state_dict() for source in sources]
+    with torch.no_grad():
+        for key, tensor in target.state_dict(keep_vars=True).items():
+            tensor.copy_(sum(w * state[key] for w, state in zip(weights, states, strict=True)))
+
+
+class Method(nn.Module):
+    """Base of every PEFT method module: one module per site it sits at, built from one config class.
+
+    Placement: ``sites(config, layer)`` maps config fields to site names for one layer (``None``: the embeddings);
+    it is the only translation from config to placement. ``build_shared`` makes the one module an adapter shares
+    across its sites, if the method has one (kept in ``model.shared_parameters[adapter][shared_key]``); ``build``
+    makes the module for one site. Running: the module's ``forward`` matches its site kind (peftcore/plugs.py
+    names the signatures). A gated method keeps its ``Gate`` as ``self.gate``.
+    """
+
+    config_class: ClassVar[type[AdapterConfigBase]]
+    shared_key: ClassVar[str | None] = None
+    title: ClassVar[str]  # the method's name in messages; the class name unless set
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.title = cls.__dict__.get("title", cls.__name__)
+
+    @classmethod
+    def sites(cls, config: Any, layer: int | None) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    @classmethod
+    def build_shared(cls, config: Any, shape: ModelShape) -> nn.Module | None:
+        return None
+
+    @classmethod
+    def build(cls, config: Any, site: Site, shape: ModelShape, shared: nn.Module | None) -> Method:
+        return cls(config, shape.hidden_size, site.layer)
+
+    def share(self, shared: nn.Module) -> None:
+        """Keep a reference to the adapter's shared module without registering it a second time."""
+        object.__setattr__(self, "shared", shared)
+
+    @property
+    def token_wise(self) -> bool:
+        """Whether this module acts on each token alone, so a padded batch may run on its real tokens only.
+        A UniPELT gate averages over the whole padded sequence, as AdapterHub's does."""
+        return getattr(self, "gate", None) is None
+
+    # ---- merging into the site's weights ---------------------------------------------------------------------
+
+    @property
+    def is_merged(self) -> bool:
+        return False
+
+    def merge_refusal(self) -> str | None:
+        """Why this module cannot be folded into its site's weights, or None when ``merge_into`` can."""
+        return f"a {type(self).__name__} adds computation that no weight can hold; only LoRA and (IA)^3 adapters merge"
+
+    def merge_into(self, site: nn.Module) -> None:
+        raise ValueError(self.merge_refusal())
+
+    def unmerge_from(self, site: nn.Module) -> None:
+        raise ValueError(f"this {type(self).__name__} is not merged; there is nothing to reset.")
+
+    # ---- averaging several adapters into one -----------------------------------------------------------------
+
+    average_strategies: ClassVar[tuple[str, ...]] = ("linear",)  # the first is the default, every method has it
+
+    @classmethod
+    def averaged_config(cls, config: Any, strategy: str, svd_rank: int | None) -> Any:
+        """The config of an adapter averaged from adapters of ``config`` by ``strategy``; ``svd_rank`` belongs to
+        strategies that cut the average's rank, and is an error elsewhere."""
+        if svd_rank is not None:
+            raise ValueError(f"svd_rank applies to rank-cutting strategies (LoRA's 'lora_delta_w_svd'), not "
+                             f"{strategy!r}; leave it None.")
+        return config
+
+    def average_from(self, sources: Sequence[Method], weights: Sequence[float], strategy: str) -> None:
+        """Fill this (new) module from the same module of each averaged adapter; "linear" averages every tensor."""
+        linear_average(self, sources, weights)
+
+    # ---- ejecting a reparameterisation ----------------------------------------------------------------------
+
+    @classmethod
+    def ejected(cls, config: Any, shared: nn.Module | None) -> tuple[Any, nn.Module] | None:
+        """The config and shared module this method's part of an adapter becomes when its training-time
+        reparameterisation is dropped (prefix tuning's MLP), or None when it has none."""
+        return None
+
+    # ---- AdapterHub's file layout ----------------------------------------------------------------------------
+
+    adapterhub_container: ClassVar[str | None] = "adapters"  # the ModuleDict at the site; None: right under it
+    adapterhub_shared_path: ClassVar[str | None] = None  # where the shared module sits, with {name}
+
+    @classmethod
+    def adapterhub_names(cls, config: Any, key: str) -> tuple[str, ...]:
+        """AdapterHub's names, inside its module, for our tensor ``key`` (the first is the one it reads)."""
+        return (key,)
+
+    @classmethod
+    def is_adapterhub_copy(cls, key: str) -> bool:
+        """Whether an AdapterHub key (base-model prefix removed) is a redundant copy that loading skips."""
+        return False
+
+    # ---- HuggingFace PEFT's file layout ----------------------------------------------------------------------
+
+    peft_type: ClassVar[str | None] = None  # PEFT's name for this method; None: PEFT has none we convert
+    peft_suffixes: ClassVar[tuple[str, ...]] = ()  # the tensors PEFT keeps per targeted module; () for prompts
+
+    @classmethod
+    def from_peft(cls, file: PeftFile) -> tuple[AdapterConfigBase, dict[str, Tensor]]:
+        """Our config and tensors (our keys, adapter name left out) for a PEFT file of ``peft_type``; raises,
+        naming the option, where PEFT's adapter cannot be expressed exactly."""
+        raise NotImplementedError
+
+    @classmethod
+    def to_peft(cls, config: Any, placed: Mapping[str, Mapping[str, Method]], modules: Mapping[str, Any]
+                ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+        """PEFT's config fields for this method and its tensors (HF module path + suffix) for the modules
+        ``placed`` (HF module path -> {site: our module}); raises where PEFT cannot express the adapter."""
+        raise ValueError(f"{cls.__name__} adapters have no HuggingFace PEFT equivalent; save with "
+                         "format='peftcore' or 'adapterhub'.")
+
+
+METHODS: list[type[Method]] = []  # every registered method module class, in registration order
+
+
+def register_method(method: type[Method], presets: Mapping[str, AdapterConfigBase] | None = None) -> None:
+    """Make a method available to every model: its module class (``METHODS``), its config class (readable from its
+    AdapterHub ``"architecture"`` tag) and its preset names (``add_adapter("name")``). A method file ends with this
+    call; importing the file registers the method."""
+    if method in METHODS:
+        raise ValueError(f"{method.__name__} is registered already.")
+    register(method.config_class, presets)
+    METHODS.append(method)
+
+
+def methods_for(config: object) -> list[type[Method]]:
+    """The method classes a (member) config builds modules of: several for one config class (a bottleneck config
+    with an invertible adapter; LoRA and (IA)^3 share LoRAConfig), each deciding by ``sites`` where it sits."""
+    return [method for method in METHODS if isinstance(config, method.config_class)]

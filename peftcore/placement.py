@@ -1,0 +1,155 @@
+"""Where an adapter's modules live: built from a config for the model's sites (off the model), attached to the sites
+in one step, removed, and read back as tensors.
+
+An adapter named ``a`` is one module in ``site.adapters["a"]`` at every site its config places it (``Method.sites``
+decides), plus what its modules share across sites in ``model.shared_parameters["a"]`` (``Method.build_shared``).
+Its file keys are the modules' paths with the adapter name left out (``layers.0.ffn.residual.adapters.down.weight``,
+``shared_parameters.phm.phm_rule``), so the same keys serve every adapter name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+from torch import Tensor, nn
+
+from peftcore.configs import AdapterConfigBase, members
+from peftcore.host import AdapterHost
+from peftcore.methods import methods_for
+from peftcore.methods.base import Method, ModelShape, shared_state_key, state_key
+from peftcore.sites import Site
+
+FORBIDDEN_IN_NAMES = (".", ",")  # a dot would nest state-dict keys, a comma reads as a Stack
+
+
+class BuiltAdapter(NamedTuple):
+    """An adapter's modules before they are attached: one per site, plus what its sites share."""
+
+    placed: list[tuple[Site, Method]]
+    shared: nn.ModuleDict  # shared_key -> module
+
+    def slots(self) -> dict[str, tuple[nn.Module, str]]:
+        """Our file key -> (module, key inside it), for every tensor of the adapter."""
+        slots = {state_key(site.path, key): (module, key) for site, module in self.placed
+                 for key in module.state_dict()}
+        slots.update({shared_state_key(*key.split(".", 1)): (self.shared, key) for key in self.shared.state_dict()})
+        return slots
+
+
+def check_name(name: Any) -> None:
+    if not isinstance(name, str) or not name or any(char in name for char in FORBIDDEN_IN_NAMES):
+        raise ValueError(f"adapter and head names are non-empty strings without '.' or ',', got {name!r}.")
+
+
+def model_shape(host: AdapterHost) -> ModelShape:
+    return ModelShape(host.config.hidden_size, len(host.layers), getattr(host.config, "num_attention_heads", None))
+
+
+def like_model(host: AdapterHost, module: nn.Module) -> nn.Module:
+    """``module`` on the model's device and floating dtype."""
+    reference = next(p for p in host.parameters() if p.is_floating_point())
+    return module.to(device=reference.device, dtype=reference.dtype)
+
+
+def methods_placed(host: AdapterHost, member: AdapterConfigBase) -> list[type[Method]]:
+    """The method classes whose modules a (member) config places on this model."""
+    layers = (None, *range(len(host.layers)))
+    return [method for method in methods_for(member) if any(method.sites(member, layer) for layer in layers)]
+
+
+def build(host: AdapterHost, config: AdapterConfigBase) -> BuiltAdapter:
+    """The method modules ``config`` (or each member of a union) places, on the model's device and dtype; attaches
+    nothing."""
+    shape = model_shape(host)
+    shared: dict[str, nn.Module] = {}
+    placed: dict[str, tuple[Site, Method]] = {}
+    for member in members(config):
+        too_deep = [i for i in getattr(member, "leave_out", ()) if i >= shape.num_layers]
+        if too_deep:
+            raise ValueError(f"leave_out holds layer(s) {too_deep}, but the model has {shape.num_layers} layers "
+                             f"(0...{shape.num_layers - 1}).")
+        methods = methods_for(member)
+        for method in methods:
+            module = method.build_shared(member, shape)
+            if module is not None:
+                shared[method.shared_key] = like_model(host, module)
+        for site in host.sites_found:
+            for method in methods:
+                if site.name in method.sites(member, site.layer):
+                    if site.path in placed:
+                        raise ValueError(f"{type(config).__name__} places two modules at {site.path}; a union must "
+                                         "combine methods that sit at different sites.")
+                    module = method.build(member, site, shape, shared.get(method.shared_key))
+                    placed[site.path] = (site, like_model(host, module))
+    if not placed:
+        raise ValueError(f"{type(config).__name__} places no module on this model (all layers left out?).")
+    return BuiltAdapter(list(placed.values()), nn.ModuleDict(shared))
+
+
+def attach(host: AdapterHost, name: str, config: AdapterConfigBase, built: BuiltAdapter) -> None:
+    """Put built modules into their sites, their gates' sinks into the recorder; the last step of adding, loading or
+    averaging an adapter."""
+    for site, module in built.placed:
+        site.module.adapters[name] = module.train(host.training)
+        gate = getattr(module, "gate", None)
+        if gate is not None:
+            gate.record = host.recorder.gate_sink(name, site.layer, site.name)
+    if len(built.shared):
+        host.shared_parameters[name] = built.shared.train(host.training)
+    host.adapter_configs[name] = config
+
+
+def remove(host: AdapterHost, name: str) -> None:
+    for site in host.sites_found:
+        if name in site.module.adapters:
+            del site.module.adapters[name]
+    if name in host.shared_parameters:
+        del host.shared_parameters[name]
+    del host.adapter_configs[name]
+
+
+def check_known(host: AdapterHost, name: str) -> None:
+    if name not in host.adapter_configs:
+        raise KeyError(f"no adapter named {name!r}; this model has {sorted(host.adapter_configs) or 'none'}.")
+
+
+def iter_adapters(host: AdapterHost, name: str | None = None) -> Iterator[tuple[str, int, str, Method]]:
+    """(adapter, layer, site, module) for every attached module; layer -1 is the embeddings (AdapterHub's)."""
+    for site in host.sites_found:
+        for adapter, module in site.module.adapters.items():
+            if name is None or adapter == name:
+                yield adapter, -1 if site.layer is None else site.layer, site.name, module
+
+
+def placed(host: AdapterHost, name: str) -> list[tuple[Site, Method]]:
+    """Every (site, module) of one adapter."""
+    return [(site, site.module.adapters[name]) for site in host.sites_found if name in site.module.adapters]
+
+
+def state(host: AdapterHost, name: str) -> dict[str, Tensor]:
+    """An adapter's tensors under its file keys."""
+    check_known(host, name)
+    tensors = {state_key(site.path, key): tensor for site, module in placed(host, name)
+               for key, tensor in module.state_dict().items()}
+    if name in host.shared_parameters:
+        tensors.update({shared_state_key(*key.split(".", 1)): tensor
+                        for key, tensor in host.shared_parameters[name].state_dict().items()})
+    return tensors
+
+
+def parameters(host: AdapterHost, name: str) -> Iterator[nn.Parameter]:
+    for _, module in placed(host, name):
+        yield from module.parameters()
+    if name in host.shared_parameters:
+        yield from host.shared_parameters[name].parameters()
+
+
+def embedding_site(host: AdapterHost) -> nn.Module:
+    """The site after the embeddings, where invertible adapters sit."""
+    return next(site.module for site in host.sites_found if site.layer is None)
+
+
+def merged(host: AdapterHost) -> set[str]:
+    """The adapters folded into the model's weights."""
+    return {name for name, _, _, module in iter_adapters(host) if module.is_merged}
