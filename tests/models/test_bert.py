@@ -1,6 +1,6 @@
 """BERT and RoBERTa equal transformers on the same weights: every head, padded batches, dtypes, compile.
 
-RoBERTa is BERT's network with other positions and heads, so both are specified here over ``ARCHS``;
+RoBERTa is BERT's network with other positions and heads, so both are specified here over ``BERT_FAMILY``;
 RoBERTa-only behaviour is in test_roberta.py.
 """
 
@@ -8,38 +8,24 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers as tf
 
-from models import BertModel, RobertaModel
-from tests.conftest import SMALL
+from tests import archs
+from tests.archs import ARCHS, BERT_FAMILY
 from tests.parity import assert_parity, padded_batch
 
-ARCHS = {
-    "bert": (tf.BertConfig, BertModel, {
-        None: tf.BertModel, "masked_lm": tf.BertForMaskedLM,
-        "sequence_classification": tf.BertForSequenceClassification,
-        "token_classification": tf.BertForTokenClassification, "question_answering": tf.BertForQuestionAnswering}),
-    "roberta": (tf.RobertaConfig, RobertaModel, {
-        None: tf.RobertaModel, "masked_lm": tf.RobertaForMaskedLM,
-        "sequence_classification": tf.RobertaForSequenceClassification,
-        "token_classification": tf.RobertaForTokenClassification,
-        "question_answering": tf.RobertaForQuestionAnswering}),
-}
 CONFIGS = {
-    "small": SMALL,
+    "small": {},  # the registry's test size, SMALL
     "three-layers-odd-sizes": dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=3, intermediate_size=80,
                                    vocab_size=97),
     "one-head-gelu-new": dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=1, intermediate_size=37,
                               vocab_size=64, hidden_act="gelu_new", max_position_embeddings=40),
 }
-HEADS = (None, "masked_lm", "sequence_classification", "token_classification", "question_answering")
+HEADS = tuple(ARCHS["bert"].hf)  # None (the bare encoder), then every head; RoBERTa has the same
 
 
 def reference(hf_checkpoint, arch: str, head: str | None = None, **overrides):
     """(checkpoint directory, transformers model) for a random-init ``arch`` model with ``head``."""
-    config_class, _, classes = ARCHS[arch]
-    config = config_class(**{**SMALL, "num_labels": 2 if head == "question_answering" else 3, **overrides})
-    return hf_checkpoint(classes[head], config)
+    return archs.reference(hf_checkpoint, arch, head, num_labels=2 if head == "question_answering" else 3, **overrides)
 
 
 def batch_for(model):
@@ -50,14 +36,14 @@ def run(model, ids, mask, **kwargs):
     return model(input_ids=ids, attention_mask=mask, **kwargs)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 @pytest.mark.parametrize("config", CONFIGS)
 @pytest.mark.parametrize("unpad", [True, False], ids=["unpadded", "padded"])
 def test_hidden_states_and_pooler_equal_transformers_on_padded_batches(hf_checkpoint, arch, config, unpad):
     """Unpadded (the default), real tokens equal transformers' and padded positions are zeros; with
     ``unpad=False`` every position equals transformers'."""
     directory, theirs = reference(hf_checkpoint, arch, **CONFIGS[config])
-    ours = ARCHS[arch][1].from_pretrained(directory).eval()
+    ours = ARCHS[arch].model.from_pretrained(directory).eval()
     ours.unpad = unpad
     ids, mask = batch_for(theirs)
     with torch.no_grad():
@@ -73,11 +59,11 @@ def test_hidden_states_and_pooler_equal_transformers_on_padded_batches(hf_checkp
         assert not got.last_hidden_state[mask == 0].any() and not got.hidden_states[-1][mask == 0].any()
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 @pytest.mark.parametrize("head", HEADS[1:])
 def test_every_head_gives_the_logits_of_its_transformers_class(hf_checkpoint, arch, head):
     directory, theirs = reference(hf_checkpoint, arch, head)
-    ours = ARCHS[arch][1].from_pretrained(directory).eval()
+    ours = ARCHS[arch].model.from_pretrained(directory).eval()
     assert ours.config.head == head
     ids, mask = batch_for(theirs)
     with torch.no_grad():
@@ -89,27 +75,27 @@ def test_every_head_gives_the_logits_of_its_transformers_class(hf_checkpoint, ar
         assert_parity(got.logits, expected.logits, mask=mask if got.logits.dim() == 3 else None)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 def test_masked_lm_decoder_is_tied_to_the_word_embeddings(hf_checkpoint, arch):
     directory, _ = reference(hf_checkpoint, arch, "masked_lm")
-    ours = ARCHS[arch][1].from_pretrained(directory)
+    ours = ARCHS[arch].model.from_pretrained(directory)
     assert ours.head.decoder.weight is ours.embeddings.word.weight
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 def test_untied_masked_lm_decoder_loads_its_own_weights(hf_checkpoint, arch):
     directory, theirs = reference(hf_checkpoint, arch, "masked_lm", tie_word_embeddings=False)
-    ours = ARCHS[arch][1].from_pretrained(directory).eval()
+    ours = ARCHS[arch].model.from_pretrained(directory).eval()
     assert ours.head.decoder.weight is not ours.embeddings.word.weight
     ids, mask = batch_for(theirs)
     with torch.no_grad():
         assert_parity(run(ours, ids, mask).logits, run(theirs, ids, mask).logits, mask=mask)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 def test_attentions_token_types_positions_and_embeddings_inputs_equal_transformers(hf_checkpoint, arch):
     directory, theirs = reference(hf_checkpoint, arch, type_vocab_size=2)
-    ours = ARCHS[arch][1].from_pretrained(directory).eval()
+    ours = ARCHS[arch].model.from_pretrained(directory).eval()
     ids, mask = batch_for(theirs)
     token_types = (torch.arange(ids.shape[1]) >= 4).long().expand_as(ids)
     positions = torch.arange(ids.shape[1]).flip(0).expand_as(ids) + 2
@@ -124,13 +110,13 @@ def test_attentions_token_types_positions_and_embeddings_inputs_equal_transforme
     assert_parity(from_embeds[1].last_hidden_state, from_embeds[0].last_hidden_state, mask=mask)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 @pytest.mark.parametrize("head", HEADS)
 def test_export_to_hf_layout_loads_in_transformers_with_the_same_outputs(hf_checkpoint, arch, head, tmp_path):
     directory, _ = reference(hf_checkpoint, arch, head)
-    ours = ARCHS[arch][1].from_pretrained(directory).eval()
+    ours = ARCHS[arch].model.from_pretrained(directory).eval()
     ours.save_pretrained(tmp_path)
-    reloaded = ARCHS[arch][2][head].from_pretrained(tmp_path).eval()
+    reloaded = ARCHS[arch].hf[head].from_pretrained(tmp_path).eval()
     ids, mask = batch_for(ours)
     with torch.no_grad():
         got, expected = run(ours, ids, mask), run(reloaded, ids, mask)
@@ -142,19 +128,19 @@ def test_export_to_hf_layout_loads_in_transformers_with_the_same_outputs(hf_chec
         assert_parity(got.logits, expected.logits, mask=mask if got.logits.dim() == 3 else None)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 def test_peftcore_format_round_trip_is_bit_exact(hf_checkpoint, arch, tmp_path):
     directory, _ = reference(hf_checkpoint, arch, "masked_lm")
-    ours = ARCHS[arch][1].from_pretrained(directory)
+    ours = ARCHS[arch].model.from_pretrained(directory)
     ours.save_pretrained(tmp_path, format="peftcore")
-    again = ARCHS[arch][1].from_pretrained(tmp_path)
+    again = ARCHS[arch].model.from_pretrained(tmp_path)
     assert again.config == ours.config
     assert again.head.decoder.weight is again.embeddings.word.weight
     for (key, mine), (_, theirs) in zip(ours.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(mine, theirs), key
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 @pytest.mark.parametrize("layout", ["sharded-safetensors", "pytorch-bin", "sharded-bin"])
 def test_every_weights_layout_loads_the_same_model(hf_checkpoint, arch, layout, tmp_path):
     directory, theirs = reference(hf_checkpoint, arch)
@@ -163,25 +149,25 @@ def test_every_weights_layout_loads_the_same_model(hf_checkpoint, arch, layout, 
     index = {"sharded-safetensors": "model.safetensors.index.json", "pytorch-bin": "pytorch_model.bin",
              "sharded-bin": "pytorch_model.bin.index.json"}[layout]
     assert (tmp_path / index).is_file()
-    ours, reference_model = ARCHS[arch][1].from_pretrained(tmp_path), ARCHS[arch][1].from_pretrained(directory)
+    ours, reference_model = ARCHS[arch].model.from_pretrained(tmp_path), ARCHS[arch].model.from_pretrained(directory)
     for key, tensor in reference_model.state_dict().items():
         assert torch.equal(ours.state_dict()[key], tensor), key
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 def test_base_checkpoint_starts_a_classifier_with_a_fresh_head_and_says_so(hf_checkpoint, arch):
     directory, _ = reference(hf_checkpoint, arch, "masked_lm")
     with pytest.warns(UserWarning, match=r"head\.") as record:
-        ours = ARCHS[arch][1].from_pretrained(directory, head="sequence_classification", num_labels=5)
+        ours = ARCHS[arch].model.from_pretrained(directory, head="sequence_classification", num_labels=5)
     assert "freshly initialised" in str(record[0].message)
     ids, mask = batch_for(ours)
     assert ours(input_ids=ids, attention_mask=mask).logits.shape == (ids.shape[0], 5)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 def test_pooler_can_be_left_out(hf_checkpoint, arch):
     directory, theirs = reference(hf_checkpoint, arch)
-    ours = ARCHS[arch][1].from_pretrained(directory, add_pooling_layer=False).eval()
+    ours = ARCHS[arch].model.from_pretrained(directory, add_pooling_layer=False).eval()
     ids, mask = batch_for(theirs)
     with torch.no_grad():
         got = ours(input_ids=ids, attention_mask=mask)
@@ -189,12 +175,12 @@ def test_pooler_can_be_left_out(hf_checkpoint, arch):
     assert ours.pooler is None and got.pooler_output is None
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_forward_is_finite_and_close_to_fp32(hf_checkpoint, arch, dtype):
     directory, _ = reference(hf_checkpoint, arch, "masked_lm")
-    full = ARCHS[arch][1].from_pretrained(directory).eval()
-    half = ARCHS[arch][1].from_pretrained(directory, dtype=dtype).eval()
+    full = ARCHS[arch].model.from_pretrained(directory).eval()
+    half = ARCHS[arch].model.from_pretrained(directory, dtype=dtype).eval()
     assert half.embeddings.word.weight.dtype == dtype
     ids, mask = batch_for(full)
     with torch.no_grad():
@@ -204,20 +190,20 @@ def test_half_precision_forward_is_finite_and_close_to_fp32(hf_checkpoint, arch,
     assert_parity(got.last_hidden_state, expected.last_hidden_state, atol=0.1, mask=mask)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 def test_torch_compile_gives_the_eager_outputs(hf_checkpoint, arch):
     directory, _ = reference(hf_checkpoint, arch, "masked_lm")
-    ours = ARCHS[arch][1].from_pretrained(directory).eval()
+    ours = ARCHS[arch].model.from_pretrained(directory).eval()
     compiled = torch.compile(ours)
     ids, mask = batch_for(ours)
     with torch.no_grad():
         assert_parity(run(compiled, ids, mask).logits, run(ours, ids, mask).logits, mask=mask)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 def test_fully_padded_example_gives_finite_outputs(hf_checkpoint, arch):
     directory, _ = reference(hf_checkpoint, arch)
-    ours = ARCHS[arch][1].from_pretrained(directory).eval()
+    ours = ARCHS[arch].model.from_pretrained(directory).eval()
     ids, mask = batch_for(ours)
     mask[1] = 0
     with torch.no_grad():

@@ -9,10 +9,14 @@ from safetensors.torch import save_file
 
 from models.convert.keymap import ConversionError
 from models.convert.tables import join_in_proj, split_in_proj
-from models.deberta import DebertaConfig, DebertaModel
+from models.deberta import DebertaModel
 from peftcore.sites import SITE_NAMES, find_sites
+from tests import archs
+from tests.archs import ARCHS
 from tests.conftest import SMALL
 from tests.parity import assert_parity, padded_batch
+
+DEBERTA = ARCHS["deberta"]
 
 LENGTHS = (20, 11, 4)  # longer than max_relative_positions=4 below, so relative distances clamp
 CONFIGS = {
@@ -40,7 +44,7 @@ RICH = CONFIGS["c2p_p2c"]
 def hf_config(**overrides) -> tf.DebertaConfig:
     """A tiny config; weights drawn 5x wider than transformers' 0.02 so that a wrong relative-position term moves
     the outputs by 1e-3 or more, far above the 1e-5 tolerance (at 0.02 it can hide below it)."""
-    return tf.DebertaConfig(**{**SMALL, "num_labels": 3, "initializer_range": 0.1, **overrides})
+    return DEBERTA.hf_config("plain", **{"num_labels": 3, "initializer_range": 0.1, **overrides})
 
 
 def load(hf_checkpoint, hf_class, overrides):
@@ -102,7 +106,7 @@ def test_export_to_hf_layout_loads_in_transformers_with_the_same_outputs(hf_chec
 
 
 def test_in_proj_split_is_interleaved_per_head_not_thirds():
-    config = DebertaConfig(**SMALL)
+    config = DEBERTA.config("plain")
     H, D, C = config.num_attention_heads, config.hidden_size // config.num_attention_heads, config.hidden_size
     rows = torch.arange(3 * H * D, dtype=torch.float32)[:, None].expand(-1, C)  # each row holds its own index
     q, k, v = split_in_proj(rows, config)
@@ -130,7 +134,7 @@ def test_changing_only_q_equals_changing_only_the_query_rows_of_in_proj(hf_check
 @pytest.mark.parametrize("overrides", [CONFIGS["absolute_only"], {**RICH, "talking_head": True}],
                          ids=["absolute", "relative_talking_head"])
 def test_sites_are_exactly_site_names_embeddings_once_the_rest_in_every_layer(overrides):
-    model = DebertaModel(DebertaConfig(**SMALL, **overrides))
+    model = DebertaModel(DEBERTA.config("plain", **overrides))
     sites = list(find_sites(model))
     assert {site.name for site in sites} == set(SITE_NAMES)
     assert [site.layer for site in sites if site.name == "embeddings"] == [None]
@@ -163,14 +167,14 @@ def test_prefix_keys_the_mask_hides_leave_real_tokens_unchanged(hf_checkpoint):
 
 
 def test_a_deberta_v2_checkpoint_is_refused_naming_its_model_type(hf_checkpoint):
-    directory, _ = hf_checkpoint(tf.DebertaV2Model, tf.DebertaV2Config(**SMALL))
+    directory, _ = archs.reference(hf_checkpoint, "deberta-v2", variant="plain")
     with pytest.raises(ConversionError, match="'deberta-v2'"):
         DebertaModel.from_pretrained(directory)
 
 
 def test_pos_att_type_accepts_transformers_old_string_form():
-    assert DebertaConfig(**SMALL, pos_att_type="P2C | c2p").pos_att_type == ("p2c", "c2p")
-    assert DebertaConfig(**SMALL, pos_att_type=None).pos_att_type == ()
+    assert DEBERTA.config("plain", pos_att_type="P2C | c2p").pos_att_type == ("p2c", "c2p")
+    assert DEBERTA.config("plain", pos_att_type=None).pos_att_type == ()
 
 
 @pytest.mark.parametrize(("overrides", "field"), [
@@ -182,7 +186,7 @@ def test_pos_att_type_accepts_transformers_old_string_form():
 ])
 def test_unsupported_config_values_raise_naming_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
-        DebertaConfig(**SMALL, **overrides)
+        DEBERTA.config("plain", **overrides)
 
 
 def test_a_legacy_false_masked_lm_checkpoint_is_refused_but_loads_as_a_base_model(tmp_path):

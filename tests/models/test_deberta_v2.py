@@ -7,10 +7,14 @@ import torch
 import transformers as tf
 
 from models.convert.keymap import ConversionError
-from models.deberta_v2 import DebertaV2Config, DebertaV2Model
+from models.deberta_v2 import DebertaV2Model
 from peftcore.sites import SITE_NAMES, find_sites
+from tests import archs
+from tests.archs import ARCHS
 from tests.conftest import SMALL
 from tests.parity import assert_parity, padded_batch
+
+DEBERTA_V2 = ARCHS["deberta-v2"]
 
 LENGTHS = (20, 11, 4)  # distances up to 19: past 8 buckets' exact range (±4) and past max_relative_positions=6
 V3 = dict(relative_attention=True, pos_att_type=["c2p", "p2c"], share_att_key=True, position_buckets=8,
@@ -38,7 +42,7 @@ HEADS = {
 
 def load(hf_checkpoint, hf_class, overrides):
     # weights 5x wider than transformers' 0.02, so that a wrong position term or bucket moves outputs by >= 1e-3
-    config = tf.DebertaV2Config(**{**SMALL, "num_labels": 3, "initializer_range": 0.1, **overrides})
+    config = DEBERTA_V2.hf_config("plain", **{"num_labels": 3, "initializer_range": 0.1, **overrides})
     directory, theirs = hf_checkpoint(hf_class, config)
     return DebertaV2Model.from_pretrained(directory).eval(), theirs
 
@@ -96,7 +100,7 @@ def test_export_to_hf_layout_loads_in_transformers_with_the_same_weights(hf_chec
 
 @pytest.mark.parametrize("overrides", [CONFIGS["no_relative_attention"], V3], ids=["plain", "v3_like"])
 def test_sites_are_exactly_site_names_embeddings_once_the_rest_in_every_layer(overrides):
-    model = DebertaV2Model(DebertaV2Config(**SMALL, **overrides))
+    model = DebertaV2Model(DEBERTA_V2.config("plain", **overrides))
     sites = list(find_sites(model))
     assert {site.name for site in sites} == set(SITE_NAMES)
     assert [site.layer for site in sites if site.name == "embeddings"] == [None]
@@ -105,7 +109,7 @@ def test_sites_are_exactly_site_names_embeddings_once_the_rest_in_every_layer(ov
 
 
 def test_share_att_key_runs_the_position_projections_through_the_q_and_k_sites():
-    model = DebertaV2Model(DebertaV2Config(**SMALL, **V3)).eval()
+    model = DebertaV2Model(DEBERTA_V2.config("plain", **V3)).eval()
     ids, mask = padded_batch(SMALL["vocab_size"], 0, LENGTHS)
     calls = []
     model.layers[0].attn.k.plug = lambda x, y: calls.append(tuple(x.shape)) or y
@@ -115,7 +119,7 @@ def test_share_att_key_runs_the_position_projections_through_the_q_and_k_sites()
 
 
 def test_a_deberta_v1_checkpoint_is_refused_naming_its_model_type(hf_checkpoint):
-    directory, _ = hf_checkpoint(tf.DebertaModel, tf.DebertaConfig(**SMALL))
+    directory, _ = archs.reference(hf_checkpoint, "deberta", variant="plain")
     with pytest.raises(ConversionError, match="'deberta'"):
         DebertaV2Model.from_pretrained(directory)
 
@@ -132,11 +136,11 @@ def test_a_deberta_v1_checkpoint_is_refused_naming_its_model_type(hf_checkpoint)
 ])
 def test_unsupported_config_values_raise_naming_the_field(overrides, field):
     with pytest.raises(ValueError, match=field):
-        DebertaV2Config(**SMALL, **overrides)
+        DEBERTA_V2.config("plain", **overrides)
 
 
 def test_bfloat16_forward_is_finite_and_close():
-    model = DebertaV2Model(DebertaV2Config(**SMALL, **V3)).eval()
+    model = DebertaV2Model(DEBERTA_V2.config("plain", **V3)).eval()
     ids, mask = padded_batch(SMALL["vocab_size"], 0, LENGTHS)
     full = run(model, ids, mask).last_hidden_state
     half = run(model.to(torch.bfloat16), ids, mask).last_hidden_state
@@ -145,7 +149,7 @@ def test_bfloat16_forward_is_finite_and_close():
 
 
 def test_torch_compile_gives_the_eager_output():
-    model = DebertaV2Model(DebertaV2Config(**SMALL, **V3)).eval()
+    model = DebertaV2Model(DEBERTA_V2.config("plain", **V3)).eval()
     ids, mask = padded_batch(SMALL["vocab_size"], 0, LENGTHS)
     compiled = torch.compile(model, backend="aot_eager")
     assert_parity(run(compiled, ids, mask).last_hidden_state, run(model, ids, mask).last_hidden_state, mask=mask)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers as tf
 
 from models import RobertaModel
+from tests.archs import reference
 from tests.conftest import SMALL
 from tests.parity import assert_parity
 
 
 @pytest.fixture(scope="module")
 def roberta(hf_checkpoint):
-    directory, theirs = hf_checkpoint(tf.RobertaModel, tf.RobertaConfig(**SMALL, max_position_embeddings=20))
+    directory, theirs = reference(hf_checkpoint, "roberta", max_position_embeddings=20)
     return RobertaModel.from_pretrained(directory).eval(), theirs
 
 

@@ -9,17 +9,17 @@ import torch
 import transformers
 
 from models.convert.keymap import ConversionError
-from models.vit import ViTConfig, ViTModel
+from models.vit import ViTModel
 from peftcore.sites import SITE_NAMES, ResidualSite, find_sites
+from tests.archs import ARCHS
 from tests.parity import assert_parity
 
-SMALL_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48)
+VIT = ARCHS["vit"]
 
 
 def reference(hf_checkpoint, model_class=transformers.ViTModel, **fields):
     """(directory, transformers model) for a small random ViT; eager attention so it can return probabilities."""
-    config = transformers.ViTConfig(**{**SMALL_VIT, **fields}, attn_implementation="eager")
-    return hf_checkpoint(model_class, config)
+    return hf_checkpoint(model_class, VIT.hf_config(**fields, attn_implementation="eager"))
 
 
 def images(height: int, width: int, batch: int = 2, channels: int = 3, seed: int = 0) -> torch.Tensor:
@@ -40,7 +40,7 @@ def test_matches_transformers_vit_model(hf_checkpoint, image_size, patch_size, e
     out, ref = run_both(ours, theirs, images(image_size, image_size), **kwargs)
     assert_parity(out.last_hidden_state, ref.last_hidden_state)
     assert_parity(out.pooler_output, ref.pooler_output)
-    assert len(out.hidden_states) == len(ref.hidden_states) == SMALL_VIT["num_hidden_layers"] + 1
+    assert len(out.hidden_states) == len(ref.hidden_states) == VIT.size["num_hidden_layers"] + 1
     for mine, theirs_state in zip(out.hidden_states, ref.hidden_states, strict=True):
         assert_parity(mine, theirs_state)
     if explicit_attention:
@@ -144,15 +144,15 @@ def test_hf_config_loads_without_warnings(hf_checkpoint):
 
 
 def test_sites_are_the_site_names_embeddings_once_the_rest_per_layer():
-    model = ViTModel(ViTConfig(**SMALL_VIT, image_size=32, patch_size=8))
+    model = ViTModel(VIT.config(image_size=32))
     found = [(site.layer, site.name) for site in find_sites(model)]
-    layers = range(SMALL_VIT["num_hidden_layers"])
+    layers = range(model.config.num_hidden_layers)
     assert found == [(None, "embeddings")] + [(i, name) for i in layers for name in SITE_NAMES[1:]]
     assert model.embeddings.site is next(find_sites(model)).module
 
 
 def test_residual_sites_are_plain_adds_in_a_pre_ln_layer():
-    layer = ViTModel(ViTConfig(**SMALL_VIT, image_size=32, patch_size=8)).layers[0]
+    layer = ViTModel(VIT.config(image_size=32)).layers[0]
     h, residual = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
     for site in (layer.attn.residual, layer.ffn.residual):
         assert isinstance(site, ResidualSite) and isinstance(site.norm, torch.nn.Identity)
@@ -162,7 +162,7 @@ def test_residual_sites_are_plain_adds_in_a_pre_ln_layer():
 @pytest.fixture(scope="module")
 def tiny_vit() -> ViTModel:
     torch.manual_seed(0)
-    return ViTModel(ViTConfig(**SMALL_VIT, image_size=32, patch_size=8)).eval()
+    return ViTModel(VIT.config(image_size=32)).eval()
 
 
 @pytest.mark.parametrize("pixels, match", [
@@ -197,7 +197,7 @@ def test_bert_checkpoint_is_refused_naming_both_types(hf_checkpoint):
 ])
 def test_bad_config_is_refused(fields, match):
     with pytest.raises(ValueError, match=match):
-        ViTConfig(**{**SMALL_VIT, **fields})
+        VIT.config(**fields)
 
 
 def test_unsupported_pooler_activation_is_refused(hf_checkpoint):

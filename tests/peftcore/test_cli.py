@@ -10,12 +10,12 @@ import transformers as tf
 
 from models import BertModel
 from peftcore.cli import main
-from tests.conftest import SMALL
+from tests.archs import ARCHS, reference
 
 
 @pytest.fixture
 def bert_mlm(hf_checkpoint):
-    return hf_checkpoint(tf.BertForMaskedLM, tf.BertConfig(**SMALL))
+    return reference(hf_checkpoint, "bert", "masked_lm")
 
 
 def test_convert_to_peftcore_and_back_gives_transformers_the_same_model(bert_mlm, tmp_path, capsys):
@@ -27,24 +27,18 @@ def test_convert_to_peftcore_and_back_gives_transformers_the_same_model(bert_mlm
     assert "converted peftcore -> hf" in printed and "parameters" in printed
     assert json.loads((tmp_path / "ours" / "config.json").read_text())["peftcore_format"] == 1
     reloaded = tf.BertForMaskedLM.from_pretrained(tmp_path / "back").eval()
-    ids = torch.randint(1, SMALL["vocab_size"], (2, 7))
+    ids = torch.randint(1, theirs.config.vocab_size, (2, 7))
     with torch.no_grad():
         assert torch.allclose(reloaded(input_ids=ids).logits, theirs(input_ids=ids).logits, atol=1e-6)
 
 
-ARCHITECTURES = {
-    "bert": (tf.BertModel, tf.BertConfig(**SMALL)),
-    "roberta": (tf.RobertaForSequenceClassification, tf.RobertaConfig(**SMALL)),
-    "deberta": (tf.DebertaForMaskedLM, tf.DebertaConfig(**SMALL, relative_attention=True, pos_att_type=["c2p", "p2c"])),
-    "deberta-v2": (tf.DebertaV2Model, tf.DebertaV2Config(**SMALL, relative_attention=True, position_buckets=8)),
-    "vit": (tf.ViTForImageClassification, tf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                        intermediate_size=37, image_size=32, patch_size=8)),
-}
+HEADS = {"bert": None, "roberta": "sequence_classification", "deberta": "masked_lm", "deberta-v2": None,
+         "vit": "image_classification"}  # a head per architecture, so that convert meets each kind of head's keys
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", ARCHS)
 def test_convert_and_info_handle_every_architecture(hf_checkpoint, arch, tmp_path, capsys):
-    directory, theirs = hf_checkpoint(*ARCHITECTURES[arch])
+    directory, theirs = reference(hf_checkpoint, arch, HEADS[arch])
     assert main(["convert", str(directory), str(tmp_path / "ours")]) == 0
     assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "back")]) == 0
     assert main(["info", str(tmp_path / "back")]) == 0

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from peftcore.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack, parse_setup
+from tests.archs import ARCHS, tiny_model
 from tests.parity import assert_parity, real_tokens
-from tests.peftcore.test_model import assert_same_state, hidden, inputs, snapshot, tiny_model
+from tests.peftcore.test_model import assert_same_state, hidden, inputs, snapshot
 
 MIXED = {  # method -> the two configs a mixed batch runs side by side
     "lora": ("lora", "lora[r=4, intermediate_lora=True]"),
@@ -25,7 +26,6 @@ MIXED = {  # method -> the two configs a mixed batch runs side by side
     "unipelt": ("unipelt", "unipelt"),
     "seq_bn_inv": ("seq_bn_inv", "double_seq_bn_inv"),
 }
-ARCHS = ["bert", "roberta", "deberta", "deberta-v2", "vit"]
 
 
 def with_adapters(model_type: str, configs: dict[str, str]) -> nn.Module:
@@ -172,7 +172,7 @@ def test_stacked_invertible_adapters_invert_in_reverse_order():
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("method", MIXED)
 def test_mixed_batch_equals_running_each_example_alone(arch, method):
-    if method == "seq_bn_inv" and arch == "vit":
+    if method == "seq_bn_inv" and not ARCHS[arch].is_text:
         pytest.skip("invertible adapters need token embeddings")
     model = with_adapters(arch, dict(zip("ab", MIXED[method], strict=True)))
     batch = {key: value.repeat(2, *(1,) * (value.dim() - 1))[:4] for key, value in inputs(model).items()}

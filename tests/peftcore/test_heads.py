@@ -10,12 +10,12 @@ import pytest
 import torch
 import transformers as tf
 
-from models import BertConfig, BertModel, ViTConfig, ViTModel
+from models import BertModel
 from peftcore.heads import MaskedLMPredictionHead
-from tests.conftest import SMALL
+from tests.archs import ARCHS, reference, tiny_model
 from tests.parity import assert_parity, padded_batch
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100)
+TINY = ARCHS["bert"].tiny_size  # of ours (tiny_model) and of the transformers references alike
 B, T = 3, 6
 
 # (add_* method, its arguments, logits shape for a (B, T) batch)
@@ -29,11 +29,6 @@ HEADS = {
     "qa": ("add_qa_head", dict(), (B, T, 2)),
     "masked_lm": ("add_masked_lm_head", dict(), (B, T, TINY["vocab_size"])),
 }
-
-
-def tiny_bert(**overrides) -> BertModel:
-    torch.manual_seed(0)
-    return BertModel(BertConfig(**TINY, **overrides)).eval()
 
 
 def batch() -> dict[str, torch.Tensor]:
@@ -51,7 +46,7 @@ def head_shapes(model: torch.nn.Module, name: str) -> dict[str, tuple[int, ...]]
 @pytest.mark.parametrize("kind", sorted(HEADS))
 def test_head_has_adapterhubs_keys_and_shapes(kind):
     method, kwargs, _ = HEADS[kind]
-    ours = tiny_bert()
+    ours = tiny_model()
     getattr(ours, method)("h", **kwargs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -61,7 +56,7 @@ def test_head_has_adapterhubs_keys_and_shapes(kind):
 
 
 def test_two_layer_classification_head_is_dropout_linear_tanh_dropout_linear():
-    model = tiny_bert()
+    model = tiny_model()
     model.add_classification_head("a", num_labels=3)
     assert sorted(head_shapes(model, "a")) == ["heads.a.1.bias", "heads.a.1.weight", "heads.a.4.bias",
                                                "heads.a.4.weight"]
@@ -71,7 +66,7 @@ def test_two_layer_classification_head_is_dropout_linear_tanh_dropout_linear():
 
 
 def test_masked_lm_head_is_numbered_0_2_3_and_its_decoder_is_the_word_embeddings():
-    model = tiny_bert()
+    model = tiny_model()
     model.add_masked_lm_head("a")
     assert {key.split(".")[2] for key in head_shapes(model, "a")} == {"0", "2", "3"}
     assert model.heads["a"].decoder.weight is model.embeddings.word.weight
@@ -81,7 +76,7 @@ def test_masked_lm_head_is_numbered_0_2_3_and_its_decoder_is_the_word_embeddings
 
 
 def test_the_active_head_follows_set_active_adapters():
-    model = tiny_bert()
+    model = tiny_model()
     for name, labels in (("a", 2), ("b", 5)):
         model.add_adapter(name, "seq_bn")
         model.add_classification_head(name, num_labels=labels)
@@ -100,7 +95,7 @@ def test_the_active_head_follows_set_active_adapters():
 
 
 def test_deleting_the_active_head_leaves_no_active_head():
-    model = tiny_bert()
+    model = tiny_model()
     model.add_classification_head("a")
     model.delete_head("a")
     assert model.active_head is None and "a" not in model.heads
@@ -109,7 +104,7 @@ def test_deleting_the_active_head_leaves_no_active_head():
 
 
 def test_adding_a_head_twice_needs_overwrite_ok():
-    model = tiny_bert()
+    model = tiny_model()
     model.add_classification_head("a", num_labels=2)
     with pytest.raises(ValueError, match="head named 'a' exists; pass overwrite_ok=True"):
         model.add_classification_head("a", num_labels=3)
@@ -123,7 +118,7 @@ def test_adding_a_head_twice_needs_overwrite_ok():
 @pytest.mark.parametrize("kind", sorted(HEADS))
 def test_logits_shape(kind):
     method, kwargs, shape = HEADS[kind]
-    model = tiny_bert()
+    model = tiny_model()
     getattr(model, method)("h", **kwargs)
     out = model(**batch())
     assert out.logits.shape == shape
@@ -133,7 +128,7 @@ def test_logits_shape(kind):
 
 
 def test_classification_reads_the_first_token_or_the_pooler():
-    model = tiny_bert()
+    model = tiny_model()
     model.add_classification_head("a", num_labels=3, layers=1)
     model.add_classification_head("p", num_labels=3, layers=1, use_pooler=True)
     model.heads["p"].load_state_dict(model.heads["a"].state_dict())
@@ -145,33 +140,27 @@ def test_classification_reads_the_first_token_or_the_pooler():
 
 
 def test_a_pooler_head_on_a_model_without_pooler_says_so():
-    model = tiny_bert(add_pooling_layer=False)
+    model = tiny_model(add_pooling_layer=False)
     model.add_classification_head("p", use_pooler=True)
     with pytest.raises(ValueError, match="use_pooler=True but the model has no pooler"):
         model(**batch())
 
 
 def test_masked_lm_head_starts_from_the_checkpoints_lm_head(hf_checkpoint):
-    directory, reference = hf_checkpoint(tf.BertForMaskedLM, tf.BertConfig(**SMALL))
+    directory, reference_model = reference(hf_checkpoint, "bert", "masked_lm")
     model = BertModel.from_pretrained(directory).eval()
-    ids, mask = padded_batch(SMALL["vocab_size"], 0)
+    ids, mask = padded_batch(reference_model.config.vocab_size, 0)
     with torch.no_grad():
         own = model(input_ids=ids, attention_mask=mask).logits
         model.add_masked_lm_head("a")
         assert model.active_head == "a" and model.active_adapters is None
         assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, own)
-        assert_parity(own, reference(input_ids=ids, attention_mask=mask).logits, mask=mask)
+        assert_parity(own, reference_model(input_ids=ids, attention_mask=mask).logits, mask=mask)
     assert model.heads["a"].decoder.weight is model.embeddings.word.weight
 
 
-def tiny_vit() -> ViTModel:
-    torch.manual_seed(0)
-    return ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                              image_size=16, patch_size=8)).eval()
-
-
 def test_image_classification_head_on_vit():
-    model = tiny_vit()
+    model = tiny_model("vit")
     model.add_image_classification_head("a", num_labels=5)
     assert sorted(head_shapes(model, "a")) == ["heads.a.1.bias", "heads.a.1.weight"]
     pixels = torch.randn(2, 3, 16, 16)
@@ -198,7 +187,7 @@ def transformers_loss(model_class, config: tf.BertConfig, **labels) -> tuple[tor
 ])
 def test_sequence_losses_are_transformers(kind, problem_type, labels):
     method, kwargs, _ = HEADS[kind]
-    model = tiny_bert()
+    model = tiny_model()
     getattr(model, method)("h", **kwargs)
     config = tf.BertConfig(**TINY, num_labels=kwargs["num_labels"], problem_type=problem_type)
     theirs = transformers_loss(tf.BertForSequenceClassification, config, labels=labels.float()
@@ -207,7 +196,7 @@ def test_sequence_losses_are_transformers(kind, problem_type, labels):
 
 
 def test_tagging_loss_is_transformers_and_ignores_padding():
-    model = tiny_bert()
+    model = tiny_model()
     model.add_tagging_head("h", num_labels=5)
     mask = batch()["attention_mask"]
     labels = torch.randint(0, 5, (B, T), generator=torch.Generator().manual_seed(2))
@@ -219,7 +208,7 @@ def test_tagging_loss_is_transformers_and_ignores_padding():
 
 
 def test_qa_loss_is_transformers_span_loss_with_out_of_range_positions_ignored():
-    model = tiny_bert()
+    model = tiny_model()
     model.add_qa_head("h")
     starts, ends = torch.tensor([1, 0, 40]), torch.tensor([3, 2, 50])  # the last span lies beyond the sequence
     theirs = transformers_loss(tf.BertForQuestionAnswering, tf.BertConfig(**TINY), start_positions=starts,
@@ -234,14 +223,14 @@ def test_qa_loss_is_transformers_span_loss_with_out_of_range_positions_ignored()
     (1, False, torch.tensor([0.5, -2.0]), lambda logits, labels: torch.nn.MSELoss()(logits.view(-1), labels)),
 ])
 def test_image_classification_losses(num_labels, multilabel, labels, reference):
-    model = tiny_vit()
+    model = tiny_model("vit")
     model.add_image_classification_head("a", num_labels=num_labels, multilabel=multilabel)
     logits = model(pixel_values=torch.randn(2, 3, 16, 16)).logits
     assert_parity(model.heads["a"].loss(logits, labels), reference(logits, labels), atol=1e-6)
 
 
 def test_masked_lm_loss_is_transformers():
-    model = tiny_bert()
+    model = tiny_model()
     model.add_masked_lm_head("h")
     labels = torch.full((B, T), -100)
     labels[:, 1], labels[0, 3] = torch.tensor([5, 7, 9]), 11
@@ -267,7 +256,7 @@ def test_masked_lm_loss_is_transformers():
     (lambda model: model.add_classification_head("x.y"), "without '.' or ','"),
 ])
 def test_a_bad_head_is_refused_clearly_and_nothing_is_added(add, message):
-    model = tiny_bert()
+    model = tiny_model()
     model.add_classification_head("keep")
     with pytest.raises(ValueError, match=message):
         add(model)

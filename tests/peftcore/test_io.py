@@ -12,18 +12,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import peftcore.io
-from models import BertConfig, BertModel, RobertaConfig, RobertaModel
 from peftcore.composition import Stack
+from tests.archs import tiny_model
 from tests.parity import padded_batch
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, vocab_size=100)
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors"]
 HEAD_FILES = ["head_config.json", "head_model.safetensors"]
-
-
-def tiny_bert(**overrides) -> BertModel:
-    torch.manual_seed(0)  # the same base weights every time: a saved adapter reloads into a fresh model
-    return BertModel(BertConfig(**{**TINY, **overrides})).eval()
 
 
 def randomize(model: torch.nn.Module, name: str, scale: float = 1.0) -> None:
@@ -42,7 +36,7 @@ def randomize(model: torch.nn.Module, name: str, scale: float = 1.0) -> None:
 
 def trained(config: str = "seq_bn_inv", model: torch.nn.Module | None = None, head: str | None = "classification"):
     """A model with adapter "a" (and head "a") away from their initialisation."""
-    model = model if model is not None else tiny_bert()
+    model = model if model is not None else tiny_model()
     model.add_adapter("a", config)
     if head == "classification":
         model.add_classification_head("a", num_labels=3)
@@ -106,7 +100,7 @@ def test_save_with_head_writes_the_head_beside_the_adapter(tmp_path):
 def test_load_restores_every_tensor_bit_exactly(config, tmp_path):
     model = trained(config)
     model.save_adapter(tmp_path / "a", "a")
-    fresh = tiny_bert()
+    fresh = tiny_model()
     assert fresh.load_adapter(tmp_path / "a", set_active=True) == "a"
     assert fresh.adapter_configs["a"].to_dict() == model.adapter_configs["a"].to_dict()  # BnConfig, as AdapterHub
     assert same_tensors(fresh.adapter_state("a"), model.adapter_state("a"))
@@ -130,7 +124,7 @@ def test_load_as_renames_adapter_and_head(tmp_path):
 
 def test_load_without_head_adds_no_head(tmp_path):
     trained().save_adapter(tmp_path / "a", "a")
-    fresh = tiny_bert()
+    fresh = tiny_model()
     fresh.load_adapter(tmp_path / "a", with_head=False)
     assert "a" in fresh.adapter_configs and list(fresh.heads) == []
 
@@ -139,7 +133,7 @@ def test_masked_lm_head_reloads_tied_to_the_word_embeddings(tmp_path):
     model = trained(head="masked_lm")
     model.save_adapter(tmp_path / "a", "a")
     assert "3.weight" not in load_file(tmp_path / "a" / "head_model.safetensors")  # the embeddings are not saved
-    fresh = tiny_bert()
+    fresh = tiny_model()
     fresh.load_adapter(tmp_path / "a")
     assert fresh.heads["a"].decoder.weight is fresh.embeddings.word.weight
     assert same_tensors(fresh.heads["a"].state_dict(), model.heads["a"].state_dict())
@@ -151,7 +145,7 @@ def test_save_all_adapters_writes_one_directory_each(tmp_path):
     randomize(model, "b")
     model.save_all_adapters(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
-    fresh = tiny_bert()
+    fresh = tiny_model()
     for name in ("a", "b"):
         assert fresh.load_adapter(tmp_path / name) == name
         assert same_tensors(fresh.adapter_state(name), model.adapter_state(name))
@@ -163,7 +157,7 @@ def test_saving_again_without_the_head_leaves_no_stale_head(tmp_path):
     model.save_adapter(tmp_path / "a", "a")
     model.save_adapter(tmp_path / "a", "a", with_head=False)
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ADAPTER_FILES
-    fresh = tiny_bert()
+    fresh = tiny_model()
     fresh.load_adapter(tmp_path / "a")
     assert list(fresh.heads) == []
 
@@ -260,9 +254,9 @@ def test_a_corrupt_directory_is_refused_and_the_model_is_unchanged(corruption, t
 
 
 @pytest.mark.parametrize(("source", "message"), [
-    (lambda: RobertaModel(RobertaConfig(**TINY)), "adapter for a 'roberta' model; this model is 'bert'"),
-    (lambda: tiny_bert(hidden_size=48), "adapter for hidden size 48; this model's is 32"),
-    (lambda: tiny_bert(num_hidden_layers=3), r"4 unexpected: layers\.2\.ffn"),
+    (lambda: tiny_model("roberta"), "adapter for a 'roberta' model; this model is 'bert'"),
+    (lambda: tiny_model(hidden_size=48), "adapter for hidden size 48; this model's is 32"),
+    (lambda: tiny_model(num_hidden_layers=3), r"4 unexpected: layers\.2\.ffn"),
 ])
 def test_an_adapter_for_another_model_is_refused_and_the_model_is_unchanged(source, message, target, tmp_path):
     trained(model=source()).save_adapter(tmp_path / "saved", "a")
@@ -273,7 +267,7 @@ def test_an_adapter_for_another_model_is_refused_and_the_model_is_unchanged(sour
 
 
 def test_a_model_checkpoint_directory_is_refused_as_an_adapter(target, tmp_path):
-    RobertaModel(RobertaConfig(**TINY)).save_pretrained(tmp_path / "roberta")
+    tiny_model("roberta").save_pretrained(tmp_path / "roberta")
     before = fingerprint(target)
     with pytest.raises(FileNotFoundError, match=r"has no adapter_config.json \(it holds \['config.json'"):
         target.load_adapter(tmp_path / "roberta")
@@ -369,7 +363,7 @@ def test_an_interrupted_save_leaves_the_previous_adapter_intact(crash, tmp_path,
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no scratch directory left behind
-    fresh = tiny_bert()
+    fresh = tiny_model()
     fresh.load_adapter(tmp_path / "a")
     assert same_tensors(fresh.adapter_state("a"), saved_state)
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from peftcore.composition import Stack
+from tests.archs import tiny_model
 from tests.parity import assert_parity
 from tests.peftcore.test_io import assert_unchanged, fingerprint, randomize, same_tensors
-from tests.peftcore.test_model import hidden, inputs, tiny_model
+from tests.peftcore.test_model import hidden, inputs
 
 # ---- merging -------------------------------------------------------------------------------------------------
 

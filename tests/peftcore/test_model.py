@@ -9,29 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-from models import MODEL_CLASSES, RobertaConfig, RobertaModel
 from peftcore import SeqBnConfig
 from peftcore.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from peftcore.methods import Bottleneck, NICECoupling
 from peftcore.model import AdapterModelMixin
+from tests import archs
+from tests.archs import ARCHS, TEXT_ARCHS, TINY, tiny_model
 from tests.parity import assert_parity, padded_batch, real_tokens
 from tests.peftcore.test_sites import TinyTransformer
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37)
-
-
-def tiny_model(model_type: str = "bert") -> nn.Module:
-    cls = MODEL_CLASSES[model_type]
-    extra = dict(image_size=16, patch_size=8) if model_type == "vit" else dict(vocab_size=100)
-    torch.manual_seed(0)
-    return cls(cls.config_class(**TINY, **extra)).eval()
-
 
 def inputs(model: nn.Module) -> dict[str, torch.Tensor]:
-    if model.config.model_type == "vit":
-        return {"pixel_values": torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))}
-    ids, mask = padded_batch(100, model.config.pad_token_id, lengths=(6, 4, 2))
-    return {"input_ids": ids, "attention_mask": mask}
+    """Three short padded examples, or three images."""
+    return archs.inputs(model.config, lengths=(6, 4, 2), seed=1)
 
 
 def hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -279,11 +269,11 @@ def test_leave_out_beyond_the_model_or_of_everything_is_an_error(config, message
 # ---- outputs and dtype --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model_type", sorted(MODEL_CLASSES))
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("config", ["double_seq_bn_inv", "lora[intermediate_lora=True, output_lora=True]",
                                     "prefix_tuning[prefix_length=3]"])
-def test_an_inactive_adapter_leaves_outputs_bit_identical(model_type, config):
-    model = tiny_model(model_type)
+def test_an_inactive_adapter_leaves_outputs_bit_identical(arch, config):
+    model = tiny_model(arch)
     batch = inputs(model)
     plain = hidden(model, batch)
     model.add_adapter("a", config)
@@ -364,13 +354,8 @@ def test_a_custom_model_with_sites_and_the_mixin_takes_adapters():
 
 @pytest.fixture(scope="module")
 def roberta_base_shaped():
-    import transformers as tf
-
-    shape = tf.RobertaConfig()  # roberta-base's shape: 12 layers of 768
-    config = RobertaConfig(**{field: getattr(shape, field) for field in (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-        "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id")})
-    return RobertaModel(config)
+    roberta = ARCHS["roberta"]
+    return roberta.model(roberta.config("base"))  # roberta-base's shape: 12 layers of 768
 
 
 def test_a_saved_seq_bn_adapter_for_roberta_base_is_under_4_mb(roberta_base_shaped, tmp_path):
@@ -385,13 +370,6 @@ def test_a_saved_seq_bn_adapter_for_roberta_base_is_under_4_mb(roberta_base_shap
 
 # ---- unpadded execution -------------------------------------------------------------------------------------------
 
-ATTENTION_OPTIONS = {  # every text architecture, with each option that touches attention or crosses tokens
-    "bert": {},
-    "roberta": {},
-    "deberta": dict(relative_attention=True, pos_att_type=("c2p", "p2c"), max_relative_positions=4, talking_head=True),
-    "deberta-v2": dict(relative_attention=True, pos_att_type=("c2p", "p2c"), position_buckets=4,
-                       max_relative_positions=6, share_att_key=True, norm_rel_ebd="layer_norm", conv_kernel_size=3),
-}
 TOKEN_WISE = ["lora[intermediate_lora=True, output_lora=True]", "ia3", "seq_bn", "double_seq_bn", "par_bn",
               "scaled_par_bn", "compacter[reduction_factor=4]", "compacter++[reduction_factor=4]", "prefix_tuning",
               "prefix_tuning_flat", "double_seq_bn_inv",
@@ -400,11 +378,9 @@ LENGTHS = (9, 5, 2)
 
 
 def text_model(arch: str, **adapters: str) -> nn.Module:
-    """A tiny model without dropout, each adapter moved off its (often identity) initialisation."""
-    cls = MODEL_CLASSES[arch]
-    torch.manual_seed(0)
-    model = cls(cls.config_class(**TINY, vocab_size=100, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                                 **ATTENTION_OPTIONS[arch]))
+    """A tiny model with each option that touches attention or crosses tokens (the "attention" variant) and without
+    dropout, each adapter moved off its (often identity) initialisation."""
+    model = tiny_model(arch, "attention", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     for name, config in adapters.items():
         model.add_adapter(name, config)
         with torch.no_grad():
@@ -429,7 +405,7 @@ def forward_and_grads(model: nn.Module, batch: dict, unpad: bool) -> tuple:
     return out, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("arch", ATTENTION_OPTIONS)
+@pytest.mark.parametrize("arch", TEXT_ARCHS)
 @pytest.mark.parametrize("config", TOKEN_WISE)
 def test_a_padded_batch_runs_on_its_real_tokens_with_the_padded_paths_outputs_and_gradients(arch, config):
     model = text_model(arch, a=config)

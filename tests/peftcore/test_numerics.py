@@ -14,15 +14,13 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from models import MODEL_CLASSES
 from peftcore import BnConfig
 from peftcore.configs import AdapterConfigBase, parse
+from tests.archs import ARCHS, TEXT_ARCHS, tiny_model
 from tests.parity import assert_parity
 from tests.peftcore.test_io import randomize
-from tests.peftcore.test_model import inputs, tiny_model
+from tests.peftcore.test_model import inputs
 
-ARCHS = sorted(MODEL_CLASSES)
-TEXT_ARCHS = [arch for arch in ARCHS if arch != "vit"]  # ViT reads every patch: it takes no attention mask
 METHODS = ["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn", "seq_bn_inv", "seq_bn_inv[inv_adapter='glow']",
            "double_seq_bn_inv", "compacter", "compacter++", "lora[intermediate_lora=True, output_lora=True]", "ia3",
            "prefix_tuning", "prefix_tuning_flat", "mam", "unipelt"]
@@ -93,7 +91,7 @@ def test_fully_padded_examples_give_finite_outputs_and_gradients(arch, method, d
 @pytest.mark.parametrize("arch", ARCHS)
 def test_a_batch_of_one_at_the_position_limit_is_finite(arch, method):
     model = adapted(arch, method, max_position_embeddings=64)
-    if arch == "vit":
+    if not ARCHS[arch].is_text:
         batch = {"pixel_values": inputs(model)["pixel_values"][:1]}
     else:
         ids = torch.randint(3, 100, (1, model.max_length), generator=torch.Generator().manual_seed(0))

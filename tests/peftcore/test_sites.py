@@ -10,26 +10,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import MODEL_CLASSES
 from peftcore.sites import SITE_NAMES, EmbeddingSite, PrefixSite, ResidualSite, SiteLinear, find_sites
+from tests.archs import ARCHS, tiny_model
 
-TINY = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24)
 
-
-@pytest.mark.parametrize("model_type", sorted(MODEL_CLASSES))
-def test_every_model_exposes_exactly_the_site_names(model_type):
-    cls = MODEL_CLASSES[model_type]
-    model = cls(cls.config_class(**TINY))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_model_exposes_exactly_the_site_names(arch):
+    model = tiny_model(arch)
     counts = Counter(site.name for site in find_sites(model))
     assert set(counts) == set(SITE_NAMES)
     assert counts["embeddings"] == 1
-    assert all(counts[name] == TINY["num_hidden_layers"] for name in SITE_NAMES if name != "embeddings")
+    assert all(counts[name] == model.config.num_hidden_layers for name in SITE_NAMES if name != "embeddings")
 
 
-@pytest.mark.parametrize("model_type", sorted(MODEL_CLASSES))
-def test_site_paths_are_the_site_names_so_base_keys_are_unchanged(model_type):
-    cls = MODEL_CLASSES[model_type]
-    model = cls(cls.config_class(**TINY))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_site_paths_are_the_site_names_so_base_keys_are_unchanged(arch):
+    model = tiny_model(arch)
     for site in find_sites(model):
         if site.layer is not None:
             assert model.get_submodule(f"layers.{site.layer}.{site.name}") is site.module

@@ -2,8 +2,8 @@
 printed table is AdapterHub's, character for character.
 
 Both models are built at full size on the meta device: counts and the table depend on shapes only, and no forward runs,
-so nothing needs allocating or initialising. Shapes are transformers' config defaults for bert-base; for roberta-base
-its released shapes (514 positions, one token type), which are our RobertaConfig's defaults.
+so nothing needs allocating or initialising. Shapes are the registry's "base" variant: bert-base's, and roberta-base's
+released shapes (514 positions, one token type), which are our RobertaConfig's defaults.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import warnings
 import adapters
 import pytest
 import torch
-import transformers as tf
 
-from models import BertConfig, BertModel, RobertaConfig, RobertaModel
+from tests.archs import ARCHS, BERT_FAMILY
 
 CONFIGS = ["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn", "seq_bn_inv", "double_seq_bn_inv",
            "pfeiffer", "houlsby", "parallel", "scaled_parallel", "pfeiffer+inv", "houlsby+inv",
@@ -25,24 +24,19 @@ CONFIGS = ["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn", "seq_bn_inv", "
            "seq_bn[inv_adapter='glow', inv_adapter_reduction_factor=4]",
            "compacter", "compacter++", "prefix_tuning", "prefix_tuning_flat", "lora", "ia3", "mam", "unipelt",
            "lora[r=4, attn_matrices=['q', 'k', 'v'], intermediate_lora=True, output_lora=True, use_gating=True]"]
-ARCHS = {
-    "bert-base": (lambda: tf.BertModel(tf.BertConfig()), lambda: BertModel(BertConfig())),
-    "roberta-base": (lambda: tf.RobertaModel(tf.RobertaConfig(max_position_embeddings=514, type_vocab_size=1)),
-                     lambda: RobertaModel(RobertaConfig())),
-}
 
 
 def adapter_name(config: str) -> str:
     return f"adapter_{CONFIGS.index(config)}"
 
 
-@pytest.fixture(scope="module", params=list(ARCHS))
+@pytest.fixture(scope="module", params=BERT_FAMILY)
 def base_size_pair(request):
     """AdapterHub's and our base-size model, built once per architecture, with every config of CONFIGS added."""
-    build_theirs, build_ours = ARCHS[request.param]
+    arch = ARCHS[request.param]
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")
-        theirs, ours = build_theirs(), build_ours()
+        theirs, ours = arch.hf[None](arch.hf_config("base")), arch.model(arch.config("base"))
         adapters.init(theirs)
         for config in CONFIGS:
             theirs.add_adapter(adapter_name(config), config=config)

@@ -10,35 +10,19 @@ from dataclasses import replace
 
 import pytest
 import torch
-import transformers as tf
 
-from models import (
-    BertConfig,
-    BertModel,
-    DebertaConfig,
-    DebertaModel,
-    DebertaV2Config,
-    DebertaV2Model,
-    RobertaConfig,
-    RobertaModel,
-    ViTConfig,
-    ViTModel,
-)
+from models import BertModel
 from models.convert.tables import BERT, split_in_proj
 from peftcore.sites import SiteLinear, find_sites
-from tests.conftest import SMALL
+from tests.archs import ARCHS, reference
 
-RELATIVE = dict(relative_attention=True, pos_att_type=("c2p", "p2c"))
-MODELS = {
-    "bert": lambda head: BertModel(BertConfig(**SMALL, head=head)),
-    "roberta": lambda head: RobertaModel(RobertaConfig(**SMALL, head=head)),
-    "deberta": lambda head: DebertaModel(DebertaConfig(**SMALL, **RELATIVE, talking_head=True, head=head)),
-    "deberta_v2": lambda head: DebertaV2Model(DebertaV2Config(**SMALL, **RELATIVE, conv_kernel_size=3, head=head)),
-    "vit": lambda head: ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                           intermediate_size=48, image_size=32, patch_size=8, head=head)),
-}
 HEADS = {"bert": "sequence_classification", "roberta": "masked_lm", "deberta": "question_answering",
-         "deberta_v2": "token_classification", "vit": "image_classification"}
+         "deberta-v2": "token_classification", "vit": "image_classification"}
+
+
+def build(arch: str, head: str | None = None):
+    """Our model with every optional module (the "every_tensor" variant)."""
+    return ARCHS[arch].model(ARCHS[arch].config("every_tensor", head=head))
 
 
 class RenamedBert(BertModel):
@@ -48,7 +32,7 @@ class RenamedBert(BertModel):
 
 
 def test_a_config_rename_reads_the_hf_name_and_exports_it_back(hf_checkpoint, tmp_path):
-    source, _ = hf_checkpoint(tf.BertModel, tf.BertConfig(**SMALL))
+    source, _ = reference(hf_checkpoint, "bert")
     directory = shutil.copytree(source, tmp_path / "renamed")
     raw = json.loads((directory / "config.json").read_text())
     raw["dim"] = raw.pop("hidden_size")
@@ -56,14 +40,14 @@ def test_a_config_rename_reads_the_hf_name_and_exports_it_back(hf_checkpoint, tm
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # "dim" is known: no "not used" warning
         model = RenamedBert.from_pretrained(directory)
-    assert model.config.hidden_size == SMALL["hidden_size"]
+    assert model.config.hidden_size == ARCHS["bert"].size["hidden_size"]
     model.save_pretrained(tmp_path / "out")
     exported = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert exported["dim"] == SMALL["hidden_size"] and "hidden_size" not in exported
+    assert exported["dim"] == ARCHS["bert"].size["hidden_size"] and "hidden_size" not in exported
 
 
 def test_a_config_json_with_both_names_of_a_renamed_field_is_refused(hf_checkpoint, tmp_path):
-    source, _ = hf_checkpoint(tf.BertModel, tf.BertConfig(**SMALL))
+    source, _ = reference(hf_checkpoint, "bert")
     directory = shutil.copytree(source, tmp_path / "both")
     raw = json.loads((directory / "config.json").read_text())
     (directory / "config.json").write_text(json.dumps({**raw, "dim": 32}))
@@ -82,17 +66,17 @@ def test_a_malformed_record_fails_when_built(change, message):
 
 
 def test_site_paths_name_adapterhubs_modules_and_none_where_it_has_none():
-    bert, deberta = MODELS["bert"](None), MODELS["deberta"](None)
+    bert, deberta = build("bert"), build("deberta")
     assert bert.hf_site_path("attn.residual", 3) == "encoder.layer.3.attention.output"
     assert bert.hf_site_path("embeddings", None) == deberta.hf_site_path("embeddings", None) == "invertible_adapters"
     assert deberta.hf_site_path("attn.q", 0) is None  # v1's q/k/v are one fused in_proj
     assert deberta.hf_site_path("ffn.output", 1) == "encoder.layer.1.output.dense"
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("with_head", [False, True], ids=["base", "head"])
-def test_hf_modules_cover_every_linear_site_once_at_its_site_path(name, with_head):
-    model = MODELS[name](HEADS[name] if with_head else None)
+def test_hf_modules_cover_every_linear_site_once_at_its_site_path(arch, with_head):
+    model = build(arch, HEADS[arch] if with_head else None)
     modules = model.hf_modules(with_prefix=False)
     covered = [(module.layer, site) for module in modules.values() for site in module.sites]
     linear = [(site.layer, site.name) for site in find_sites(model) if isinstance(site.module, SiteLinear)]
@@ -107,17 +91,17 @@ def test_hf_modules_cover_every_linear_site_once_at_its_site_path(name, with_hea
 
 
 def test_deberta_v1_in_proj_covers_q_k_v_with_split_and_join_bound_to_the_config():
-    model = MODELS["deberta"](None)
+    model = build("deberta")
     module = model.hf_modules(with_prefix=True)["deberta.encoder.layer.1.attention.self.in_proj"]
     assert (module.layer, module.sites) == (1, ("attn.q", "attn.k", "attn.v"))
-    weight = torch.randn(3 * SMALL["hidden_size"], SMALL["hidden_size"])
+    weight = torch.randn(3 * model.config.hidden_size, model.config.hidden_size)
     parts = module.split(weight)
     assert all(torch.equal(a, b) for a, b in zip(parts, split_in_proj(weight, model.config), strict=True))
     assert torch.equal(module.join(parts), weight)
 
 
 def test_hf_head_keys_are_the_own_heads_table_and_empty_without_a_head():
-    assert MODELS["bert"](None).hf_head_keys() == {}
-    assert MODELS["bert"]("sequence_classification").hf_head_keys() == {
+    assert build("bert").hf_head_keys() == {}
+    assert build("bert", "sequence_classification").hf_head_keys() == {
         "classifier.weight": "head.classifier.weight", "classifier.bias": "head.classifier.bias"}
-    assert MODELS["bert"]("masked_lm").hf_head_keys()["cls.seq_relationship.weight"] is None  # dropped
+    assert build("bert", "masked_lm").hf_head_keys()["cls.seq_relationship.weight"] is None  # dropped

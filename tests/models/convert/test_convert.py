@@ -10,20 +10,19 @@ import shutil
 
 import pytest
 import torch
-import transformers as tf
 from safetensors.torch import load_file, save_file
 
 import peftcore.io
 from models import BertModel, RobertaModel, from_pretrained
 from models.convert import ConversionError
 from models.convert.keymap import hf_to_ours
-from tests.conftest import SMALL
+from tests.archs import reference
 
 
 @pytest.fixture
 def bert_dir(hf_checkpoint, tmp_path):
     """A writable copy of a small random-init BertModel checkpoint."""
-    source, _ = hf_checkpoint(tf.BertModel, tf.BertConfig(**SMALL))
+    source, _ = reference(hf_checkpoint, "bert")
     return shutil.copytree(source, tmp_path / "bert")
 
 
@@ -34,14 +33,14 @@ def edit_config(directory, **changes):
 
 
 def test_checkpoint_of_another_architecture_names_both(hf_checkpoint):
-    directory, _ = hf_checkpoint(tf.RobertaModel, tf.RobertaConfig(**SMALL))
+    directory, _ = reference(hf_checkpoint, "roberta")
     with pytest.raises(ConversionError, match=r"model_type 'roberta'.*BertModel loads 'bert'"):
         BertModel.from_pretrained(directory)
     assert isinstance(from_pretrained(directory), RobertaModel)
 
 
 def test_weights_of_another_architecture_under_a_wrong_model_type_list_the_keys(hf_checkpoint, tmp_path):
-    directory, _ = hf_checkpoint(tf.RobertaForMaskedLM, tf.RobertaConfig(**SMALL))
+    directory, _ = reference(hf_checkpoint, "roberta", "masked_lm")
     copy = shutil.copytree(directory, tmp_path / "mislabelled")
     edit_config(copy, model_type="bert", architectures=["BertForMaskedLM"])
     with pytest.raises(ConversionError, match="unexpected keys.*lm_head"):
@@ -99,7 +98,7 @@ def test_a_half_precision_checkpoint_loads_in_the_requested_dtype(bert_dir):
 
 
 def test_a_head_the_checkpoint_lacks_is_initialised_and_every_other_tensor_is_the_checkpoints_own(hf_checkpoint):
-    directory, _ = hf_checkpoint(tf.RobertaModel, tf.RobertaConfig(**SMALL))  # a base checkpoint: no LM head
+    directory, _ = reference(hf_checkpoint, "roberta")  # a base checkpoint: no LM head
     torch.manual_seed(0)
     with pytest.warns(UserWarning, match="freshly initialised"):
         model = RobertaModel.from_pretrained(directory, head="masked_lm")

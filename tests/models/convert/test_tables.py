@@ -6,30 +6,22 @@ from __future__ import annotations
 import pytest
 import transformers as tf
 
-from models import BertModel, DebertaModel, DebertaV2Model, RobertaModel, ViTModel
 from models.convert.keymap import Split, to_template
-from tests.conftest import SMALL
+from tests.archs import ARCHS
 
-DEBERTA_V2 = dict(SMALL, relative_attention=True, pos_att_type=["c2p", "p2c"], position_buckets=8,
-                  max_relative_positions=32, norm_rel_ebd="layer_norm", conv_kernel_size=3, type_vocab_size=2,
-                  embedding_size=48)
-CONFIGS = {  # model -> (our class, a transformers config that builds every tensor our table names for it)
-    "bert": (BertModel, tf.BertConfig(**SMALL)),
-    "roberta": (RobertaModel, tf.RobertaConfig(**SMALL)),
-    "deberta": (DebertaModel, tf.DebertaConfig(**SMALL, relative_attention=True, pos_att_type=["c2p", "p2c"],
-                                               talking_head=True, type_vocab_size=2, embedding_size=48)),
-    "deberta_v2": (DebertaV2Model, tf.DebertaV2Config(**DEBERTA_V2)),  # own position projections
-    "deberta_v2_shared_keys": (DebertaV2Model, tf.DebertaV2Config(**DEBERTA_V2, share_att_key=True)),
-    "vit": (ViTModel, tf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
-                                   image_size=32, patch_size=8)),
+CONFIGS = {  # case -> (architecture, a transformers config that builds every tensor our table names for it)
+    **{arch: (arch, ARCHS[arch].hf_config("every_tensor")) for arch in ARCHS},
+    "deberta-v2-shared_keys": ("deberta-v2", ARCHS["deberta-v2"].hf_config("every_tensor", share_att_key=True)),
 }
-CLASSES = [(name, hf_class) for name, (ours, _) in CONFIGS.items() for hf_class in ours.architecture.hf_classes]
-RECORDS = {cls.__name__: cls for cls in (BertModel, RobertaModel, DebertaModel, DebertaV2Model, ViTModel)}
+CLASSES = [(name, hf_class) for name, (arch, _) in CONFIGS.items()
+           for hf_class in ARCHS[arch].model.architecture.hf_classes]
+RECORDS = {arch.model.__name__: arch.model for arch in ARCHS.values()}
 
 
 @pytest.mark.parametrize(("name", "hf_class"), CLASSES, ids=[f"{name}-{cls}" for name, cls in CLASSES])
 def test_every_transformers_key_is_mapped_or_dropped_by_name(name, hf_class):
-    ours, config = CONFIGS[name]
+    arch, config = CONFIGS[name]
+    ours = ARCHS[arch].model
     head = ours.architecture.hf_classes[hf_class][0]
     theirs = getattr(tf, hf_class)(config)
     keymap = ours.architecture.keymap

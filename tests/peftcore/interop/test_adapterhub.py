@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import adapters
@@ -26,38 +25,11 @@ import torch
 import transformers as tf
 from safetensors.torch import load_file
 
-from models import BertModel, DebertaModel, DebertaV2Model, RobertaModel, ViTModel
+from models import BertModel
 from peftcore.interop import adapterhub
-from tests.conftest import SMALL
-from tests.parity import assert_parity, padded_batch, real_tokens
-
-SMALL_VIT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96, image_size=32,
-                 patch_size=8)
-DEBERTA_RELATIVE = dict(relative_attention=True, pos_att_type=["c2p", "p2c"])
-
-
-@dataclass(frozen=True)
-class Arch:
-    """A transformers encoder, its config, our class and AdapterHub's flexible-head class."""
-
-    hf_class: type
-    hf_config: Callable[[], tf.PretrainedConfig]
-    ours: type
-    flex: type | None
-
-    @property
-    def is_text(self) -> bool:
-        return self.ours is not ViTModel
-
-
-ARCHS = {
-    "bert": Arch(tf.BertModel, lambda: tf.BertConfig(**SMALL), BertModel, adapters.BertAdapterModel),
-    "roberta": Arch(tf.RobertaModel, lambda: tf.RobertaConfig(**SMALL), RobertaModel, adapters.RobertaAdapterModel),
-    "deberta_v2": Arch(tf.DebertaV2Model, lambda: tf.DebertaV2Config(**SMALL, **DEBERTA_RELATIVE, position_buckets=8),
-                       DebertaV2Model, adapters.DebertaV2AdapterModel),
-    "vit": Arch(tf.ViTModel, lambda: tf.ViTConfig(**SMALL_VIT), ViTModel, adapters.ViTAdapterModel),
-    "deberta": Arch(tf.DebertaModel, lambda: tf.DebertaConfig(**SMALL, **DEBERTA_RELATIVE), DebertaModel, None),
-}
+from tests import archs
+from tests.archs import ADAPTERHUB_ARCHS, ARCHS, BERT_FAMILY, reference
+from tests.parity import assert_parity, real_tokens
 
 NAMED = ["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn", "seq_bn_inv", "double_seq_bn_inv",
          "pfeiffer", "houlsby", "parallel", "scaled_parallel", "pfeiffer+inv", "houlsby+inv"]
@@ -93,9 +65,9 @@ SUBSET = ["seq_bn", "double_seq_bn", "scaled_par_bn", "seq_bn[ln_before=True, us
           "lora[attn_matrices=['q', 'k', 'v'], intermediate_lora=True, output_lora=True]", "ia3[use_gating=True]",
           "prefix_tuning[prefix_length=4, bottleneck_size=16]", "mam",
           "unipelt"]
-SUBSETS = {"bert": NAMED + VARIANTS, "roberta": NAMED + VARIANTS, "deberta_v2": [*SUBSET, "double_seq_bn_inv"],
+SUBSETS = {"bert": NAMED + VARIANTS, "roberta": NAMED + VARIANTS, "deberta-v2": [*SUBSET, "double_seq_bn_inv"],
            "vit": SUBSET}  # AdapterHub refuses invertible adapters on ViT
-CASES = [pytest.param(arch, config, id=f"{arch}-{config}") for arch, configs in SUBSETS.items() for config in configs]
+CASES = [pytest.param(arch, config, id=f"{arch}-{config}") for arch in ADAPTERHUB_ARCHS for config in SUBSETS[arch]]
 
 # flexible heads: (AdapterHub's add_*_head, its kwargs, the adapter trained with it)
 HEADS = {
@@ -112,18 +84,14 @@ HEADS = {
 
 @pytest.fixture
 def checkpoint(hf_checkpoint):
-    """checkpoint(arch) -> the directory of a random-init transformers model written by save_pretrained."""
-    return lambda arch: hf_checkpoint(ARCHS[arch].hf_class, ARCHS[arch].hf_config())[0]
+    """checkpoint(arch) -> the directory of a random-init transformers model written by save_pretrained, at the text
+    models' width (the "wide" variant: ViT widens)."""
+    return lambda arch: reference(hf_checkpoint, arch, variant="wide")[0]
 
 
 def inputs_for(arch: str) -> dict[str, torch.Tensor]:
     """A padded text batch (three lengths) or three random images."""
-    if not ARCHS[arch].is_text:
-        generator = torch.Generator().manual_seed(0)
-        return {"pixel_values": torch.randn(3, 3, SMALL_VIT["image_size"], SMALL_VIT["image_size"],
-                                            generator=generator)}
-    ids, mask = padded_batch(SMALL["vocab_size"], ARCHS[arch].hf_config().pad_token_id)
-    return {"input_ids": ids, "attention_mask": mask}
+    return archs.inputs(ARCHS[arch].hf_config("wide"))
 
 
 def adapterhub_model(arch: str, directory: Path, flex: bool = False) -> torch.nn.Module:
@@ -131,8 +99,8 @@ def adapterhub_model(arch: str, directory: Path, flex: bool = False) -> torch.nn
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the flex class warns about the checkpoint's missing head
         if flex:
-            return ARCHS[arch].flex.from_pretrained(directory).eval()
-        model = ARCHS[arch].hf_class.from_pretrained(directory).eval()
+            return ARCHS[arch].adapterhub.from_pretrained(directory).eval()
+        model = ARCHS[arch].hf[None].from_pretrained(directory).eval()
     adapters.init(model)
     return model
 
@@ -163,7 +131,7 @@ def perturb(ours: torch.nn.Module, name: str) -> None:
 def ours_from(arch: str, directory: Path) -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a checkpoint without pooler or head says so
-        return ARCHS[arch].ours.from_pretrained(directory).eval()
+        return ARCHS[arch].model.from_pretrained(directory).eval()
 
 
 def hidden(model: torch.nn.Module, inputs: dict) -> torch.Tensor:
@@ -222,7 +190,7 @@ def test_ours_saved_in_adapterhub_layout_gives_our_outputs_in_adapterhub(checkpo
 
 
 KEY_CASES = [pytest.param(arch, config, id=f"{arch}-{config}") for arch in ARCHS for config in (
-    "double_seq_bn_inv" if arch != "vit" else "double_seq_bn",
+    "double_seq_bn_inv" if ARCHS[arch].is_text else "double_seq_bn",  # invertible: token embeddings only
     "seq_bn[ln_before=True, ln_after=True, use_gating=True, scaling='channel']",
     "lora[selfattn_lora=False, intermediate_lora=True, output_lora=True]" if arch == "deberta" else
     "lora[attn_matrices=['q', 'k', 'v'], intermediate_lora=True, output_lora=True]",
@@ -249,7 +217,7 @@ def test_adapterhub_layout_of_ours_has_exactly_adapterhubs_keys_and_shapes(check
 def test_adapterhub_deberta_v1_changes_outputs_with_no_adapter_so_it_is_no_reference(checkpoint):
     """Why DeBERTa v1 is compared key by key only (DESIGN.md: its reference is transformers plus the math)."""
     directory, inputs = checkpoint("deberta"), inputs_for("deberta")
-    plain = hidden(ARCHS["deberta"].hf_class.from_pretrained(directory).eval(), inputs)
+    plain = hidden(ARCHS["deberta"].hf[None].from_pretrained(directory).eval(), inputs)
     mask = inputs["attention_mask"].bool()
     assert_parity(hidden(ours_from("deberta", directory), inputs), plain)
     assert (hidden(adapterhub_model("deberta", directory), inputs) - plain)[mask].abs().max() > 1e-3
@@ -276,7 +244,7 @@ def test_deberta_v1_adapter_trained_by_adapterhub_lands_on_our_sites_tensor_for_
 # ---- safetensors and key prefixes ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta"])
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 @pytest.mark.parametrize("config", ["double_seq_bn_inv", "scaled_par_bn[use_gating=True]"])
 def test_adapter_saved_by_adapterhub_as_safetensors_gives_its_outputs_in_ours(checkpoint, arch, config, tmp_path):
     directory, inputs = checkpoint(arch), inputs_for(arch)
@@ -290,7 +258,7 @@ def test_adapter_saved_by_adapterhub_as_safetensors_gives_its_outputs_in_ours(ch
     assert_parity(hidden(ours, inputs), hidden(theirs, inputs))
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta"])
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 @pytest.mark.parametrize("config", ["double_seq_bn_inv", "seq_bn[ln_before=True, scaling='learned']"])
 def test_ours_saved_as_adapterhub_safetensors_gives_our_outputs_in_adapterhub(checkpoint, arch, config, tmp_path):
     directory, inputs = checkpoint(arch), inputs_for(arch)
@@ -321,7 +289,7 @@ def test_adapterhub_cannot_save_an_ln_before_adapter_as_safetensors_and_ours_can
                        keys["encoder.layer.0.output.adapters.a.adapter_down.0.weight"])
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta"])
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 def test_adapter_saved_from_prefixed_and_from_bare_model_load_alike(checkpoint, arch, tmp_path):
     directory, inputs = checkpoint(arch), inputs_for(arch)
     bare = adapterhub_model(arch, directory)
@@ -345,7 +313,7 @@ def test_adapter_saved_from_prefixed_and_from_bare_model_load_alike(checkpoint, 
 
 @pytest.mark.parametrize("safetensors", [False, True], ids=["pickle", "safetensors"])
 @pytest.mark.parametrize("head", HEADS)
-@pytest.mark.parametrize("arch", ["bert", "roberta"])
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 def test_flex_head_trained_by_adapterhub_gives_its_logits_in_ours(checkpoint, arch, head, safetensors, tmp_path):
     kind, kwargs, config = HEADS[head]
     directory, inputs = checkpoint(arch), inputs_for(arch)
@@ -369,7 +337,7 @@ def test_flex_head_trained_by_adapterhub_gives_its_logits_in_ours(checkpoint, ar
 
 @pytest.mark.parametrize("safetensors", [False, True], ids=["pickle", "safetensors"])
 @pytest.mark.parametrize("head", HEADS)
-@pytest.mark.parametrize("arch", ["bert", "roberta"])
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 def test_head_saved_by_ours_in_adapterhub_layout_gives_our_logits_in_adapterhub(checkpoint, arch, head, safetensors,
                                                                                tmp_path):
     kind, kwargs, config = HEADS[head]
@@ -381,7 +349,7 @@ def test_head_saved_by_ours_in_adapterhub_layout_gives_our_logits_in_adapterhub(
     perturb(ours, "a")
     adapterhub.save(ours, tmp_path / "a", "a", safetensors=safetensors)
     head_file = json.loads((tmp_path / "a" / "head_config.json").read_text())
-    assert head_file["model_class"] == ARCHS[arch].flex.__name__  # AdapterHub loads flex heads by class name
+    assert head_file["model_class"] == ARCHS[arch].adapterhub.__name__  # AdapterHub loads flex heads by class name
     theirs = adapterhub_model(arch, directory, flex=True)
     theirs.load_adapter(str(tmp_path / "a"), use_safetensors=safetensors)
     theirs.set_active_adapters("a")
@@ -393,7 +361,7 @@ def test_head_saved_by_ours_in_adapterhub_layout_gives_our_logits_in_adapterhub(
 
 
 def test_static_classification_head_saved_with_the_adapter_gives_adapterhubs_logits(hf_checkpoint, tmp_path):
-    directory, _ = hf_checkpoint(tf.BertForSequenceClassification, tf.BertConfig(**SMALL, num_labels=3))
+    directory, _ = reference(hf_checkpoint, "bert", "sequence_classification", num_labels=3)
     inputs = inputs_for("bert")
     theirs = tf.BertForSequenceClassification.from_pretrained(directory).eval()
     adapters.init(theirs)
@@ -409,7 +377,7 @@ def test_adapterhub_static_masked_lm_head_skips_the_inverse_and_ours_applies_it(
     """MAD-X decodes through the invertible adapter's inverse (Pfeiffer et al., 2020, §2.3). AdapterHub's flex LM
     head does (parity above); its static BertForMaskedLM head does not: its pre-hook is never registered. Hidden
     states agree; logits are AdapterHub's decoder(transform(h)) there and decoder(inverse(transform(h))) here."""
-    directory, _ = hf_checkpoint(tf.BertForMaskedLM, tf.BertConfig(**SMALL))
+    directory, _ = reference(hf_checkpoint, "bert", "masked_lm")
     inputs = inputs_for("bert")
     theirs = tf.BertForMaskedLM.from_pretrained(directory).eval()
     adapters.init(theirs)

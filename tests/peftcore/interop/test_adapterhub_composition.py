@@ -24,23 +24,16 @@ import pytest
 import torch
 
 from peftcore.composition import Average, BatchSplit, Block, Fuse, Parallel, Split, Stack
+from tests.archs import ARCHS, BERT_FAMILY, reference
 from tests.parity import assert_parity, real_tokens
-from tests.peftcore.interop.test_adapterhub import (
-    ARCHS,
-    adapterhub_model,
-    assert_moved,
-    hidden,
-    inputs_for,
-    ours_from,
-)
-
-TEXT = ["bert", "roberta"]
+from tests.peftcore.interop.test_adapterhub import adapterhub_model, assert_moved, hidden, inputs_for, ours_from
 
 
 @pytest.fixture
 def checkpoint(hf_checkpoint):
-    """checkpoint(arch) -> the directory of a random-init transformers model written by save_pretrained."""
-    return lambda arch: hf_checkpoint(ARCHS[arch].hf_class, ARCHS[arch].hf_config())[0]
+    """checkpoint(arch) -> the directory of a random-init transformers model written by save_pretrained, at the text
+    models' width (the "wide" variant: ViT widens)."""
+    return lambda arch: reference(hf_checkpoint, arch, variant="wide")[0]
 
 
 class Pair:
@@ -143,7 +136,7 @@ STACKS = {
                               "compacter++[reduction_factor=8, shared_phm_rule=False]"),
 }
 STACK_CASES = cases({"bert": list(STACKS), "roberta": list(STACKS),
-                     "deberta_v2": ["seq_bn+seq_bn", "madx", "prefix+prefix", "ia3+ia3"],
+                     "deberta-v2": ["seq_bn+seq_bn", "madx", "prefix+prefix", "ia3+ia3"],
                      "vit": ["par_bn+seq_bn", "prefix+prefix", "compacter+compacter++"]})
 
 
@@ -156,7 +149,7 @@ def test_stack_gives_adapterhubs_outputs(pair, arch, case):
     assert_moved(ours, models.ours_hidden("b"))  # the first adapter of the stack takes part
 
 
-@pytest.mark.parametrize("arch", TEXT)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 def test_parallel_adapter_stacked_after_another_reads_the_sub_layer_input_as_in_adapterhub(pair, arch):
     """A parallel adapter computes from the sub-layer's input and adds the sub-layer's output, so in
     Stack(seq_bn, par_bn) the sequential adapter's output is not used: AdapterHub's semantics, kept."""
@@ -166,7 +159,7 @@ def test_parallel_adapter_stacked_after_another_reads_the_sub_layer_input_as_in_
     assert_parity(ours, models.ours_hidden("b"))
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta", "deberta_v2"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "deberta-v2"])
 def test_madx_swapping_the_language_adapter_gives_adapterhubs_outputs(pair, arch):
     models = pair(arch, {"en": "seq_bn_inv", "de": "seq_bn_inv", "task": "seq_bn"})
     english, _ = models.hidden(Stack("en", "task"), ah.Stack("en", "task"))
@@ -180,7 +173,7 @@ def test_madx_swapping_the_language_adapter_gives_adapterhubs_outputs(pair, arch
 LORA = "lora[r=4, alpha=8]"  # q and v only: square, so AdapterHub's product of maps runs at all
 
 
-@pytest.mark.parametrize("arch", TEXT)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 def test_stacked_lora_adds_the_updates_where_adapterhub_multiplies_the_low_rank_maps(pair, arch):
     models = pair(arch, {"a": LORA, "b": LORA})
     ours, theirs = models.hidden(Stack("a", "b"), ah.Stack("a", "b"))
@@ -194,7 +187,7 @@ def test_stacked_lora_adds_the_updates_where_adapterhub_multiplies_the_low_rank_
 
 # ---- Fuse -----------------------------------------------------------------------------------------------------
 
-FUSE_CASES = cases({"bert": ["dynamic", "static"], "roberta": ["dynamic", "static"], "deberta_v2": ["dynamic"],
+FUSE_CASES = cases({"bert": ["dynamic", "static"], "roberta": ["dynamic", "static"], "deberta-v2": ["dynamic"],
                     "vit": ["static"]})
 FUSE_SETUPS = {"fuse": Fuse("a", "b"), "stack-fuse": Stack("lang", Fuse("a", "b"))}
 
@@ -248,7 +241,7 @@ def test_fusion_attentions_equal_adapterhubs(fused, arch, config):
                 assert_parity(torch.as_tensor(mine[name][layer][site]), torch.as_tensor(attention))
 
 
-@pytest.mark.parametrize("arch", TEXT)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 def test_fusion_regularization_loss_equals_adapterhubs(fused, arch):
     models = fused(arch, "dynamic")
     models.ours.train_adapter_fusion(Fuse("a", "b"))
@@ -289,7 +282,7 @@ def test_split_gives_adapterhubs_outputs(pair, arch):
 BATCH_SPLITS = {"seq_bn": "seq_bn", "double_seq_bn": "double_seq_bn[reduction_factor=8]",
                 "prefix": "prefix_tuning[prefix_length=5]", "lora": "lora[intermediate_lora=True]"}
 BATCH_SPLIT_CASES = cases({"bert": list(BATCH_SPLITS), "roberta": list(BATCH_SPLITS),
-                           "deberta_v2": ["seq_bn", "prefix"], "vit": ["double_seq_bn", "lora"]})
+                           "deberta-v2": ["seq_bn", "prefix"], "vit": ["double_seq_bn", "lora"]})
 
 
 @pytest.mark.parametrize(("arch", "case"), BATCH_SPLIT_CASES)
@@ -301,7 +294,7 @@ def test_batch_split_of_same_config_adapters_gives_adapterhubs_outputs(pair, arc
     assert_parity(theirs, sliced_alone(models.theirs, models.inputs, ["a", "b"], [1, 2]))
 
 
-@pytest.mark.parametrize("arch", TEXT)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 def test_batch_split_holding_a_stack_runs_each_slice_as_if_alone_where_adapterhub_does_not(pair, arch):
     """Deliberate difference: ours gives AdapterHub's outputs for each slice run alone; AdapterHub's own BatchSplit
     gives other numbers (even with seq_bn adapters only) and pins that here."""
@@ -313,7 +306,7 @@ def test_batch_split_holding_a_stack_runs_each_slice_as_if_alone_where_adapterhu
     assert (theirs - alone).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("arch", TEXT)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 def test_batch_split_of_lora_at_different_layers_raises_in_adapterhub_and_runs_each_slice_as_if_alone_in_ours(
         pair, arch):
     """Where one child has no LoRA at a layer, AdapterHub's slice carries no update (None) into its sum."""
@@ -327,7 +320,7 @@ def test_batch_split_of_lora_at_different_layers_raises_in_adapterhub_and_runs_e
 
 
 @pytest.mark.parametrize(("arch", "config"), [("bert", "seq_bn"), ("roberta", "lora"), ("roberta", "prefix_tuning"),
-                                              ("deberta_v2", "seq_bn")])
+                                              ("deberta-v2", "seq_bn")])
 def test_parallel_with_flex_heads_gives_adapterhubs_logits_per_branch(pair, arch, config):
     models = pair(arch, {"a": config, "b": config}, flex=True, heads=True)
     ours, theirs = models.outputs(Parallel("a", "b"), ah.Parallel("a", "b"))
@@ -340,7 +333,7 @@ def test_parallel_with_flex_heads_gives_adapterhubs_logits_per_branch(pair, arch
 # ---- Average ----------------------------------------------------------------------------------------------------
 
 AVERAGE_CASES = cases({"bert": ["seq_bn", "lora", "ia3"], "roberta": ["seq_bn", "lora", "ia3"],
-                       "deberta_v2": ["lora"], "vit": ["seq_bn"]})
+                       "deberta-v2": ["lora"], "vit": ["seq_bn"]})
 
 
 @pytest.mark.parametrize(("arch", "config"), AVERAGE_CASES)
@@ -364,7 +357,7 @@ AVERAGING = {
     "lora-svd": ("lora[r=4, alpha=8]", "lora_delta_w_svd", [0.3, 0.7], 4),
 }
 AVERAGING_CASES = cases({"bert": list(AVERAGING), "roberta": list(AVERAGING),
-                         "deberta_v2": ["prefix-linear", "lora-negate_b"], "vit": ["seq_bn-linear", "lora-negate_b"]})
+                         "deberta-v2": ["prefix-linear", "lora-negate_b"], "vit": ["seq_bn-linear", "lora-negate_b"]})
 
 
 @pytest.mark.parametrize(("arch", "case"), AVERAGING_CASES)
@@ -378,13 +371,13 @@ def test_average_adapter_gives_adapterhubs_averaged_adapter(pair, arch, case):
     assert_moved(ours, models.plain())
 
 
-@pytest.mark.parametrize("arch", TEXT)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 def test_svd_average_keeps_the_update_where_adapterhub_rescales_it_by_the_new_rank(pair, arch):
     """AdapterHub gives the averaged adapter r = svd_rank and keeps alpha, so its update is scaled by alpha / svd_rank
     instead of the sources' alpha / r. Ours keeps the update's size: at full rank (svd_rank = min(shape)) the averaged
     adapter is exactly the weighted sum of the sources' updates, which Average gives in both (AdapterHub with N·w)."""
     models = pair(arch, {"a": LORA, "b": LORA})
-    full = ARCHS[arch].hf_config().hidden_size  # q and v are square: min(shape) = hidden size
+    full = ARCHS[arch].hf_config("wide").hidden_size  # q and v are square: min(shape) = hidden size
     for model in (models.ours, models.theirs):
         model.average_adapter("avg", ["a", "b"], weights=[0.3, 0.7], combine_strategy="lora_delta_w_svd",
                               svd_rank=full)
@@ -399,12 +392,12 @@ def test_svd_average_keeps_the_update_where_adapterhub_rescales_it_by_the_new_ra
 
 
 def test_adapterhub_refuses_svd_averaging_on_deberta_v2_and_ours_gives_the_weighted_sum(pair):
-    models = pair("deberta_v2", {"a": LORA, "b": LORA})
+    models = pair("deberta-v2", {"a": LORA, "b": LORA})
     with pytest.raises(ValueError, match="does not support 'lora_delta_w_svd'"):
         models.theirs.average_adapter("avg", ["a", "b"], weights=[0.3, 0.7], combine_strategy="lora_delta_w_svd",
                                       svd_rank=4)
     models.ours.average_adapter("avg", ["a", "b"], weights=[0.3, 0.7], combine_strategy="lora_delta_w_svd",
-                                svd_rank=ARCHS["deberta_v2"].hf_config().hidden_size)
+                                svd_rank=ARCHS["deberta-v2"].hf_config("wide").hidden_size)
     weighted_sum, theirs_weighted_sum = models.hidden(Average("a", "b", weights=[0.3, 0.7]),
                                                       ah.Average("a", "b", weights=[0.6, 1.4], normalize_weights=False))
     assert_parity(weighted_sum, theirs_weighted_sum)

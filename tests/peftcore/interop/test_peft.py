@@ -12,37 +12,26 @@ import torch
 import transformers as tf
 from safetensors.torch import load_file, save_file
 
-from models import BertModel, DebertaModel, DebertaV2Model, RobertaModel, ViTModel
-from tests.conftest import SMALL
-from tests.parity import assert_parity, padded_batch
+from models import BertModel
+from tests import archs
+from tests.archs import ARCHS
+from tests.parity import assert_parity
 
-RELATIVE = dict(relative_attention=True, pos_att_type=["c2p", "p2c"], max_relative_positions=8)
-VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, image_size=16,
-           patch_size=8)
-ARCHS = {  # transformers task class, its config, ours
-    "bert": (tf.BertForSequenceClassification, tf.BertConfig(**SMALL), BertModel),
-    "roberta": (tf.RobertaForSequenceClassification, tf.RobertaConfig(**SMALL), RobertaModel),
-    "deberta": (tf.DebertaForSequenceClassification, tf.DebertaConfig(**SMALL, **RELATIVE), DebertaModel),
-    "deberta_v2": (tf.DebertaV2ForSequenceClassification, tf.DebertaV2Config(**SMALL, **RELATIVE), DebertaV2Model),
-    "vit": (tf.ViTForImageClassification, tf.ViTConfig(**VIT), ViTModel),
-}
 SEQ_CLS = dict(task_type="SEQ_CLS")
 VIT_HEAD = dict(modules_to_save=["classifier"])
 
 
-def inputs(arch: str) -> dict[str, torch.Tensor]:
-    if arch == "vit":
-        return {"pixel_values": torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))}
-    ids, mask = padded_batch(SMALL["vocab_size"], ARCHS[arch][1].pad_token_id or 0)
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 def reference(hf_checkpoint, arch: str):
-    model_class, config, _ = ARCHS[arch]
-    directory, _ = hf_checkpoint(model_class, config)
+    """(directory, a fresh transformers classifier from it): DeBERTa's relative distances clamped at 8."""
+    head = "sequence_classification" if ARCHS[arch].is_text else "image_classification"
+    directory, _ = archs.reference(hf_checkpoint, arch, head, variant="clamped")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return directory, model_class.from_pretrained(directory)
+        return directory, ARCHS[arch].hf[head].from_pretrained(directory)
+
+
+def inputs(arch: str) -> dict[str, torch.Tensor]:
+    return archs.inputs(ARCHS[arch].hf_config("clamped"))
 
 
 def train_in_peft(model, config, batch, directory):
@@ -80,7 +69,7 @@ CASES = [  # (arch, peft config)
     ("roberta", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query", "key", "value"], layers_to_transform=[1],
                                 **SEQ_CLS)),
     ("deberta", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["in_proj"], **SEQ_CLS)),
-    ("deberta_v2", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query_proj", "value_proj"], **SEQ_CLS)),
+    ("deberta-v2", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query_proj", "value_proj"], **SEQ_CLS)),
     ("vit", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"], **VIT_HEAD)),
     ("bert", peft.IA3Config(target_modules=["key", "value", "intermediate.dense"], feedforward_modules=[], **SEQ_CLS)),
     ("roberta", peft.IA3Config(target_modules=r".*\.(query|\d\.output\.dense)", feedforward_modules=[], **SEQ_CLS)),
@@ -93,7 +82,7 @@ def test_adapter_trained_by_peft_loads_with_its_outputs(hf_checkpoint, arch, con
     directory, model = reference(hf_checkpoint, arch)
     batch = inputs(arch)
     theirs = train_in_peft(model, config, batch, tmp_path / "a")
-    ours = ARCHS[arch][2].from_pretrained(directory).eval()
+    ours = ARCHS[arch].model.from_pretrained(directory).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the rank_pattern case warns that it pads ranks
         assert ours.load_adapter(tmp_path / "a", set_active=True) == "a"
@@ -104,7 +93,7 @@ OURS = [  # (arch, our config)
     ("bert", "lora[r=4, alpha=16]"),
     ("roberta", "lora[r=2, alpha=5, attn_matrices=['q', 'k', 'v'], output_lora=True, leave_out=[0]]"),
     ("deberta", "lora[attn_matrices=['q', 'k', 'v'], intermediate_lora=True]"),
-    ("deberta_v2", "lora[intermediate_lora=True]"),
+    ("deberta-v2", "lora[intermediate_lora=True]"),
     ("vit", "lora"),
     ("bert", "ia3[output_lora=True, alpha=2]"),
     ("roberta", "ia3"),
@@ -114,7 +103,7 @@ OURS = [  # (arch, our config)
 @pytest.mark.parametrize("arch, config", OURS)
 def test_ours_saved_in_peft_format_loads_in_peft_with_our_outputs(hf_checkpoint, arch, config, tmp_path):
     directory, model = reference(hf_checkpoint, arch)
-    ours = ARCHS[arch][2].from_pretrained(directory).eval()
+    ours = ARCHS[arch].model.from_pretrained(directory).eval()
     ours.add_adapter("a", config, set_active=True)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -123,7 +112,7 @@ def test_ours_saved_in_peft_format_loads_in_peft_with_our_outputs(hf_checkpoint,
     ours.save_adapter(tmp_path / "a", "a", format="peft")
     theirs = peft.PeftModel.from_pretrained(model, tmp_path / "a").eval()
     assert_same_outputs(ours, theirs, inputs(arch))
-    again = ARCHS[arch][2].from_pretrained(directory).eval()  # and back: PEFT's file loads into ours as well
+    again = ARCHS[arch].model.from_pretrained(directory).eval()  # and back: PEFT's file loads into ours as well
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # DeBERTa v1: the joined in_proj rank is padded
         again.load_adapter(tmp_path / "a", set_active=True)
@@ -146,7 +135,7 @@ def test_peft_prefix_tuning_loads_and_matches_with_shifted_positions(hf_checkpoi
 def saved_lora(tmp_path_factory):
     """A BERT LoRA on query/value saved by peft (untrained: B = 0 is enough to test refusals), and its model."""
     torch.manual_seed(0)
-    model = tf.BertForSequenceClassification(tf.BertConfig(**SMALL))
+    model = tf.BertForSequenceClassification(ARCHS["bert"].hf_config())
     directory = tmp_path_factory.mktemp("peft") / "a"
     peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["query", "value"], **SEQ_CLS)).save_pretrained(
         directory)
@@ -213,7 +202,7 @@ def test_peft_default_ia3_is_refused_naming_the_feedforward_and_siteless_modules
 ])
 def test_saving_what_peft_cannot_hold_is_refused(hf_checkpoint, arch, config, message, tmp_path):
     directory, _ = reference(hf_checkpoint, arch)
-    ours = ARCHS[arch][2].from_pretrained(directory)
+    ours = ARCHS[arch].model.from_pretrained(directory)
     ours.add_adapter("a", config)
     with pytest.raises(ValueError, match=message):
         ours.save_adapter(tmp_path / "a", "a", format="peft")

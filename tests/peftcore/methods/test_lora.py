@@ -7,13 +7,13 @@ import pytest
 import torch
 import transformers as tf
 
-from models import BertConfig, BertModel, RobertaModel
+from models import BertModel, RobertaModel
 from peftcore import IA3Config, LoRAConfig
 from peftcore.methods import IA3, LoRA
+from tests.archs import ARCHS, BERT_FAMILY, reference, tiny_model
 from tests.conftest import SMALL
 from tests.parity import assert_parity, padded_batch
 
-ARCHS = {"bert": (tf.BertModel, tf.BertConfig, BertModel), "roberta": (tf.RobertaModel, tf.RobertaConfig, RobertaModel)}
 CONFIGS = [
     "lora",
     "ia3",
@@ -25,12 +25,12 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 @pytest.mark.parametrize("config", CONFIGS)
 def test_adapter_trained_by_adapterhub_gives_its_outputs_and_parameter_count(adapterhub_trained, arch, config,
                                                                              tmp_path):
     directory, theirs, ids, mask = adapterhub_trained(arch, config)
-    ours = ARCHS[arch][2].from_pretrained(directory).eval()
+    ours = ARCHS[arch].model.from_pretrained(directory).eval()
     ours.load_adapter(tmp_path / "a", set_active=True)
     with torch.no_grad():
         expected = theirs(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -40,7 +40,7 @@ def test_adapter_trained_by_adapterhub_gives_its_outputs_and_parameter_count(ada
 
 @pytest.mark.parametrize("config", ["lora", "ia3"])
 def test_ours_saved_in_adapterhub_layout_loads_in_adapterhub(hf_checkpoint, config, tmp_path):
-    directory, _ = hf_checkpoint(tf.BertModel, tf.BertConfig(**SMALL))
+    directory, _ = reference(hf_checkpoint, "bert")
     ours = BertModel.from_pretrained(directory).eval()
     ours.add_adapter("a", config, set_active=True)
     with torch.no_grad():
@@ -92,9 +92,7 @@ def test_adapterhub_ia3_merge_ignores_the_bias_and_ours_does_not(adapterhub_trai
 
 @pytest.fixture
 def model():
-    torch.manual_seed(0)
-    return BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=24)).eval()
+    return tiny_model("bert", hidden_size=16, intermediate_size=24, vocab_size=50)
 
 
 def test_merge_and_reset_misuse_fails_clearly_and_changes_nothing(model):

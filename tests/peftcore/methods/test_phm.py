@@ -12,16 +12,13 @@ import torch
 import transformers as tf
 from adapters.methods.modeling import PHMLayer
 
-from models import BertConfig, BertModel, RobertaConfig, RobertaModel
+from models import BertModel, RobertaModel
 from peftcore import ADAPTER_CONFIG_MAP, BnConfig, CompacterConfig, CompacterPlusPlusConfig, ConfigUnion, SeqBnConfig
 from peftcore.methods.phm import PHMLinear, PHMShared
+from tests.archs import ARCHS, BERT_FAMILY, reference, tiny_model
 from tests.conftest import SMALL
 from tests.parity import assert_parity, padded_batch, real_tokens
 
-ARCHS = {
-    "bert": (tf.BertModel, tf.BertConfig, adapters.BertAdapterModel, BertModel, BertConfig),
-    "roberta": (tf.RobertaModel, tf.RobertaConfig, adapters.RobertaAdapterModel, RobertaModel, RobertaConfig),
-}
 # bert-base / roberta-base shapes: hidden 768, 12 layers
 COUNT_CONFIGS = [
     "compacter",
@@ -55,14 +52,14 @@ def run(model, ids, mask):
 # ---- parameter counts on base-size shapes -----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=list(ARCHS))
+@pytest.fixture(scope="module", params=BERT_FAMILY)
 def base_size_pair(request):
     """(ours, AdapterHub's) at bert-base / roberta-base shapes, random init; adapters come and go per test."""
-    hf_class, hf_config, _, our_class, our_config = ARCHS[request.param]
+    arch = ARCHS[request.param]
     torch.manual_seed(0)
-    theirs = hf_class(hf_config())
+    theirs = arch.hf[None](arch.hf_config("base"))
     adapters.init(theirs)
-    return our_class(our_config()), theirs
+    return arch.model(arch.config("base")), theirs
 
 
 @pytest.mark.parametrize("config", COUNT_CONFIGS)
@@ -87,12 +84,11 @@ def trained_in_adapterhub(hf_checkpoint, tmp_path):
     AdapterHub drops the shared parameters (see the test below)."""
 
     def make(arch: str, config: str):
-        hf_class, hf_config, adapter_class, _, _ = ARCHS[arch]
-        directory, _ = hf_checkpoint(hf_class, hf_config(**SMALL))
-        ids, mask = padded_batch(SMALL["vocab_size"], hf_config().pad_token_id)
+        directory, reference_model = reference(hf_checkpoint, arch)
+        ids, mask = padded_batch(SMALL["vocab_size"], reference_model.config.pad_token_id)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            theirs = adapter_class.from_pretrained(directory)
+            theirs = ARCHS[arch].adapterhub.from_pretrained(directory)
             theirs.add_adapter("a", config=config)
             theirs.train_adapter("a")
             optimizer = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=1e-2)
@@ -106,12 +102,12 @@ def trained_in_adapterhub(hf_checkpoint, tmp_path):
     return make
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 @pytest.mark.parametrize("config", PARITY_CONFIGS)
 def test_compacter_trained_by_adapterhub_gives_its_outputs_and_parameter_count(trained_in_adapterhub, arch, config,
                                                                                tmp_path):
     directory, theirs, ids, mask = trained_in_adapterhub(arch, config)
-    ours = ARCHS[arch][3].from_pretrained(directory).eval()
+    ours = ARCHS[arch].model.from_pretrained(directory).eval()
     with torch.no_grad():
         plain = run(ours, ids, mask)
         ours.load_adapter(tmp_path / "a", set_active=True)
@@ -124,7 +120,7 @@ def test_compacter_trained_by_adapterhub_gives_its_outputs_and_parameter_count(t
 @pytest.mark.parametrize("config", ["compacter[reduction_factor=8, phm_c_init='uniform']",
                                     "compacter++[reduction_factor=8, shared_W_phm=True, factorized_phm_rule=True]"])
 def test_ours_saved_in_adapterhub_layout_loads_in_adapterhub(hf_checkpoint, config, tmp_path):
-    directory, _ = hf_checkpoint(tf.RobertaModel, tf.RobertaConfig(**SMALL))
+    directory, _ = reference(hf_checkpoint, "roberta")
     ours = RobertaModel.from_pretrained(directory).eval()
     ours.add_adapter("a", config, set_active=True)
     with torch.no_grad():
@@ -245,9 +241,7 @@ def test_init_weights_seed_gives_every_layer_the_same_draw():
 
 
 def tiny_bert() -> BertModel:
-    torch.manual_seed(0)
-    return BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=24)).eval()
+    return tiny_model("bert", hidden_size=16, intermediate_size=24, vocab_size=50)
 
 
 @pytest.mark.parametrize("config", [
@@ -272,7 +266,7 @@ def test_mam_adapter_init_starts_as_the_identity_and_still_trains(config):
 
 
 def test_adapterhub_crashes_on_mam_adapter_init_and_on_shared_unfactorized_w():
-    model = tf.BertModel(tf.BertConfig(**SMALL))
+    model = tf.BertModel(ARCHS["bert"].hf_config())
     adapters.init(model)
     with pytest.raises(AttributeError, match="weight"):
         model.add_adapter("mam", config="compacter[reduction_factor=8, init_weights='mam_adapter']")

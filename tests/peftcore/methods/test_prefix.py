@@ -10,10 +10,10 @@ import transformers as tf
 from models import BertModel, DebertaV2Model, RobertaModel
 from peftcore import PrefixTuningConfig
 from peftcore.methods.prefix import PrefixTuning
+from tests.archs import ARCHS, BERT_FAMILY, reference, tiny_model
 from tests.conftest import SMALL
 from tests.parity import assert_parity, padded_batch
 
-OURS = {"bert": BertModel, "roberta": RobertaModel}
 CONFIGS = [
     "prefix_tuning[prefix_length=5, bottleneck_size=16]",
     "prefix_tuning_flat[prefix_length=4]",
@@ -26,12 +26,12 @@ def run(model, ids, mask):
     return model(input_ids=ids, attention_mask=mask).last_hidden_state
 
 
-@pytest.mark.parametrize("arch", OURS)
+@pytest.mark.parametrize("arch", BERT_FAMILY)
 @pytest.mark.parametrize("config", CONFIGS)
 def test_prefix_trained_by_adapterhub_gives_its_outputs_and_parameter_count(adapterhub_trained, arch, config,
                                                                             tmp_path):
     directory, theirs, ids, mask = adapterhub_trained(arch, config)
-    ours = OURS[arch].from_pretrained(directory).eval()
+    ours = ARCHS[arch].model.from_pretrained(directory).eval()
     ours.load_adapter(tmp_path / "a", set_active=True)
     with torch.no_grad():
         assert_parity(run(ours, ids, mask), run(theirs, ids, mask), mask=mask)  # padded queries attend differently
@@ -72,9 +72,7 @@ def test_eject_keeps_outputs_and_saves_a_flat_adapter_that_reloads(adapterhub_tr
 
 
 def test_prefix_positions_are_attended_even_next_to_padding():
-    torch.manual_seed(0)
-    model = BertModel(BertModel.config_class(vocab_size=50, hidden_size=16, num_hidden_layers=2,
-                                             num_attention_heads=2, intermediate_size=24)).eval()
+    model = tiny_model("bert", hidden_size=16, intermediate_size=24, vocab_size=50)
     model.add_adapter("p", PrefixTuningConfig(prefix_length=2, bottleneck_size=4), set_active=True)
     ids, mask = padded_batch(50, 0, (6, 3))
     with torch.no_grad():
@@ -86,8 +84,7 @@ def test_prefix_positions_are_attended_even_next_to_padding():
 
 
 def test_prefix_works_with_deberta_relative_attention(hf_checkpoint):
-    directory, _ = hf_checkpoint(tf.DebertaV2Model, tf.DebertaV2Config(**SMALL, relative_attention=True,
-                                                                       position_buckets=8, pos_att_type=["c2p", "p2c"]))
+    directory, _ = reference(hf_checkpoint, "deberta-v2")  # relative attention, c2p and p2c, 8 log buckets
     model = DebertaV2Model.from_pretrained(directory).eval()
     ids, mask = padded_batch(SMALL["vocab_size"], 0)
     with torch.no_grad():
