@@ -38,6 +38,7 @@ class AdapterModelMixin:
         self.heads = nn.ModuleDict()
         self.shared_parameters = nn.ModuleDict()
         self.active_head: str | None = None
+        self.head: nn.Module | None = None  # the model's own task head, if it builds one
         self.model_frozen = False
         self.unpad = True  # run padded batches on their real tokens only (see models.layers.Padding)
         self.plan = Plan(None, ())  # the active setup, compiled; forward.py and setup.py say how it runs
@@ -104,6 +105,12 @@ class AdapterModelMixin:
 
     def adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
         return placement.parameters(self, name)
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The module embedding the input tokens (transformers' name), to which a masked-LM head's decoder is tied;
+        a model with such heads defines it."""
+        raise TypeError(f"{type(self).__name__} does not say which module embeds its tokens; define "
+                        "get_input_embeddings() to use masked-LM heads.")
 
     def embedding_site(self) -> nn.Module:
         """The site after the embeddings (``EmbeddingSite``), where invertible adapters sit."""

@@ -19,6 +19,13 @@ ADAPTER_FORMATS = ("peftcore", "adapterhub", "peft")
 FUSION_FORMATS = ("peftcore", "adapterhub")
 
 
+def check_hf_layout(host: AdapterHost, what: str) -> None:
+    """AdapterHub's and PEFT's files name tensors by HF module paths, which a model states in its ``HFLayout``."""
+    if not callable(getattr(host, "hf_site_path", None)):
+        raise TypeError(f"{what} name tensors by the HuggingFace modules of a model, and {type(host).__name__} has no "
+                        "HF layout (peftcore.host.HFLayout); save and load in peftcore's own format.")
+
+
 def read_adapter(host: AdapterHost, directory: str | os.PathLike, with_head: bool = True) -> SavedAdapter:
     """Read an adapter directory in whichever format it is: ours, AdapterHub's or HF PEFT's."""
     directory = Path(directory)
@@ -28,8 +35,10 @@ def read_adapter(host: AdapterHost, directory: str | os.PathLike, with_head: boo
     if ours.is_ours(raw):
         return ours.read(directory, raw, with_head)
     if adapterhub.is_adapterhub(directory, raw):
+        check_hf_layout(host, "AdapterHub's files")
         return adapterhub.read(directory, raw, with_head, host)
     if peft.is_peft(raw):
+        check_hf_layout(host, "HuggingFace PEFT's files")
         return peft.read(directory, raw, with_head, host)
     raise ValueError(f"{directory / ours.CONFIG_FILE} is neither a peftcore adapter (format={ours.FORMAT!r}), an "
                      "AdapterHub one (config, with adapter.safetensors or pytorch_adapter.bin beside it) nor a "
@@ -45,6 +54,8 @@ def load_adapter(host: AdapterHost, directory: str | os.PathLike, load_as: str |
 def save_adapter(host: AdapterHost, directory: str | os.PathLike, name: str, with_head: bool, format: str) -> None:
     if format not in ADAPTER_FORMATS:
         raise ValueError(f"format={format!r} is not known; use 'peftcore', 'adapterhub' or 'peft'.")
+    if format != "peftcore":
+        check_hf_layout(host, f"format={format!r} files")
     {"peftcore": ours.save, "adapterhub": adapterhub.save, "peft": peft.save}[format](host, directory, name,
                                                                                         with_head)
 
@@ -54,11 +65,17 @@ def load_fusion(host: AdapterHost, directory: str | os.PathLike, load_as: str | 
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"fusion directory {str(directory)!r} does not exist.")
-    saved = ours.read_fusion(directory) if ours.is_our_fusion(directory) else adapterhub.read_fusion(host, directory)
+    if ours.is_our_fusion(directory):
+        saved = ours.read_fusion(directory)
+    else:
+        check_hf_layout(host, "AdapterHub's fusion files")
+        saved = adapterhub.read_fusion(host, directory)
     return install_fusion(host, saved, load_as, str(directory))
 
 
 def save_fusion(host: AdapterHost, directory: str | os.PathLike, name: str, format: str) -> None:
     if format not in FUSION_FORMATS:
         raise ValueError(f"format={format!r} is not known; use 'peftcore' or 'adapterhub'.")
+    if format != "peftcore":
+        check_hf_layout(host, "AdapterHub's fusion files")
     {"peftcore": ours.save_fusion, "adapterhub": adapterhub.save_fusion}[format](host, directory, name)
