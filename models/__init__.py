@@ -15,9 +15,19 @@ from models.roberta import RobertaConfig, RobertaModel
 from models.tokenizer import Tokenizer
 from models.vit import ViTConfig, ViTModel
 
-MODEL_CLASSES: dict[str, type[PretrainedEncoder]] = {
-    cls.config_class.model_type: cls for cls in (BertModel, RobertaModel, DebertaModel, DebertaV2Model, ViTModel)
-}
+MODEL_CLASSES: dict[str, type[PretrainedEncoder]] = {}  # model_type -> the class that loads its checkpoints
+
+
+def register_model(*classes: type[PretrainedEncoder]) -> None:
+    """Make model classes loadable by ``from_pretrained(path)`` and the CLI, by their config's model_type."""
+    for cls in classes:
+        model_type = cls.config_class.model_type
+        if MODEL_CLASSES.get(model_type, cls) is not cls:
+            raise ValueError(f"model_type {model_type!r} is registered for {MODEL_CLASSES[model_type].__name__}.")
+        MODEL_CLASSES[model_type] = cls
+
+
+register_model(BertModel, RobertaModel, DebertaModel, DebertaV2Model, ViTModel)
 
 
 def model_class(path: str | os.PathLike) -> type[PretrainedEncoder]:
@@ -53,4 +63,5 @@ __all__ = [
     "ViTModel",
     "from_pretrained",
     "model_class",
+    "register_model",
 ]

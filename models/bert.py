@@ -50,11 +50,18 @@ class BertModel(PretrainedEncoder):
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
-        self.embeddings = Embeddings(config)  # ends in site embeddings
-        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.embeddings = self.build_embeddings(config)  # ends in site embeddings
+        self.layers = nn.ModuleList(self.build_layer(config) for _ in range(config.num_hidden_layers))
         self.pooler = Pooler(config.hidden_size) if config.add_pooling_layer else None
         self.head = self.build_head()
         self.apply(self.init_weights)
+
+    def build_embeddings(self, config: BertConfig) -> nn.Module:
+        return Embeddings(config)
+
+    def build_layer(self, config: BertConfig) -> nn.Module:
+        """BERT's post-LN layer; a model of BERT's inputs and heads with other layers overrides this."""
+        return EncoderLayer(config)
 
     @property
     def max_length(self) -> int:

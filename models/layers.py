@@ -102,14 +102,15 @@ class Padding:
 
 
 class Embeddings(nn.Module):
-    """word + token type + position embeddings, then LayerNorm and dropout (BERT, RoBERTa)."""
+    """word + token type + position embeddings, then LayerNorm (unless ``norm`` is off: pre-LN models normalise in
+    each layer) and dropout (BERT, RoBERTa)."""
 
-    def __init__(self, config: EncoderConfig) -> None:
+    def __init__(self, config: EncoderConfig, norm: bool = True) -> None:
         super().__init__()
         self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if norm else nn.Identity()
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.site = EmbeddingSite()  # site embeddings
 
@@ -214,6 +215,26 @@ class EncoderLayer(nn.Module):
         h, probs = self.attn(x, padding, output_attentions)
         x = self.attn.residual(self.dropout(h), x)  # site attn.residual
         x = self.ffn.residual(self.dropout(self.ffn(x)), x)  # site ffn.residual
+        return x, probs
+
+
+class PreNormLayer(nn.Module):
+    """Pre-LN Transformer layer (ViT, Megatron-BERT): x = x + attn(norm(x)); x = x + ffn(norm(x)). Its residual
+    sites have no norm, so an empty one is the plain ``h + x``."""
+
+    def __init__(self, config: EncoderConfig, qkv_bias: bool = True) -> None:
+        super().__init__()
+        C, eps = config.hidden_size, config.layer_norm_eps
+        self.attn_norm = nn.LayerNorm(C, eps=eps)
+        self.attn = SelfAttention(C, config.num_attention_heads, config.attention_probs_dropout_prob, None, qkv_bias)
+        self.ffn_norm = nn.LayerNorm(C, eps=eps)
+        self.ffn = FeedForward(C, config.intermediate_size, config.hidden_act, None)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: Tensor, padding: Padding, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
+        h, probs = self.attn(self.attn_norm(x), padding, output_attentions)
+        x = self.attn.residual(self.dropout(h), x)  # site attn.residual
+        x = self.ffn.residual(self.dropout(self.ffn(self.ffn_norm(x))), x)  # site ffn.residual
         return x, probs
 
 

@@ -17,15 +17,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from models.convert.tables import VIT
-from models.layers import (
-    EncoderConfig,
-    EncoderOutput,
-    FeedForward,
-    Padding,
-    Pooler,
-    SelfAttention,
-    check_positive,
-)
+from models.layers import EncoderConfig, EncoderOutput, Padding, Pooler, PreNormLayer, check_positive
 from models.pretrained import PretrainedEncoder
 from peftcore.sites import EmbeddingSite
 
@@ -98,26 +90,6 @@ class PatchEmbeddings(nn.Module):
         return torch.cat((cls, rearrange(grid, "1 C h w -> 1 (h w) C")), dim=1)
 
 
-class ViTLayer(nn.Module):
-    """Pre-LN Transformer layer: x = x + attn(norm(x)); x = x + ffn(norm(x)) (transformers' ViTLayer)."""
-
-    def __init__(self, config: ViTConfig) -> None:
-        super().__init__()
-        C, eps = config.hidden_size, config.layer_norm_eps
-        self.attn_norm = nn.LayerNorm(C, eps=eps)
-        self.attn = SelfAttention(C, config.num_attention_heads, config.attention_probs_dropout_prob, None,
-                                  config.qkv_bias)
-        self.ffn_norm = nn.LayerNorm(C, eps=eps)
-        self.ffn = FeedForward(C, config.intermediate_size, config.hidden_act, None)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, x: Tensor, padding: Padding, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
-        h, probs = self.attn(self.attn_norm(x), padding, output_attentions)
-        x = self.attn.residual(self.dropout(h), x)  # site attn.residual
-        x = self.ffn.residual(self.dropout(self.ffn(self.ffn_norm(x))), x)  # site ffn.residual
-        return x, probs
-
-
 class ImageClassificationHead(nn.Module):
     """ViTForImageClassification's classifier: a linear layer on the final-normed CLS token, no dropout."""
 
@@ -139,7 +111,7 @@ class ViTModel(PretrainedEncoder):
     def __init__(self, config: ViTConfig) -> None:
         super().__init__(config)
         self.embeddings = PatchEmbeddings(config)  # ends in site embeddings
-        self.layers = nn.ModuleList(ViTLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(PreNormLayer(config, config.qkv_bias) for _ in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # on the last hidden state
         self.pooler = Pooler(config.hidden_size) if config.add_pooling_layer else None
         self.head = self.build_head()
@@ -199,4 +171,4 @@ class ViTModel(PretrainedEncoder):
             raise ValueError(f"the images are {height}x{width}, smaller than one {p}x{p} patch.")
 
 
-__all__ = ["ImageClassificationHead", "PatchEmbeddings", "ViTConfig", "ViTLayer", "ViTModel"]
+__all__ = ["ImageClassificationHead", "PatchEmbeddings", "ViTConfig", "ViTModel"]

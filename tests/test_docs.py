@@ -9,6 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+EXAMPLES = ROOT / "docs" / "extending.md"  # files of worked examples, run together by tests/test_extending.py
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
@@ -16,7 +17,8 @@ def python_blocks(document: Path) -> list[str]:
     return BLOCK.findall(document.read_text())
 
 
-@pytest.mark.parametrize(("document", "index"), [(doc, i) for doc in DOCUMENTS for i in range(len(python_blocks(doc)))],
+@pytest.mark.parametrize(("document", "index"), [(doc, i) for doc in DOCUMENTS if doc != EXAMPLES
+                                                  for i in range(len(python_blocks(doc)))],
                          ids=lambda value: value.name if isinstance(value, Path) else str(value))
 def test_code_block_runs(document, index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # examples write out/...; keep the checkout clean
