@@ -36,6 +36,13 @@ class AdapterConfigBase:
         return (f"ConfigUnion holds two {self.architecture} configs that would sit at the same sites; combine "
                 "different methods.")
 
+    def check_layers(self, num_layers: int) -> None:
+        """Refuse a config that names layers the model lacks (AdapterHub's ``leave_out``, where a config has it)."""
+        too_deep = [i for i in getattr(self, "leave_out", ()) if i >= num_layers]
+        if too_deep:
+            raise ValueError(f"leave_out holds layer(s) {too_deep}, but the model has {num_layers} layers "
+                             f"(0...{num_layers - 1}).")
+
     def essentials(self) -> dict[str, Any]:
         """The fields that decide what a trained adapter computes, by which AdapterHub tells whether adapters can be
         averaged: all but dropout and initialisation."""

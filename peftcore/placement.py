@@ -65,10 +65,7 @@ def build(host: AdapterHost, config: AdapterConfigBase) -> BuiltAdapter:
     shared: dict[str, nn.Module] = {}
     placed: dict[str, tuple[Site, Method]] = {}
     for member in members(config):
-        too_deep = [i for i in getattr(member, "leave_out", ()) if i >= shape.num_layers]
-        if too_deep:
-            raise ValueError(f"leave_out holds layer(s) {too_deep}, but the model has {shape.num_layers} layers "
-                             f"(0...{shape.num_layers - 1}).")
+        member.check_layers(shape.num_layers)
         methods = methods_for(member)
         for method in methods:
             module = method.build_shared(member, shape)
