@@ -252,6 +252,34 @@ def test_forwards_in_two_threads_each_see_one_whole_setup():
     assert not failures
 
 
+def test_forwards_never_see_a_half_merged_model():
+    """Merging rewrites weights and drops the adapter's plugs in one step, which running forwards wait for: a forward
+    that saw merged weights with the plugs still in place would apply the adapter twice."""
+    model = with_adapters("bert", {"a": "lora[intermediate_lora=True, output_lora=True]"})
+    batch = inputs(model)
+    expected = run(model, "a", batch)
+    failures: list[float] = []
+
+    def merge_and_reset() -> None:
+        for _ in range(15):
+            model.merge_adapter("a")
+            model.reset_adapter("a")
+
+    def forward() -> None:
+        for _ in range(15):
+            with torch.no_grad():
+                out = real_tokens(model(**batch).last_hidden_state, batch["attention_mask"])
+            if (out - expected).abs().max() > 1e-5:
+                failures.append((out - expected).abs().max().item())
+
+    threads = [threading.Thread(target=merge_and_reset), threading.Thread(target=forward)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+
+
 def hidden_plain(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return run(model, None, batch)
 
