@@ -22,8 +22,8 @@ import torch.nn.functional as F
 import transformers as tf
 from torch import nn
 
-import models
 from benchmarks import harness
+from peftcore import models
 
 METHODS = ("lora", "ia3", "seq_bn", "compacter", "prefix_tuning", "mam", "unipelt")
 ARCHS = ("bert", "roberta", "deberta_v2", "deberta", "vit")

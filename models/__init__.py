@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import os
 
-from models.bert import BertConfig, BertModel
-from models.convert import read_config
-from models.deberta import DebertaConfig, DebertaModel
-from models.deberta_v2 import DebertaV2Config, DebertaV2Model
-from models.image import ImageProcessor
-from models.layers import EncoderConfig, EncoderOutput
-from models.pretrained import PretrainedEncoder
-from models.roberta import RobertaConfig, RobertaModel
-from models.tokenizer import Tokenizer
-from models.vit import ViTConfig, ViTModel
+from peftcore.models.bert import BertConfig, BertModel
+from peftcore.models.convert import read_config
+from peftcore.models.deberta import DebertaConfig, DebertaModel
+from peftcore.models.deberta_v2 import DebertaV2Config, DebertaV2Model
+from peftcore.models.image import ImageProcessor
+from peftcore.models.layers import EncoderConfig, EncoderOutput
+from peftcore.models.pretrained import PretrainedEncoder
+from peftcore.models.roberta import RobertaConfig, RobertaModel
+from peftcore.models.tokenizer import Tokenizer
+from peftcore.models.vit import ViTConfig, ViTModel
 
 MODEL_CLASSES: dict[str, type[PretrainedEncoder]] = {}  # model_type -> the class that loads its checkpoints
 

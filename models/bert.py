@@ -11,8 +11,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from models.convert.tables import BERT
-from models.layers import (
+from peftcore.models.convert.tables import BERT
+from peftcore.models.layers import (
     Embeddings,
     EncoderConfig,
     EncoderLayer,
@@ -25,7 +25,7 @@ from models.layers import (
     additive_mask,
     masked_lm_head,
 )
-from models.pretrained import PretrainedEncoder
+from peftcore.models.pretrained import PretrainedEncoder
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.convert.tables import DEBERTA
-from models.layers import (
+from peftcore.models.convert.tables import DEBERTA
+from peftcore.models.layers import (
     ACTIVATIONS,
     EncoderConfig,
     EncoderOutput,
@@ -37,7 +37,7 @@ from models.layers import (
     merge_heads,
     split_heads,
 )
-from models.pretrained import PretrainedEncoder
+from peftcore.models.pretrained import PretrainedEncoder
 from peftcore.sites import EmbeddingSite, PrefixSite, ResidualSite, SiteLinear
 
 POS_ATT_TYPES = ("c2p", "p2c")

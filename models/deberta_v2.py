@@ -15,9 +15,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from models.convert.tables import DEBERTA_V2
-from models.deberta import DebertaConfig, DebertaLayer, DebertaModel, relative_index
-from models.layers import ACTIVATIONS, Padding, check_choice, check_positive
+from peftcore.models.convert.tables import DEBERTA_V2
+from peftcore.models.deberta import DebertaConfig, DebertaLayer, DebertaModel, relative_index
+from peftcore.models.layers import ACTIVATIONS, Padding, check_choice, check_positive
 
 NORM_REL_EBD = ("none", "layer_norm")
 

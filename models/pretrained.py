@@ -14,11 +14,11 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
-from models import convert
-from models.convert.architecture import Architecture, HFModule
-from models.convert.keymap import ConversionError, check_fit, hf_to_ours, ours_to_hf
-from models.layers import EncoderConfig, EncoderOutput, Padding
 from peftcore.model import AdapterModelMixin
+from peftcore.models import convert
+from peftcore.models.convert.architecture import Architecture, HFModule
+from peftcore.models.convert.keymap import ConversionError, check_fit, hf_to_ours, ours_to_hf
+from peftcore.models.layers import EncoderConfig, EncoderOutput, Padding
 from peftcore.sites import MaskedLMHead, SiteLinear
 
 Model = TypeVar("Model", bound="PretrainedEncoder")

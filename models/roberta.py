@@ -12,9 +12,9 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from models.bert import BertModel
-from models.convert.tables import ROBERTA
-from models.layers import EncoderConfig, FirstTokenClassificationHead
+from peftcore.models.bert import BertModel
+from peftcore.models.convert.tables import ROBERTA
+from peftcore.models.layers import EncoderConfig, FirstTokenClassificationHead
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from models.convert.tables import VIT
-from models.layers import EncoderConfig, EncoderOutput, Padding, Pooler, PreNormLayer, check_positive
-from models.pretrained import PretrainedEncoder
+from peftcore.models.convert.tables import VIT
+from peftcore.models.layers import EncoderConfig, EncoderOutput, Padding, Pooler, PreNormLayer, check_positive
+from peftcore.models.pretrained import PretrainedEncoder
 from peftcore.sites import EmbeddingSite
 
 
@@ -142,7 +142,7 @@ class ViTModel(PretrainedEncoder):
         output_attentions: bool = False,
         interpolate_pos_encoding: bool = False,
     ) -> EncoderOutput:
-        """pixel_values (B, C, H, W), normalised as models.image.ImageProcessor makes them -> EncoderOutput.
+        """pixel_values (B, C, H, W), normalised as peftcore.models.image.ImageProcessor makes them -> EncoderOutput.
 
         Images of another size than ``config.image_size`` need ``interpolate_pos_encoding=True``.
         """
@@ -158,7 +158,7 @@ class ViTModel(PretrainedEncoder):
                              "dimension with unsqueeze(0) for a single image.")
         if not pixel_values.is_floating_point():
             raise ValueError(f"pixel_values are {pixel_values.dtype}; pass normalised floats, e.g. from "
-                             "models.image.ImageProcessor, not raw image bytes.")
+                             "peftcore.models.image.ImageProcessor, not raw image bytes.")
         _, channels, height, width = shape
         if channels != config.num_channels:
             raise ValueError(f"pixel_values have {channels} channels, the model takes {config.num_channels} "

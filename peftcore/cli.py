@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import models
-from models.convert import is_native, read_config
-from models.pretrained import PretrainedEncoder
-from peftcore import data, training
+from peftcore import data, models, training
+from peftcore.models.convert import is_native, read_config
+from peftcore.models.pretrained import PretrainedEncoder
 from peftcore.training import collate
 
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt",

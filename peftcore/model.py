@@ -40,7 +40,7 @@ class AdapterModelMixin:
         self.active_head: str | None = None
         self.head: nn.Module | None = None  # the model's own task head, if it builds one
         self.model_frozen = False
-        self.unpad = True  # run padded batches on their real tokens only (see models.layers.Padding)
+        self.unpad = True  # run padded batches on their real tokens only (see peftcore.models.layers.Padding)
         self.plan = Plan(None, ())  # the active setup, compiled; forward.py and setup.py say how it runs
         self.recorder = Recorder()
 

@@ -35,8 +35,8 @@ import torch
 import transformers as tf
 from torch import Tensor
 
-from models import BertModel, DebertaModel, DebertaV2Model, EncoderConfig, RobertaModel, ViTModel
-from models.pretrained import PretrainedEncoder
+from peftcore.models import BertModel, DebertaModel, DebertaV2Model, EncoderConfig, RobertaModel, ViTModel
+from peftcore.models.pretrained import PretrainedEncoder
 from tests.conftest import SMALL
 from tests.parity import padded_batch
 

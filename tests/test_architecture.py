@@ -1,8 +1,9 @@
 """The shape of the house: dependencies point one way, peftcore's import graph has no cycle, the file module is a
 leaf, methods keep their logic, and the library imports no reference package.
 
-- models/ imports from peftcore only the sites, the adapter-API mixin and the leaf file module;
-- peftcore never imports models, except its command line;
+- models/ (installed as peftcore.models) imports from peftcore only the sites, the adapter-API mixin and the leaf
+  file module, and nothing imports it under any other name;
+- peftcore never imports peftcore.models, except its command line;
 - peftcore's modules import each other without a cycle, counting imports inside functions and under TYPE_CHECKING
   (a package's ``__init__`` re-exporting its own modules is not a cycle);
 - peftcore/io.py imports nothing of peftcore or models;
@@ -105,21 +106,39 @@ def test_the_file_module_is_a_leaf():
     assert not used, f"peftcore/io.py imports {used}; it knows no method and no model"
 
 
-@pytest.mark.parametrize("file", library_files("models"), ids=lambda f: str(f.relative_to(ROOT)))
-def test_models_import_only_sites_the_api_mixin_and_the_file_module_from_peftcore(file):
+def peftcore_modules_used(file: Path) -> set[str]:
+    """The peftcore modules ``file`` imports (``from peftcore import sites`` names the module sites)."""
     used = set()
     for module, names in imported(file):
-        if module == "peftcore":  # `from peftcore import sites` names the module sites
+        if module == "peftcore":
             used |= {f"peftcore.{name}" for name in names}
         elif module.split(".")[0] == "peftcore":
             used.add(module)
+    return used
+
+
+def is_models(module: str) -> bool:
+    return module == "peftcore.models" or module.startswith("peftcore.models.")
+
+
+@pytest.mark.parametrize("file", library_files("models"), ids=lambda f: str(f.relative_to(ROOT)))
+def test_models_import_only_sites_the_api_mixin_and_the_file_module_from_peftcore(file):
+    used = {module for module in peftcore_modules_used(file) if not is_models(module)}
     assert used <= ALLOWED_FROM_PEFTCORE, f"{file.name} imports {used - ALLOWED_FROM_PEFTCORE}"
 
 
 @pytest.mark.parametrize("file", library_files("peftcore"), ids=lambda f: str(f.relative_to(ROOT)))
 def test_peftcore_does_not_import_models_except_the_cli(file):
     if file.name != "cli.py":
-        assert not {name for name in imports(file) if name.split(".")[0] == "models"}
+        assert not {module for module in peftcore_modules_used(file) if is_models(module)}
+
+
+@pytest.mark.parametrize("file", [*library_files("models"), *library_files("peftcore"), *library_files("tests"),
+                                  *library_files("benchmarks")], ids=lambda f: str(f.relative_to(ROOT)))
+def test_the_models_folder_is_imported_only_as_peftcore_models(file):
+    """models/ installs as peftcore.models (pyproject's package-dir); a top-level `models` would collide with the
+    user's own models.py, and importing one folder under two names gives two copies of every class."""
+    assert not {module for module in imports(file) if module.split(".")[0] == "models"}
 
 
 CORE = [file for file in library_files("peftcore") if "methods" not in file.relative_to(ROOT / "peftcore").parts

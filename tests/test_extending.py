@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import models
-from peftcore import configs
+from peftcore import configs, models
 from peftcore.methods import base
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +33,9 @@ def examples() -> dict[str, list[tuple[str, bool, str]]]:
 
 
 def module_of(path: str) -> str:
-    return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+    """The module a file of the checkout is imported as: the models/ folder installs as peftcore.models."""
+    module = path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+    return f"peftcore.{module}" if module.split(".")[0] == "models" else module
 
 
 @pytest.fixture

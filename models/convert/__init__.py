@@ -16,10 +16,10 @@ from typing import Any
 
 from torch import Tensor
 
-from models.convert.architecture import Architecture
-from models.convert.keymap import ConversionError, KeyMap
-from models.convert.tables import GENERIC_FIELDS
 from peftcore.io import atomic_directory_write, read_json, read_pickle, read_safetensors, write_json, write_safetensors
+from peftcore.models.convert.architecture import Architecture
+from peftcore.models.convert.keymap import ConversionError, KeyMap
+from peftcore.models.convert.tables import GENERIC_FIELDS
 
 NATIVE_FORMAT = 1  # version written into our config.json as "peftcore_format"
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"

@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor
 
-from models.convert.keymap import KeyMap, Split
+from peftcore.models.convert.keymap import KeyMap, Split
 from peftcore.sites import SITE_NAMES
 
 

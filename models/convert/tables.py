@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from models.convert.architecture import Architecture
-from models.convert.keymap import KeyMap, Split
+from peftcore.models.convert.architecture import Architecture
+from peftcore.models.convert.keymap import KeyMap, Split
 
 
 def linear(hf: str, ours: str) -> dict[str, str]:

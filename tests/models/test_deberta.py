@@ -7,9 +7,9 @@ import torch
 import transformers as tf
 from safetensors.torch import save_file
 
-from models.convert.keymap import ConversionError
-from models.convert.tables import join_in_proj, split_in_proj
-from models.deberta import DebertaModel
+from peftcore.models.convert.keymap import ConversionError
+from peftcore.models.convert.tables import join_in_proj, split_in_proj
+from peftcore.models.deberta import DebertaModel
 from peftcore.sites import SITE_NAMES, find_sites
 from tests import archs
 from tests.archs import ARCHS

@@ -6,8 +6,8 @@ import pytest
 import torch
 import transformers as tf
 
-from models.convert.keymap import ConversionError
-from models.deberta_v2 import DebertaV2Model
+from peftcore.models.convert.keymap import ConversionError
+from peftcore.models.deberta_v2 import DebertaV2Model
 from peftcore.sites import SITE_NAMES, find_sites
 from tests import archs
 from tests.archs import ARCHS

@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers
 
-from models.image import ImageProcessor, resize_like_pillow
+from peftcore.models.image import ImageProcessor, resize_like_pillow
 from tests.parity import assert_parity
 
 
@@ -87,7 +87,7 @@ def test_old_config_with_int_size_and_scalar_mean(tmp_path):
 
 
 def test_pixels_feed_the_model(tmp_path):
-    from models.vit import ViTConfig, ViTModel
+    from peftcore.models.vit import ViTConfig, ViTModel
 
     model = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=48,
                                image_size=32, patch_size=8)).eval()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import BertConfig, BertModel
-from models.layers import Padding, SelfAttention, additive_mask
+from peftcore.models import BertConfig, BertModel
+from peftcore.models.layers import Padding, SelfAttention, additive_mask
 from tests.parity import assert_parity
 
 TINY = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
@@ -47,7 +47,7 @@ def test_invalid_configs_name_the_field(change, message):
 
 
 def test_model_refuses_a_config_of_another_architecture():
-    from models import RobertaConfig
+    from peftcore.models import RobertaConfig
     with pytest.raises(TypeError, match="BertModel takes a BertConfig"):
         BertModel(RobertaConfig(**TINY))
 

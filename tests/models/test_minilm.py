@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 
-from models import BertModel, Tokenizer
+from peftcore.models import BertModel, Tokenizer
 from tests.parity import assert_parity
 
 SENTENCES = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import RobertaModel
+from peftcore.models import RobertaModel
 from tests.archs import reference
 from tests.conftest import SMALL
 from tests.parity import assert_parity

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models import Tokenizer
+from peftcore.models import Tokenizer
 
 
 @pytest.fixture(scope="module")

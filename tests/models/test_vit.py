@@ -8,8 +8,8 @@ import pytest
 import torch
 import transformers
 
-from models.convert.keymap import ConversionError
-from models.vit import ViTModel
+from peftcore.models.convert.keymap import ConversionError
+from peftcore.models.vit import ViTModel
 from peftcore.sites import SITE_NAMES, ResidualSite, find_sites
 from tests.archs import ARCHS
 from tests.parity import assert_parity

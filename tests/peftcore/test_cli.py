@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 import transformers as tf
 
-from models import BertModel
 from peftcore.cli import main
+from peftcore.models import BertModel
 from tests.archs import ARCHS, reference
 
 
@@ -91,3 +93,17 @@ def test_compare_tabulates_every_method_and_writes_csv_and_markdown(minilm_check
     assert [line.split(" | ")[0] for line in table[2:]] == ["| lora", "| seq_bn"]
     assert (tmp_path / "out" / "compare.csv").read_text().count("\n") == 3
     assert "| lora |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("own", ["models.py", "models/__init__.py"])
+def test_the_library_and_the_cli_work_beside_a_projects_own_models(own, tmp_path):
+    """Projects have a models.py or models/ of their own; peftcore's models install as peftcore.models, so neither
+    shadows them nor is shadowed (the working directory comes first on sys.path, as in any script)."""
+    (tmp_path / own).parent.mkdir(exist_ok=True)
+    (tmp_path / own).write_text("raise ImportError('the project's own models were imported')\n")
+    library = subprocess.run([sys.executable, "-c", "from peftcore.models import BertModel; import peftcore.cli"],
+                             cwd=tmp_path, capture_output=True, text=True)
+    assert library.returncode == 0, library.stderr
+    cli = subprocess.run([sys.executable, "-m", "peftcore.cli", "--help"], cwd=tmp_path, capture_output=True,
+                         text=True)
+    assert cli.returncode == 0 and "convert" in cli.stdout, cli.stderr

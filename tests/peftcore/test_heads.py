@@ -10,8 +10,8 @@ import pytest
 import torch
 import transformers as tf
 
-from models import BertModel
 from peftcore.heads import MaskedLMPredictionHead
+from peftcore.models import BertModel
 from tests.archs import ARCHS, reference, tiny_model
 from tests.parity import assert_parity, padded_batch
 

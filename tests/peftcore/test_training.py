@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from models import BertConfig, BertModel
+from peftcore.models import BertConfig, BertModel
 from peftcore.training import Trainer, TrainingConfig, accuracy, collate
 
 TINY = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,

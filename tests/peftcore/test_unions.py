@@ -7,7 +7,6 @@ import pytest
 import torch
 import transformers as tf
 
-from models import BertModel
 from peftcore import (
     DoubleSeqBnConfig,
     LoRAConfig,
@@ -18,6 +17,7 @@ from peftcore import (
     UniPELTConfig,
 )
 from peftcore.configs import AdapterConfigBase, ConfigUnion, parse
+from peftcore.models import BertModel
 from tests.parity import assert_parity
 
 UNIONS = ["mam[0.prefix_length=4, 0.bottleneck_size=16]", "unipelt", "seq_bn[ln_before=True]|lora[r=2]",

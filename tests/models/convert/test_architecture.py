@@ -11,8 +11,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from models import BertModel
-from models.convert.tables import BERT, split_in_proj
+from peftcore.models import BertModel
+from peftcore.models.convert.tables import BERT, split_in_proj
 from peftcore.sites import SiteLinear, find_sites
 from tests.archs import ARCHS, reference
 

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import peftcore.io
-from models import BertModel, RobertaModel, from_pretrained
-from models.convert import ConversionError
-from models.convert.keymap import hf_to_ours
+from peftcore.models import BertModel, RobertaModel, from_pretrained
+from peftcore.models.convert import ConversionError
+from peftcore.models.convert.keymap import hf_to_ours
 from tests.archs import reference
 
 

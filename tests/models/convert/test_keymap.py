@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from models.convert.keymap import ConversionError, KeyMap, Split, hf_to_ours, ours_to_hf, to_template
+from peftcore.models.convert.keymap import ConversionError, KeyMap, Split, hf_to_ours, ours_to_hf, to_template
 
 NO_HEAD = SimpleNamespace(head=None)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import transformers as tf
 
-from models.convert.keymap import Split, to_template
+from peftcore.models.convert.keymap import Split, to_template
 from tests.archs import ARCHS
 
 CONFIGS = {  # case -> (architecture, a transformers config that builds every tensor our table names for it)

@@ -25,8 +25,8 @@ import torch
 import transformers as tf
 from safetensors.torch import load_file
 
-from models import BertModel
 from peftcore.interop import adapterhub
+from peftcore.models import BertModel
 from tests import archs
 from tests.archs import ADAPTERHUB_ARCHS, ARCHS, BERT_FAMILY, reference
 from tests.parity import assert_parity, real_tokens

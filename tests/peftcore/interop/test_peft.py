@@ -12,7 +12,7 @@ import torch
 import transformers as tf
 from safetensors.torch import load_file, save_file
 
-from models import BertModel
+from peftcore.models import BertModel
 from tests import archs
 from tests.archs import ARCHS
 from tests.parity import assert_parity

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import BertConfig, BertModel
 from peftcore import BnConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig, SeqBnInvConfig
 from peftcore.configs import parse
 from peftcore.methods.bottleneck import Bottleneck
+from peftcore.models import BertConfig, BertModel
 
 C = 16  # hidden size of the tensor-level tests
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models import BertModel, RobertaModel
+from peftcore.models import BertModel, RobertaModel
 from tests.parity import assert_parity
 
 OURS = {"bert": BertModel, "roberta": RobertaModel}

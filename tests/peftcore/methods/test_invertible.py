@@ -8,9 +8,9 @@ import pytest
 import torch
 from adapters.methods.modeling import GLOWCouplingBlock, NICECouplingBlock
 
-from models import BertConfig, BertModel
 from peftcore import BnConfig, DoubleSeqBnInvConfig, SeqBnConfig, SeqBnInvConfig
 from peftcore.methods.invertible import GLOWCoupling, NICECoupling
+from peftcore.models import BertConfig, BertModel
 
 GLOW = SeqBnConfig(inv_adapter="glow", inv_adapter_reduction_factor=2)
 COUPLINGS = {"nice": (NICECoupling, SeqBnInvConfig()), "glow": (GLOWCoupling, GLOW)}

@@ -7,9 +7,9 @@ import pytest
 import torch
 import transformers as tf
 
-from models import BertModel, RobertaModel
 from peftcore import IA3Config, LoRAConfig
 from peftcore.methods import IA3, LoRA
+from peftcore.models import BertModel, RobertaModel
 from tests.archs import ARCHS, BERT_FAMILY, reference, tiny_model
 from tests.conftest import SMALL
 from tests.parity import assert_parity, padded_batch

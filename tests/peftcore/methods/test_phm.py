@@ -12,9 +12,9 @@ import torch
 import transformers as tf
 from adapters.methods.modeling import PHMLayer
 
-from models import BertModel, RobertaModel
 from peftcore import ADAPTER_CONFIG_MAP, BnConfig, CompacterConfig, CompacterPlusPlusConfig, ConfigUnion, SeqBnConfig
 from peftcore.methods.phm import PHMLinear, PHMShared
+from peftcore.models import BertModel, RobertaModel
 from tests.archs import ARCHS, BERT_FAMILY, reference, tiny_model
 from tests.conftest import SMALL
 from tests.parity import assert_parity, padded_batch, real_tokens

@@ -7,9 +7,9 @@ import pytest
 import torch
 import transformers as tf
 
-from models import BertModel, DebertaV2Model, RobertaModel
 from peftcore import PrefixTuningConfig
 from peftcore.methods.prefix import PrefixTuning
+from peftcore.models import BertModel, DebertaV2Model, RobertaModel
 from tests.archs import ARCHS, BERT_FAMILY, reference, tiny_model
 from tests.conftest import SMALL
 from tests.parity import assert_parity, padded_batch
