@@ -86,7 +86,8 @@ class BertModel(PretrainedEncoder):
         A padded batch runs unpadded (see ``Padding``) unless ``unpad`` is off or the adapter setup mixes tokens;
         padded positions of the outputs are then zeros.
         """
-        shape = self.check_ids(input_ids, inputs_embeds, attention_mask, token_type_ids, self.max_length)
+        shape = self.check_ids(input_ids, inputs_embeds, attention_mask, token_type_ids, self.max_length,
+                                     position_ids)
         device = (input_ids if input_ids is not None else inputs_embeds).device
         if token_type_ids is None:
             token_type_ids = torch.zeros(shape, dtype=torch.long, device=device)

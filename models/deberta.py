@@ -59,7 +59,7 @@ class DebertaConfig(EncoderConfig):
     relative_attention: bool = False
     max_relative_positions: int = -1
     position_biased_input: bool = True
-    pos_att_type: tuple[str, ...] = ()
+    pos_att_type: tuple[str, ...] | str | None = ()  # "c2p|p2c" and None (none) become tuples
     talking_head: bool = False
     embedding_size: int | None = None
     pooler_hidden_size: int | None = None
@@ -318,7 +318,8 @@ class DebertaModel(PretrainedEncoder):
         uniform attention over all tokens. Padded positions' outputs therefore equal transformers' too, which matters
         wherever they are read: gates (UniPELT, prefix and LoRA gates) average over every position.
         """
-        _, T = self.check_ids(input_ids, inputs_embeds, attention_mask, token_type_ids, self.max_length)
+        _, T = self.check_ids(input_ids, inputs_embeds, attention_mask, token_type_ids, self.max_length,
+                                     position_ids)
         device = (input_ids if input_ids is not None else inputs_embeds).device
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, attention_mask)  # (B, T, C)
         mask = additive_mask(attention_mask, x.dtype)  # (B, 1, 1, T)

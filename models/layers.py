@@ -9,8 +9,9 @@ Axis legend, used in every shape comment and einops pattern of this package:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, fields
+from types import UnionType
+from typing import ClassVar, Union, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,40 @@ from peftcore.sites import ACTIVATIONS, EmbeddingSite, MaskedLMHead, PrefixSite,
 
 HEADS = ("masked_lm", "sequence_classification", "token_classification", "question_answering",
          "image_classification")
+
+
+MAX_LABELS = 1_000_000  # a classifier head's labels: a config may declare a head that no tensor of its file checks
+
+
+def conforms(value: object, hint: object) -> bool:
+    """Whether ``value`` is of the annotated type: no bool for a number, no string for a bool, finite floats, lists
+    for tuples; annotations this does not know accept anything."""
+    if get_origin(hint) in (Union, UnionType):
+        return any(conforms(value, arg) for arg in get_args(hint))
+    if get_origin(hint) is tuple:
+        item = get_args(hint)[0] if get_args(hint) else object
+        return isinstance(value, (tuple, list)) and all(conforms(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    return True
+
+
+def check_types(config: object) -> None:
+    """Every field of a config dataclass holds a value of its annotated type, or a TypeError names the field."""
+    hints = get_type_hints(type(config))
+    for field in fields(config):
+        value = getattr(config, field.name)
+        if not conforms(value, hints[field.name]):
+            raise TypeError(f"{type(config).__name__}.{field.name} must be {hints[field.name]}, got {value!r} "
+                            f"({type(value).__name__}).")
 
 
 def check_choice(owner: str, field: str, value: object, choices: tuple | dict) -> None:
@@ -103,22 +138,30 @@ class Padding:
 
 class Embeddings(nn.Module):
     """word + token type + position embeddings, then LayerNorm (unless ``norm`` is off: pre-LN models normalise in
-    each layer) and dropout (BERT, RoBERTa)."""
+    each layer) and dropout (BERT, RoBERTa, ELECTRA).
+
+    They are ``config.embedding_width`` (E) wide, which is C but in models that project narrower embeddings up to C
+    (ELECTRA's ``embeddings_project``): then ``proj`` does so after the embeddings site, which sees the E-wide
+    embeddings as AdapterHub's invertible adapters do.
+    """
 
     def __init__(self, config: EncoderConfig, norm: bool = True) -> None:
         super().__init__()
-        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type = nn.Embedding(config.type_vocab_size, config.hidden_size)
-        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if norm else nn.Identity()
+        E, C = config.embedding_width, config.hidden_size
+        self.word = nn.Embedding(config.vocab_size, E, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, E)
+        self.token_type = nn.Embedding(config.type_vocab_size, E)
+        self.norm = nn.LayerNorm(E, eps=config.layer_norm_eps) if norm else nn.Identity()
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.site = EmbeddingSite()  # site embeddings
+        self.site = EmbeddingSite(E)  # site embeddings
+        self.proj = nn.Linear(E, C) if E != C else None
 
     def forward(self, input_ids: Tensor | None, token_type_ids: Tensor, position_ids: Tensor,
                 inputs_embeds: Tensor | None = None) -> Tensor:
-        x = self.word(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
+        x = self.word(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, E)
         x = x + self.token_type(token_type_ids) + self.position(position_ids)
-        return self.site(self.dropout(self.norm(x)))
+        x = self.site(self.dropout(self.norm(x)))
+        return x if self.proj is None else self.proj(x)  # (B, T, C)
 
 
 class SelfAttention(nn.Module):
@@ -272,16 +315,18 @@ class PooledClassificationHead(nn.Module):
 
 
 class FirstTokenClassificationHead(nn.Module):
-    """RoBERTa's sequence classifier: dense -> tanh -> out_proj on the first token, with dropout before each."""
+    """RoBERTa's sequence classifier: dense -> tanh -> out_proj on the first token, with dropout before each.
+    ELECTRA's is the same with gelu (``activation``)."""
 
-    def __init__(self, config: EncoderConfig) -> None:
+    def __init__(self, config: EncoderConfig, activation: str = "tanh") -> None:
         super().__init__()
         self.dropout = nn.Dropout(config.classifier_dropout_prob)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACTIVATIONS[activation]
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, x: Tensor, pooled: Tensor | None) -> Tensor:
-        h = torch.tanh(self.dense(self.dropout(x[:, 0])))
+        h = self.act(self.dense(self.dropout(x[:, 0])))
         return self.out_proj(self.dropout(h))  # (B, L)
 
 
@@ -339,10 +384,18 @@ class EncoderConfig:
 
     def __post_init__(self) -> None:
         name = type(self).__name__
+        check_types(self)
         check_positive(name, vocab_size=self.vocab_size, hidden_size=self.hidden_size,
                        num_hidden_layers=self.num_hidden_layers, num_attention_heads=self.num_attention_heads,
                        intermediate_size=self.intermediate_size, max_position_embeddings=self.max_position_embeddings,
                        num_labels=self.num_labels)
+        if self.num_labels > MAX_LABELS:
+            raise ValueError(f"{name}.num_labels={self.num_labels} exceeds {MAX_LABELS:,}, the most a classifier "
+                             "head here may have; is the config file right?")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"{name}.layer_norm_eps must be positive, got {self.layer_norm_eps!r}.")
+        if not self.initializer_range >= 0:
+            raise ValueError(f"{name}.initializer_range must not be negative, got {self.initializer_range!r}.")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"{name}.hidden_size={self.hidden_size} is not divisible by "
                              f"num_attention_heads={self.num_attention_heads}.")

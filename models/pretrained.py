@@ -7,7 +7,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -25,7 +26,8 @@ Model = TypeVar("Model", bound="PretrainedEncoder")
 
 
 class PretrainedEncoder(AdapterModelMixin, nn.Module):
-    """Base class of every model: subclasses set the class attributes and build their modules.
+    """Base class of every model: subclasses set the class attributes and build their modules from ``config``, an
+    instance of their ``config_class``.
 
     Subclasses define ``embeddings`` (ending in an EmbeddingSite), ``layers`` (each called as
     ``layer(x, padding, output_attentions, **context)``), ``pooler`` (or None) and ``head`` (or None), and an
@@ -67,12 +69,14 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         return self.embeddings.word
 
     def tie_weights(self, head: nn.Module | None) -> None:
-        """Make a masked-LM head's decoder weight the word embeddings' own parameter, when the config ties them."""
+        """Make a masked-LM ``head``'s decoder weight the word embeddings' own parameter, when the config ties them;
+        any other ``head`` (or None) is left as it is."""
         if isinstance(head, MaskedLMHead) and self.config.tie_word_embeddings:
             head.decoder.weight = self.get_input_embeddings().weight
 
     def init_weights(self, module: nn.Module) -> None:
-        """transformers' initialisation: N(0, initializer_range) weights, zero biases, unit LayerNorms."""
+        """transformers' initialisation of one ``module`` (for ``self.apply``): N(0, initializer_range) weights of
+        Linear and Embedding (padding row zero), zero biases, unit LayerNorms; other modules are left as they are."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=std)
@@ -90,38 +94,51 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
                    **layer_context: Any) -> EncoderOutput:
         """The layers on the embeddings ``x`` (B, T, C), then ``norm`` if any and ``finish``: every model's loop.
 
-        A padded batch runs packed, as ``padding`` says; hidden states are returned padded back to (B, T, C).
+        A padded batch runs packed, as ``padding`` says; with ``output_hidden_states`` the hidden states are returned,
+        padded back to (B, T, C), and with ``output_attentions`` each layer's attention probabilities.
         ``layer_context`` goes to every layer (DeBERTa's relative positions).
         """
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
         h = padding.pack(x)  # (1, N, C) when unpadded
-        for index, layer in enumerate(self.layers):
+        for index, (layer, returned) in enumerate(self.layer_schedule()):
             h, probs = layer(h, padding, output_attentions, **layer_context)
             if index == 0:
                 h = self.first_layer_output(x, h, padding)
-            if output_hidden_states:
+            if output_hidden_states and returned:
                 hidden_states.append(padding.pad(h))
             if output_attentions:
                 attentions.append(probs)
         last = padding.pad(h)  # (B, T, C)
         return self.finish(last if self.norm is None else self.norm(last), hidden_states, attentions)
 
+    def layer_schedule(self) -> Iterable[tuple[nn.Module, bool]]:
+        """The layers in the order they run, each with whether its output is one of the hidden states a forward
+        returns: each layer once, every output returned, but in ALBERT, which runs its shared layers several times."""
+        return [(layer, True) for layer in self.layers]
+
     def first_layer_output(self, embedded: Tensor, h: Tensor, padding: Padding) -> Tensor:
-        """The first layer's output ``h`` as the second layer reads it: unchanged but in DeBERTa v2, which joins a
-        convolution over the embeddings (B, T, C) to it."""
+        """The first layer's output ``h`` (packed as ``padding`` says) as the second layer reads it: unchanged but in
+        DeBERTa v2, which joins a convolution over the ``embedded`` input (B, T, C) to it."""
         return h
 
     def finish(self, x: Tensor, hidden_states: list[Tensor] | None, attentions: list[Tensor] | None) -> EncoderOutput:
-        """Pooler and head on the last hidden state: the active adapter head if any, else the model's own head."""
+        """Pooler and head on the last hidden state ``x``: the active adapter head if any, else the model's own head;
+        the output carries ``hidden_states`` and ``attentions`` as tuples (None: not asked for)."""
         pooled = self.pooler(x) if self.pooler is not None else None
         out = EncoderOutput(x, pooled, tuple(hidden_states) if hidden_states is not None else None,
                             tuple(attentions) if attentions is not None else None)
         return self.apply_active_head(out, self.head)
 
     def check_ids(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None,
-                  token_type_ids: Tensor | None, max_length: int) -> tuple[int, int]:
-        """Validate the text inputs of a forward and return (B, T); every message says what to pass instead."""
+                  token_type_ids: Tensor | None, max_length: int, position_ids: Tensor | None = None
+                  ) -> tuple[int, int]:
+        """Validate the text inputs of a forward and return (B, T); every message says what to pass instead.
+
+        Exactly one of ``input_ids`` (B, T) and ``inputs_embeds`` (B, T, C); ``attention_mask`` (0/1) and
+        ``token_type_ids`` of the same (B, T); at most ``max_length`` tokens; ids, ``position_ids`` included, within
+        the model's tables.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds.")
         shape = tuple(input_ids.shape) if input_ids is not None else tuple(inputs_embeds.shape[:-1])
@@ -134,20 +151,26 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         for name, tensor in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if tensor is not None and tuple(tensor.shape) != shape:
                 raise ValueError(f"{name} has shape {tuple(tensor.shape)}, input_ids has {shape}; they must match.")
+        if 0 in shape:
+            raise ValueError(f"the input is empty (shape {shape}): pass at least one sequence of at least one token.")
         if shape[1] > max_length:
             raise ValueError(f"sequence length {shape[1]} exceeds the {max_length} positions this model has "
                              f"(max_position_embeddings={self.config.max_position_embeddings}); truncate the input.")
-        if input_ids is not None and not torch.compiler.is_compiling() and input_ids.numel():
-            low, high = int(input_ids.min()), int(input_ids.max())
-            if low < 0 or high >= self.config.vocab_size:
-                raise ValueError(f"input_ids hold {low if low < 0 else high}, outside the vocabulary "
-                                 f"[0, {self.config.vocab_size}); was the text tokenized for another model?")
+        if not torch.compiler.is_compiling():  # each check reads a value back from the device
+            config = self.config
+            for name, tensor, size, hint in (
+                    ("input_ids", input_ids, config.vocab_size, "was the text tokenized for another model?"),
+                    ("token_type_ids", token_type_ids, config.type_vocab_size, "the model's token types"),
+                    ("position_ids", position_ids, config.max_position_embeddings, "the model's positions"),
+                    ("attention_mask", attention_mask, 2, "use 1 for real tokens and 0 for padding")):
+                check_values(name, tensor, size, hint)
         return shape
 
     @classmethod
     def from_pretrained(cls: type[Model], path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
                         on_file: Callable[[Path], None] | None = None, **overrides: Any) -> Model:
-        """Load a transformers checkpoint directory, or one in our format, into this model class.
+        """Load the transformers checkpoint directory ``path``, or one in our format (with the adapters, heads and
+        fusions saved beside it), into this model class, in ``dtype`` (default float32) and eval mode.
 
         ``overrides`` replace config fields, e.g. ``head="sequence_classification", num_labels=3`` to start a
         classifier from a base checkpoint (the pooler follows what that head's transformers class has): weights
@@ -165,6 +188,10 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
             kwargs = convert.config_kwargs_from_hf(raw, cls.config_class, cls.architecture)
             config = config_from_dict(cls.config_class, kwargs, overrides)
         weights = convert.read_weights(path, on_file)
+        broken = sorted(key for key, t in weights.items() if t.is_floating_point() and not t.isfinite().all())
+        if broken:
+            raise ConversionError(f"{os.fspath(path)!r} holds tensors with NaN or infinite values: {broken[:10]}; the "
+                                  "checkpoint is damaged (or was saved mid-divergence).")
         with torch.device("meta"):  # shapes only: random init of what the checkpoint overwrites would dominate
             model = cls(config)
         expected = {key: tuple(t.shape) for key, t in model.base_state_dict().items()}
@@ -177,7 +204,10 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
                 warnings.warn(f"{cls.__name__}: the checkpoint has no {converted.newly_initialized}; they are freshly "
                               "initialised and need training.", stacklevel=2)
         model.materialize(state, dtype)
-        return model.to(dtype)
+        model.to(dtype).eval()  # as transformers returns it; training code calls .train()
+        if convert.is_native(raw):
+            model.read_adapters_from(Path(path))
+        return model
 
     def materialize(self, state: Mapping[str, Tensor], dtype: torch.dtype) -> None:
         """Fill a model built on the meta device, which skips initialising what the checkpoint overwrites:
@@ -202,7 +232,8 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
                                f"fill: {left}.")
 
     def head_state_from_hf(self, hf_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """An HF task head's tensors (e.g. AdapterHub's static head file) in our ``head.*`` key names."""
+        """An HF task head's tensors ``hf_state`` (e.g. AdapterHub's static head file) in our ``head.*`` key names;
+        refused when this model has no head of its own."""
         if self.head is None:
             raise ValueError(f"the file holds a {self.config.model_type} task head but this model has none; load the "
                              "checkpoint with head=... first.")
@@ -220,7 +251,11 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
 
     def hf_site_path(self, site: str, layer: int | None) -> str | None:
         """Where AdapterHub attaches the method modules of ``site`` in ``layer``; None where this model has no place."""
-        return self.architecture.site_path(site, layer)
+        return self.architecture.site_path(site, layer, self.config)
+
+    def hf_shared_path(self, shared_key: str) -> str | None:
+        """Where AdapterHub keeps shared module ``shared_key`` on this architecture; None: the method's own path."""
+        return self.architecture.shared_paths.get(shared_key)
 
     def hf_modules(self, with_prefix: bool) -> dict[str, HFModule]:
         """Every HF module with a weight (base under ``hf_prefix`` when ``with_prefix``, own head at the top level)."""
@@ -237,27 +272,62 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         return set(self.state_dict(keep_vars=True)) - unique
 
     def base_state_dict(self) -> dict[str, Tensor]:
-        """The model's own tensors, each once: no tied aliases, no adapter modules, no adapter heads."""
+        """The model's own tensors, each once: no tied aliases, nothing of adapters, fusions or adapter heads."""
         aliases = self.aliases()
-        return {key: t for key, t in self.state_dict().items()
-                if key not in aliases and ".adapters." not in f".{key}" and not key.startswith("heads.")}
+        return {key: t for key, t in self.state_dict().items() if key not in aliases and not is_adapter_key(key)}
 
     def save_pretrained(self, path: str | os.PathLike, *, format: str = "hf") -> None:
-        """Write the model as a checkpoint directory: ``format="hf"`` for transformers, ``"peftcore"`` for ours."""
+        """Write the model as checkpoint directory ``path`` in a ``format``: ``"peftcore"`` (ours) writes everything:
+        the model, and beside it every adapter, head and fusion attached, the merges and the active setup, which
+        ``from_pretrained`` brings back. ``"hf"`` (default) writes what transformers loads: the model with merged
+        adapters baked into its weights, and a warning naming what it leaves out."""
         model_type = self.config_class.model_type
         if format == "hf":
             config = convert.config_to_hf(self.config, model_type, self.architecture)
             state = ours_to_hf(self.architecture.keymap, self.base_state_dict(), self.config)
+            left_out = {"adapters": sorted(self.adapter_configs), "heads": sorted(self.heads),
+                        "fusions": sorted(self.fusion_configs)}
+            if any(left_out.values()):
+                baked = sorted(self.merged_adapters())
+                warnings.warn(f"format='hf' writes the base model only (merged adapters {baked} baked in); left out: "
+                              f"{left_out}. Save with format='peftcore' to keep them, or save each with save_adapter.",
+                              stacklevel=2)
+            convert.write_checkpoint(path, config, state)
         elif format == "peftcore":
-            config, state = convert.native_config(self.config, model_type), self.base_state_dict()
+            merged = self.merged_adapters()
+            with self.merges_undone():
+                convert.write_checkpoint(path, convert.native_config(self.config, model_type),
+                                         self.base_state_dict(), partial(self.write_adapters_into, merged=merged))
         else:
             raise ValueError(f"format={format!r} is not known; use 'hf' or 'peftcore'.")
-        convert.write_checkpoint(path, config, state)
+
+
+def is_adapter_key(key: str) -> bool:
+    """Whether state-dict key ``key`` belongs to an adapter, a fusion, an adapter head or what adapters share."""
+    return any(part in f".{key}" for part in (".adapters.", ".fusions.", ".heads.", ".shared_parameters."))
+
+
+def check_values(name: str, tensor: Tensor | None, size: int, hint: str) -> None:
+    """Integer ids in ``tensor`` (None: nothing to check) inside [0, ``size``), or a 0/1 mask when ``name`` is
+    ``"attention_mask"``; else a ValueError naming ``name``, the value found and ``hint``. ``size`` 0: a table the
+    model does not have, whose ids it ignores (DeBERTa without token types)."""
+    if tensor is None or size == 0:
+        return
+    if name != "attention_mask" and (tensor.is_floating_point() or tensor.dtype == torch.bool):
+        raise ValueError(f"{name} are {tensor.dtype}; pass integer ids (torch.long).")
+    values = tensor if name != "attention_mask" else tensor.to(torch.float32)
+    low, high = values.min().item(), values.max().item()
+    if name == "attention_mask" and not bool(((values == 0) | (values == 1)).all()):
+        raise ValueError(f"attention_mask holds values other than 0 and 1 (from {low} to {high}); {hint}.")
+    if low < 0 or high >= size:
+        where = "the vocabulary " if name == "input_ids" else ""
+        raise ValueError(f"{name} hold {int(low) if low < 0 else int(high)}, outside {where}[0, {size}); {hint}.")
 
 
 def config_from_dict(config_class: type[EncoderConfig], values: Mapping[str, Any],
                      overrides: Mapping[str, Any]) -> EncoderConfig:
-    """Build a config, naming any unknown field and listing the valid ones."""
+    """A ``config_class`` from the fields ``values`` with ``overrides`` on top; an unknown field is an error that
+    lists the valid ones."""
     valid = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(values) - valid) + sorted(set(overrides) - valid)
     if unknown:
@@ -267,6 +337,7 @@ def config_from_dict(config_class: type[EncoderConfig], values: Mapping[str, Any
 
 def check_native(state: Mapping[str, Tensor], expected: Mapping[str, tuple[int, ...]], architecture: str
                  ) -> Mapping[str, Tensor]:
-    """A peftcore-format state dict must hold exactly the model's keys, with the model's shapes."""
+    """A peftcore-format ``state`` dict, which must hold exactly the ``expected`` keys with their shapes (errors name
+    ``architecture``)."""
     check_fit(state, expected, architecture, sorted(set(state) - set(expected)), sorted(set(expected) - set(state)))
     return state

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 BASE = "__base__"  # the name mixed batches give rows that run the model without any adapter
 
@@ -226,6 +227,30 @@ def spans(block: Block, size: int) -> list[slice]:
                              f"add up to the {what} length.")
     bounds = list(itertools.accumulate(sizes, initial=0))
     return [slice(start, end) for start, end in itertools.pairwise(bounds)]
+
+
+BLOCKS: dict[str, type[Block]] = {cls.__name__: cls for cls in (Stack, Fuse, Split, BatchSplit, Parallel, Average)}
+
+
+def to_json(block: Block | str) -> dict[str, Any] | str:
+    """A setup as JSON: an adapter name, or ``{"block": "Stack", "children": [...], "options": {...}}``."""
+    if isinstance(block, str):
+        return block
+    return {"block": type(block).__name__, "children": [to_json(child) for child in block],
+            "options": block.options()}
+
+
+def from_json(data: Any) -> Block | str:
+    """The setup ``to_json`` wrote; anything else is a ValueError saying what it found."""
+    if isinstance(data, str):
+        return data
+    if not isinstance(data, dict) or data.get("block") not in BLOCKS or not isinstance(data.get("children"), list):
+        raise ValueError(f"an adapter setup in JSON is a name or {{'block': one of {sorted(BLOCKS)}, 'children': "
+                         f"[...], 'options': {{...}}}}, got {data!r}.")
+    options = dict(data.get("options") or {})
+    if data["block"] == "Average":
+        options["normalize_weights"] = False  # the weights were normalised when the block was made
+    return BLOCKS[data["block"]](*(from_json(child) for child in data["children"]), **options)
 
 
 def walk(block: Block | str | None) -> Iterator[Block]:

@@ -37,7 +37,8 @@ class AdapterConfigBase:
                 "different methods.")
 
     def check_layers(self, num_layers: int) -> None:
-        """Refuse a config that names layers the model lacks (AdapterHub's ``leave_out``, where a config has it)."""
+        """Refuse a config that names layers a model of ``num_layers`` layers lacks (AdapterHub's ``leave_out``, where
+        a config has it)."""
         too_deep = [i for i in getattr(self, "leave_out", ()) if i >= num_layers]
         if too_deep:
             raise ValueError(f"leave_out holds layer(s) {too_deep}, but the model has {num_layers} layers "
@@ -55,7 +56,7 @@ class AdapterConfigBase:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AdapterConfigBase:
-        """The config a dict describes; its ``"architecture"`` picks the class (none: bottleneck)."""
+        """The config the dict ``data`` describes; its ``"architecture"`` picks the class (none: bottleneck)."""
         if not isinstance(data, Mapping):
             raise TypeError(f"an adapter config dict maps field names to values, got {type(data).__name__} {data!r}.")
         data = dict(data)
@@ -82,8 +83,8 @@ class AdapterConfigBase:
 
     @staticmethod
     def load(config: str | Mapping[str, Any] | AdapterConfigBase, **overrides: Any) -> AdapterConfigBase:
-        """A config from a registry name (with optional ``[k=v]`` overrides), a dict, or a config; then
-        ``overrides`` (None values are ignored, as in AdapterHub)."""
+        """The config ``config`` names: a registry name (with optional ``[k=v]`` overrides), a dict, or a config;
+        then ``overrides`` (None values are ignored, as in AdapterHub)."""
         if isinstance(config, str):
             config = parse(config)
         elif isinstance(config, Mapping):
@@ -95,6 +96,7 @@ class AdapterConfigBase:
 
 
 def to_json(value: Any) -> Any:
+    """``value`` JSON-ready: tuples as lists and mappings as dicts, at any depth."""
     if isinstance(value, tuple):
         return [to_json(v) for v in value]
     if isinstance(value, Mapping):
@@ -103,7 +105,8 @@ def to_json(value: Any) -> Any:
 
 
 def check_type(owner: str, name: str, value: Any, types: type | tuple[type, ...], hint: str) -> None:
-    """Raise a TypeError naming the field when ``value`` is not of ``types`` (bools are not numbers here)."""
+    """Raise a TypeError naming field ``owner``.``name`` and what it must be (``hint``) when its ``value`` is not of
+    ``types`` (bools are not numbers here)."""
     is_bool = isinstance(value, bool)
     accepts_bool = bool in (types if isinstance(types, tuple) else (types,))
     if not isinstance(value, types) or (is_bool and not accepts_bool):
@@ -111,19 +114,22 @@ def check_type(owner: str, name: str, value: Any, types: type | tuple[type, ...]
 
 
 def check_finite_number(owner: str, name: str, value: Any, hint: str = "a finite number") -> None:
+    """Refuse a ``value`` of field ``owner``.``name`` that is not a finite number (``hint``: what it must be)."""
     check_type(owner, name, value, (int, float), hint)
     if not math.isfinite(value):
         raise ValueError(f"{owner}.{name} must be finite, got {value!r}.")
 
 
 def check_positive_number(owner: str, name: str, value: Any) -> None:
+    """Refuse a ``value`` of field ``owner``.``name`` that is not a finite positive number."""
     check_finite_number(owner, name, value, "a positive number")
     if value <= 0:
         raise ValueError(f"{owner}.{name} must be positive, got {value!r}.")
 
 
 def reduced_width(owner: str, name: str, hidden_size: int, factor: float) -> int:
-    """``int(hidden_size // factor)``: the width a reduction factor leaves, which must be at least one unit."""
+    """``int(hidden_size // factor)``: the width the reduction ``factor`` of field ``owner``.``name`` leaves of
+    ``hidden_size``, which must be at least one unit."""
     width = int(hidden_size // factor)
     if width < 1:
         raise ValueError(f"{owner}.{name}={factor} exceeds the width {hidden_size} it divides, leaving no units; use "
@@ -132,28 +138,33 @@ def reduced_width(owner: str, name: str, hidden_size: int, factor: float) -> int
 
 
 def check_in(owner: str, name: str, value: Any, choices: tuple) -> None:
+    """Refuse a ``value`` of field ``owner``.``name`` that is not one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{owner}.{name}={value!r} is not supported; use one of {list(choices)}.")
 
 
 def check_probability(owner: str, name: str, value: Any) -> None:
+    """Refuse a ``value`` of field ``owner``.``name`` that is not a probability in [0, 1)."""
     check_type(owner, name, value, (int, float), "a probability in [0, 1)")
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{owner}.{name} must lie in [0, 1), got {value!r}.")
 
 
 def check_seed(owner: str, seed: Any) -> None:
+    """Refuse an ``init_weights_seed`` of ``owner`` (``seed``) that is neither an int nor None."""
     if seed is not None:
         check_type(owner, "init_weights_seed", seed, int, "an int or None")
 
 
 def check_distinct(owner: str, name: str, values: tuple) -> None:
+    """Refuse ``values`` of field ``owner``.``name`` that list an entry more than once."""
     repeated = sorted({value for value in values if values.count(value) > 1}, key=str)
     if repeated:
         raise ValueError(f"{owner}.{name} lists {repeated} more than once; list each once.")
 
 
 def check_leave_out(owner: str, leave_out: Any) -> tuple[int, ...]:
+    """``owner``'s ``leave_out`` as a tuple, once it is a list (or tuple) of distinct non-negative layer indices."""
     check_type(owner, "leave_out", leave_out, (tuple, list), "a list of layer indices")
     for index in leave_out:
         check_type(owner, "leave_out", index, int, "a list of non-negative layer indices")
@@ -165,7 +176,8 @@ def check_leave_out(owner: str, leave_out: Any) -> tuple[int, ...]:
 
 @dataclass(frozen=True, init=False)
 class ConfigUnion(AdapterConfigBase):
-    """Several methods as one adapter (He et al., 2021; Mao et al., 2022), as AdapterHub's ConfigUnion.
+    """Several methods, the method ``configs``, as one adapter (He et al., 2021; Mao et al., 2022), as AdapterHub's
+    ConfigUnion.
 
     Two configs of one method are refused — except bottleneck configs that differ in both ``mh_adapter`` and
     ``output_adapter`` (one after attention, one after the FFN) — as are nested unions. ``replace`` addresses a
@@ -196,6 +208,7 @@ class ConfigUnion(AdapterConfigBase):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ConfigUnion:
+        """The union the dict ``data`` describes: ``{"configs": [member dicts]}`` (``"architecture"`` may be there)."""
         if set(data) - {"architecture"} != {"configs"} or not isinstance(data["configs"], (list, tuple)):
             raise ValueError(f"a union config holds one field, 'configs' (a list of method configs), got {dict(data)}.")
         return ConfigUnion(*(AdapterConfigBase.from_dict(config) for config in data["configs"]))
@@ -213,7 +226,7 @@ class ConfigUnion(AdapterConfigBase):
 
 
 def members(config: AdapterConfigBase) -> tuple[AdapterConfigBase, ...]:
-    """The method configs of a config: its members if it is a union, else itself."""
+    """The method configs of ``config``: its members if it is a union, else itself."""
     return config.configs if isinstance(config, ConfigUnion) else (config,)
 
 
@@ -225,7 +238,8 @@ DEFAULT_ADAPTER_CONFIG = "seq_bn"
 
 def register(config_class: type[AdapterConfigBase] | None = None,
              presets: Mapping[str, AdapterConfigBase] | None = None) -> None:
-    """Make a method's config class readable from its ``"architecture"`` tag, and its preset names parseable."""
+    """Make a method's ``config_class`` readable from its ``"architecture"`` tag, and the names of its ``presets``
+    (name -> config) parseable; a tag or name another registration holds is an error."""
     if config_class is not None:
         if ARCHITECTURES.get(config_class.architecture, config_class) is not config_class:
             raise ValueError(f"architecture tag {config_class.architecture!r} is registered for "
@@ -241,7 +255,8 @@ NAME_WITH_OVERRIDES = re.compile(r"^\s*([^\[\]\s]+)\s*(?:\[(.*)\])?\s*$", re.DOT
 
 
 def parse(text: str) -> AdapterConfigBase:
-    """``"name"`` or ``"name[key=value, ...]"`` -> config; values are Python literals (``ast.literal_eval``)."""
+    """The config ``text`` names: ``"name"`` or ``"name[key=value, ...]"``, values Python literals
+    (``ast.literal_eval``, else bare words); ``"a|b"`` is the ConfigUnion of a and b."""
     if "|" in text:
         return ConfigUnion(*(parse(part) for part in text.split("|")))
     match = NAME_WITH_OVERRIDES.match(text)
@@ -263,7 +278,7 @@ def parse(text: str) -> AdapterConfigBase:
 
 
 def split_top_level(body: str) -> list[str]:
-    """Split on commas that are not inside brackets, braces, parentheses or quotes."""
+    """Split ``body`` on commas that are not inside brackets, braces, parentheses or quotes."""
     items, depth, quote, start = [], 0, None, 0
     for index, char in enumerate(body):
         if quote:

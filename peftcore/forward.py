@@ -71,6 +71,8 @@ def mixed_batch(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwar
     """
     names = [BASE if name is None else name for name in adapter_names]
     rows = batch_rows_of(args, kwargs)
+    if rows == 0:
+        raise ValueError("the batch is empty; a mixed batch needs at least one example (and one adapter name each).")
     if len(names) != rows:
         raise ValueError(f"adapter_names has {len(names)} entries, the batch has {rows} rows; name one adapter "
                          "(or None) per example.")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,17 +145,34 @@ def sites(host: AdapterHost, fuse: Fuse) -> list[Site]:
             and all(any(name in site.module.adapters for name in names) for names in children)]
 
 
-def build(host: AdapterHost, fuse: Fuse, config: AdapterFusionConfig) -> list[tuple[Site, AdapterFusion]]:
-    """One fusion layer per residual site where the Fuse's children all sit; attaches nothing."""
+def build(host: AdapterHost, fuse: Fuse, config: AdapterFusionConfig,
+          meta: bool = False) -> list[tuple[Site, AdapterFusion]]:
+    """One fusion layer per residual site where the Fuse's children all sit; attaches nothing. ``meta`` builds them
+    on the meta device, to learn their shapes without allocating."""
+    if fuse.custom_name is not None:
+        placement.check_name(fuse.custom_name, "fusion names")
     for adapter in fuse.flatten():
         placement.check_known(host, adapter)
     dropout = getattr(host.config, "attention_probs_dropout_prob", 0.0)
-    placed = [(site, placement.like_model(host, AdapterFusion(config, host.config.hidden_size, dropout)))
-              for site in sites(host, fuse)]
+    with torch.device("meta") if meta else nullcontext():
+        placed = [(site, placement.like_model(host, AdapterFusion(config, host.config.hidden_size, dropout), meta))
+                  for site in sites(host, fuse)]
     if not placed:
         raise ValueError(f"the adapters of {fuse!r} share no residual site (fusion fuses bottleneck adapters "
                          "placed at the same sub-layers).")
     return placed
+
+
+def check_replacement(host: AdapterHost, name: str, placed: list[tuple[Site, nn.Module]]) -> None:
+    """An adapter that fusions fuse may be replaced only by one with a module at every site where they have layers:
+    else the fusions could no longer run."""
+    sites = {site.path for site, _ in placed}
+    for fusion_name, fused in host.fused_adapters.items():
+        lacking = [site.path for site, _ in layers(host, fusion_name) if name in fused and site.path not in sites]
+        if lacking:
+            raise ValueError(f"adapter {name!r} is fused in {fusion_name!r}, whose layers sit at {lacking}, where the "
+                             "replacement has no module; replace it with an adapter at the same sites, or "
+                             f"delete_adapter_fusion({fusion_name!r}) first.")
 
 
 def attach(host: AdapterHost, fuse: Fuse, config: AdapterFusionConfig,

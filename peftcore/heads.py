@@ -9,6 +9,7 @@ user adds one and when one is loaded, so the two can never disagree.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -76,13 +77,15 @@ class PredictionHead(nn.Sequential):
 
 class MaskedLMPredictionHead(MaskedLMHead):
     """A masked-LM adapter head: BERT's LM head numbered 0, 1, 2, 3 as AdapterHub's BertStyleMaskedLMHead, with its
-    config and loss."""
+    config and loss. It maps the hidden states to the ``embedding_size`` of the word embeddings its decoder is tied
+    to (narrower than the hidden size in ELECTRA and ALBERT)."""
 
     def __init__(self, config: Mapping[str, Any], hidden_size: int, layer_norm_eps: float) -> None:
         if config["layers"] != 2 or not config.get("layer_norm", True):
             raise ValueError("masked_lm heads have layers=2 and layer_norm=True (BERT's LM head); got "
                              f"layers={config['layers']}, layer_norm={config.get('layer_norm')}.")
-        super().__init__(hidden_size, hidden_size, config["vocab_size"], config["activation_function"],
+        width = config.get("embedding_size") or hidden_size
+        super().__init__(hidden_size, width, config["vocab_size"], config["activation_function"],
                          layer_norm_eps, bias=config.get("bias", True), numbered=True)
         self.config = dict(config)
 
@@ -90,18 +93,37 @@ class MaskedLMPredictionHead(MaskedLMHead):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 
+MAX_LAYERS, MAX_LABELS = 64, 1_000_000  # what a head config may declare: a file's small config must not make us
+# build (or allocate) what it declares before its tensors are compared
+FIELD_TYPES = {  # AdapterHub's head config fields, with the types they must have
+    "layers": int, "num_labels": int, "vocab_size": int, "embedding_size": (int, type(None)),
+    "activation_function": (str, type(None)), "bias": bool, "use_pooler": bool, "multilabel": bool, "layer_norm": bool,
+    "shift_labels": bool, "dropout_prob": (float, int, type(None)), "label2id": (dict, type(None)),
+    "id2label": (dict, type(None)),
+}
+
+
 def head_config(head_type: str, **fields: Any) -> dict[str, Any]:
-    """A head config dict in AdapterHub's layout, validated."""
+    """A head config dict in AdapterHub's layout, validated: its type, each field's type, sizes within bounds."""
     if head_type not in HEAD_TYPES:
         raise ValueError(f"head type {head_type!r} is not known; use one of {list(HEAD_TYPES)}.")
     config = {"head_type": head_type, **fields}
+    for field, types in FIELD_TYPES.items():
+        value = config.get(field)
+        if field in config and (not isinstance(value, types) or (isinstance(value, bool) and bool not in (
+                types if isinstance(types, tuple) else (types,)))):
+            raise TypeError(f"head config field {field} must be {types}, got {value!r}.")
     layers = config.get("layers")
     if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
         raise ValueError(f"a head needs layers >= 1, got {layers!r}.")
+    if layers > MAX_LAYERS:
+        raise ValueError(f"a head has at most {MAX_LAYERS} layers, got {layers}.")
     if head_type != "masked_lm":
         labels = config.get("num_labels")
         if not isinstance(labels, int) or isinstance(labels, bool) or labels < 1:
             raise ValueError(f"a {head_type} head needs num_labels >= 1, got {labels!r}.")
+        if labels > MAX_LABELS:
+            raise ValueError(f"a {head_type} head has at most {MAX_LABELS:,} labels, got {labels:,}.")
         if head_type == "question_answering" and labels != 2:
             raise ValueError("a question_answering head predicts span start and end: num_labels must be 2.")
         if config.get("id2label") is not None and len(config["id2label"]) != labels:
@@ -109,13 +131,28 @@ def head_config(head_type: str, **fields: Any) -> dict[str, Any]:
     return config
 
 
-def new_head(config: Mapping[str, Any], hidden_size: int, vocab_size: int, dropout: float,
+def tied_embeddings(host: AdapterHost) -> tuple[int, int]:
+    """(vocabulary, width) of the word embeddings a masked-LM head's decoder is tied to."""
+    embeddings = host.get_input_embeddings()
+    if not isinstance(embeddings, nn.Embedding):
+        raise ValueError(f"{type(host).__name__} embeds no tokens (its input embeddings are a "
+                         f"{type(embeddings).__name__}), so it cannot take a masked_lm head.")
+    return embeddings.num_embeddings, embeddings.embedding_dim
+
+
+def new_head(config: Mapping[str, Any], hidden_size: int, embeddings: tuple[int, int] | None, dropout: float,
              layer_norm_eps: float, initializer_range: float) -> nn.Module:
-    """The head a config dict describes, initialised as transformers initialises heads."""
+    """The head a config dict describes, initialised as transformers initialises heads; ``embeddings`` is the shape
+    (vocabulary, width) of the word embeddings a masked-LM head's decoder is tied to (``tied_embeddings``)."""
     if config["head_type"] == "masked_lm":
+        vocab_size, width = embeddings
         if config.get("vocab_size", vocab_size) != vocab_size:
             raise ValueError(f"the masked_lm head predicts {config['vocab_size']} tokens, the model has {vocab_size}.")
-        head: nn.Module = MaskedLMPredictionHead({**config, "vocab_size": vocab_size}, hidden_size, layer_norm_eps)
+        if config.get("embedding_size", width) not in (width, None):
+            raise ValueError(f"the masked_lm head is {config['embedding_size']} wide (embedding_size), the model's "
+                             f"word embeddings are {width}.")
+        config = {**config, "vocab_size": vocab_size, "embedding_size": width}
+        head: nn.Module = MaskedLMPredictionHead(config, hidden_size, layer_norm_eps)
     else:
         rate = config.get("dropout_prob")
         head = PredictionHead(config, hidden_size, dropout if rate is None else rate)
@@ -140,31 +177,38 @@ def add(host: AdapterHost, name: str, config: dict[str, Any], overwrite_ok: bool
         host.active_head = name
 
 
-def build(host: AdapterHost, config: dict[str, Any]) -> nn.Module:
+def build(host: AdapterHost, config: dict[str, Any], meta: bool = False) -> nn.Module:
     """A head from its config dict, on the model's device and dtype, a masked-LM head tied to the word embeddings
-    and started from the model's own LM head when it has one; attaches nothing."""
+    and started from the model's own LM head when it has one; attaches nothing. ``meta`` builds it on the meta
+    device, to learn its shapes without allocating."""
     config = head_config(**config)
     model = host.config
     dropout = model.classifier_dropout_prob if hasattr(model, "classifier_dropout_prob") else 0.1
-    head = new_head(config, model.hidden_size, getattr(model, "vocab_size", 0), dropout, model.layer_norm_eps,
-                    getattr(model, "initializer_range", 0.02))
+    embeddings = tied_embeddings(host) if config["head_type"] == "masked_lm" else None
+    with torch.device("meta") if meta else nullcontext():
+        head = new_head(config, model.hidden_size, embeddings, dropout, model.layer_norm_eps,
+                        getattr(model, "initializer_range", 0.02))
     if isinstance(head, MaskedLMHead):
         head.decoder.weight = host.get_input_embeddings().weight
-        if isinstance(host.head, MaskedLMHead):
+        if isinstance(host.head, MaskedLMHead) and not meta:
             with torch.no_grad():
                 head.decoder.bias.copy_(host.head.decoder.bias)
                 for mine, theirs in zip(head.parts()[:3], host.head.parts()[:3], strict=True):
                     mine.load_state_dict(theirs.state_dict())
-    return placement.like_model(host, head)
+    return placement.like_model(host, head, meta)
 
 
 def attach(host: AdapterHost, name: str, head: nn.Module) -> None:
     host.heads[name] = head.train(host.training)
 
 
-def delete(host: AdapterHost, name: str) -> None:
+def check_known(host: AdapterHost, name: str) -> None:
     if name not in host.heads:
         raise KeyError(f"no head named {name!r}; this model has {sorted(host.heads) or 'none'}.")
+
+
+def delete(host: AdapterHost, name: str) -> None:
+    check_known(host, name)
     del host.heads[name]
     if host.active_head == name:
         host.active_head = None

@@ -39,6 +39,10 @@ class HFLayout(Protocol):
     def hf_site_path(self, site: str, layer: int | None) -> str | None:
         """Where AdapterHub keeps the modules of our site ``site`` (None: nowhere in this architecture)."""
 
+    def hf_shared_path(self, shared_key: str) -> str | None:
+        """Where AdapterHub keeps shared module ``shared_key`` (``{name}`` for the adapter), where this architecture
+        names it otherwise than the method's ``adapterhub_shared_path``; None: the method's."""
+
     def hf_modules(self, with_prefix: bool) -> Mapping[str, HFModule]:
         """Every HF module with a weight, base modules under ``hf_prefix`` when ``with_prefix``, by path."""
 
@@ -71,12 +75,18 @@ class AdapterHost(HFLayout, Protocol):
     @property
     def active_adapters(self) -> Block | None: ...
 
-    def get_input_embeddings(self) -> nn.Embedding: ...
+    def get_input_embeddings(self) -> nn.Module: ...
+
+    def set_active_adapters(self, setup: Any) -> None: ...
+
+    def merge_adapter(self, name: str) -> None: ...
 
     def aliases(self) -> set[str]:
         """State-dict keys that name a parameter already listed under another key (tied weights)."""
 
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def modules(self) -> Iterator[nn.Module]: ...
 
     def named_parameters(self, prefix: str = "", recurse: bool = True,
                          remove_duplicate: bool = True) -> Iterator[tuple[str, nn.Parameter]]: ...

@@ -8,6 +8,7 @@ so an interrupted save never leaves a half-written directory where a good one wa
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import pickle
@@ -35,14 +36,21 @@ def atomic_directory_write(path: str | os.PathLike, replaces: tuple[str, ...] = 
 
     The new directory first receives hard links to whatever else ``path`` holds (files this write neither produces
     nor names in ``replaces``: a head saved earlier beside the adapter is dropped, so it cannot load with the new
-    files). Until the swap, ``path`` is untouched; an error in the swap puts it back. Only a power cut between the
-    two renames can leave ``path`` missing, with its previous content in the hidden ``.NAME.tmp*/previous``.
+    files). Until the swap, ``path`` is untouched; an error in the swap puts it back. A process killed mid-save
+    leaves its scratch directory ``.NAME.tmp-PID-*`` beside ``path``, and one killed between the two renames leaves
+    ``path`` missing with its previous content in that scratch's ``previous``: ``recover`` (run by every save and
+    load of ``path``) restores the one and removes the other.
     """
     target = Path(path)
+    recover(target)
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"{target} is a file; an adapter or checkpoint is saved as a directory.")
+    working = Path.cwd().resolve()
+    if target.resolve() in (working, *working.parents):
+        raise ValueError(f"{str(target)!r} is the working directory or one of its parents, and a save replaces its "
+                         "whole directory; save into a directory of its own (e.g. 'out/adapter').")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.tmp") as scratch:
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f"{scratch_prefix(target)}{os.getpid()}-") as scratch:
         staged, previous = Path(scratch) / "new", Path(scratch) / "previous"
         staged.mkdir()
         yield staged
@@ -59,6 +67,36 @@ def atomic_directory_write(path: str | os.PathLike, replaces: tuple[str, ...] = 
         except BaseException:
             os.replace(previous, target)
             raise
+
+
+def scratch_prefix(target: Path) -> str:
+    return f".{target.name}.tmp-"
+
+
+def recover(path: str | os.PathLike) -> None:
+    """Undo what saves of ``path`` killed midway left: put back a previous version a kill between the final renames
+    left only in a scratch directory, and remove the scratch directories of saves no process is running."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        return
+    for scratch in sorted(target.parent.glob(f"{glob.escape(scratch_prefix(target))}*")):
+        pid = scratch.name.removeprefix(scratch_prefix(target)).partition("-")[0]
+        if not scratch.is_dir() or (pid.isdigit() and is_running(int(pid))):
+            continue
+        if not target.exists() and (scratch / "previous").is_dir():
+            os.replace(scratch / "previous", target)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def is_running(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (a save in progress owns its scratch directory)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, under another user
+        return True
+    return True
 
 
 def carry_over(source: Path, destination: Path) -> None:
@@ -83,7 +121,23 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def write_safetensors(path: Path, state: Mapping[str, Tensor]) -> None:
+    """A safetensors file with the mode any new file gets (safetensors itself creates it 0600: unreadable for the
+    other users of a shared model folder)."""
     save_file({key: t.detach().contiguous() for key, t in state.items()}, path, metadata={"format": "pt"})
+    os.chmod(path, 0o666 & ~current_umask())
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (changing it is not thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # ---- reading -----------------------------------------------------------------------------------------------------
@@ -163,13 +217,22 @@ def tensor_problems(state: Mapping[str, Tensor], expected: Mapping[str, Tensor])
                                   if state[key].is_floating_point() != expected[key].is_floating_point()])]
 
 
-def fill(expected: Mapping[str, tuple[nn.Module, str]], state: Mapping[str, Tensor], what: str) -> None:
-    """Copy ``state`` into the modules ``expected`` names (key -> (module, key inside it)), after checking that keys,
-    shapes and kinds all match; nothing is copied unless everything fits."""
+def check_fit(expected: Mapping[str, tuple[nn.Module, str]], state: Mapping[str, Tensor], what: str
+              ) -> dict[str, Tensor]:
+    """The tensors ``expected`` names (key -> (module, key inside it)), once ``state`` fits them exactly: the same
+    keys and shapes, floats where floats belong, every value finite. The modules may be on the meta device, so a
+    file is checked against what it declares before anything of that size is allocated."""
     targets = {key: module.state_dict(keep_vars=True)[local] for key, (module, local) in expected.items()}
     problems = tensor_problems(state, targets)
+    problems.append(("tensors with NaN or infinite values", sorted(key for key, t in state.items()
+                                                                  if t.is_floating_point() and not t.isfinite().all())))
     if any(entries for _, entries in problems):
         raise ValueError(problem_report(f"{what} does not fit this model:", problems))
+    return targets
+
+
+def fill(expected: Mapping[str, tuple[nn.Module, str]], state: Mapping[str, Tensor], what: str) -> None:
+    """Copy ``state`` into the modules ``expected`` names, after ``check_fit``; nothing is copied unless all fits."""
     with torch.no_grad():
-        for key, target in targets.items():
+        for key, target in check_fit(expected, state, what).items():
             target.copy_(state[key])

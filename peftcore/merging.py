@@ -5,9 +5,13 @@ the model only when nothing can fail any more; what a method does is its hook (m
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
-from peftcore import placement
+from torch import nn
+
+from peftcore import fusion, placement
+from peftcore.changes import changing
 from peftcore.composition import normalized
 from peftcore.configs import AdapterConfigBase, ConfigUnion, members
 from peftcore.host import AdapterHost
@@ -82,6 +86,7 @@ def average(host: AdapterHost, adapter_name: str, adapter_list: Sequence[str], w
         raise ValueError(f"adapter {adapter_name!r} is merged into the weights; reset_adapter({adapter_name!r}) before "
                          "replacing it.")
     built = placement.build(host, config)
+    fusion.check_replacement(host, adapter_name, built.placed)
     for site, module in built.placed:
         module.average_from([site.module.adapters[name] for name in adapter_list], weights, combine_strategy)
     for key, module in built.shared.items():  # what the modules share averages tensor by tensor
@@ -124,9 +129,22 @@ def eject(host: AdapterHost, name: str) -> None:
         changed.append(member)
     if not replaced:
         raise ValueError(f"adapter {name!r} is {type(config).__name__}; only prefix tuning can be ejected.")
-    for key, module in replaced.items():
-        host.shared_parameters[name][key] = module
-    for _, module in placement.placed(host, name):
-        if module.shared_key in replaced:
-            module.share(replaced[module.shared_key])
+    host.shared_parameters[name] = nn.ModuleDict({**pool, **replaced})
+    placement.reshare(host)
     host.adapter_configs[name] = ConfigUnion(*changed) if isinstance(config, ConfigUnion) else changed[0]
+
+
+@contextmanager
+def undone(host: AdapterHost) -> Iterator[None]:
+    """Every merge undone for the span of the block, and redone after it — the same weights, bit for bit."""
+    names = placement.merged(host)
+    if not names:
+        yield
+        return
+    with changing(host):
+        reset(host, names)
+        try:
+            yield
+        finally:
+            for name in sorted(names):
+                merge(check_merge(host, name))

@@ -1,11 +1,12 @@
 """The adapter API every model inherits, under AdapterHub's names and signatures (its ``ModelAdaptersMixin``), so an
 AdapterHub user changes imports only.
 
-This class holds the adapter state of a model and is a thin facade: each call checks its arguments, does its work in
-the module whose job it is — placement.py (adding, deleting, reading adapters), setup.py (activating), forward.py
-(running), merging.py (merge, reset, average, eject), fusion.py, heads.py, summary.py, interop/ (files) — and
-re-plugs the sites when it changed what they run. It knows models only through the site protocol (``find_sites``)
-and a ``config`` with ``hidden_size``; models/ uses ``init_adapters``, ``run_adapters``, ``unpadded`` and
+This class holds the adapter state of a model and is a thin facade: each call that changes the model is
+all-or-nothing and runs alone (``@mutation``, changes.py), checks its arguments, does its work in the module whose
+job it is — placement.py (adding, deleting, reading adapters), setup.py (activating), forward.py (running),
+merging.py (merge, reset, average, eject), fusion.py, heads.py, summary.py, interop/ (files) — and re-plugs the
+sites when it changed what they run. It knows models only through the site protocol (``find_sites``) and a
+``config`` with ``hidden_size``; models/ uses ``init_adapters``, ``run_adapters``, ``unpadded`` and
 ``apply_active_head``.
 """
 
@@ -13,11 +14,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
 from peftcore import forward, fusion, heads, interop, merging, placement, summary
+from peftcore.changes import mutation
 from peftcore.composition import Block, Fuse, as_fuse, fusion_names, head_setup, parse_setup
 from peftcore.configs import DEFAULT_ADAPTER_CONFIG, AdapterConfigBase
 from peftcore.fusion import AdapterFusionConfig
@@ -53,10 +57,12 @@ class AdapterModelMixin:
 
     # ---- adding, deleting, inspecting -----------------------------------------------------------------------
 
+    @mutation
     def add_adapter(self, name: str, config: str | dict | AdapterConfigBase | None = None, overwrite_ok: bool = False,
                     set_active: bool = False) -> None:
-        """Attach a new adapter at the sites its config names; ``config`` is a registry name (``"lora"``,
-        ``"seq_bn[reduction_factor=8]"``), a dict or a config. Replacing an existing one needs ``overwrite_ok``."""
+        """Attach a new adapter ``name`` at the sites its ``config`` names: a registry name (``"lora"``,
+        ``"seq_bn[reduction_factor=8]"``), a dict or a config object (default: ``seq_bn``). Replacing an existing
+        adapter needs ``overwrite_ok`` (a merged one must be reset first); ``set_active`` activates it alone."""
         config = AdapterConfigBase.load(config if config is not None else DEFAULT_ADAPTER_CONFIG)
         placement.check_name(name)
         if name in self.adapter_configs and not overwrite_ok:
@@ -65,16 +71,15 @@ class AdapterModelMixin:
             raise ValueError(f"adapter {name!r} is merged into the weights; reset_adapter({name!r}) before "
                              "replacing it.")
         built = placement.build(self, config)
+        fusion.check_replacement(self, name, built.placed)
         if name in self.adapter_configs:
             placement.remove(self, name)
         placement.attach(self, name, config, built)
-        if set_active:
-            self.set_active_adapters(name)
-        else:
-            self._replug()
+        self._replug_or_activate(name if set_active else None)
 
+    @mutation
     def delete_adapter(self, name: str) -> None:
-        """Remove an adapter and its modules; an active, merged or fused adapter must be released first."""
+        """Remove adapter ``name`` and its modules; an active, merged or fused adapter must be released first."""
         placement.check_known(self, name)
         if name in self._active_names():
             raise ValueError(f"adapter {name!r} is active ({self.active_adapters!r}); deactivate it first with "
@@ -88,11 +93,12 @@ class AdapterModelMixin:
         self._replug()
 
     def iter_adapters(self, name: str | None = None) -> Iterator[tuple[str, int, str, Method]]:
-        """(adapter, layer, site, module) for every attached module; layer -1 is the embeddings (AdapterHub's)."""
+        """(adapter, layer, site, module) for every attached module, or only adapter ``name``'s; layer -1 is the
+        embeddings (AdapterHub's)."""
         return placement.iter_adapters(self, name)
 
     def get_adapter(self, name: str) -> dict[int, dict[str, nn.Module]]:
-        """``{layer: {site: module}}`` of one adapter, as AdapterHub's ``get_adapter`` (layer -1: embeddings)."""
+        """``{layer: {site: module}}`` of adapter ``name``, as AdapterHub's ``get_adapter`` (layer -1: embeddings)."""
         placement.check_known(self, name)
         layers: dict[int, dict[str, nn.Module]] = {}
         for _, layer, site, module in placement.iter_adapters(self, name):
@@ -100,10 +106,11 @@ class AdapterModelMixin:
         return layers
 
     def adapter_state(self, name: str) -> dict[str, Tensor]:
-        """An adapter's tensors keyed by their path in the model with the adapter name left out."""
+        """Adapter ``name``'s tensors keyed by their path in the model with the adapter name left out."""
         return placement.state(self, name)
 
     def adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
+        """Adapter ``name``'s parameters, those its modules share included: what ``train_adapter`` unfreezes."""
         return placement.parameters(self, name)
 
     def get_input_embeddings(self) -> nn.Module:
@@ -127,9 +134,10 @@ class AdapterModelMixin:
         """The active setup as a composition block (a single adapter ``"a"`` is ``Stack("a")``), or None."""
         return self.plan.setup
 
+    @mutation
     def set_active_adapters(self, setup: str | Block | Sequence | None) -> None:
-        """Activate an adapter or a composition of adapters (``Stack``, ``Fuse``, ``Split``, ``BatchSplit``,
-        ``Parallel``, ``Average``; ``"a,b"`` and ``["a", "b"]`` mean ``Stack("a", "b")``), or none.
+        """Activate ``setup``: an adapter or a composition of adapters (``Stack``, ``Fuse``, ``Split``, ``BatchSplit``,
+        ``Parallel``, ``Average``; ``"a,b"`` and ``["a", "b"]`` mean ``Stack("a", "b")``), or none (None).
 
         The head named after the setup's last adapter becomes active; for ``Parallel`` (and a ``BatchSplit`` whose
         every branch has a head) each branch gets its own head. Nothing changes when the setup is invalid.
@@ -141,14 +149,17 @@ class AdapterModelMixin:
         if not isinstance(heads_of, Block) and (heads_of in self.heads or block is None):
             self.active_head = heads_of
 
+    @mutation
     def freeze_model(self, freeze: bool = True) -> None:
-        """Freeze (or unfreeze) every parameter of the model, adapters and heads included."""
+        """Freeze every parameter of the model, adapters and heads included; ``freeze`` False unfreezes them all."""
         for parameter in self.parameters():
             parameter.requires_grad_(not freeze)
         self.model_frozen = freeze
 
+    @mutation
     def train_adapter(self, setup: str | Block | Sequence) -> None:
-        """Train mode, everything frozen but the setup's adapters and their heads, and the setup active."""
+        """Train mode, everything frozen but the adapters of ``setup`` (as ``set_active_adapters`` takes it) and
+        their heads, and ``setup`` active; merged adapters are refused."""
         block = parse_setup(setup)
         names = () if block is None else block.flatten()
         for name in names:
@@ -178,6 +189,13 @@ class AdapterModelMixin:
             plan.install()
             self.plan = plan
 
+    def _replug_or_activate(self, setup: str | Block | None) -> None:
+        """After attaching something: activate ``setup`` if given, else compile the active setup again."""
+        if setup is not None:
+            self.set_active_adapters(setup)
+        else:
+            self._replug()
+
     def _replug(self) -> None:
         """Compile the active setup again: the adapters, merges or fusions its sites run have changed."""
         self._install(compile_plan(self, self.plan.setup, self.plan.branch_heads))
@@ -187,8 +205,9 @@ class AdapterModelMixin:
     def run_adapters(self, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any],
                      output_adapter_gating_scores: bool = False, output_adapter_fusion_attentions: bool = False,
                      adapter_names: Sequence[str | None] | None = None) -> Any:
-        """Run the model's ``encode`` under the active setup, or with one adapter per example (``adapter_names``,
-        None: the plain model), attaching gate values and fusion attentions when asked (forward.py)."""
+        """Run the model's ``encode`` on ``args`` and ``kwargs`` under the active setup, or with one adapter per example
+        (``adapter_names``, None: the plain model), attaching gate values (``output_adapter_gating_scores``) and
+        fusion attentions (``output_adapter_fusion_attentions``) to the output when asked (forward.py)."""
         return forward.run(self, encode, args, kwargs, output_adapter_gating_scores,
                            output_adapter_fusion_attentions, adapter_names)
 
@@ -205,11 +224,14 @@ class AdapterModelMixin:
 
     # ---- fusion -----------------------------------------------------------------------------------------------
 
+    @mutation
     def add_adapter_fusion(self, adapter_names: Fuse | Sequence[str] | str,
                            config: str | dict | AdapterFusionConfig | None = None, name: str | None = None,
                            overwrite_ok: bool = False, set_active: bool = False) -> None:
-        """Add AdapterFusion layers over bottleneck adapters at every residual site where they all sit;
-        ``config`` is ``"dynamic"`` (default), ``"static"`` or AdapterFusionConfig fields."""
+        """Add AdapterFusion layers over the bottleneck adapters ``adapter_names`` (a ``Fuse``, a list or ``"a,b"``)
+        at every residual site where they all sit; ``config`` is ``"dynamic"`` (default), ``"static"``, a dict of
+        AdapterFusionConfig fields or a config. ``name`` names the fusion (default: the adapter names joined by
+        commas); replacing a fusion needs ``overwrite_ok``; ``set_active`` activates it."""
         fuse = as_fuse(adapter_names, name)
         config = AdapterFusionConfig.load(config)
         for adapter in fuse.flatten():
@@ -217,13 +239,12 @@ class AdapterModelMixin:
         if fuse.name in self.fusion_configs and not overwrite_ok:
             raise ValueError(f"a fusion named {fuse.name!r} exists; pass overwrite_ok=True to replace it.")
         fusion.attach(self, fuse, config, fusion.build(self, fuse, config))
-        if set_active:
-            self.set_active_adapters(fuse)
-        else:
-            self._replug()
+        self._replug_or_activate(fuse if set_active else None)
 
+    @mutation
     def delete_adapter_fusion(self, adapter_names: Fuse | Sequence[str] | str) -> None:
-        """Remove a fusion's layers; an active fusion must be deactivated first."""
+        """Remove the layers of the fusion ``adapter_names`` names (as ``add_adapter_fusion`` takes them); an active
+        fusion must be deactivated first."""
         name = as_fuse(adapter_names).name
         fusion.check(self, name)
         if name in fusion_names(self.active_adapters):
@@ -236,12 +257,14 @@ class AdapterModelMixin:
         return fusion.layers(self, name)
 
     def fusion_state(self, name: str) -> dict[str, Tensor]:
-        """A fusion's tensors keyed by path in the model with the fusion name left out."""
+        """Fusion ``name``'s tensors keyed by path in the model with the fusion name left out."""
         return fusion.state(self, name)
 
+    @mutation
     def train_adapter_fusion(self, setup: Fuse | Block | Sequence | str, unfreeze_adapters: bool = False) -> None:
-        """Train mode, everything frozen but the setup's fusion layers (and its adapters with
-        ``unfreeze_adapters``) and the active heads; the setup becomes active."""
+        """Train mode, everything frozen but the fusion layers of ``setup`` (a composition holding a ``Fuse``;
+        ``"a,b"`` is ``Fuse("a", "b")``), its adapters with ``unfreeze_adapters``, and the active heads; the setup
+        becomes active."""
         block = parse_setup(as_fuse(setup) if isinstance(setup, str) else setup)
         fusions = fusion_names(block)
         if not fusions:
@@ -262,25 +285,26 @@ class AdapterModelMixin:
 
     def save_adapter_fusion(self, directory: str | os.PathLike, adapter_names: Fuse | Sequence[str] | str,
                             with_head: bool = False, format: str = "peftcore") -> None:
-        """Write a fusion's layers atomically, in our format or (``format="adapterhub"``) AdapterHub's."""
+        """Write the layers of the fusion ``adapter_names`` names into ``directory`` atomically, in the ``format``
+        ``"peftcore"`` (ours) or ``"adapterhub"``; ``with_head`` is accepted for AdapterHub's signature and ignored."""
         name = as_fuse(adapter_names).name
         fusion.check(self, name)
         interop.save_fusion(self, directory, name, format)
 
+    @mutation
     def load_adapter_fusion(self, directory: str | os.PathLike, load_as: str | None = None,
                             set_active: bool = False) -> str:
-        """Load fusion layers (ours or AdapterHub's) over adapters already loaded; returns the fusion's name."""
+        """Load the fusion layers in ``directory`` (ours or AdapterHub's) over adapters already loaded, named
+        ``load_as`` if given and activated with ``set_active``; returns the fusion's name."""
         fuse = interop.load_fusion(self, directory, load_as)
-        if set_active:
-            self.set_active_adapters(fuse)
-        else:
-            self._replug()
+        self._replug_or_activate(fuse if set_active else None)
         return fuse.name
 
     # ---- merging, averaging, ejecting ---------------------------------------------------------------------------
 
+    @mutation
     def merge_adapter(self, name: str) -> None:
-        """Fold a LoRA or (IA)^3 adapter into the weights it adapts: inference at the plain model's speed.
+        """Fold LoRA or (IA)^3 adapter ``name`` into the weights it adapts: inference at the plain model's speed.
 
         The merged adapter acts whether or not it is active; ``reset_adapter`` restores the weights exactly.
         """
@@ -289,6 +313,7 @@ class AdapterModelMixin:
         self._install(compile_plan(self, self.plan.setup, self.plan.branch_heads, merged=merged),
                       lambda: merging.merge(placed))
 
+    @mutation
     def reset_adapter(self, name: str | None = None) -> None:
         """Undo ``merge_adapter`` for one adapter, or for every merged adapter when ``name`` is None."""
         names = merging.check_reset(self, name)
@@ -296,24 +321,24 @@ class AdapterModelMixin:
         self._install(compile_plan(self, self.plan.setup, self.plan.branch_heads, merged=merged),
                       lambda: merging.reset(self, names))
 
+    @mutation
     def average_adapter(self, adapter_name: str, adapter_list: Sequence[str], weights: Sequence[float] | None = None,
                         normalize_weights: bool = True, overwrite_ok: bool = False, set_active: bool = False,
                         combine_strategy: str = "linear", svd_rank: int | None = None) -> None:
-        """A new adapter whose weights are the weighted average of adapters of one config.
+        """A new adapter ``adapter_name``: the weighted average of the adapters ``adapter_list``, of one config.
 
+        ``weights`` (default: equal) are divided by their sum unless ``normalize_weights`` is False.
         ``combine_strategy``: ``"linear"`` averages every tensor; for LoRA also ``"lora_linear_only_negate_b"``
         (A by |w|, B by w; Zhang et al., 2023) and ``"lora_delta_w_svd"`` (the weighted sum of the updates
-        s·B·A, cut to rank ``svd_rank`` by SVD).
+        s·B·A, cut to rank ``svd_rank`` by SVD). ``overwrite_ok`` and ``set_active`` as in ``add_adapter``.
         """
         merging.average(self, adapter_name, adapter_list, weights, normalize_weights, overwrite_ok, combine_strategy,
                         svd_rank)
-        if set_active:
-            self.set_active_adapters(adapter_name)
-        else:
-            self._replug()
+        self._replug_or_activate(adapter_name if set_active else None)
 
+    @mutation
     def eject_prefix_tuning(self, name: str) -> None:
-        """Replace a prefix-tuning adapter's reparameterising MLP by the prefixes it computes (``flat=True``).
+        """Replace prefix-tuning adapter ``name``'s reparameterising MLP by the prefixes it computes (``flat=True``).
 
         Outputs stay the same; the adapter gets smaller and no longer trains through the MLP. Saving afterwards
         writes a flat adapter that reloads as one.
@@ -328,20 +353,25 @@ class AdapterModelMixin:
         return summary.base_parameter_count(self)
 
     def adapter_summary(self, as_dict: bool = False) -> str | list[dict[str, Any]]:
-        """AdapterHub's table: name, architecture, #param, %param (of the base model), active, train."""
+        """AdapterHub's table: name, architecture, #param, %param (of the base model), active, train; one dict per
+        row with ``as_dict``."""
         return summary.rows(self) if as_dict else summary.table(self)
 
     # ---- heads --------------------------------------------------------------------------------------------------
 
+    @mutation
     def add_head(self, name: str, config: dict[str, Any], overwrite_ok: bool = False, set_active: bool = True) -> None:
-        """Add a head from an AdapterHub head config dict; it becomes the active head by default."""
+        """Add head ``name`` from an AdapterHub head ``config`` dict; it becomes the active head unless ``set_active``
+        is False. Replacing a head needs ``overwrite_ok``."""
         heads.add(self, name, config, overwrite_ok, set_active)
 
     def add_classification_head(self, name: str, num_labels: int = 2, layers: int = 2,
                                 activation_function: str = "tanh", overwrite_ok: bool = False,
                                 multilabel: bool = False, id2label: dict[int, str] | None = None,
                                 use_pooler: bool = False) -> None:
-        """Sequence classification on the first token; num_labels=1 is regression, multilabel uses BCE."""
+        """Active head ``name`` for sequence classification on the first token (the pooler output with
+        ``use_pooler``): ``layers`` linear layers with ``activation_function`` between them, ``num_labels`` outputs
+        (1: regression), BCE loss with ``multilabel``, label names ``id2label``; replacing needs ``overwrite_ok``."""
         self.add_head(name, dict(head_type="multilabel_classification" if multilabel else "classification",
                                  num_labels=num_labels, layers=layers, activation_function=activation_function,
                                  use_pooler=use_pooler, bias=True, label2id=heads.label2id(id2label, num_labels)),
@@ -351,58 +381,83 @@ class AdapterModelMixin:
                                       activation_function: str = "tanh", overwrite_ok: bool = False,
                                       multilabel: bool = False, id2label: dict[int, str] | None = None,
                                       use_pooler: bool = False) -> None:
-        """Image classification on the first (CLS) token."""
+        """Active head ``name`` for image classification on the first (CLS) token; ``num_labels``, ``layers``,
+        ``activation_function``, ``overwrite_ok``, ``multilabel``, ``id2label`` and ``use_pooler`` as in
+        ``add_classification_head``."""
         self.add_head(name, dict(head_type="image_classification", num_labels=num_labels, layers=layers,
                                  activation_function=activation_function, use_pooler=use_pooler, bias=True,
                                  multilabel=multilabel, label2id=heads.label2id(id2label, num_labels)), overwrite_ok)
 
     def add_tagging_head(self, name: str, num_labels: int = 2, layers: int = 1, activation_function: str = "tanh",
                          overwrite_ok: bool = False, id2label: dict[int, str] | None = None) -> None:
-        """Token classification: one prediction per token."""
+        """Active head ``name`` for token classification: one prediction per token; ``num_labels``, ``layers``,
+        ``activation_function``, ``overwrite_ok`` and ``id2label`` as in ``add_classification_head``."""
         self.add_head(name, dict(head_type="tagging", num_labels=num_labels, layers=layers,
                                  activation_function=activation_function,
                                  label2id=heads.label2id(id2label, num_labels)), overwrite_ok)
 
     def add_qa_head(self, name: str, num_labels: int = 2, layers: int = 1, activation_function: str = "tanh",
                     overwrite_ok: bool = False) -> None:
-        """Extractive question answering: span-start and span-end logits per token."""
+        """Active head ``name`` for extractive question answering: span-start and span-end logits per token
+        (``num_labels`` must be 2); ``layers``, ``activation_function``, ``overwrite_ok`` as in
+        ``add_classification_head``."""
         self.add_head(name, dict(head_type="question_answering", num_labels=num_labels, layers=layers,
                                  activation_function=activation_function), overwrite_ok)
 
     def add_masked_lm_head(self, name: str, activation_function: str = "gelu", layers: int = 2,
                            overwrite_ok: bool = False) -> None:
-        """BERT-style LM head tied to the word embeddings, starting from the checkpoint's LM head when it has one."""
-        self.add_head(name, dict(head_type="masked_lm", vocab_size=self.config.vocab_size, layers=layers,
+        """Active BERT-style LM head ``name`` tied to the word embeddings, starting from the checkpoint's LM head when
+        it has one; ``activation_function`` and ``overwrite_ok`` as in ``add_classification_head``, ``layers`` must
+        be 2."""
+        vocab_size, width = heads.tied_embeddings(self)
+        self.add_head(name, dict(head_type="masked_lm", vocab_size=vocab_size, embedding_size=width, layers=layers,
                                  activation_function=activation_function, layer_norm=True, bias=True,
                                  shift_labels=False, label2id=None), overwrite_ok)
 
+    @mutation
     def delete_head(self, name: str) -> None:
+        """Remove head ``name``; when it was the active head, no head is active."""
         heads.delete(self, name)
 
     # ---- save and load ------------------------------------------------------------------------------------------
 
     def save_adapter(self, directory: str | os.PathLike, name: str, with_head: bool = True,
                      format: str = "peftcore") -> None:
-        """Write an adapter (and the head of the same name) atomically: ``format="peftcore"`` writes
-        ``adapter_config.json`` + ``adapter_model.safetensors``; ``"adapterhub"`` writes AdapterHub's layout;
-        ``"peft"`` HF PEFT's (LoRA and (IA)^3), which ``peft.PeftModel.from_pretrained`` loads."""
+        """Write adapter ``name`` (and with ``with_head`` the head of the same name) into ``directory`` atomically in
+        a ``format``: ``"peftcore"`` writes ``adapter_config.json`` + ``adapter_model.safetensors``; ``"adapterhub"``
+        AdapterHub's layout; ``"peft"`` HF PEFT's (LoRA and (IA)^3), which ``peft.PeftModel.from_pretrained`` loads."""
         placement.check_known(self, name)
         interop.save_adapter(self, directory, name, with_head, format)
 
     def save_all_adapters(self, directory: str | os.PathLike, with_head: bool = True) -> None:
-        """One subdirectory per adapter."""
+        """``save_adapter`` in our format for every adapter, each into the subdirectory of ``directory`` named after
+        it, with its head when ``with_head``."""
         for name in self.adapter_configs:
             interop.save_adapter(self, os.path.join(directory, name), name, with_head, "peftcore")
 
+    def write_adapters_into(self, directory: Path, merged: set[str]) -> None:
+        """Every adapter, head and fusion attached, which adapters are ``merged`` (the merges may be undone while
+        the weights are written) and the active setup, into ``directory``: what a full-model save in our format
+        writes beside the model; ``read_adapters_from`` brings them back."""
+        interop.write_setup(self, directory, merged)
+
+    @mutation
+    def read_adapters_from(self, directory: Path) -> None:
+        """Attach what ``write_adapters_into`` wrote into ``directory``, merge what was merged and activate what was
+        active."""
+        interop.restore_setup(self, directory)
+
+    def merges_undone(self) -> AbstractContextManager[None]:
+        """The base weights as they were before any ``merge_adapter``, for the span of the block (a full-model save
+        writes them so, and the merges beside them); the merges are redone, bit for bit, afterwards."""
+        return merging.undone(self)
+
+    @mutation
     def load_adapter(self, directory: str | os.PathLike, load_as: str | None = None, set_active: bool = False,
                      with_head: bool = True) -> str:
-        """Load an adapter directory (ours, AdapterHub's or HF PEFT's); everything is checked before the model changes.
-
-        Returns the adapter's name.
-        """
+        """Load the adapter in ``directory`` (ours, AdapterHub's or HF PEFT's), named ``load_as`` if given, with the
+        head saved beside it when ``with_head``, activated with ``set_active``; everything is checked before the model
+        changes. Returns the adapter's name."""
         name = interop.load_adapter(self, directory, load_as, with_head)
-        if set_active:
-            self.set_active_adapters(name)
-        else:
-            self._replug()
+        self._replug_or_activate(name if set_active else None)
         return name

@@ -10,8 +10,10 @@ Its file keys are the modules' paths with the adapter name left out (``layers.0.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from peftcore.configs import AdapterConfigBase, members
@@ -20,7 +22,7 @@ from peftcore.methods import methods_for
 from peftcore.methods.base import Method, ModelShape, shared_state_key, state_key
 from peftcore.sites import Site
 
-FORBIDDEN_IN_NAMES = (".", ",")  # a dot would nest state-dict keys, a comma reads as a Stack
+FORBIDDEN_IN_NAMES = set(".,/\\") | {chr(code) for code in (*range(32), 127)}  # see check_name
 
 
 class BuiltAdapter(NamedTuple):
@@ -37,19 +39,22 @@ class BuiltAdapter(NamedTuple):
         return slots
 
 
-def check_name(name: Any) -> None:
-    if not isinstance(name, str) or not name or any(char in name for char in FORBIDDEN_IN_NAMES):
-        raise ValueError(f"adapter and head names are non-empty strings without '.' or ',', got {name!r}.")
+def check_name(name: Any, what: str = "adapter and head names") -> None:
+    """Names become state-dict keys, where a dot would nest them, setups, where a comma reads as a Stack, and
+    directory names (``save_all_adapters``), where a separator or control character would leave the directory."""
+    if not isinstance(name, str) or not name.strip() or set(name) & FORBIDDEN_IN_NAMES:
+        raise ValueError(f"{what} are non-empty strings without '.' or ',' (nor '/', '\\' or control "
+                         f"characters), got {name!r}.")
 
 
 def model_shape(host: AdapterHost) -> ModelShape:
     return ModelShape(host.config.hidden_size, len(host.layers), getattr(host.config, "num_attention_heads", None))
 
 
-def like_model(host: AdapterHost, module: nn.Module) -> nn.Module:
-    """``module`` on the model's device and floating dtype."""
+def like_model(host: AdapterHost, module: nn.Module, meta: bool = False) -> nn.Module:
+    """``module`` in the model's floating dtype, on the model's device (or left on the meta device)."""
     reference = next(p for p in host.parameters() if p.is_floating_point())
-    return module.to(device=reference.device, dtype=reference.dtype)
+    return module.to(dtype=reference.dtype) if meta else module.to(device=reference.device, dtype=reference.dtype)
 
 
 def methods_placed(host: AdapterHost, member: AdapterConfigBase) -> list[type[Method]]:
@@ -58,9 +63,14 @@ def methods_placed(host: AdapterHost, member: AdapterConfigBase) -> list[type[Me
     return [method for method in methods_for(member) if any(method.sites(member, layer) for layer in layers)]
 
 
-def build(host: AdapterHost, config: AdapterConfigBase) -> BuiltAdapter:
+def build(host: AdapterHost, config: AdapterConfigBase, meta: bool = False) -> BuiltAdapter:
     """The method modules ``config`` (or each member of a union) places, on the model's device and dtype; attaches
-    nothing."""
+    nothing. ``meta`` builds them on the meta device, to learn their shapes without allocating."""
+    with torch.device("meta") if meta else nullcontext():
+        return build_modules(host, config, meta)
+
+
+def build_modules(host: AdapterHost, config: AdapterConfigBase, meta: bool) -> BuiltAdapter:
     shape = model_shape(host)
     shared: dict[str, nn.Module] = {}
     placed: dict[str, tuple[Site, Method]] = {}
@@ -70,7 +80,7 @@ def build(host: AdapterHost, config: AdapterConfigBase) -> BuiltAdapter:
         for method in methods:
             module = method.build_shared(member, shape)
             if module is not None:
-                shared[method.shared_key] = like_model(host, module)
+                shared[method.shared_key] = like_model(host, module, meta)
         for site in host.sites_found:
             for method in methods:
                 if site.name in method.sites(member, site.layer):
@@ -78,7 +88,7 @@ def build(host: AdapterHost, config: AdapterConfigBase) -> BuiltAdapter:
                         raise ValueError(f"{type(config).__name__} places two modules at {site.path}; a union must "
                                          "combine methods that sit at different sites.")
                     module = method.build(member, site, shape, shared.get(method.shared_key))
-                    placed[site.path] = (site, like_model(host, module))
+                    placed[site.path] = (site, like_model(host, module, meta))
     if not placed:
         raise ValueError(f"{type(config).__name__} places no module on this model (all layers left out?).")
     return BuiltAdapter(list(placed.values()), nn.ModuleDict(shared))
@@ -95,6 +105,14 @@ def attach(host: AdapterHost, name: str, config: AdapterConfigBase, built: Built
     if len(built.shared):
         host.shared_parameters[name] = built.shared.train(host.training)
     host.adapter_configs[name] = config
+
+
+def reshare(host: AdapterHost) -> None:
+    """Point every attached module at its adapter's shared module, as ``shared_parameters`` holds it now."""
+    for site in host.sites_found:
+        for name, module in site.module.adapters.items():
+            if name in host.shared_parameters and module.shared_key in host.shared_parameters[name]:
+                module.share(host.shared_parameters[name][module.shared_key])
 
 
 def remove(host: AdapterHost, name: str) -> None:

@@ -98,7 +98,8 @@ class SetupGuard:
                 self.condition.notify_all()
 
     @contextmanager
-    def changing(self) -> Iterator[None]:
+    def changing(self) -> Iterator[bool]:
+        """Hold the plan alone; yields whether this is the outermost change of this thread (not nested in one)."""
         me = threading.get_ident()
         with self.condition:
             if me in self.readers:
@@ -109,7 +110,7 @@ class SetupGuard:
                 self.condition.wait()
             self.writer = me
         try:
-            yield
+            yield not nested
         finally:
             if not nested:
                 with self.condition:

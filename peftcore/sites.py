@@ -128,11 +128,14 @@ class PrefixSite(nn.Module):
 class EmbeddingSite(nn.Module):
     """Identity on the embedding output while empty; invertible adapters plug in here.
 
-    ``forward`` runs after the embedding block; ``inverse`` runs before a language-model head.
+    ``forward`` runs after the embedding block; ``inverse`` runs before a language-model head. ``width`` is that of
+    the embeddings it sees (None: the model's hidden size), narrower in models that project their embeddings up
+    after the site (ELECTRA, ALBERT).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, width: int | None = None) -> None:
         super().__init__()
+        self.width = width
         self.adapters = nn.ModuleDict()
         self.plug: Callable[[Tensor], Tensor] | None = None
         self.inverse_plug: Callable[[Tensor], Tensor] | None = None

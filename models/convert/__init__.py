@@ -16,7 +16,15 @@ from typing import Any
 
 from torch import Tensor
 
-from peftcore.io import atomic_directory_write, read_json, read_pickle, read_safetensors, write_json, write_safetensors
+from peftcore.io import (
+    atomic_directory_write,
+    read_json,
+    read_pickle,
+    read_safetensors,
+    recover,
+    write_json,
+    write_safetensors,
+)
 from peftcore.models.convert.architecture import Architecture
 from peftcore.models.convert.keymap import ConversionError, KeyMap
 from peftcore.models.convert.tables import GENERIC_FIELDS
@@ -28,8 +36,10 @@ OUR_FIELDS = frozenset({"head", "add_pooling_layer", "num_labels"})  # ours only
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
-    """config.json of a checkpoint directory, with a clear error when the directory or file is missing or bad."""
+    """config.json of a checkpoint directory, with a clear error when the directory or file is missing or bad; what
+    an interrupted save of the directory left is recovered first."""
     directory = Path(path)
+    recover(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"checkpoint directory {str(directory)!r} does not exist.")
     config_file = directory / "config.json"
@@ -71,12 +81,23 @@ def read_sharded(index_file: Path, reader: Callable[[Path], dict[str, Tensor]],
     weight_map = read_json(index_file).get("weight_map")
     if not isinstance(weight_map, dict):
         raise ValueError(f"{index_file} is not a valid shard index: it needs a weight_map object.")
+    shards = sorted(set(weight_map.values()), key=str)
+    outside = [shard for shard in shards if not isinstance(shard, str) or Path(shard).name != shard
+               or shard in ("", ".", "..")]
+    if outside:
+        raise ValueError(f"{index_file.name} names shards {outside[:5]} that are not files of the checkpoint "
+                         "directory; shards are plain file names beside the index.")
     state: dict[str, Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
+    for shard in shards:
         if not (index_file.parent / shard).is_file():
             raise FileNotFoundError(f"{index_file.name} names shard {shard!r}, which is missing.")
         on_file(index_file.parent / shard)
-        state.update(reader(index_file.parent / shard))
+        tensors = reader(index_file.parent / shard)
+        twice = sorted(set(tensors) & set(state))
+        if twice:
+            raise ValueError(f"tensors {twice[:10]} are in more than one shard of {index_file.name}; each tensor "
+                             "belongs to one shard.")
+        state.update(tensors)
     absent = sorted(set(weight_map) - set(state))
     if absent:
         raise ValueError(f"shards lack tensors that {index_file.name} lists: {absent[:10]}.")
@@ -101,7 +122,8 @@ def config_kwargs_from_hf(hf: Mapping[str, Any], config_cls: type, architecture:
                          "keep one of each pair.")
     hf = {renames.get(key, key): value for key, value in hf.items()}
     ours = {f.name for f in fields(config_cls)} - OUR_FIELDS
-    unknown = sorted(set(hf) - ours - GENERIC_FIELDS - set(architecture.required_values) - OUR_FIELDS)
+    unknown = sorted(set(hf) - ours - GENERIC_FIELDS - set(architecture.required_values) - OUR_FIELDS
+                     - architecture.ignored_config_fields)
     if unknown:
         warnings.warn(f"config.json fields {unknown} are not used by {name}; they are ignored.", stacklevel=3)
     kwargs = {key: value for key, value in hf.items() if key in ours}
@@ -143,11 +165,15 @@ def check_model_type(config: Mapping[str, Any], model_type: str, class_name: str
                               f"{config['model_type']!r}.")
 
 
-def write_checkpoint(path: str | os.PathLike, config: Mapping[str, Any], state: Mapping[str, Tensor]) -> None:
-    """config.json + model.safetensors, written atomically. Tensors are made contiguous, as safetensors needs."""
+def write_checkpoint(path: str | os.PathLike, config: Mapping[str, Any], state: Mapping[str, Tensor],
+                     beside: Callable[[Path], None] | None = None) -> None:
+    """config.json + model.safetensors (and whatever ``beside`` writes into the same directory: our format's
+    adapters), written atomically. Tensors are made contiguous, as safetensors needs."""
     with atomic_directory_write(path) as scratch:
         write_safetensors(scratch / SAFETENSORS, state)
         write_json(scratch / "config.json", config)
+        if beside is not None:
+            beside(scratch)
 
 
 __all__ = ["Architecture", "ConversionError", "KeyMap", "check_model_type", "config_kwargs_from_hf", "config_to_hf",

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from peftcore import io
+from peftcore import heads, io, placement
 from peftcore.composition import Fuse
 from peftcore.host import AdapterHost
 from peftcore.interop import adapterhub, ours, peft
-from peftcore.interop.saved import SavedAdapter, install, install_fusion
+from peftcore.interop.saved import SavedAdapter, built_head, install, install_fusion
 
 ADAPTER_FORMATS = ("peftcore", "adapterhub", "peft")
 FUSION_FORMATS = ("peftcore", "adapterhub")
@@ -29,6 +29,7 @@ def check_hf_layout(host: AdapterHost, what: str) -> None:
 def read_adapter(host: AdapterHost, directory: str | os.PathLike, with_head: bool = True) -> SavedAdapter:
     """Read an adapter directory in whichever format it is: ours, AdapterHub's or HF PEFT's."""
     directory = Path(directory)
+    io.recover(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"adapter directory {str(directory)!r} does not exist.")
     raw = io.read_json(io.require(directory / ours.CONFIG_FILE))
@@ -63,6 +64,7 @@ def save_adapter(host: AdapterHost, directory: str | os.PathLike, name: str, wit
 def load_fusion(host: AdapterHost, directory: str | os.PathLike, load_as: str | None) -> Fuse:
     """Read a fusion directory (ours or AdapterHub's), check it against the model off the model, then attach it."""
     directory = Path(directory)
+    io.recover(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"fusion directory {str(directory)!r} does not exist.")
     if ours.is_our_fusion(directory):
@@ -79,3 +81,30 @@ def save_fusion(host: AdapterHost, directory: str | os.PathLike, name: str, form
     if format != "peftcore":
         check_hf_layout(host, "AdapterHub's fusion files")
     {"peftcore": ours.save_fusion, "adapterhub": adapterhub.save_fusion}[format](host, directory, name)
+
+
+def write_setup(host: AdapterHost, directory: Path, merged: set[str]) -> None:
+    """Every adapter, head and fusion attached, which adapters are ``merged`` and the active setup, into
+    ``directory``, which a full-model save in our format is writing."""
+    ours.write_setup(host, directory, merged)
+
+
+def restore_setup(host: AdapterHost, directory: Path) -> None:
+    """Attach what ``write_setup`` wrote into ``directory``, merge what was merged, activate what was active."""
+    setup = ours.read_setup(directory)
+    for name in setup["adapters"]:
+        source = directory / "adapters" / name
+        install(host, ours.read(source, io.read_json(io.require(source / ours.CONFIG_FILE)), False), name, str(source))
+    for name in setup["heads"]:
+        source = directory / "heads" / name
+        placement.check_name(name)
+        heads.attach(host, name, built_head(host, *ours.read_head(source), f"{source}: head {name!r}"))
+    for index, _ in enumerate(setup["fusions"]):
+        source = directory / "fusions" / str(index)
+        install_fusion(host, ours.read_fusion(source), None, str(source))
+    for name in setup["merged"]:
+        host.merge_adapter(name)
+    host.set_active_adapters(setup["active"])
+    if setup["active_head"] is not None:
+        heads.check_known(host, setup["active_head"])
+    host.active_head = setup["active_head"]

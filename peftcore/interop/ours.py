@@ -14,7 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from peftcore import fusion, heads, io, placement
+from peftcore.composition import from_json, to_json
 from peftcore.configs import AdapterConfigBase
 from peftcore.host import AdapterHost
 from peftcore.interop.saved import SavedAdapter, SavedFusion
@@ -24,6 +27,7 @@ LIBRARY_VERSION = "peftcore 0.1.0"
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE = "head_config.json", "head_model.safetensors"
 FUSION_CONFIG_FILE, FUSION_WEIGHTS_FILE = "fusion_config.json", "fusion_model.safetensors"
+SETUP_FILE, SETUP_FORMAT = "adapter_setup.json", "peftcore-adapter-setup"
 
 
 def described(host: AdapterHost) -> dict[str, Any]:
@@ -37,42 +41,69 @@ def is_ours(raw: Mapping[str, Any]) -> bool:
 
 
 def save(host: AdapterHost, directory: str | os.PathLike, name: str, with_head: bool) -> None:
-    state = placement.state(host, name)
-    about = {**described(host), "name": name}
     with io.atomic_directory_write(directory, replaces=(HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE)) as scratch:
-        io.write_json(scratch / CONFIG_FILE, {"format": FORMAT, "format_version": FORMAT_VERSION,
-                                              "config": host.adapter_configs[name].to_dict(),
-                                              "num_hidden_layers": len(host.layers), **about})
-        io.write_safetensors(scratch / WEIGHTS_FILE, state)
-        if with_head and name in host.heads:
-            io.write_json(scratch / HEAD_CONFIG_FILE, {"format": HEAD_FORMAT, "format_version": FORMAT_VERSION,
-                                                       "config": host.heads[name].config, **about})
-            io.write_safetensors(scratch / HEAD_WEIGHTS_FILE, heads.own_state(host, host.heads[name]))
+        write(host, scratch, name, with_head)
+
+
+def write(host: AdapterHost, directory: Path, name: str, with_head: bool) -> None:
+    """Adapter ``name`` (and the head of that name) into ``directory``, which a save is writing atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    io.write_json(directory / CONFIG_FILE, {"format": FORMAT, "format_version": FORMAT_VERSION, "name": name,
+                                            "config": host.adapter_configs[name].to_dict(),
+                                            "num_hidden_layers": len(host.layers), **described(host)})
+    io.write_safetensors(directory / WEIGHTS_FILE, placement.state(host, name))
+    if with_head and name in host.heads:
+        write_head(host, directory, name)
+
+
+def write_head(host: AdapterHost, directory: Path, name: str) -> None:
+    io.write_json(directory / HEAD_CONFIG_FILE, {"format": HEAD_FORMAT, "format_version": FORMAT_VERSION,
+                                                 "name": name, "config": host.heads[name].config,
+                                                 **described(host)})
+    io.write_safetensors(directory / HEAD_WEIGHTS_FILE, heads.own_state(host, host.heads[name]))
 
 
 def read(directory: Path, raw: Mapping[str, Any], with_head: bool) -> SavedAdapter:
     if raw.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{directory / CONFIG_FILE} has format_version {raw.get('format_version')!r}; this "
                          f"peftcore reads version {FORMAT_VERSION}.")
-    missing = [key for key in ("name", "config", "model_type", "hidden_size") if key not in raw]
+    missing = [key for key in ("name", "config", "model_type", "hidden_size") if raw.get(key) is None]
     if missing:
         raise ValueError(f"{directory / CONFIG_FILE} lacks {missing}.")
-    saved = SavedAdapter(raw["name"], AdapterConfigBase.from_dict(raw["config"]),
-                         io.read_safetensors(io.require(directory / WEIGHTS_FILE)), raw["model_type"],
-                         raw["hidden_size"])
+    try:
+        config = AdapterConfigBase.from_dict(raw["config"])
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{directory / CONFIG_FILE}: {error}") from error
+    saved = SavedAdapter(raw["name"], config, io.read_safetensors(io.require(directory / WEIGHTS_FILE)),
+                         raw["model_type"], raw["hidden_size"])
     if with_head and (directory / HEAD_CONFIG_FILE).is_file():
-        saved.head_config = io.read_json(directory / HEAD_CONFIG_FILE).get("config")
-        saved.head_state = io.read_safetensors(io.require(directory / HEAD_WEIGHTS_FILE))
+        saved.head_config, saved.head_state = read_head(directory)
     return saved
+
+
+def read_head(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """A head's config dict and tensors, from ``head_config.json`` + ``head_model.safetensors``."""
+    head = io.read_json(directory / HEAD_CONFIG_FILE)
+    if head.get("format") != HEAD_FORMAT or head.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{directory / HEAD_CONFIG_FILE} is not a peftcore head of format version {FORMAT_VERSION} "
+                         f"(format {head.get('format')!r}).")
+    if not isinstance(head.get("config"), dict):
+        raise ValueError(f"{directory / HEAD_CONFIG_FILE} holds no head config (config: {head.get('config')!r}).")
+    return head["config"], io.read_safetensors(io.require(directory / HEAD_WEIGHTS_FILE))
 
 
 def save_fusion(host: AdapterHost, directory: str | os.PathLike, name: str) -> None:
     with io.atomic_directory_write(directory) as scratch:
-        io.write_json(scratch / FUSION_CONFIG_FILE, {
-            "format": FUSION_FORMAT, "format_version": FORMAT_VERSION, "name": name,
-            "adapters": list(host.fused_adapters[name]), "config": host.fusion_configs[name].to_dict(),
-            **described(host)})
-        io.write_safetensors(scratch / FUSION_WEIGHTS_FILE, fusion.state(host, name))
+        write_fusion(host, scratch, name)
+
+
+def write_fusion(host: AdapterHost, directory: Path, name: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    io.write_json(directory / FUSION_CONFIG_FILE, {
+        "format": FUSION_FORMAT, "format_version": FORMAT_VERSION, "name": name,
+        "adapters": list(host.fused_adapters[name]), "config": host.fusion_configs[name].to_dict(),
+        **described(host)})
+    io.write_safetensors(directory / FUSION_WEIGHTS_FILE, fusion.state(host, name))
 
 
 def is_our_fusion(directory: Path) -> bool:
@@ -87,3 +118,35 @@ def read_fusion(directory: Path) -> SavedFusion:
     return SavedFusion(raw.get("name"), raw.get("config"), raw.get("adapters"),
                        io.read_safetensors(io.require(directory / FUSION_WEIGHTS_FILE)), raw.get("model_type"),
                        raw.get("hidden_size"))
+
+
+# ---- everything attached, beside a full-model checkpoint --------------------------------------------------------
+
+def write_setup(host: AdapterHost, directory: Path, merged: set[str]) -> None:
+    """Every adapter, head and fusion attached to ``host``, which of the adapters are ``merged``, and the active setup
+    and head, into ``directory``: what a full-model checkpoint in our format holds beside the model's weights."""
+    names = {"adapters": sorted(host.adapter_configs), "heads": sorted(host.heads),
+             "fusions": sorted(host.fusion_configs)}
+    for name in names["adapters"]:
+        write(host, directory / "adapters" / name, name, with_head=False)
+    for name in names["heads"]:
+        (directory / "heads" / name).mkdir(parents=True)
+        write_head(host, directory / "heads" / name, name)
+    for index, name in enumerate(names["fusions"]):  # fusion names hold commas: directories are numbered
+        write_fusion(host, directory / "fusions" / str(index), name)
+    setup = host.active_adapters
+    io.write_json(directory / SETUP_FILE, {
+        "format": SETUP_FORMAT, "format_version": FORMAT_VERSION, **names, "merged": sorted(merged),
+        "active": None if setup is None else to_json(setup), "active_head": host.active_head})
+
+
+def read_setup(directory: Path) -> dict[str, Any]:
+    """What ``write_setup`` wrote, its layout checked; the adapters, heads and fusions are read by the caller."""
+    raw = io.read_json(directory / SETUP_FILE)
+    if raw.get("format") != SETUP_FORMAT or raw.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{directory / SETUP_FILE} is not a peftcore adapter setup of format version "
+                         f"{FORMAT_VERSION}.")
+    for field in ("adapters", "heads", "fusions", "merged"):
+        if not isinstance(raw.get(field), list) or not all(isinstance(name, str) for name in raw[field]):
+            raise ValueError(f"{directory / SETUP_FILE}: {field} must be a list of names, got {raw.get(field)!r}.")
+    return {**raw, "active": None if raw.get("active") is None else from_json(raw["active"])}

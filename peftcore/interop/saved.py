@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from peftcore import fusion, heads, io, placement
 from peftcore.composition import Fuse
@@ -55,15 +55,16 @@ def install(host: AdapterHost, saved: SavedAdapter, name: str, source: str) -> s
     if name in host.adapter_configs:
         raise ValueError(f"the model already has an adapter {name!r}; pass load_as='another_name' or delete it.")
     check_model(host, saved.model_type, saved.hidden_size, f"{source} holds an adapter")
+    what = f"{source}: adapter {saved.name!r}"
+    io.check_fit(placement.build(host, saved.config, meta=True).slots(), saved.state, what)  # before allocating
     built = placement.build(host, saved.config)
-    io.fill(built.slots(), saved.state, f"{source}: adapter {saved.name!r}")
+    io.fill(built.slots(), saved.state, what)
+    if saved.head_config is not None and name in host.heads:
+        raise ValueError(f"the model has a head {name!r} already and {source} holds one; delete_head({name!r}), "
+                         "load under another name (load_as=...), or pass with_head=False.")
     head = None
     if saved.head_config is not None:
-        head = heads.build(host, saved.head_config)
-        own = heads.own_state(host, head)
-        tied = set(head.state_dict()) - set(own)  # AdapterHub writes a tied decoder too; it is the model's
-        fill_state = {key: t for key, t in (saved.head_state or {}).items() if key not in tied}
-        io.fill({key: (head, key) for key in own}, fill_state, f"{source}: head {saved.name!r}")
+        head = built_head(host, saved.head_config, saved.head_state or {}, f"{source}: head {saved.name!r}")
     if saved.model_head_state is not None:
         tied = host.aliases()
         io.fill({f"head.{key}": (host.head, key) for key in host.head.state_dict() if f"head.{key}" not in tied},
@@ -72,6 +73,23 @@ def install(host: AdapterHost, saved: SavedAdapter, name: str, source: str) -> s
     if head is not None:
         heads.attach(host, name, head)
     return name
+
+
+def built_head(host: AdapterHost, config: dict[str, Any], state: dict[str, Tensor], what: str) -> nn.Module:
+    """A head built from its config and filled from a file, checked on the meta device first; attaches nothing."""
+    io.check_fit(*head_fit(host, heads.build(host, config, meta=True), state), what)
+    head = heads.build(host, config)
+    io.fill(*head_fit(host, head, state), what)
+    return head
+
+
+def head_fit(host: AdapterHost, head: nn.Module, state: dict[str, Tensor]
+             ) -> tuple[dict[str, tuple[nn.Module, str]], dict[str, Tensor]]:
+    """A head's own tensors (what a head file holds) and the saved ones for them: the word embeddings a masked-LM
+    decoder is tied to are the model's, though AdapterHub writes them too."""
+    own = heads.own_state(host, head)
+    tied = set(head.state_dict()) - set(own)
+    return {key: (head, key) for key in own}, {key: t for key, t in state.items() if key not in tied}
 
 
 def install_fusion(host: AdapterHost, saved: SavedFusion, load_as: str | None, source: str) -> Fuse:
@@ -88,7 +106,9 @@ def install_fusion(host: AdapterHost, saved: SavedFusion, load_as: str | None, s
             raise ValueError(f"{source} fuses adapters {list(fuse.flatten())}; load adapter {adapter!r} first.")
     if fuse.name in host.fusion_configs:
         raise ValueError(f"the model already has a fusion {fuse.name!r}; delete it first or pass load_as.")
+    what = f"{source}: fusion {saved.name!r}"
+    io.check_fit(fusion.slots(fusion.build(host, fuse, config, meta=True)), saved.state, what)  # before allocating
     placed = fusion.build(host, fuse, config)
-    io.fill(fusion.slots(placed), saved.state, f"{source}: fusion {saved.name!r}")
+    io.fill(fusion.slots(placed), saved.state, what)
     fusion.attach(host, fuse, config, placed)
     return fuse

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from peftcore.configs import reduced_width
-from peftcore.methods.base import Method, register_method
+from peftcore.methods.base import Method, ModelShape, register_method
 from peftcore.methods.bottleneck import BnConfig, DoubleSeqBnConfig, SeqBnConfig
-from peftcore.sites import Activation
+from peftcore.sites import Activation, Site
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,10 +62,14 @@ class Coupling(Method):
     def sites(cls, config: BnConfig, layer: int | None) -> tuple[str, ...]:
         return ("embeddings",) if layer is None and config.inv_adapter == cls.kind else ()
 
-    def __init__(self, config: BnConfig, hidden_size: int, layer: int | None = None) -> None:
+    @classmethod
+    def build(cls, config: BnConfig, site: Site, shape: ModelShape, shared: nn.Module | None) -> Coupling:
+        return cls(config, site.module.width or shape.hidden_size, site.layer)  # the width the site sees
+
+    def __init__(self, config: BnConfig, width: int, layer: int | None = None) -> None:
         super().__init__()
-        self.split = hidden_size // 2  # x1 = x[..., :split], x2 = x[..., split:]
-        self.widths = (self.split, hidden_size - self.split)
+        self.split = width // 2  # x1 = x[..., :split], x2 = x[..., split:]
+        self.widths = (self.split, width - self.split)
 
 
 class NICECoupling(Coupling):
@@ -73,8 +77,8 @@ class NICECoupling(Coupling):
 
     kind = "nice"
 
-    def __init__(self, config: BnConfig, hidden_size: int, layer: int | None = None) -> None:
-        super().__init__(config, hidden_size, layer)
+    def __init__(self, config: BnConfig, width: int, layer: int | None = None) -> None:
+        super().__init__(config, width, layer)
         first, second = self.widths
         self.F = subnet(second, first, config)
         self.G = subnet(first, second, config)
@@ -99,8 +103,8 @@ class GLOWCoupling(Coupling):
     kind = "glow"
     clamp = 5.0
 
-    def __init__(self, config: BnConfig, hidden_size: int, layer: int | None = None) -> None:
-        super().__init__(config, hidden_size, layer)
+    def __init__(self, config: BnConfig, width: int, layer: int | None = None) -> None:
+        super().__init__(config, width, layer)
         first, second = self.widths
         self.s1 = subnet(first, 2 * second, config)  # from y1: scale and shift of x2
         self.s2 = subnet(second, 2 * first, config)  # from x2: scale and shift of x1

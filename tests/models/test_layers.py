@@ -26,10 +26,32 @@ def model():
     (dict(input_ids=torch.ones(2, 3, dtype=torch.long), attention_mask=torch.ones(2, 4)), "attention_mask has shape"),
     (dict(), "exactly one of input_ids and inputs_embeds"),
     (dict(inputs_embeds=torch.ones(1, 3, 7)), "inputs_embeds has width 7"),
+    (dict(input_ids=torch.tensor([[1.0, 2.0]])), r"input_ids are torch.float32; pass integer ids"),
+    (dict(input_ids=torch.ones(2, 0, dtype=torch.long)), r"the input is empty \(shape \(2, 0\)\)"),
+    (dict(input_ids=torch.ones(0, 3, dtype=torch.long)), "the input is empty"),
+    (dict(input_ids=torch.ones(1, 3, dtype=torch.long), attention_mask=torch.tensor([[1, 2, 0]])),
+     "attention_mask holds values other than 0 and 1"),
+    (dict(input_ids=torch.ones(1, 3, dtype=torch.long), attention_mask=torch.tensor([[1.0, 0.5, 0.0]])),
+     "attention_mask holds values other than 0 and 1"),
+    (dict(input_ids=torch.ones(1, 2, dtype=torch.long), token_type_ids=torch.tensor([[0, 2]])),
+     r"token_type_ids hold 2, outside \[0, 2\)"),
+    (dict(input_ids=torch.ones(1, 2, dtype=torch.long), position_ids=torch.tensor([[0, 8]])),
+     r"position_ids hold 8, outside \[0, 8\)"),
+    (dict(input_ids=torch.ones(1, 2, dtype=torch.long), position_ids=torch.tensor([[-1, 0]])), "position_ids hold -1"),
+    (dict(input_ids=torch.ones(1, 2, dtype=torch.long), adapter_names=[]), "adapter_names has 0 entries"),
+    (dict(input_ids=torch.ones(0, 2, dtype=torch.long), adapter_names=[]), "the batch is empty"),
 ])
 def test_bad_inputs_are_refused_with_what_to_pass(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
         model(**kwargs)
+
+
+def test_float_and_bool_masks_of_zeros_and_ones_are_masks(model):
+    ids = torch.tensor([[3, 4, 5], [6, 7, 0]])
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]])).last_hidden_state
+        for mask in (torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]), torch.tensor([[True] * 3, [True, True, False]])):
+            assert torch.equal(model(input_ids=ids, attention_mask=mask).last_hidden_state, expected)
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -40,9 +62,21 @@ def test_bad_inputs_are_refused_with_what_to_pass(model, kwargs, message):
     (dict(hidden_dropout_prob=1.5), r"hidden_dropout_prob must lie in \[0, 1\)"),
     (dict(pad_token_id=50), "pad_token_id=50 lies outside the vocabulary"),
     (dict(head="question_answering", num_labels=3), "num_labels must be 2"),
+    (dict(head="sequence_classification", num_labels=10**8), "num_labels=100000000 exceeds 1,000,000"),
+    (dict(layer_norm_eps=0.0), "layer_norm_eps must be positive"),
+    (dict(initializer_range=-0.02), "initializer_range must not be negative"),
 ])
 def test_invalid_configs_name_the_field(change, message):
     with pytest.raises(ValueError, match=message):
+        BertConfig(**{**TINY, **change})
+
+
+@pytest.mark.parametrize("change", [dict(hidden_size="32"), dict(num_hidden_layers=True), dict(layer_norm_eps="1e-12"),
+                                    dict(tie_word_embeddings="yes"), dict(layer_norm_eps=float("nan")),
+                                    dict(hidden_act=["gelu"]), dict(num_labels=2.0), dict(head=3)])
+def test_config_fields_of_the_wrong_type_are_refused_naming_the_field(change):
+    (field,) = change
+    with pytest.raises(TypeError, match=rf"BertConfig.{field} must be .*, got"):
         BertConfig(**{**TINY, **change})
 
 

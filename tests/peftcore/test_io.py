@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import peftcore.io
+import peftcore.placement
 from peftcore.composition import Stack
 from tests.archs import tiny_model
 from tests.parity import padded_batch
@@ -378,3 +379,135 @@ def test_a_save_over_an_adapter_keeps_the_users_other_files_and_drops_a_stale_he
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted([*ADAPTER_FILES, "notes.txt", "runs"])
     assert (tmp_path / "a" / "runs" / "log.txt").read_text() == "a subdirectory"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+# ---- names, paths, and what a killed save leaves ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "a\\b", "/abs", "tab\there", "nul\x00", "..", " "])
+def test_names_that_would_leave_a_directory_or_nest_keys_are_refused_and_change_nothing(name):
+    model = trained("seq_bn")
+    model.add_adapter("b", "seq_bn")
+    before = fingerprint(model)
+    for call in (lambda: model.add_adapter(name, "lora"), lambda: model.add_classification_head(name),
+                 lambda: model.add_adapter_fusion(["a", "b"], name=name),
+                 lambda: model.average_adapter(name, ["a", "b"])):
+        with pytest.raises(ValueError, match=r"without '\.' or ','"):
+            call()
+    assert_unchanged(model, before)
+
+
+def test_a_files_own_adapter_name_may_not_leave_its_directory(tmp_path):
+    trained("seq_bn").save_adapter(tmp_path / "a", "a")
+    raw = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({**raw, "name": "../../outside"}))
+    model = tiny_model()
+    before = fingerprint(model)
+    with pytest.raises(ValueError, match="names are non-empty strings"):
+        model.load_adapter(tmp_path / "a")
+    assert_unchanged(model, before)
+
+
+def test_saving_over_the_working_directory_or_a_parent_of_it_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    model = trained("seq_bn")
+    for target in (".", tmp_path, tmp_path / "work"):
+        with pytest.raises(ValueError, match="working directory or one of its parents"):
+            model.save_adapter(target, "a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_a_save_killed_between_its_renames_is_recovered_by_the_next_load(tmp_path):
+    """The previous version waits in the dead process's scratch directory; the next load of the path puts it back."""
+    model = trained("seq_bn")
+    model.save_adapter(tmp_path / "a", "a")
+    scratch = tmp_path / f".a.tmp-{dead_pid()}-x1"
+    scratch.mkdir()
+    os.replace(tmp_path / "a", scratch / "previous")  # what a kill between the two renames leaves
+    (scratch / "new").mkdir()
+    fresh = tiny_model()
+    assert fresh.load_adapter(tmp_path / "a") == "a"
+    assert same_tensors(fresh.adapter_state("a"), model.adapter_state("a"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_scratch_of_killed_saves_is_removed_and_that_of_running_ones_kept(tmp_path):
+    model = trained("seq_bn")
+    dead, running = tmp_path / f".a.tmp-{dead_pid()}-x1", tmp_path / f".a.tmp-{os.getpid()}-x2"
+    for scratch in (dead, running):
+        (scratch / "new").mkdir(parents=True)
+    model.save_adapter(tmp_path / "a", "a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a", running.name])
+
+
+def dead_pid() -> int:
+    """The id of a process that has ended."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+# ---- small files that declare big things, and strict reading ------------------------------------------------
+
+def test_a_small_file_declaring_huge_modules_is_checked_on_the_meta_device_before_anything_is_allocated(
+        tmp_path, monkeypatch):
+    builds = []
+    real_build = peftcore.placement.build
+
+    def spy(host, config, meta=False):
+        builds.append(meta)
+        return real_build(host, config, meta)
+
+    monkeypatch.setattr(peftcore.placement, "build", spy)
+    for saved, change, field in (("lora[r=2]", dict(r=2_000_000), "lora_A"),
+                                 ("seq_bn", dict(reduction_factor=1e-7), "down.weight")):
+        trained(saved).save_adapter(tmp_path / "a", "a")
+        raw = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+        (tmp_path / "a" / "adapter_config.json").write_text(json.dumps({**raw, "config": {**raw["config"], **change}}))
+        builds.clear()
+        with pytest.raises(ValueError, match=f"(?s)does not fit this model:.*{field}"):
+            tiny_model().load_adapter(tmp_path / "a")
+        assert builds == [True]  # only the meta build: nothing of the declared size was allocated
+
+
+@pytest.mark.parametrize(("change", "error", "message"), [
+    (dict(num_labels=10**8), ValueError, "at most 1,000,000 labels"),
+    (dict(layers=200_000), ValueError, "at most 64 layers"),
+    (dict(num_labels="3"), TypeError, "head config field num_labels must be"),
+    (dict(use_pooler="yes"), TypeError, "head config field use_pooler must be"),
+    (dict(layers=[2]), TypeError, "head config field layers must be"),
+    (dict(activation_function="gelu_orig"), ValueError, "activation 'gelu_orig' is not known"),
+])
+def test_a_head_config_with_a_bad_field_is_refused_naming_it(change, error, message, tmp_path):
+    trained("seq_bn").save_adapter(tmp_path / "a", "a")
+    raw = json.loads((tmp_path / "a" / "head_config.json").read_text())
+    (tmp_path / "a" / "head_config.json").write_text(json.dumps({**raw, "config": {**raw["config"], **change}}))
+    model = tiny_model()
+    before = fingerprint(model)
+    with pytest.raises(error, match=message):
+        model.load_adapter(tmp_path / "a")
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (dict(config=None), "holds no head config"), (dict(format="something-else"), "is not a peftcore head")])
+def test_a_head_file_without_a_config_or_of_another_format_is_refused(change, message, tmp_path):
+    trained("seq_bn").save_adapter(tmp_path / "a", "a")
+    raw = json.loads((tmp_path / "a" / "head_config.json").read_text())
+    (tmp_path / "a" / "head_config.json").write_text(json.dumps({**raw, **change}))
+    with pytest.raises(ValueError, match=message):
+        tiny_model().load_adapter(tmp_path / "a")
+
+
+def test_an_adapter_file_with_nan_or_infinite_values_is_refused(tmp_path):
+    model = trained("lora")
+    model.save_adapter(tmp_path / "a", "a")
+    tensors = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    key = sorted(tensors)[0]
+    tensors[key][0, 0] = float("nan")
+    save_file(tensors, tmp_path / "a" / "adapter_model.safetensors")
+    with pytest.raises(ValueError, match=f"tensors with NaN or infinite values: {key}"):
+        tiny_model().load_adapter(tmp_path / "a")

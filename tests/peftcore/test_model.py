@@ -3,6 +3,7 @@ the chosen one, where modules are placed, dtype, the summary table, and a resear
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 import pytest
@@ -390,9 +391,17 @@ def text_model(arch: str, **adapters: str) -> nn.Module:
 
 
 def tokens_seen(model: nn.Module) -> list[tuple[int, ...]]:
-    """The input shapes the first FFN linear receives from now on: (1, N, C) packed, (B, T, C) padded."""
+    """The input shapes the first FFN linear receives from now on, once per forward: (1, N, C) packed, (B, T, C)
+    padded. ALBERT runs each of its shared layers several times a forward: the first run counts."""
     shapes: list[tuple[int, ...]] = []
-    model.layers[0].ffn.intermediate.register_forward_hook(lambda module, args, out: shapes.append(args[0].shape))
+    runs = sum(layer is model.layers[0] for layer, _ in model.layer_schedule())
+    calls = itertools.count()
+
+    def record(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        if next(calls) % runs == 0:
+            shapes.append(args[0].shape)
+
+    model.layers[0].ffn.intermediate.register_forward_hook(record)
     return shapes
 
 

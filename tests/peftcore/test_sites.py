@@ -20,7 +20,8 @@ def test_every_model_exposes_exactly_the_site_names(arch):
     counts = Counter(site.name for site in find_sites(model))
     assert set(counts) == set(SITE_NAMES)
     assert counts["embeddings"] == 1
-    assert all(counts[name] == model.config.num_hidden_layers for name in SITE_NAMES if name != "embeddings")
+    assert all(counts[name] == len(model.layers) for name in SITE_NAMES if name != "embeddings")
+    assert len(model.layers) == getattr(model.config, "num_distinct_layers", model.config.num_hidden_layers)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

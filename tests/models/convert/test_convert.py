@@ -212,3 +212,99 @@ def test_interrupted_save_leaves_the_previous_checkpoint_intact(bert_dir, monkey
         model.save_pretrained(tmp_path / "out")
     assert {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir()} == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp")]
+
+
+# ---- strict reading, and full-model saves with adapters -------------------------------------------------------
+
+@pytest.mark.parametrize(("field", "value", "error", "message"), [
+    ("hidden_size", "64", TypeError, "BertConfig.hidden_size must be"),
+    ("layer_norm_eps", 0, ValueError, "layer_norm_eps must be positive"),
+    ("layer_norm_eps", "1e-12", TypeError, "BertConfig.layer_norm_eps must be"),
+    ("initializer_range", -1.0, ValueError, "initializer_range must not be negative"),
+    ("tie_word_embeddings", "true", TypeError, "BertConfig.tie_word_embeddings must be"),
+    ("num_hidden_layers", [2], TypeError, "BertConfig.num_hidden_layers must be"),
+    ("num_labels", 10**9, ValueError, "num_labels=1000000000 exceeds 1,000,000"),
+])
+def test_config_json_is_read_strictly_naming_the_field(bert_dir, field, value, error, message):
+    edit_config(bert_dir, **{field: value})
+    with pytest.raises(error, match=message):
+        BertModel.from_pretrained(bert_dir)
+
+
+def test_a_checkpoint_with_nan_or_infinite_weights_is_refused(bert_dir):
+    edit_weights(bert_dir, lambda t: t["encoder.layer.0.output.dense.bias"].__setitem__(0, float("inf")))
+    with pytest.raises(ConversionError, match=r"NaN or infinite values: \['encoder.layer.0.output.dense.bias'\]"):
+        BertModel.from_pretrained(bert_dir)
+
+
+def sharded(directory, weight_map: dict) -> None:
+    """Split a checkpoint's weights into two shards under a hand-written index."""
+    tensors = load_file(directory / "model.safetensors")
+    (directory / "model.safetensors").unlink()
+    keys = sorted(tensors)
+    save_file({k: tensors[k] for k in keys[: len(keys) // 2]}, directory / "one.safetensors")
+    save_file({k: tensors[k] for k in keys[len(keys) // 2:]}, directory / "two.safetensors")
+    index = {k: "one.safetensors" if i < len(keys) // 2 else "two.safetensors" for i, k in enumerate(keys)}
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {**index, **weight_map}}))
+
+
+@pytest.mark.parametrize(("weight_map", "message"), [
+    ({"extra": "../outside.safetensors"}, "not files of the checkpoint directory"),
+    ({"extra": "/etc/passwd"}, "not files of the checkpoint directory"),
+    ({"extra": "sub/dir.safetensors"}, "not files of the checkpoint directory"),
+])
+def test_a_shard_index_may_name_only_files_beside_it(bert_dir, weight_map, message):
+    sharded(bert_dir, weight_map)
+    with pytest.raises(ValueError, match=message):
+        BertModel.from_pretrained(bert_dir)
+
+
+def test_a_tensor_in_two_shards_is_refused(bert_dir):
+    sharded(bert_dir, {})
+    first = load_file(bert_dir / "one.safetensors")
+    save_file({**load_file(bert_dir / "two.safetensors"), **first}, bert_dir / "two.safetensors")
+    with pytest.raises(ValueError, match="in more than one shard"):
+        BertModel.from_pretrained(bert_dir)
+
+
+def test_from_pretrained_returns_the_model_in_eval_mode(bert_dir):
+    model = BertModel.from_pretrained(bert_dir)
+    assert not model.training and not any(module.training for module in model.modules())
+
+
+def test_our_full_save_keeps_adapters_heads_fusions_merges_and_the_setup(bert_dir, tmp_path):
+    from peftcore.composition import Fuse, Stack
+
+    model = BertModel.from_pretrained(bert_dir)
+    for name, config in {"a": "seq_bn", "b": "seq_bn", "l": "lora", "p": "prefix_tuning[prefix_length=3]",
+                         "c": "compacter[reduction_factor=8]"}.items():
+        model.add_adapter(name, config)
+        with torch.no_grad():
+            for parameter in model.adapter_parameters(name):
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    model.add_adapter_fusion(["a", "b"])
+    model.add_classification_head("a", num_labels=3)
+    model.merge_adapter("l")
+    model.set_active_adapters(Stack("p", Fuse("a", "b")))
+    ids = torch.tensor([[3, 4, 5, 6], [7, 8, 0, 0]])
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=(ids != 0).long())
+    model.save_pretrained(tmp_path / "ours", format="peftcore")
+    again = from_pretrained(tmp_path / "ours")
+    assert (again.active_adapters, again.active_head, again.merged_adapters()) == (Stack("p", Fuse("a", "b")), "a",
+                                                                                   {"l"})
+    assert sorted(again.adapter_configs) == sorted(model.adapter_configs) and sorted(again.heads) == ["a"]
+    assert all(torch.equal(t, again.state_dict()[key]) for key, t in model.state_dict().items())
+    with torch.no_grad():
+        got = again(input_ids=ids, attention_mask=(ids != 0).long())
+    assert torch.equal(got.logits, expected.logits)
+
+
+def test_the_hf_format_writes_the_base_model_and_names_what_it_leaves_out(bert_dir, tmp_path):
+    model = BertModel.from_pretrained(bert_dir)
+    model.add_adapter("p", "prefix_tuning[prefix_length=3]")
+    model.add_adapter("l", "lora")
+    model.merge_adapter("l")
+    with pytest.warns(UserWarning, match=r"merged adapters \['l'\] baked in\); left out: .*'adapters': \['l', 'p'\]"):
+        model.save_pretrained(tmp_path / "hf")
+    BertModel.from_pretrained(tmp_path / "hf")  # a checkpoint transformers and we load: nothing of the adapters
