@@ -26,7 +26,8 @@ from benchmarks import harness
 from peftcore import models
 
 METHODS = ("lora", "ia3", "seq_bn", "compacter", "prefix_tuning", "mam", "unipelt")
-ARCHS = ("bert", "roberta", "deberta_v2", "deberta", "vit")
+ARCHS = ("bert", "roberta", "deberta_v2", "deberta", "vit", "xlm_roberta", "camembert", "electra", "distilbert",
+         "albert")
 VARLEN = (16, 128)  # variable-length batches: each example's length uniform in this range, padded to the batch max
 
 SHAPES = {
@@ -35,7 +36,10 @@ SHAPES = {
     "base": dict(layers=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
                  vocab_size=None, batch=8, length=128, image=dict(image_size=224, patch_size=16)),  # roberta-base
 }
-VOCAB = {"bert": 30522, "roberta": 50265, "deberta_v2": 128100, "deberta": 50265}  # the base checkpoints' sizes
+VOCAB = {"bert": 30522, "roberta": 50265, "deberta_v2": 128100, "deberta": 50265,  # the base checkpoints' sizes
+         "xlm_roberta": 250002, "camembert": 32005, "electra": 30522, "distilbert": 30522, "albert": 30000}
+ELECTRA = {"small": dict(embedding_size=128), "base": dict(embedding_size=768)}  # electra-small's (< hidden), base's
+ALBERT = dict(embedding_size=128)  # albert-base-v2's: one layer, shared by every pass; its gelu_new and no dropout
 DEBERTA_V3 = dict(relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=256, max_relative_positions=-1,
                   norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False, type_vocab_size=0,
                   layer_norm_eps=1e-7)  # deberta-v3-base's config.json
@@ -66,10 +70,14 @@ class Bench:
         if arch == "vit":
             return tf.ViTConfig(**layers, **self.spec["image"])
         vocab = dict(vocab_size=self.spec["vocab_size"] or VOCAB[arch])
-        extra = {"deberta_v2": DEBERTA_V3, "deberta": DEBERTA_V1}.get(arch, {})
+        extra = {"deberta_v2": DEBERTA_V3, "deberta": DEBERTA_V1, "electra": ELECTRA[self.shape],
+                 "albert": ALBERT}.get(arch, {})
         config_class = {"bert": tf.BertConfig, "roberta": tf.RobertaConfig, "deberta_v2": tf.DebertaV2Config,
-                        "deberta": tf.DebertaConfig}[arch]
-        return config_class(**layers, **vocab, **extra)
+                        "deberta": tf.DebertaConfig, "xlm_roberta": tf.XLMRobertaConfig,
+                        "camembert": tf.CamembertConfig, "electra": tf.ElectraConfig,
+                        "distilbert": tf.DistilBertConfig, "albert": tf.AlbertConfig}[arch]
+        renames = models.MODEL_CLASSES[config_class.model_type].architecture.config_renames_back  # DistilBERT's dim...
+        return config_class(**{renames.get(key, key): value for key, value in layers.items()}, **vocab, **extra)
 
     def checkpoint(self, arch: str) -> Path:
         """A random-init transformers checkpoint of ``arch`` at this shape, written once."""

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import os
 
+from peftcore.models.albert import AlbertConfig, AlbertModel
 from peftcore.models.bert import BertConfig, BertModel
+from peftcore.models.camembert import CamembertConfig, CamembertModel
 from peftcore.models.convert import read_config
 from peftcore.models.deberta import DebertaConfig, DebertaModel
 from peftcore.models.deberta_v2 import DebertaV2Config, DebertaV2Model
+from peftcore.models.distilbert import DistilBertConfig, DistilBertModel
+from peftcore.models.electra import ElectraConfig, ElectraModel
 from peftcore.models.image import ImageProcessor
 from peftcore.models.layers import EncoderConfig, EncoderOutput
 from peftcore.models.pretrained import PretrainedEncoder
 from peftcore.models.roberta import RobertaConfig, RobertaModel
 from peftcore.models.tokenizer import Tokenizer
 from peftcore.models.vit import ViTConfig, ViTModel
+from peftcore.models.xlm_roberta import XLMRobertaConfig, XLMRobertaModel
 
 MODEL_CLASSES: dict[str, type[PretrainedEncoder]] = {}  # model_type -> the class that loads its checkpoints
 
@@ -28,6 +33,8 @@ def register_model(*classes: type[PretrainedEncoder]) -> None:
 
 
 register_model(BertModel, RobertaModel, DebertaModel, DebertaV2Model, ViTModel)
+register_model(DistilBertModel, AlbertModel)
+register_model(XLMRobertaModel, CamembertModel, ElectraModel)
 
 
 def model_class(path: str | os.PathLike) -> type[PretrainedEncoder]:
@@ -46,12 +53,20 @@ def from_pretrained(path: str | os.PathLike, **kwargs) -> PretrainedEncoder:
 
 __all__ = [
     "MODEL_CLASSES",
+    "AlbertConfig",
+    "AlbertModel",
     "BertConfig",
     "BertModel",
+    "CamembertConfig",
+    "CamembertModel",
     "DebertaConfig",
     "DebertaModel",
     "DebertaV2Config",
     "DebertaV2Model",
+    "DistilBertConfig",
+    "DistilBertModel",
+    "ElectraConfig",
+    "ElectraModel",
     "EncoderConfig",
     "EncoderOutput",
     "ImageProcessor",
@@ -61,6 +76,8 @@ __all__ = [
     "Tokenizer",
     "ViTConfig",
     "ViTModel",
+    "XLMRobertaConfig",
+    "XLMRobertaModel",
     "from_pretrained",
     "model_class",
     "register_model",

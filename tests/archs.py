@@ -1,8 +1,9 @@
 """The architectures the tests run over: one entry per model_type, as config.json spells it ("deberta-v2").
 
 Parametrize over names, timm style: ``@pytest.mark.parametrize("arch", ARCHS)``, or ``TEXT_ARCHS``,
-``ADAPTERHUB_ARCHS``, ``BERT_FAMILY``. ``ARCHS[arch]`` holds our class (``model``), transformers' class per head
-(``hf``), AdapterHub's flex-head class and whether AdapterHub's outputs are a reference, and builds:
+``ADAPTERHUB_ARCHS``, ``BERT_FAMILY``, ``BASE_SIZED``. ``ARCHS[arch]`` holds our class (``model``), transformers' class
+per head (``hf``), AdapterHub's flex-head class (None where AdapterHub has none: CamemBERT) and whether AdapterHub's
+outputs are a reference, and builds:
 
 - ``hf_config(variant, **fields)``: the reference config at test size (``SMALL``; ViT narrower, 16 px images);
   ``reference(hf_checkpoint, arch, head, variant, **fields)`` gives its checkpoint and model,
@@ -20,7 +21,16 @@ asking it for another one of ``DEFAULTING`` gives its default:
   projection, token types; v2's own position projections, rel-embedding norm and convolution).
 - ``attention``: each option that touches attention or crosses tokens, fitted to tiny models (v1: talking heads,
   span 4; v2: 4 buckets, shared keys, convolution), for the unpadded-execution tests.
-- ``base``: the released base checkpoint's shapes, for parameter counts at full size; BERT and RoBERTa only.
+- ``base``: the released base checkpoint's shapes, for parameter counts at full size; BERT, RoBERTa, XLM-RoBERTa and
+  ELECTRA (electra-base: its embeddings as wide as its layers) only.
+
+ELECTRA's embeddings are as wide as its layers in every variant but ``every_tensor`` (``embedding_size`` 48, so its
+``embeddings_project`` exists); tests/models/test_electra.py runs the projected model.
+
+ALBERT runs four passes over two distinct layers (``num_hidden_groups=2``) in every variant; its embeddings are as wide
+as its layers but in ``every_tensor`` (``embedding_size`` 48, and two layers per group); tests/models/test_albert.py
+runs the factorised model.
+DistilBERT's config.json names its sizes otherwise (``dim``, ``n_layers``...): ``hf_config`` renames them.
 """
 
 from __future__ import annotations
@@ -35,7 +45,19 @@ import torch
 import transformers as tf
 from torch import Tensor
 
-from peftcore.models import BertModel, DebertaModel, DebertaV2Model, EncoderConfig, RobertaModel, ViTModel
+from peftcore.models import (
+    AlbertModel,
+    BertModel,
+    CamembertModel,
+    DebertaModel,
+    DebertaV2Model,
+    DistilBertModel,
+    ElectraModel,
+    EncoderConfig,
+    RobertaModel,
+    ViTModel,
+    XLMRobertaModel,
+)
 from peftcore.models.pretrained import PretrainedEncoder
 from tests.conftest import SMALL
 from tests.parity import padded_batch
@@ -48,6 +70,9 @@ BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, 
                  vocab_size=30522, max_position_embeddings=512, type_vocab_size=2)
 # roberta-base: 514 positions and one token type, as our RobertaConfig's defaults have it and transformers' do not
 ROBERTA_BASE = dict(BERT_BASE, vocab_size=50265, max_position_embeddings=514, type_vocab_size=1)
+XLM_ROBERTA_BASE = dict(ROBERTA_BASE, vocab_size=250002)
+ALBERT_SHARING = dict(num_hidden_layers=4, num_hidden_groups=2)  # two distinct layers, each run twice
+ELECTRA_BASE = dict(BERT_BASE, embedding_size=768)  # electra-base-discriminator
 
 
 @dataclass(frozen=True)
@@ -82,8 +107,11 @@ class Arch:
                          + "".join(f", {name}" for name in self.variants if name not in DEFAULTING))
 
     def hf_config(self, variant: str = "default", **fields: Any) -> tf.PretrainedConfig:
-        """The reference config at test size with ``variant``'s options; ``fields`` override both."""
-        return self.hf[None].config_class(**{**self.size, **self.options(variant), **fields})
+        """The reference config at test size with ``variant``'s options; ``fields`` override both. Our field names
+        become config.json's where the record renames them (DistilBERT's ``dim``, ``n_layers``, ...)."""
+        renames = self.model.architecture.config_renames_back
+        values = {**self.size, **self.options(variant), **fields}
+        return self.hf[None].config_class(**{renames.get(key, key): value for key, value in values.items()})
 
     def config(self, variant: str = "default", **fields: Any) -> EncoderConfig:
         """Our config, as ``hf_config``'s."""
@@ -104,6 +132,24 @@ ARCHS: Mapping[str, Arch] = {arch.model_type: arch for arch in (
                         "question_answering": tf.RobertaForQuestionAnswering},
          SMALL, TEXT_TINY, variants={"base": ROBERTA_BASE},
          adapterhub=adapters.RobertaAdapterModel, adapterhub_reference=True),
+    Arch(XLMRobertaModel, {None: tf.XLMRobertaModel, "masked_lm": tf.XLMRobertaForMaskedLM,
+                           "sequence_classification": tf.XLMRobertaForSequenceClassification,
+                           "token_classification": tf.XLMRobertaForTokenClassification,
+                           "question_answering": tf.XLMRobertaForQuestionAnswering},
+         SMALL, TEXT_TINY, variants={"base": XLM_ROBERTA_BASE},
+         adapterhub=adapters.XLMRobertaAdapterModel, adapterhub_reference=True),
+    Arch(CamembertModel, {None: tf.CamembertModel, "masked_lm": tf.CamembertForMaskedLM,
+                          "sequence_classification": tf.CamembertForSequenceClassification,
+                          "token_classification": tf.CamembertForTokenClassification,
+                          "question_answering": tf.CamembertForQuestionAnswering},
+         SMALL, TEXT_TINY),  # AdapterHub 1.3.0 has no CamemBERT: adapters.init refuses the model type
+    Arch(ElectraModel, {None: tf.ElectraModel, "masked_lm": tf.ElectraForMaskedLM,
+                        "sequence_classification": tf.ElectraForSequenceClassification,
+                        "token_classification": tf.ElectraForTokenClassification,
+                        "question_answering": tf.ElectraForQuestionAnswering},
+         dict(SMALL, embedding_size=SMALL["hidden_size"]), dict(TEXT_TINY, embedding_size=TINY["hidden_size"]),
+         variants={"every_tensor": dict(embedding_size=48), "base": ELECTRA_BASE},
+         adapterhub=adapters.ElectraAdapterModel, adapterhub_reference=True),
     Arch(DebertaModel, {None: tf.DebertaModel, "masked_lm": tf.DebertaForMaskedLM,
                         "sequence_classification": tf.DebertaForSequenceClassification,
                         "token_classification": tf.DebertaForTokenClassification,
@@ -135,11 +181,26 @@ ARCHS: Mapping[str, Arch] = {arch.model_type: arch for arch in (
              "wide": dict(hidden_size=64, num_attention_heads=4, intermediate_size=96, image_size=32),
          },
          is_text=False, adapterhub=adapters.ViTAdapterModel, adapterhub_reference=True),
+    Arch(DistilBertModel, {None: tf.DistilBertModel, "masked_lm": tf.DistilBertForMaskedLM,
+                           "sequence_classification": tf.DistilBertForSequenceClassification,
+                           "token_classification": tf.DistilBertForTokenClassification,
+                           "question_answering": tf.DistilBertForQuestionAnswering},
+         SMALL, TEXT_TINY, adapterhub=adapters.DistilBertAdapterModel, adapterhub_reference=True),
+    Arch(AlbertModel, {None: tf.AlbertModel, "masked_lm": tf.AlbertForMaskedLM,
+                       "sequence_classification": tf.AlbertForSequenceClassification,
+                       "token_classification": tf.AlbertForTokenClassification,
+                       "question_answering": tf.AlbertForQuestionAnswering},
+         dict(SMALL, **ALBERT_SHARING, embedding_size=SMALL["hidden_size"]),
+         dict(TEXT_TINY, **ALBERT_SHARING, embedding_size=TEXT_TINY["hidden_size"]),
+         variants={"every_tensor": dict(embedding_size=48, inner_group_num=2)},
+         adapterhub=adapters.AlbertAdapterModel, adapterhub_reference=True),
 )}
 TEXT_ARCHS = tuple(name for name, arch in ARCHS.items() if arch.is_text)  # ViT reads every patch: no attention mask
 ADAPTERHUB_ARCHS = tuple(name for name, arch in ARCHS.items() if arch.adapterhub_reference)
-# BERT and RoBERTa, one network with other positions and heads: the tests that run every case run on these
-BERT_FAMILY = tuple(name for name, arch in ARCHS.items() if issubclass(arch.model, BertModel))
+# BERT and RoBERTa, one network with other positions and heads: the tests that run every case run on these. The
+# models built on theirs (XLM-RoBERTa, CamemBERT, ELECTRA) run the registry-wide tests and their own files'.
+BERT_FAMILY = ("bert", "roberta")
+BASE_SIZED = tuple(name for name, arch in ARCHS.items() if "base" in arch.variants)  # parameter counts at full size
 
 
 def tiny_model(arch: str = "bert", variant: str = "plain", **fields: Any) -> PretrainedEncoder:

@@ -36,3 +36,17 @@ def padded_batch(vocab_size: int, pad_token_id: int, lengths: tuple[int, ...] = 
     ids = torch.randint(low, vocab_size, (len(lengths), T), generator=generator)
     mask = (torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]).long()
     return ids.masked_fill(mask == 0, pad_token_id), mask
+
+
+def assert_outputs_parity(got, expected, head: str | None, mask: Tensor | None) -> None:
+    """Our forward's outputs against a reference's for a model with ``head``: the last hidden state (and the pooled
+    output where ours has one) of a bare encoder, else the head's logits; per-token tensors at real tokens only."""
+    if head is None:
+        assert_parity(got.last_hidden_state, expected.last_hidden_state, mask=mask)
+        if got.pooler_output is not None:
+            assert_parity(got.pooler_output, expected.pooler_output)
+    elif head == "question_answering":
+        assert_parity(got.start_logits, expected.start_logits, mask=mask)
+        assert_parity(got.end_logits, expected.end_logits, mask=mask)
+    else:
+        assert_parity(got.logits, expected.logits, mask=mask if got.logits.dim() == 3 else None)

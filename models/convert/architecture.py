@@ -39,16 +39,22 @@ class Architecture:
         site_paths: site name -> the HF module path (``{i}`` for the layer) where AdapterHub and PEFT attach the
             method modules of that site; their adapter files name keys after it. A site without an entry has no
             such place in this architecture.
+        shared_paths: a method's ``shared_key`` -> where AdapterHub keeps that shared module (``{name}`` for the
+            adapter), where this architecture names it otherwise than the method's ``adapterhub_shared_path``.
         config_renames: config.json field -> our config field, where the two names differ; renamed on reading an
             HF config.json and back on writing one.
         required_values: config.json fields that change the computation, and the only value we implement.
+        ignored_config_fields: config.json fields of released checkpoints that transformers never reads either;
+            accepted without the warning an unknown field gets.
     """
 
     keymap: KeyMap
     hf_classes: Mapping[str, tuple[str | None, bool]]
     site_paths: Mapping[str, str]
+    shared_paths: Mapping[str, str] = field(default_factory=dict)
     config_renames: Mapping[str, str] = field(default_factory=dict)
     required_values: Mapping[str, Any] = field(default_factory=dict)
+    ignored_config_fields: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:  # a malformed record fails at import
         if not self.hf_classes:
@@ -71,10 +77,11 @@ class Architecture:
         """Whether the transformers class of ``head`` (its first in hf_classes) builds the pooler."""
         return next((pooler for class_head, pooler in self.hf_classes.values() if class_head == head), False)
 
-    def site_path(self, site: str, layer: int | None) -> str | None:
-        """The HF module path where AdapterHub attaches ``site``'s method modules in ``layer``; None: nowhere."""
+    def site_path(self, site: str, layer: int | None, config: Any = None) -> str | None:
+        """The HF module path where AdapterHub attaches ``site``'s method modules in ``layer``; None: nowhere.
+        ``config`` is needed where HF numbers layers otherwise than we do (``keymap.numbering``)."""
         path = self.site_paths.get(site)
-        return None if path is None else path.format(i=layer)
+        return None if path is None else path.format(**self.keymap.hf_fields(layer, config))
 
     def head_keys(self, head: str | None) -> dict[str, str | None]:
         """The key table of task head ``head`` (HF key -> our ``head.*`` key, or None: dropped); {} for no head."""
@@ -99,7 +106,7 @@ class Architecture:
                 ours = target.targets if isinstance(target, Split) else (target,) if target else ()
                 split, join = bound(target, config) if isinstance(target, Split) else (None, None)
                 for layer in range(num_layers) if "{i}" in template else (None,):
-                    path = root + template.format(i=layer)
+                    path = root + template.format(**self.keymap.hf_fields(layer, config))
                     sites = tuple(linear_sites.get(key.format(i=layer).removesuffix(".weight")) for key in ours)
                     modules[path] = HFModule(path, layer, sites if sites and None not in sites else (), split, join)
         return modules

@@ -34,6 +34,18 @@ class Split:
     join: Callable[[tuple[Tensor, ...], Any], Tensor]
 
 
+@dataclass(frozen=True)
+class LayerNumbering:
+    """How HF numbers layers where one layer of ours has several indices in HF's keys: ALBERT's
+    ``albert_layer_groups.{i}.albert_layers.{j}`` is our ``layers.{i · inner_group_num + j}``.
+
+    ``to_hf(layer, config)`` gives the HF indices (i, j, ...) of our layer; ``to_ours(indices, config)`` the reverse.
+    """
+
+    to_hf: Callable[[int, Any], tuple[int, ...]]
+    to_ours: Callable[[tuple[int, ...], Any], int]
+
+
 @dataclass(frozen=True, kw_only=True)
 class KeyMap:
     """How one architecture's HF checkpoints name their tensors.
@@ -49,6 +61,8 @@ class KeyMap:
         leaf_aliases: old names of a key's last segment (TF-converted checkpoints' LayerNorm gamma/beta).
         init_if_missing: our key prefixes a checkpoint may lack; they keep their fresh initialisation (a new
             head, a pooler the checkpoint was saved without). Any other missing key is an error.
+        numbering: how HF numbers the layers when its keys give one layer of ours several indices (ALBERT's groups);
+            None: HF's ``{i}`` is our layer index.
     """
 
     prefix: str
@@ -57,6 +71,7 @@ class KeyMap:
     copies: Mapping[str, str] = field(default_factory=dict)
     leaf_aliases: Mapping[str, str] = field(default_factory=lambda: {"gamma": "weight", "beta": "bias"})
     init_if_missing: tuple[str, ...] = ("pooler.", "head.")
+    numbering: LayerNumbering | None = None
 
     def __post_init__(self) -> None:
         for head in (None, *self.heads):  # a table that maps two HF keys to one of ours fails at import
@@ -65,6 +80,24 @@ class KeyMap:
     def table(self, head: str | None) -> dict[str, str | Split | None]:
         """The base table plus the table of ``head``."""
         return {**self.keys, **(self.heads[head] if head else {})}
+
+    def hf_fields(self, layer: int | None, config: Any) -> dict[str, int | None]:
+        """The ``{i}`` (and ``{j}``) of HF templates for our ``layer`` (None: a template without indices)."""
+        if layer is None or self.numbering is None:
+            return {"i": layer}
+        return dict(zip(("i", "j"), self.numbering.to_hf(layer, config), strict=False))
+
+    def our_indices(self, indices: tuple[str, ...], config: Any) -> tuple[str, ...]:
+        """The indices of our key for an HF key's ``indices``."""
+        if not indices or self.numbering is None:
+            return indices
+        return (str(self.numbering.to_ours(tuple(map(int, indices)), config)),)
+
+    def hf_indices(self, indices: tuple[str, ...], config: Any) -> tuple[str, ...]:
+        """The indices of the HF key for our key's ``indices``."""
+        if not indices or self.numbering is None:
+            return indices
+        return tuple(map(str, self.numbering.to_hf(int(indices[0]), config)))
 
     def inverse(self, head: str | None) -> dict[str, str]:
         """Our key template -> HF key template, for a model with ``head``."""
@@ -128,6 +161,7 @@ def hf_to_ours(keymap: KeyMap, hf_state: Mapping[str, Tensor], expected: Mapping
         target = table[template]
         if target is None:
             continue
+        indices = keymap.our_indices(indices, config)
         if isinstance(target, Split):
             pieces = dict(zip((fill(t, indices) for t in target.targets), target.split(tensor, config), strict=True))
         else:
@@ -157,7 +191,7 @@ def ours_to_hf(keymap: KeyMap, state: Mapping[str, Tensor], config: Any) -> dict
         template, indices = to_template(key)
         if template not in inverse:
             raise ConversionError(f"our key {key!r} has no HF name in the key table; the table is incomplete.")
-        hf_key = fill(inverse[template], indices)
+        hf_key = fill(inverse[template], keymap.hf_indices(indices, config))
         target = table[inverse[template]]
         if config.head and inverse[template] in keymap.keys:
             hf_key = keymap.prefix + hf_key

@@ -1,9 +1,11 @@
-"""One ``Architecture`` record per model — BERT, ROBERTA, DEBERTA, DEBERTA_V2, VIT — with its key table (one line per
-HF tensor, weight and bias both), transformers classes, AdapterHub module paths and refused config values.
+"""One ``Architecture`` record per model — BERT, ROBERTA, XLM_ROBERTA, CAMEMBERT, ELECTRA, DEBERTA, DEBERTA_V2, VIT,
+DISTILBERT, ALBERT — with its key table (one line per HF tensor, weight and bias both), transformers classes,
+AdapterHub module paths, config.json renames and refused config values.
 
 HF names verified against ``state_dict()`` of transformers 4.57.6's BertModel/BertFor*, RobertaModel/RobertaFor*,
-DebertaModel/DebertaFor*, DebertaV2Model/DebertaV2For*, ViTModel and ViTForImageClassification classes
-(tests/models/convert/test_tables.py checks every one).
+XLMRobertaModel/XLMRobertaFor*, CamembertModel/CamembertFor*, ElectraModel/ElectraFor*, DebertaModel/DebertaFor*,
+DebertaV2Model/DebertaV2For*, ViTModel, ViTForImageClassification, DistilBertModel/DistilBertFor* and
+AlbertModel/AlbertFor* classes (tests/models/convert/test_tables.py checks every one).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from torch import Tensor
 
 from peftcore.models.convert.architecture import Architecture
-from peftcore.models.convert.keymap import KeyMap, Split
+from peftcore.models.convert.keymap import ConversionError, KeyMap, LayerNumbering, Split
 
 
 def linear(hf: str, ours: str) -> dict[str, str]:
@@ -123,6 +125,66 @@ ROBERTA = replace(
         "RobertaForSequenceClassification": ("sequence_classification", False),
         "RobertaForTokenClassification": ("token_classification", False),
         "RobertaForQuestionAnswering": ("question_answering", False),
+    },
+)
+
+# XLM-RoBERTa and CamemBERT: RoBERTa's network, keys (under the same "roberta." prefix) and heads; their own classes
+XLM_ROBERTA = replace(
+    ROBERTA,
+    hf_classes={
+        "XLMRobertaModel": (None, True),
+        "XLMRobertaForMaskedLM": ("masked_lm", False),
+        "XLMRobertaForSequenceClassification": ("sequence_classification", False),
+        "XLMRobertaForTokenClassification": ("token_classification", False),
+        "XLMRobertaForQuestionAnswering": ("question_answering", False),
+    },
+)
+
+CAMEMBERT = replace(
+    ROBERTA,
+    hf_classes={
+        "CamembertModel": (None, True),
+        "CamembertForMaskedLM": ("masked_lm", False),
+        "CamembertForSequenceClassification": ("sequence_classification", False),
+        "CamembertForTokenClassification": ("token_classification", False),
+        "CamembertForQuestionAnswering": ("question_answering", False),
+    },
+)
+
+
+# ---- ELECTRA ----
+
+ELECTRA = replace(
+    BERT,  # BERT's encoder keys, module paths and refused values; no pooler, a projection, heads of its own
+    keymap=KeyMap(
+        prefix="electra.",
+        keys={
+            **{hf: ours for hf, ours in BERT.keymap.keys.items() if not hf.startswith("pooler.")},
+            **linear("embeddings_project", "embeddings.proj"),  # only when embedding_size != hidden_size
+            # ElectraForPreTraining's replaced-token detector, which we do not implement: dropped
+            **dict.fromkeys((
+                "discriminator_predictions.dense.weight", "discriminator_predictions.dense.bias",
+                "discriminator_predictions.dense_prediction.weight", "discriminator_predictions.dense_prediction.bias",
+            )),
+        },
+        heads={
+            "masked_lm": {  # ElectraForMaskedLM's generator head, embedding_size wide
+                **linear("generator_predictions.dense", "head.dense"),
+                **linear("generator_predictions.LayerNorm", "head.norm"),
+                **linear("generator_lm_head", "head.decoder"),  # its weight tied to the word embeddings by default
+            },
+            "sequence_classification": ROBERTA.keymap.heads["sequence_classification"],  # classifier.dense, out_proj
+            "token_classification": linear("classifier", "head.classifier"),
+            "question_answering": linear("qa_outputs", "head.qa_outputs"),
+        },
+    ),
+    hf_classes={
+        "ElectraModel": (None, False),
+        "ElectraForPreTraining": (None, False),  # the discriminator checkpoints: their encoder, without its head
+        "ElectraForMaskedLM": ("masked_lm", False),
+        "ElectraForSequenceClassification": ("sequence_classification", False),
+        "ElectraForTokenClassification": ("token_classification", False),
+        "ElectraForQuestionAnswering": ("question_answering", False),
     },
 )
 
@@ -295,4 +357,156 @@ VIT = Architecture(
         "ffn.residual": "encoder.layer.{i}.output.output_adapters",
     },
     required_values={"pooler_act": "tanh"},
+)
+
+
+# ---- DistilBERT ----
+
+DISTILBERT_LAYER = "transformer.layer.{i}"
+
+# DistilBERT has no token types and no pooler; config.json names its sizes otherwise (config_renames)
+DISTILBERT = Architecture(
+    keymap=KeyMap(
+        prefix="distilbert.",
+        keys={
+            "embeddings.word_embeddings.weight": "embeddings.word.weight",
+            "embeddings.position_embeddings.weight": "embeddings.position.weight",  # sinusoidal ones are saved too
+            **linear("embeddings.LayerNorm", "embeddings.norm"),
+            "embeddings.position_ids": None,  # buffer in older files; we compute positions
+            **linear(f"{DISTILBERT_LAYER}.attention.q_lin", "layers.{i}.attn.q"),
+            **linear(f"{DISTILBERT_LAYER}.attention.k_lin", "layers.{i}.attn.k"),
+            **linear(f"{DISTILBERT_LAYER}.attention.v_lin", "layers.{i}.attn.v"),
+            **linear(f"{DISTILBERT_LAYER}.attention.out_lin", "layers.{i}.attn.out"),
+            **linear(f"{DISTILBERT_LAYER}.sa_layer_norm", "layers.{i}.attn.residual.norm"),
+            **linear(f"{DISTILBERT_LAYER}.ffn.lin1", "layers.{i}.ffn.intermediate"),
+            **linear(f"{DISTILBERT_LAYER}.ffn.lin2", "layers.{i}.ffn.output"),
+            **linear(f"{DISTILBERT_LAYER}.output_layer_norm", "layers.{i}.ffn.residual.norm"),
+        },
+        heads={
+            "masked_lm": {
+                **linear("vocab_transform", "head.dense"),
+                **linear("vocab_layer_norm", "head.norm"),
+                **linear("vocab_projector", "head.decoder"),  # its weight tied to the word embeddings by default
+            },
+            "sequence_classification": {
+                **linear("pre_classifier", "head.pre_classifier"),
+                **linear("classifier", "head.classifier"),
+            },
+            "token_classification": linear("classifier", "head.classifier"),
+            "question_answering": linear("qa_outputs", "head.qa_outputs"),
+        },
+    ),
+    hf_classes={
+        "DistilBertModel": (None, False),
+        "DistilBertForMaskedLM": ("masked_lm", False),
+        "DistilBertForSequenceClassification": ("sequence_classification", False),
+        "DistilBertForTokenClassification": ("token_classification", False),
+        "DistilBertForQuestionAnswering": ("question_answering", False),
+    },
+    site_paths={  # verified against adapters 1.3.0's DistilBertAdapterModel state_dict keys
+        **INVERTIBLE,
+        "attn.q": f"{DISTILBERT_LAYER}.attention.q_lin",
+        "attn.k": f"{DISTILBERT_LAYER}.attention.k_lin",
+        "attn.v": f"{DISTILBERT_LAYER}.attention.v_lin",
+        "attn.prefix": f"{DISTILBERT_LAYER}.attention.prefix_tuning",
+        "attn.residual": f"{DISTILBERT_LAYER}.attention_adapters",
+        "ffn.intermediate": f"{DISTILBERT_LAYER}.ffn.lin1",
+        "ffn.output": f"{DISTILBERT_LAYER}.ffn.lin2",
+        "ffn.residual": f"{DISTILBERT_LAYER}.output_adapters",
+    },
+    shared_paths={"prefix": "prefix_tuning.prefix_tunings.{name}.self"},  # its prefix layer's location is "self"
+    config_renames={
+        "dim": "hidden_size",
+        "n_layers": "num_hidden_layers",
+        "n_heads": "num_attention_heads",
+        "hidden_dim": "intermediate_size",
+        "activation": "hidden_act",
+        "dropout": "hidden_dropout_prob",
+        "attention_dropout": "attention_probs_dropout_prob",
+        "seq_classif_dropout": "classifier_dropout",  # as AdapterHub renames them (adapters/wrappers/configuration.py)
+    },
+    ignored_config_fields=frozenset({"tie_weights_"}),  # in distilbert-base-*'s config.json; transformers ignores it
+)
+
+
+# ---- ALBERT ----
+
+def albert_layer_to_hf(layer: int, config: Any) -> tuple[int, int]:
+    """Our layer -> (group, layer in group): ``albert_layer_groups.{i}.albert_layers.{j}`` holds our layer
+    ``i · inner_group_num + j``, as transformers' ``AlbertModel._prune_heads`` flattens them."""
+    return divmod(layer, config.inner_group_num)
+
+
+def albert_layer_to_ours(indices: tuple[int, ...], config: Any) -> int:
+    group, inner = indices
+    if inner >= config.inner_group_num:  # it would land on the next group's layer
+        raise ConversionError(f"the checkpoint has albert_layers.{inner} in a group, but its config has "
+                              f"inner_group_num={config.inner_group_num}; check that config.json fits the weights.")
+    return group * config.inner_group_num + inner
+
+
+ALBERT_LAYER = "encoder.albert_layer_groups.{i}.albert_layers.{j}"  # one of our layers: see albert_layer_to_hf
+
+# Every key of a layer is stored once: ALBERT's layers are shared across the layer applications, and so are ours
+# (models/albert.py). AlbertForPreTraining's sentence-order head is not implemented: its keys are dropped.
+ALBERT = Architecture(
+    keymap=KeyMap(
+        prefix="albert.",
+        keys={
+            "embeddings.word_embeddings.weight": "embeddings.word.weight",
+            "embeddings.position_embeddings.weight": "embeddings.position.weight",
+            "embeddings.token_type_embeddings.weight": "embeddings.token_type.weight",
+            **linear("embeddings.LayerNorm", "embeddings.norm"),
+            "embeddings.position_ids": None,  # buffers in older files; we compute positions, token types are 0
+            "embeddings.token_type_ids": None,
+            **linear("encoder.embedding_hidden_mapping_in", "embeddings.proj"),  # embedding_size -> hidden_size
+            **linear(f"{ALBERT_LAYER}.attention.query", "layers.{i}.attn.q"),
+            **linear(f"{ALBERT_LAYER}.attention.key", "layers.{i}.attn.k"),
+            **linear(f"{ALBERT_LAYER}.attention.value", "layers.{i}.attn.v"),
+            **linear(f"{ALBERT_LAYER}.attention.dense", "layers.{i}.attn.out"),
+            **linear(f"{ALBERT_LAYER}.attention.LayerNorm", "layers.{i}.attn.residual.norm"),
+            **linear(f"{ALBERT_LAYER}.ffn", "layers.{i}.ffn.intermediate"),
+            **linear(f"{ALBERT_LAYER}.ffn_output", "layers.{i}.ffn.output"),
+            **linear(f"{ALBERT_LAYER}.full_layer_layer_norm", "layers.{i}.ffn.residual.norm"),
+            **linear("pooler", "pooler.dense"),
+        },
+        heads={
+            "masked_lm": {  # embedding_size wide: dense hidden_size -> embedding_size, decoder from embedding_size
+                **linear("predictions.dense", "head.dense"),
+                **linear("predictions.LayerNorm", "head.norm"),
+                "predictions.decoder.weight": "head.decoder.weight",  # tied to the word embeddings by default
+                "predictions.bias": "head.decoder.bias",
+                **dict.fromkeys(("sop_classifier.classifier.weight", "sop_classifier.classifier.bias")),
+            },
+            "sequence_classification": linear("classifier", "head.classifier"),
+            "token_classification": linear("classifier", "head.classifier"),
+            "question_answering": linear("qa_outputs", "head.qa_outputs"),
+        },
+        copies={"predictions.decoder.bias": "predictions.bias"},
+        numbering=LayerNumbering(albert_layer_to_hf, albert_layer_to_ours),
+    ),
+    hf_classes={
+        "AlbertModel": (None, True),
+        "AlbertForMaskedLM": ("masked_lm", False),
+        "AlbertForPreTraining": ("masked_lm", True),
+        "AlbertForSequenceClassification": ("sequence_classification", True),
+        "AlbertForTokenClassification": ("token_classification", False),
+        "AlbertForQuestionAnswering": ("question_answering", False),
+    },
+    site_paths={  # verified against adapters 1.3.0's AlbertAdapterModel state_dict keys
+        **INVERTIBLE,
+        "attn.q": f"{ALBERT_LAYER}.attention.query",
+        "attn.k": f"{ALBERT_LAYER}.attention.key",
+        "attn.v": f"{ALBERT_LAYER}.attention.value",
+        "attn.prefix": f"{ALBERT_LAYER}.attention.prefix_tuning",
+        "attn.residual": f"{ALBERT_LAYER}.attention.attention_adapters",
+        "ffn.intermediate": f"{ALBERT_LAYER}.ffn",
+        "ffn.output": f"{ALBERT_LAYER}.ffn_output",
+        "ffn.residual": f"{ALBERT_LAYER}.output_adapters",
+    },
+    config_renames={"classifier_dropout_prob": "classifier_dropout"},  # ours: EncoderConfig's classifier_dropout
+    required_values={"position_embedding_type": "absolute"},
+    # in the released albert-*-v1/v2 config.json files, from Google's original configs; transformers never reads them
+    ignored_config_fields=frozenset({"down_scale_factor", "gap_size", "net_structure_type", "num_memory_blocks",
+                                     "layers_to_keep"}),
 )

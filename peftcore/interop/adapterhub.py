@@ -59,7 +59,8 @@ def key_pairs(host: AdapterHost, config: AdapterConfigBase, name: str) -> dict[s
             for key in module.state_dict():
                 for their in module.adapterhub_names(member, key):
                     pairs[where + their] = state_key(site.path, key)
-        shared_paths = {method.shared_key: method.adapterhub_shared_path for method in methods_for(member)}
+        shared_paths = {method.shared_key: host.hf_shared_path(method.shared_key) or method.adapterhub_shared_path
+                        for method in methods_for(member)}
         for shared_key, module in built.shared.items():
             for key in module.state_dict():
                 pairs[f"{shared_paths[shared_key].format(name=name)}.{key}"] = shared_state_key(shared_key, key)

@@ -166,9 +166,16 @@ def check_placement(where: Path, targeted: Mapping[str, Any], in_file: set[str],
 
 
 def saved_modules(where: Path, raw: Mapping[str, Any], rest: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The tensors besides the method's: each must belong to a module of ``modules_to_save``."""
+    """The tensors besides the method's: each must belong to a module of ``modules_to_save``, matched as peft 0.21.2's
+    ``_set_trainable`` matches them: a module path that ends with a name (so ``classifier`` saves DistilBERT's
+    ``pre_classifier`` too)."""
     names = raw.get("modules_to_save") or []
-    strays = sorted(key for key in rest if not any(re.match(rf"(^|.*\.){m}($|\..*)", key) for m in names))
+
+    def saved(key: str) -> bool:
+        modules = [key.rsplit(".", depth)[0] for depth in range(1, key.count(".") + 1)]
+        return any(module.endswith(name) for module in modules for name in names)
+
+    strays = sorted(key for key in rest if not saved(key))
     if strays:
         raise ValueError(f"{where}: tensors that are neither {raw['peft_type']} weights nor in modules_to_save "
                          f"({names}): {strays[:6]}{' ...' if len(strays) > 6 else ''}.")

@@ -17,7 +17,9 @@ from peftcore.sites import SiteLinear, find_sites
 from tests.archs import ARCHS, reference
 
 HEADS = {"bert": "sequence_classification", "roberta": "masked_lm", "deberta": "question_answering",
-         "deberta-v2": "token_classification", "vit": "image_classification"}
+         "deberta-v2": "token_classification", "vit": "image_classification", "xlm-roberta": "question_answering",
+         "camembert": "token_classification", "electra": "masked_lm", "distilbert": "sequence_classification",
+         "albert": "masked_lm"}
 
 
 def build(arch: str, head: str | None = None):
@@ -88,6 +90,14 @@ def test_hf_modules_cover_every_linear_site_once_at_its_site_path(arch, with_hea
     head_paths = {key.removesuffix(".weight") for key in model.hf_head_keys() if key.endswith(".weight")}
     assert bool(head_paths) == with_head and head_paths <= set(prefixed)
     assert {path if path in head_paths else model.hf_prefix + path for path in modules} == set(prefixed)
+
+
+def test_albert_layers_are_numbered_by_group_and_layer_in_group_in_hf_paths():
+    model = build("albert")  # two groups of two layers: our layer 3 is group 1's second
+    assert model.hf_site_path("attn.q", 3) == "encoder.albert_layer_groups.1.albert_layers.1.attention.query"
+    assert model.hf_site_path("ffn.residual", 2) == "encoder.albert_layer_groups.1.albert_layers.0.output_adapters"
+    module = model.hf_modules(with_prefix=True)["albert.encoder.albert_layer_groups.0.albert_layers.1.ffn_output"]
+    assert (module.layer, module.sites) == (1, ("ffn.output",))
 
 
 def test_deberta_v1_in_proj_covers_q_k_v_with_split_and_join_bound_to_the_config():

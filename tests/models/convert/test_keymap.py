@@ -7,7 +7,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from peftcore.models.convert.keymap import ConversionError, KeyMap, Split, hf_to_ours, ours_to_hf, to_template
+from peftcore.models.convert.keymap import (
+    ConversionError,
+    KeyMap,
+    LayerNumbering,
+    Split,
+    hf_to_ours,
+    ours_to_hf,
+    to_template,
+)
 
 NO_HEAD = SimpleNamespace(head=None)
 
@@ -79,3 +87,20 @@ def test_keys_of_another_head_are_dropped_and_missing_head_keys_reported_fresh()
     converted = hf_to_ours(table, {"w": torch.ones(1), "h1": torch.ones(1)}, {"w": (1,), "head.h": (1,)}, set(),
                            SimpleNamespace(head="two"), "Toy")
     assert converted.dropped == ["h1"] and converted.newly_initialized == ["head.h"]
+
+
+def test_a_layer_numbered_by_group_and_position_maps_to_one_index_both_ways():
+    """ALBERT's way: HF's group.{i}.layer.{j} is our layers.{i * per_group + j}."""
+    numbering = LayerNumbering(lambda layer, config: divmod(layer, config.per_group),
+                               lambda indices, config: indices[0] * config.per_group + indices[1])
+    table = KeyMap(prefix="", keys={"group.{i}.layer.{j}.w": "layers.{i}.w", "ln.weight": "norm.weight"},
+                   numbering=numbering)
+    config = SimpleNamespace(head=None, per_group=2)
+    hf = {f"group.{g}.layer.{j}.w": torch.tensor([2. * g + j]) for g in range(2) for j in range(2)}
+    hf["ln.weight"] = torch.ones(1)
+    expected = {**{f"layers.{i}.w": (1,) for i in range(4)}, "norm.weight": (1,)}
+    state = hf_to_ours(table, hf, expected, set(), config, "Toy").state
+    assert {key: t.item() for key, t in state.items() if key.startswith("layers")} == {
+        "layers.0.w": 0, "layers.1.w": 1, "layers.2.w": 2, "layers.3.w": 3}
+    assert ours_to_hf(table, state, config).keys() == hf.keys()
+    assert table.hf_fields(3, config) == {"i": 1, "j": 1} and table.hf_fields(None, config) == {"i": None}

@@ -3,8 +3,9 @@ Average and ``average_adapter``.
 
 AdapterHub adds the adapters, moves every tensor off its initialisation (Gaussian noise, 0.1) and saves them; ours
 loads the same files, both run the same composition (AdapterHub with its own block objects: given ours it would read
-them as plain lists, a Stack) and agree within 1e-5. BERT and RoBERTa run every case; DeBERTa v2 and ViT a
-representative subset (AdapterHub refuses invertible adapters on ViT).
+them as plain lists, a Stack) and agree within 1e-5. BERT and RoBERTa run every case; DeBERTa v2, ViT, XLM-RoBERTa
+and ELECTRA a representative subset (AdapterHub refuses invertible adapters on ViT). MAD-X on XLM-RoBERTa is also run
+as AdapterHub's tutorial trains it: language adapters by masked-LM, then a task adapter stacked on one.
 
 Where we deliberately differ (peftcore/composition.py's docstring), a test pins AdapterHub's numbers next to ours,
 so it fails if they change: stacked LoRAs multiply their low-rank maps there and add here; ``Average`` divides by N
@@ -137,7 +138,8 @@ STACKS = {
 }
 STACK_CASES = cases({"bert": list(STACKS), "roberta": list(STACKS),
                      "deberta-v2": ["seq_bn+seq_bn", "madx", "prefix+prefix", "ia3+ia3"],
-                     "vit": ["par_bn+seq_bn", "prefix+prefix", "compacter+compacter++"]})
+                     "vit": ["par_bn+seq_bn", "prefix+prefix", "compacter+compacter++"],
+                     "xlm-roberta": ["madx", "prefix+prefix", "ia3+ia3"], "electra": ["madx", "par_bn+seq_bn"]})
 
 
 @pytest.mark.parametrize(("arch", "case"), STACK_CASES)
@@ -159,13 +161,67 @@ def test_parallel_adapter_stacked_after_another_reads_the_sub_layer_input_as_in_
     assert_parity(ours, models.ours_hidden("b"))
 
 
-@pytest.mark.parametrize("arch", ["bert", "roberta", "deberta-v2"])
+@pytest.mark.parametrize("arch", ["bert", "roberta", "deberta-v2", "xlm-roberta"])
 def test_madx_swapping_the_language_adapter_gives_adapterhubs_outputs(pair, arch):
     models = pair(arch, {"en": "seq_bn_inv", "de": "seq_bn_inv", "task": "seq_bn"})
     english, _ = models.hidden(Stack("en", "task"), ah.Stack("en", "task"))
     ours, theirs = models.hidden(Stack("de", "task"), ah.Stack("de", "task"))
     assert_parity(ours, theirs)
     assert_moved(ours, english)
+
+
+def train_setup(model, trained: str, active, inputs: dict, output, steps: int = 3) -> None:
+    """``steps`` AdamW steps on adapter ``trained`` and its head (AdapterHub's ``train_adapter``), all else frozen,
+    with the setup ``active`` running."""
+    model.train_adapter(trained)
+    model.set_active_adapters(active)
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(steps):
+        output(model(**inputs)).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+
+def test_madx_trained_by_adapterhub_on_xlm_roberta_gives_its_outputs_in_ours(checkpoint, tmp_path):
+    """MAD-X (Pfeiffer et al., 2020, https://arxiv.org/abs/2005.00052) as AdapterHub's tutorial runs it on XLM-R: a
+    language adapter per language with its invertible adapter, trained by masked-LM through the inverse; a task adapter
+    and classification head trained on top of the frozen English adapter; zero-shot transfer swaps in German."""
+    arch = "xlm-roberta"
+    directory, inputs = checkpoint(arch), inputs_for(arch)
+    mask = inputs["attention_mask"]
+    theirs = adapterhub_model(arch, directory, flex=True)
+    for language in ("en", "de"):
+        theirs.add_adapter(language, config="seq_bn_inv")
+        theirs.add_masked_lm_head(language)
+        train_setup(theirs, language, language, inputs, lambda out: real_tokens(out.logits, mask))
+    english = {key: t.clone() for key, t in theirs.state_dict().items() if ".en." in key}
+    theirs.add_adapter("task", config="seq_bn")
+    theirs.add_classification_head("task", num_labels=3)
+    train_setup(theirs, "task", ah.Stack("en", "task"), inputs, lambda out: out.logits)
+    assert theirs.active_adapters == ah.Stack("en", "task")
+    assert english and all(torch.equal(theirs.state_dict()[key], t) for key, t in english.items())  # frozen
+    theirs.eval()
+    ours = ours_from(arch, directory)
+    for name in ("en", "de", "task"):
+        theirs.save_adapter(str(tmp_path / name), name)
+        assert ours.load_adapter(tmp_path / name) == name
+    for language in ("en", "de"):
+        ours.set_active_adapters(language)
+        theirs.set_active_adapters(language)
+        with torch.no_grad():
+            assert_parity(real_tokens(ours(**inputs).logits, mask), real_tokens(theirs(**inputs).logits, mask))
+    outputs = {}
+    for language in ("en", "de"):
+        ours.set_active_adapters(Stack(language, "task"))
+        theirs.set_active_adapters(ah.Stack(language, "task"))
+        assert ours.active_head == theirs.active_head == "task"
+        with torch.no_grad():
+            mine, expected = ours(**inputs, output_hidden_states=True), theirs(**inputs, output_hidden_states=True)
+        assert_parity(real_tokens(mine.hidden_states[-1], mask), real_tokens(expected.hidden_states[-1], mask))
+        assert_parity(mine.logits, expected.logits)
+        outputs[language] = mine.logits
+    assert_moved(outputs["de"], outputs["en"])
 
 
 # ---- LoRA Stack: the updates add up here, the low-rank maps multiply in AdapterHub ----------------------------

@@ -74,6 +74,22 @@ CASES = [  # (arch, peft config)
     ("bert", peft.IA3Config(target_modules=["key", "value", "intermediate.dense"], feedforward_modules=[], **SEQ_CLS)),
     ("roberta", peft.IA3Config(target_modules=r".*\.(query|\d\.output\.dense)", feedforward_modules=[], **SEQ_CLS)),
     ("vit", peft.IA3Config(target_modules=["key", "value"], feedforward_modules=[], **VIT_HEAD)),
+    ("xlm-roberta", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value", "intermediate.dense"],
+                                    **SEQ_CLS)),
+    ("xlm-roberta", peft.IA3Config(target_modules=["key", "value"], feedforward_modules=[], **SEQ_CLS)),
+    ("camembert", peft.LoraConfig(r=2, lora_alpha=4, target_modules=r".*\.(query|key|\d\.output\.dense)", **SEQ_CLS)),
+    ("camembert", peft.IA3Config(target_modules=["value", "intermediate.dense"], feedforward_modules=[], **SEQ_CLS)),
+    ("electra", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query", "key", "value"], **SEQ_CLS)),
+    ("electra", peft.IA3Config(target_modules=["key", "value", "intermediate.dense"], feedforward_modules=[],
+                               **SEQ_CLS)),
+    ("distilbert", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_lin", "v_lin", "lin1"])),
+    ("distilbert", peft.IA3Config(target_modules=["k_lin", "v_lin"], feedforward_modules=[])),
+    # SEQ_CLS's modules_to_save "classifier" makes PEFT train and save pre_classifier too
+    # (peft.utils.other._set_trainable matches module names by plain suffix)
+    ("distilbert", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_lin", "v_lin"], **SEQ_CLS)),
+    # ALBERT: PEFT wraps each shared linear once, as our sites sit in each distinct layer once (models/albert.py)
+    ("albert", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value", "ffn_output"], **SEQ_CLS)),
+    ("albert", peft.IA3Config(target_modules=["key", "value", "ffn"], feedforward_modules=[], **SEQ_CLS)),
 ]
 
 
@@ -97,6 +113,12 @@ OURS = [  # (arch, our config)
     ("vit", "lora"),
     ("bert", "ia3[output_lora=True, alpha=2]"),
     ("roberta", "ia3"),
+    ("xlm-roberta", "lora[r=2, alpha=4, intermediate_lora=True]"),
+    ("camembert", "ia3"),
+    ("electra", "lora[attn_matrices=['q', 'k', 'v'], output_lora=True]"),
+    ("distilbert", "lora[attn_matrices=['q', 'k', 'v'], intermediate_lora=True]"),
+    ("albert", "lora[r=4, output_lora=True]"),
+    ("albert", "ia3"),
 ]
 
 
