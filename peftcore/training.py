@@ -9,28 +9,43 @@ The loss is the active adapter head's ``loss(logits, labels, attention_mask)``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule
 
+from peftcore import io
 from peftcore.interop import read_adapter
 
 Batch = dict[str, Tensor]
+RUN_ONLY = ("eval_every", "checkpoint_every", "checkpoint_dir")  # settings a resumed run may change
+PROGRESS_FILE, STATE_FILE = "progress.json", "trainer_state.pt"
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingConfig:
-    """Hyper-parameters; ``batch_size`` is the global batch (split across processes under torchrun)."""
+    """Hyper-parameters of one training run.
+
+    Training makes ``epochs`` passes over the data, ``batch_size`` examples per optimizer step over all processes
+    (each takes its share under torchrun), in ``gradient_accumulation`` micro-batches per step. AdamW's learning
+    rate rises linearly from 0 to ``learning_rate`` over the first ``warmup_ratio`` of the steps, then decays
+    linearly to 0; ``weight_decay`` is its decoupled weight decay, which biases and norms (1-D parameters) do not get.
+    ``max_grad_norm`` clips the gradient's global norm (None: no clipping); ``bf16`` runs forward passes under bf16
+    autocast (the loss is computed in fp32). ``eval_every`` optimizer steps between evaluations (None: after every
+    epoch). Checkpoints go into ``checkpoint_dir`` (None: none), where ``fit`` also looks for one to resume: after the
+    last step, and every ``checkpoint_every`` steps if set (which needs ``checkpoint_dir``). ``seed`` seeds the
+    model's random draws (dropout) and the data order.
+    """
 
     epochs: int = 3
     batch_size: int = 32
@@ -40,8 +55,8 @@ class TrainingConfig:
     gradient_accumulation: int = 1
     max_grad_norm: float | None = 1.0
     bf16: bool = False
-    eval_every: int | None = None  # optimizer steps between evaluations; None: after every epoch
-    checkpoint_every: int | None = None  # optimizer steps between checkpoints (needs checkpoint_dir)
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
     checkpoint_dir: str | None = None
     seed: int = 0
 
@@ -60,14 +75,26 @@ class TrainingConfig:
 
 @dataclass
 class TrainResult:
+    """What ``Trainer.fit`` did: ``steps`` optimizer steps, the ``losses`` of each and ``evaluations``
+    (``{"step": n, **metrics}`` each), all counting those of the run this call resumed, from the checkpoint of step
+    ``resumed_from`` (0: it started afresh); ``seconds`` is the wall time of this call."""
+
     steps: int
     seconds: float
     losses: list[float] = field(default_factory=list)
     evaluations: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0
+
+    @property
+    def was_finished(self) -> bool:
+        """The checkpoint already held the whole run, so this call trained nothing."""
+        return 0 < self.resumed_from == self.steps
 
 
-def collate(examples: Sequence[Batch], pad_values: dict[str, int] | None = None) -> Batch:
-    """Stack examples into a batch, right-padding 1-D tensors of different lengths (pad 0, or ``pad_values``)."""
+def collate(examples: Sequence[Batch], pad_values: Mapping[str, int] | None = None) -> Batch:
+    """Stack ``examples`` (dicts of tensors with the same keys) into a batch: 0-D tensors (labels) are stacked, 1-D
+    tensors of different lengths right-padded with the value ``pad_values`` gives their key
+    (``{"input_ids": tokenizer.pad_token_id}``; 0 for the others)."""
     pad_values = pad_values or {}
     batch = {}
     for key in examples[0]:
@@ -80,26 +107,43 @@ def collate(examples: Sequence[Batch], pad_values: dict[str, int] | None = None)
 
 
 class ProgressLine:
-    """One self-overwriting line: step, loss, throughput, ETA (tqdm or rich are not needed)."""
+    """One self-overwriting line: step, loss, throughput, ETA (tqdm or rich are not needed); ``note`` writes a line
+    that stays (an evaluation) above it. Where the stream is not a terminal, a line every tenth of the run.
 
-    def __init__(self, total: int, stream: TextIO = sys.stderr) -> None:
-        self.total, self.stream, self.start = total, stream, time.perf_counter()
-        self.interactive = stream.isatty()
+    ``total`` is the step at which the run ends, ``first`` the step this run starts from (a resumed run's throughput
+    and ETA count only its own steps); the line goes to ``stream`` (standard error by default).
+    """
+
+    def __init__(self, total: int, stream: TextIO | None = None, first: int = 0) -> None:
+        self.total, self.first, self.start = total, first, time.perf_counter()
+        self.stream = stream or sys.stderr
+        self.interactive = self.stream.isatty()
+        self.line = ""  # the progress line on screen (interactive only)
 
     def update(self, step: int, loss: float, examples: int) -> None:
+        """Show ``step`` (of ``total``) with its ``loss``; ``examples`` is how many this run has trained on."""
         elapsed = time.perf_counter() - self.start
-        eta = elapsed / step * (self.total - step) if step else 0.0
+        done = step - self.first
+        eta = elapsed / done * (self.total - step) if done else 0.0
         line = (f"step {step}/{self.total}  loss {loss:.4f}  {examples / max(elapsed, 1e-9):.0f} examples/s  "
                 f"eta {eta:.0f}s")
         if self.interactive:
-            self.stream.write("\r" + line.ljust(78))
+            self.line = line.ljust(78)
+            self.stream.write("\r" + self.line)
         elif step == self.total or step % max(1, self.total // 10) == 0:
             self.stream.write(line + "\n")
         self.stream.flush()
 
+    def note(self, text: str) -> None:
+        """Write ``text`` as a line that stays above the progress line (which a terminal shows again below it)."""
+        self.stream.write(("\r" + text.ljust(78) + "\n" + self.line) if self.interactive else text + "\n")
+        self.stream.flush()
+
     def close(self) -> None:
-        if self.interactive:
+        """End a terminal's progress line, so that what is written next starts on a line of its own."""
+        if self.interactive and self.line:
             self.stream.write("\n")
+            self.stream.flush()
 
 
 def init_distributed_from_env() -> None:
@@ -109,18 +153,29 @@ def init_distributed_from_env() -> None:
 
 
 def is_distributed() -> bool:
+    """Whether this process belongs to an initialised ``torch.distributed`` process group."""
     return dist.is_available() and dist.is_initialized()
 
 
 def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of this process; ``(0, 1)`` outside torchrun."""
     return (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
 
 
 class Trainer:
     """Trains the adapter ``adapter`` (and its head) of ``model``; everything else stays frozen.
 
-    ``evaluate(model) -> dict`` is called periodically; checkpoints hold only the adapter, its head, the optimizer
-    and scheduler, so ``fit`` resumes from ``checkpoint_dir`` after an interruption.
+    Checkpoints hold only the adapter, its head, the optimizer and scheduler state and the run's history, so ``fit``
+    resumes from ``config.checkpoint_dir`` after an interruption; a checkpoint of another run (another adapter or
+    head config, training settings or training data) is refused with the differences named, and a finished one is
+    reported as such (``TrainResult.was_finished``) without training.
+
+    ``model`` holds adapter ``adapter`` and, for the loss, a head of the same name; ``config`` holds the
+    hyper-parameters. ``train_data`` are examples (dicts of 1-D tensors, with ``"labels"``) indexed by position, which
+    ``collate_fn`` turns into batches (default: ``collate``, padding with 0). ``evaluate``, if given, is called as
+    ``evaluate(model) -> {metric: value}`` in eval mode without gradients after every epoch (or every
+    ``config.eval_every`` steps), and each result is shown as a line of the progress display, which ``progress``
+    turns on (on standard error, rank 0 only).
     """
 
     def __init__(self, model: nn.Module, adapter: str, config: TrainingConfig, train_data: Sequence[Batch],
@@ -132,6 +187,10 @@ class Trainer:
         if config.batch_size % (self.world * config.gradient_accumulation):
             raise ValueError(f"batch_size {config.batch_size} must divide evenly over {self.world} processes × "
                              f"{config.gradient_accumulation} accumulation steps.")
+        self.steps_per_epoch = len(train_data) // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(train_data)} training examples make no full batch of {config.batch_size}; "
+                             f"lower the batch size to {len(train_data)} or less.")
         torch.manual_seed(config.seed)
         model.train_adapter(adapter)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
@@ -139,22 +198,21 @@ class Trainer:
         no_decay = [p for p in self.parameters if p.dim() <= 1]
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                             {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
-        self.steps_per_epoch = len(train_data) // config.batch_size
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(train_data)} training examples make no full batch of {config.batch_size}.")
         self.total_steps = self.steps_per_epoch * config.epochs
         warmup = int(self.total_steps * config.warmup_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: (step + 1) / (warmup + 1) if step < warmup
             else max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup)))
         self.step = 0
+        self.run_fingerprint: dict[str, Any] | None = None  # computed on first use: the data are hashed once
         self.network = model
         if is_distributed() and not isinstance(model, FSDPModule):
             # only parameters that require grad get DDP hooks: only the adapter is synchronised
             self.network = nn.parallel.DistributedDataParallel(model)
 
     def batches(self, epoch: int) -> Iterator[list[Batch]]:
-        """This process's share of each global batch, as micro-batches; the order depends only on seed and epoch."""
+        """This process's share of each global batch of ``epoch``, as micro-batches; the order depends only on the
+        seed and ``epoch``."""
         generator = torch.Generator().manual_seed(self.config.seed + epoch)
         order = torch.randperm(len(self.train_data), generator=generator).tolist()
         size, micro = self.config.batch_size, self.config.batch_size // (self.world * self.config.gradient_accumulation)
@@ -163,16 +221,23 @@ class Trainer:
             yield [self.collate_fn([self.train_data[i] for i in mine[j:j + micro]]) for j in range(0, len(mine), micro)]
 
     def loss(self, batch: Batch) -> Tensor:
+        """The adapter head's loss on ``batch``, whose ``"labels"`` it pops; the forward runs under bf16 autocast if
+        ``config.bf16``."""
         labels = batch.pop("labels")
         with torch.autocast(device_type=labels.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
             logits = self.network(**batch).logits
         return self.model.heads[self.adapter].loss(logits.float(), labels, batch.get("attention_mask"))
 
     def fit(self) -> TrainResult:
-        self.resume()
+        """Train to the last step (resuming from ``config.checkpoint_dir`` when it holds this run) and return what
+        was done; the model is left in eval mode."""
+        result = self.resume()
         start = time.perf_counter()
-        result = TrainResult(steps=0, seconds=0.0)
-        display = ProgressLine(self.total_steps) if self.progress and self.rank == 0 else None
+        display = ProgressLine(self.total_steps, first=self.step) if self.progress and self.rank == 0 else None
+        if display and result.resumed_from:
+            display.note(f"step {self.step}/{self.total_steps}  " + (
+                f"the checkpoint in {self.config.checkpoint_dir} is a finished run: nothing to train"
+                if self.step >= self.total_steps else f"resumed from the checkpoint in {self.config.checkpoint_dir}"))
         device = next(self.model.parameters()).device
         for epoch in range(self.step // self.steps_per_epoch, self.config.epochs):
             self.model.train()
@@ -192,62 +257,148 @@ class Trainer:
                 self.step += 1
                 result.losses.append(total)
                 if display:
-                    display.update(self.step, total, self.step * self.config.batch_size)
-                if self.config.eval_every and self.step % self.config.eval_every == 0:
-                    result.evaluations.append(self.run_evaluation())
+                    display.update(self.step, total, (self.step - result.resumed_from) * self.config.batch_size)
+                epoch_ends = index == self.steps_per_epoch - 1
+                if (self.step % self.config.eval_every == 0) if self.config.eval_every else epoch_ends:
+                    self.run_evaluation(result, display)  # before the checkpoint, which keeps it
                 if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
-                    self.save_checkpoint()
-            if not self.config.eval_every:
-                result.evaluations.append(self.run_evaluation())
+                    self.save_checkpoint(result)
+        if self.config.checkpoint_dir and self.step > result.resumed_from and (
+                not self.config.checkpoint_every or self.step % self.config.checkpoint_every):
+            self.save_checkpoint(result)  # the last step, so that a rerun finds the run finished
         if display:
             display.close()
         self.model.eval()
         result.steps, result.seconds = self.step, time.perf_counter() - start
         return result
 
-    def run_evaluation(self) -> dict[str, float]:
+    def run_evaluation(self, result: TrainResult, display: ProgressLine | None = None) -> None:
+        """Call ``evaluate`` (if any) in eval mode without gradients, append its metrics and the step to the
+        evaluations of ``result`` and show them on ``display`` (None: nowhere); the model's mode is restored."""
         if self.evaluate is None:
-            return {}
+            return
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
             metrics = self.evaluate(self.model)
         self.model.train(was_training)
-        return {"step": self.step, **metrics}
+        result.evaluations.append({"step": self.step, **metrics})
+        if display:
+            display.note(f"step {self.step}/{self.total_steps}  "
+                         + "  ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
 
-    def save_checkpoint(self) -> None:
-        """Rank 0 writes the adapter (with head) and the optimizer state; the previous checkpoint survives a crash."""
+    # ---- checkpoints ------------------------------------------------------------------------------------------
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must share with this run to resume it, JSON-ready: the training settings (but where
+        and how often to evaluate and save), the adapter's and head's configs, and the training data's digest."""
+        if self.run_fingerprint is not None:
+            return self.run_fingerprint
+        digest = hashlib.sha256()
+        for index in range(len(self.train_data)):
+            for key, tensor in sorted(self.train_data[index].items()):
+                digest.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
+                digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        head = self.model.heads[self.adapter].config if self.adapter in self.model.heads else None
+        training = {key: value for key, value in asdict(self.config).items() if key not in RUN_ONLY}
+        data = {"examples": len(self.train_data), "sha256": digest.hexdigest()}
+        adapter = self.model.adapter_configs[self.adapter].to_dict()
+        self.run_fingerprint = json.loads(json.dumps({"training": training, "adapter": adapter, "head": head,
+                                                      "data": data}))
+        return self.run_fingerprint
+
+    def save_checkpoint(self, result: TrainResult | None = None) -> None:
+        """Rank 0 writes the adapter (with head), the optimizer and scheduler state and the run's history (that of
+        ``result``; None: none) into ``checkpoint_dir`` in one atomic swap: a crash leaves the previous checkpoint
+        whole."""
         if self.rank != 0:
             return
-        directory = Path(self.config.checkpoint_dir)
-        self.model.save_adapter(directory / "adapter", self.adapter)
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-        temporary = directory / "trainer_state.pt.tmp"
-        torch.save(state, temporary)
-        os.replace(temporary, directory / "trainer_state.pt")
-        (directory / "progress.json").write_text(json.dumps({"step": self.step, "config": asdict(self.config)}))
+        result = result or TrainResult(steps=self.step, seconds=0.0)
+        progress = {"step": self.step, "total_steps": self.total_steps, "fingerprint": self.fingerprint(),
+                    "losses": result.losses, "evaluations": result.evaluations}
+        with io.atomic_directory_write(self.config.checkpoint_dir) as scratch:
+            self.model.save_adapter(scratch / "adapter", self.adapter)
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+                       scratch / STATE_FILE)
+            io.write_json(scratch / PROGRESS_FILE, progress)
 
-    def resume(self) -> None:
-        """Continue from ``checkpoint_dir`` when it holds a checkpoint of this run: same weights, optimizer state and
-        data order (dropout draws differ)."""
-        if not self.config.checkpoint_dir or not (Path(self.config.checkpoint_dir) / "progress.json").is_file():
-            return
-        directory = Path(self.config.checkpoint_dir)
+    def resume(self) -> TrainResult:
+        """Continue from ``checkpoint_dir`` when it holds a checkpoint of this run: same weights, optimizer state,
+        data order and history (dropout draws differ). A checkpoint of another run is refused, naming what differs.
+        Returns the history so far (empty when there is no checkpoint)."""
+        directory = Path(self.config.checkpoint_dir or "")
+        if not self.config.checkpoint_dir or not (directory / PROGRESS_FILE).is_file():
+            return TrainResult(steps=0, seconds=0.0)
+        progress = io.read_json(directory / PROGRESS_FILE)
+        self.check_same_run(directory, progress)
         saved = read_adapter(self.model, directory / "adapter", with_head=True)
+        expected = self.model.adapter_state(self.adapter)
+        head = self.model.heads[self.adapter].state_dict() if saved.head_state else {}
+        problems = io.tensor_problems(saved.state, expected)
+        problems += [(f"head {title}", entries) for title, entries in
+                     io.tensor_problems(saved.head_state or {}, {k: t for k, t in head.items()
+                                                                 if k in (saved.head_state or {})})]
+        if any(entries for _, entries in problems):
+            raise ValueError(io.problem_report(
+                f"the checkpoint in {directory} does not fit adapter {self.adapter!r}:", problems,
+                "Delete it, or choose another checkpoint_dir, to start afresh."))
         with torch.no_grad():
-            for key, tensor in self.model.adapter_state(self.adapter).items():
+            for key, tensor in expected.items():
                 tensor.copy_(saved.state[key])
             if saved.head_state:
                 self.model.heads[self.adapter].load_state_dict(saved.head_state, strict=False)  # tied decoder: kept
-        state = torch.load(directory / "trainer_state.pt", weights_only=True)
+        state = torch.load(directory / STATE_FILE, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.step = json.loads((directory / "progress.json").read_text())["step"]
+        self.step = int(progress["step"])
+        return TrainResult(steps=self.step, seconds=0.0, losses=list(progress.get("losses", [])),
+                           evaluations=list(progress.get("evaluations", [])), resumed_from=self.step)
+
+    def check_same_run(self, directory: Path, progress: Mapping[str, Any]) -> None:
+        """Refuse the checkpoint in ``directory``, whose ``progress`` record holds its run's fingerprint, when it was
+        made with another adapter or head config, other training settings or other data."""
+        now = self.fingerprint()
+        then = progress.get("fingerprint") or {"training": {key: value for key, value in progress.get("config", {})
+                                                            .items() if key not in RUN_ONLY}}
+        differences = []
+        methods = [(config or {}).get("architecture") or "bottleneck"  # AdapterHub writes none for bottlenecks
+                   for config in (then.get("adapter"), now["adapter"])]
+        if "adapter" in then and methods[0] != methods[1]:
+            differences.append(f"adapter config: a {methods[0]} adapter then, a {methods[1]} adapter now")
+        for part, what in (("adapter", "adapter config"), ("head", "head config"), ("training", "training settings")):
+            same_method = part != "adapter" or methods[0] == methods[1]
+            changed = changed_fields(then[part], now[part]) if part in then and same_method else []
+            if changed:
+                more = f"; ... ({len(changed) - 8} more)" if len(changed) > 8 else ""
+                differences.append(f"{what}: {'; '.join(changed[:8])}{more}")
+        if "data" in then and then["data"] != now["data"]:
+            count_then, count_now = then["data"]["examples"], now["data"]["examples"]
+            differences.append(f"training data: {count_then:,} examples then, {count_now:,} now"
+                               if count_then != count_now
+                               else f"training data: {count_now:,} examples then and now, but other ones")
+        if differences:
+            raise ValueError(f"the checkpoint in {directory} was made by another run, so this one cannot resume it:\n"
+                             + "".join(f"  {line}\n" for line in differences)
+                             + "Delete it, or choose another checkpoint_dir, to start afresh; or rerun with the "
+                               "settings it was made with.")
+
+
+def changed_fields(then: Any, now: Any, path: str = "") -> list[str]:
+    """``"field: THEN then, NOW now"`` for every leaf where the JSON values ``then`` and ``now`` differ, each field a
+    dotted path into the nesting below ``path``."""
+    if isinstance(then, dict) and isinstance(now, dict):
+        return [line for key in sorted(set(then) | set(now), key=str)
+                for line in changed_fields(then.get(key), now.get(key), f"{path}.{key}" if path else str(key))]
+    if isinstance(then, list) and isinstance(now, list) and len(then) == len(now):
+        return [line for i, (a, b) in enumerate(zip(then, now, strict=True))
+                for line in changed_fields(a, b, f"{path}.{i}" if path else str(i))]
+    return [] if then == now else [f"{path or 'value'}: {json.dumps(then)} then, {json.dumps(now)} now"]
 
 
 def accuracy(model: nn.Module, data: Sequence[Batch], batch_size: int = 256,
              collate_fn: Callable[[Sequence[Batch]], Batch] = collate) -> float:
-    """Share of examples whose arg-max logit equals the label."""
+    """Share of the examples ``data`` (with ``"labels"``) whose arg-max logit equals the label: ``model``'s output
+    has ``.logits`` (B, L); each forward pass takes ``batch_size`` examples, batched by ``collate_fn``."""
     correct = 0
     for start in range(0, len(data), batch_size):
         batch = collate_fn(data[start:start + batch_size])

@@ -155,3 +155,70 @@ def test_batch_size_that_does_not_split_over_accumulation_is_refused():
 def test_collate_pads_to_the_longest_example():
     batch = collate(toy_data(3), pad_values={"input_ids": 0})
     assert batch["input_ids"].shape == (3, 5) and batch["attention_mask"][0].tolist() == [1, 1, 1, 0, 0]
+
+
+def test_evaluations_are_shown_as_training_goes(capsys):
+    """Issue 16 item 2: each evaluation's line comes when it is made, between the progress lines, not after fit."""
+    config = TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-2, eval_every=2)
+    Trainer(fresh_model(), "a", config, toy_data(), evaluate=lambda m: {"validation accuracy": 0.5}).fit()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines.index("step 2/8  validation accuracy 0.5000") == lines.index(next(
+        line for line in lines if line.startswith("step 2/8  loss"))) + 1
+    assert lines.index("step 2/8  validation accuracy 0.5000") < lines.index(next(
+        line for line in lines if line.startswith("step 3/8  loss")))
+
+
+def test_rerunning_a_finished_run_reports_it_and_returns_its_history(tmp_path, capsys):
+    """Issue 16 item 6: the rerun of a finished run used to train nothing and return no evaluations, so
+    ``result.evaluations[-1]`` raised IndexError."""
+    config = TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-2, checkpoint_dir=str(tmp_path / "run"))
+    first = Trainer(fresh_model(), "a", config, toy_data(), evaluate=lambda m: {"accuracy": accuracy(m, toy_data())},
+                    progress=False).fit()
+    trained = fresh_model()
+    again = Trainer(trained, "a", config, toy_data(), evaluate=lambda m: {"accuracy": 0.0}).fit()
+    assert again.was_finished and not first.was_finished and again.steps == first.steps == 8
+    assert again.evaluations == first.evaluations and again.losses == first.losses
+    assert again.evaluations[-1]["accuracy"] == accuracy(trained, toy_data())  # the trained weights came back
+    assert f"step 8/8  the checkpoint in {tmp_path / 'run'} is a finished run: nothing to train" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"adapter": "lora[r=2, alpha=8]"}, "adapter config: r: 4 then, 2 now"),
+    ({"adapter": "seq_bn"}, "adapter config: a lora adapter then, a bottleneck adapter now"),
+    ({"data": toy_data(48)}, "training data: 64 examples then, 48 now"),
+    ({"data": toy_data(64, seed=1)}, "training data: 64 examples then and now, but other ones"),
+    ({"config": {"learning_rate": 5e-3, "epochs": 3}}, "training settings: epochs: 2 then, 3 now; learning_rate: "
+                                                       "0.01 then, 0.005 now"),
+    ({"labels": 3}, "head config: num_labels: 2 then, 3 now"),
+])
+def test_resuming_another_runs_checkpoint_is_refused_naming_the_difference(tmp_path, change, message):
+    """Issue 16 item 6: it used to fail with a raw tensor-size RuntimeError (or resume silently on other data)."""
+    settings = dict(epochs=2, batch_size=16, learning_rate=1e-2, checkpoint_every=3, checkpoint_dir=str(tmp_path))
+    Trainer(fresh_model(), "a", TrainingConfig(**settings), toy_data(), progress=False).fit()
+    model = fresh_model(change.get("adapter", "lora[r=4, alpha=8]"))
+    if "labels" in change:
+        model.add_classification_head("a", num_labels=change["labels"], overwrite_ok=True)
+    config = TrainingConfig(**(settings | change.get("config", {})))
+    before = adapter_weights(model)
+    with pytest.raises(ValueError, match="was made by another run") as refused:
+        Trainer(model, "a", config, change.get("data", toy_data()), progress=False).fit()
+    assert message in str(refused.value) and "Delete it, or choose another checkpoint_dir" in str(refused.value)
+    assert all(torch.equal(t, before[key]) for key, t in adapter_weights(model).items())  # nothing was loaded
+
+
+def test_how_often_to_evaluate_and_checkpoint_may_change_on_resume(tmp_path):
+    settings = dict(epochs=2, batch_size=16, learning_rate=1e-2, checkpoint_every=2, checkpoint_dir=str(tmp_path))
+
+    def crash_at_step_5(model):  # evaluations come before the checkpoint of their step: the last one is step 4's
+        if trainer.step == 5:
+            raise KeyboardInterrupt
+        return {}
+
+    trainer = Trainer(fresh_model(), "a", TrainingConfig(**settings, eval_every=1), toy_data(),
+                      evaluate=crash_at_step_5, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    result = Trainer(fresh_model(), "a", TrainingConfig(**(settings | {"checkpoint_every": 3})), toy_data(),
+                     progress=False).fit()
+    assert result.resumed_from == 4 and result.steps == 8 and not result.was_finished
