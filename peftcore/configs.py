@@ -5,8 +5,9 @@ the field checks, ``ConfigUnion``, the one string registry (``"seq_bn"``, ``"pfe
 Each method's config classes live in its file under ``peftcore/methods/`` and register there: ``register`` records a
 config class under its AdapterHub ``"architecture"`` tag (what ``from_dict`` reads) and its preset names (what
 ``parse`` reads). A config's ``to_dict()`` is AdapterHub's: every field, plus ``"architecture"`` for the methods
-that AdapterHub serialises it for (bottleneck configs have none). ``from_dict`` is strict: an unknown key is an
-error.
+that AdapterHub serialises it for (bottleneck configs have none). As in AdapterHub, ``type(c).from_dict(c.to_dict())``
+is a config of ``c``'s class, and configs are equal when their ``to_dict()`` are, whatever their classes. Unlike
+AdapterHub's, ``from_dict`` is strict: an unknown key is an error.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import ast
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -24,17 +25,36 @@ Config = TypeVar("Config", bound="AdapterConfigBase")
 
 @dataclass(frozen=True, kw_only=True)
 class AdapterConfigBase:
-    """Base of every method config. Subclasses validate their fields in ``__post_init__``."""
+    """Base of every method config. Subclasses validate their fields in ``__post_init__``.
+
+    Two configs are equal when their ``to_dict()`` are, whatever their classes (AdapterHub's equality):
+    ``SeqBnConfig() == BnConfig(**SeqBnConfig().to_dict())``.
+    """
 
     architecture: ClassVar[str | None] = None  # AdapterHub's method tag in adapter_config.json
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # @dataclass gives each class it decorates a same-class __eq__ unless the class has its own
+        cls.__eq__, cls.__hash__ = AdapterConfigBase.__eq__, AdapterConfigBase.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AdapterConfigBase):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(hashable(self.to_dict()))
+
     def union_conflict(self, other: AdapterConfigBase) -> str | None:
-        """Why a ConfigUnion cannot hold this config and ``other`` together (None: it can): two configs of one
-        method would sit at the same sites."""
-        if self.architecture != other.architecture:
+        """Why a ConfigUnion cannot hold this config and ``other`` together (None: it can, or only a model can tell):
+        two configs of one method would sit at the same sites. Where either has a ``leave_out``, whether their layers
+        meet depends on the model's depth; as AdapterHub does, the union leaves that to ``add_adapter``, which
+        refuses two modules at one site."""
+        if self.architecture != other.architecture or leaves_layers_out(self, other):
             return None
         return (f"ConfigUnion holds two {self.architecture} configs that would sit at the same sites; combine "
-                "different methods.")
+                "different methods, or the same method in different layers (leave_out).")
 
     def check_layers(self, num_layers: int) -> None:
         """Refuse a config that names layers a model of ``num_layers`` layers lacks (AdapterHub's ``leave_out``, where
@@ -56,7 +76,9 @@ class AdapterConfigBase:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AdapterConfigBase:
-        """The config the dict ``data`` describes; its ``"architecture"`` picks the class (none: bottleneck)."""
+        """The config the dict ``data`` (a ``to_dict()``) describes. On ``AdapterConfigBase``, the dict's
+        ``"architecture"`` picks the method's class (none: bottleneck, as ``BnConfig``); on a config class, the
+        config is of that class (``SeqBnConfig.from_dict``), which must serve the dict's method."""
         if not isinstance(data, Mapping):
             raise TypeError(f"an adapter config dict maps field names to values, got {type(data).__name__} {data!r}.")
         data = dict(data)
@@ -64,7 +86,12 @@ class AdapterConfigBase:
         if architecture not in ARCHITECTURES:
             raise ValueError(f"adapter architecture {architecture!r} is not known; known: "
                              f"{sorted(str(a) for a in ARCHITECTURES)}.")
-        config_class = ARCHITECTURES[architecture]
+        method_class = ARCHITECTURES[architecture]
+        config_class = method_class if cls is AdapterConfigBase else cls
+        if not issubclass(config_class, method_class):
+            raise ValueError(f"{cls.__name__}.from_dict got the dict of a {method_class.__name__} (architecture "
+                             f"{architecture!r}); read it with {method_class.__name__}.from_dict, or with "
+                             "AdapterConfigBase.from_dict, which picks the class.")
         if config_class is ConfigUnion:
             return ConfigUnion.from_dict(data)
         valid = {f.name for f in dataclasses.fields(config_class)}
@@ -93,6 +120,20 @@ class AdapterConfigBase:
             raise TypeError(f"an adapter config is a name, a dict or a config object, got {type(config).__name__}.")
         overrides = {key: value for key, value in overrides.items() if value is not None}
         return config.replace(**overrides) if overrides else config
+
+
+def leaves_layers_out(*configs: AdapterConfigBase) -> bool:
+    """Whether any of ``configs`` has a non-empty ``leave_out``."""
+    return any(getattr(config, "leave_out", ()) for config in configs)
+
+
+def hashable(value: Any) -> Hashable:
+    """A ``to_dict()`` ``value`` as a hashable that is equal where it is: lists as tuples, dicts as frozensets."""
+    if isinstance(value, list):
+        return tuple(hashable(v) for v in value)
+    if isinstance(value, Mapping):
+        return frozenset((k, hashable(v)) for k, v in value.items())
+    return value
 
 
 def to_json(value: Any) -> Any:

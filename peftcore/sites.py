@@ -43,17 +43,18 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 
 
 class Activation(nn.Module):
-    """A named activation of ``ACTIVATIONS`` as a module, for use inside nn.Sequential."""
+    """Activation ``name`` as a module, for use inside nn.Sequential: one of ``ACTIVATIONS``, or ``f`` where given (a
+    function, or a module whose parameters it learns: the submodule ``f``, where AdapterHub keeps it)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, f: Callable[[Tensor], Tensor] | None = None) -> None:
         super().__init__()
-        if name.lower() not in ACTIVATIONS:
+        if f is None and name.lower() not in ACTIVATIONS:
             raise ValueError(f"activation {name!r} is not known; use one of {sorted(ACTIVATIONS)}.")
         self.name = name
-        self.fn = ACTIVATIONS[name.lower()]
+        self.f = f or ACTIVATIONS[name.lower()]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fn(x)
+        return self.f(x)
 
     def extra_repr(self) -> str:
         return self.name

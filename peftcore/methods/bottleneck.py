@@ -20,7 +20,7 @@ Compacter (``phm_layer``) swaps the two linears for PHM layers (phm.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -35,12 +35,14 @@ from peftcore.configs import (
     check_probability,
     check_seed,
     check_type,
+    leaves_layers_out,
     reduced_width,
 )
+from peftcore.methods.activations import activation, check_activation
 from peftcore.methods.base import Method, ModelShape, init_generator, register_method
 from peftcore.methods.gating import Gate
 from peftcore.methods.phm import PHMLinear, PHMShared, check_phm_fields
-from peftcore.sites import ACTIVATIONS, Site
+from peftcore.sites import Site
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,8 +101,7 @@ class BnConfig(AdapterConfigBase):
             object.__setattr__(self, "reduction_factor", {str(k): v for k, v in self.reduction_factor.items()})
         else:
             check_positive_number(name, "reduction_factor", self.reduction_factor)
-        check_in(name, "non_linearity", self.non_linearity.lower() if isinstance(self.non_linearity, str) else
-                 self.non_linearity, tuple(ACTIVATIONS))
+        check_activation(name, "non_linearity", self.non_linearity)
         if not (isinstance(self.residual_before_ln, bool) or self.residual_before_ln == "post_add"):
             # not check_in: `0 in (True, False)` holds, and the bottleneck tests `is False`
             raise ValueError(f"{name}.residual_before_ln={self.residual_before_ln!r} is not supported; use one of "
@@ -128,15 +129,19 @@ class BnConfig(AdapterConfigBase):
             check_phm_fields(self, name)
 
     def union_conflict(self, other: AdapterConfigBase) -> str | None:
-        """Bottlenecks may share a union when one sits after attention and the other after the FFN."""
+        """Bottlenecks ``self`` and ``other`` may share a union when one sits after attention and the other after the
+        FFN, or, with a ``leave_out``, in layers the model shows to be apart; never two sharing PHM parameters."""
         if not isinstance(other, BnConfig):
             return None
-        if self.mh_adapter == other.mh_adapter or self.output_adapter == other.output_adapter:
-            return ("ConfigUnion holds two bottleneck configs that would sit at the same sites; combine different "
-                    "methods, or bottlenecks at different places (mh_adapter vs output_adapter).")
         if has_shared_phm(self) and has_shared_phm(other):
             return ("ConfigUnion holds two Compacter bottlenecks that share PHM parameters across layers; an adapter "
                     "has one set. Set shared_phm_rule=False and shared_W_phm=False on one of them.")
+        if leaves_layers_out(self, other):
+            return None
+        if self.mh_adapter == other.mh_adapter or self.output_adapter == other.output_adapter:
+            return ("ConfigUnion holds two bottleneck configs that would sit at the same sites; combine different "
+                    "methods, bottlenecks at different places (mh_adapter vs output_adapter), or bottlenecks in "
+                    "different layers (leave_out).")
         return None
 
     def reduction_for(self, layer: int) -> float:
@@ -263,7 +268,7 @@ class Bottleneck(Method):
             self.up: nn.Linear | PHMLinear = PHMLinear(width, hidden_size, config, "up", shared)
         else:
             self.down, self.up = nn.Linear(hidden_size, width), nn.Linear(width, hidden_size)
-        self.act = ACTIVATIONS[config.non_linearity.lower()]
+        self.act: Callable[[Tensor], Tensor] = activation(config.non_linearity)  # a module if it learns (prelu)
         if isinstance(config.scaling, float):
             self.scaling: float | nn.Parameter = config.scaling
         else:
@@ -352,13 +357,14 @@ class Bottleneck(Method):
     @classmethod
     def adapterhub_names(cls, config: BnConfig, key: str) -> tuple[str, ...]:
         """``down.weight`` -> ``adapter_down.0.weight`` (``adapter_down`` is AdapterHub's Sequential: [LayerNorm,]
-        Linear, act); an input LayerNorm is stored under ``adapter_down.0`` and again as ``adapter_norm_before``."""
-        names = {"down": "adapter_down.1" if config.ln_before else "adapter_down.0", "up": "adapter_up",
-                 "norm_after": "adapter_norm_after", "norm_before": "adapter_down.0", "gate": "gate",
-                 "scaling": "scaling"}
+        Linear, act). AdapterHub stores an input LayerNorm under ``adapter_down.0`` and again as
+        ``adapter_norm_before``, a learned activation in ``adapter_down`` and again as ``non_linearity``."""
+        down = 1 if config.ln_before else 0
+        names = {"down": (f"adapter_down.{down}",), "up": ("adapter_up",), "norm_after": ("adapter_norm_after",),
+                 "norm_before": ("adapter_down.0", "adapter_norm_before"),
+                 "act": (f"adapter_down.{down + 1}.f", "non_linearity.f"), "gate": ("gate",), "scaling": ("scaling",)}
         module, _, leaf = key.partition(".")
-        renamed = f"{names[module]}.{leaf}" if leaf else names[module]
-        return (renamed, f"adapter_norm_before.{leaf}") if module == "norm_before" else (renamed,)
+        return tuple(f"{name}.{leaf}" if leaf else name for name in names[module])
 
 
 def has_shared_phm(config: BnConfig) -> bool:

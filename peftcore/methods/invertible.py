@@ -16,9 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from peftcore.configs import reduced_width
+from peftcore.methods.activations import non_linearity
 from peftcore.methods.base import Method, ModelShape, register_method
 from peftcore.methods.bottleneck import BnConfig, DoubleSeqBnConfig, SeqBnConfig
-from peftcore.sites import Activation, Site
+from peftcore.sites import Site
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,7 +45,7 @@ def subnet(width_in: int, width_out: int, config: BnConfig) -> nn.Sequential:
     """Linear(in, in // rf) -> act -> Linear(in // rf, out), with AdapterHub's BERT initialisation."""
     hidden = reduced_width(type(config).__name__, "inv_adapter_reduction_factor", width_in,
                            config.inv_adapter_reduction_factor)
-    net = nn.Sequential(nn.Linear(width_in, hidden), Activation(config.non_linearity), nn.Linear(hidden, width_out))
+    net = nn.Sequential(nn.Linear(width_in, hidden), non_linearity(config.non_linearity), nn.Linear(hidden, width_out))
     for linear in (net[0], net[2]):
         nn.init.normal_(linear.weight, std=0.02)
         nn.init.zeros_(linear.bias)

@@ -23,15 +23,15 @@ from torch import Tensor, nn
 
 from peftcore.configs import (
     AdapterConfigBase,
-    check_in,
     check_leave_out,
     check_probability,
     check_seed,
     check_type,
 )
+from peftcore.methods.activations import check_activation, non_linearity
 from peftcore.methods.base import Method, ModelShape, PeftFile, init_generator, register_method, shared_state_key
 from peftcore.methods.gating import Gate
-from peftcore.sites import ACTIVATIONS, Activation, Site
+from peftcore.sites import Site
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,11 +64,18 @@ class PrefixTuningConfig(AdapterConfigBase):
             check_type(name, size, getattr(self, size), int, "a positive int")
             if getattr(self, size) <= 0:
                 raise ValueError(f"{name}.{size} must be a positive int, got {getattr(self, size)}.")
-        check_in(name, "non_linearity", self.non_linearity.lower() if isinstance(self.non_linearity, str) else
-                 self.non_linearity, tuple(ACTIVATIONS))
+        check_activation(name, "non_linearity", self.non_linearity)
         check_probability(name, "dropout", self.dropout)
         object.__setattr__(self, "leave_out", check_leave_out(name, self.leave_out))
         check_seed(name, self.init_weights_seed)
+
+    def union_conflict(self, other: AdapterConfigBase) -> str | None:
+        """A union refuses ``other`` when it is a prefix-tuning config too, whatever either's ``leave_out``: an adapter
+        has one prefix pool for all its layers (AdapterHub refuses the pair when adding the adapter)."""
+        if not isinstance(other, PrefixTuningConfig):
+            return None
+        return ("ConfigUnion holds two prefix_tuning configs, but an adapter has one prefix pool for all its layers; "
+                "use one PrefixTuningConfig (leave_out picks its layers), or two adapters in a Stack.")
 
 
 class PrefixPool(nn.Module):
@@ -91,7 +98,7 @@ class PrefixPool(nn.Module):
             else:
                 self.wte = nn.Embedding(config.prefix_length, hidden_size)
                 self.control_trans = nn.Sequential(nn.Linear(hidden_size, config.bottleneck_size),
-                                                   Activation(config.non_linearity),
+                                                   non_linearity(config.non_linearity),
                                                    nn.Linear(config.bottleneck_size, width))
         self.dropout = nn.Dropout(config.dropout)
         self.prefixes: tuple[Tensor, ...] | None = None  # this forward's, between its first and last layer

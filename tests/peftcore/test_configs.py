@@ -8,10 +8,23 @@ import json
 
 import adapters
 import pytest
+import torch
+import transformers as tf
 
 import peftcore
-from peftcore import BnConfig, DoubleSeqBnConfig, LoRAConfig, SeqBnConfig
-from peftcore.configs import ADAPTER_CONFIG_MAP, DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, parse
+from peftcore import (
+    BnConfig,
+    DoubleSeqBnConfig,
+    IA3Config,
+    LoRAConfig,
+    ParBnConfig,
+    PrefixTuningConfig,
+    SeqBnConfig,
+)
+from peftcore.configs import ADAPTER_CONFIG_MAP, DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, ConfigUnion, parse
+from peftcore.models import BertModel
+from tests.archs import tiny_model
+from tests.parity import assert_parity
 
 # our config classes (and factories) that AdapterHub 1.3.0 exports under the same name, callable without arguments
 SAME_NAMED = sorted(name for name in peftcore.__all__ if name.endswith("Config") and hasattr(adapters, name)
@@ -68,8 +81,98 @@ ROUND_TRIPS = [
 def test_to_dict_from_dict_round_trips_through_json(config):
     data = json.loads(json.dumps(config.to_dict()))
     again = AdapterConfigBase.from_dict(data)
-    assert again.to_dict() == config.to_dict()
+    assert again == config
     assert isinstance(again, BnConfig if isinstance(config, BnConfig) else type(config))
+
+
+# one config of every class (or factory) peftcore exports, fields away from their defaults where that is easy
+EVERY_CLASS = [
+    *(config_class(leave_out=[1]) for config_class in sorted(
+        {getattr(peftcore, name) for name in peftcore.__all__ if name.endswith("Config")} - {
+            peftcore.BnConfig, peftcore.AdapterFusionConfig, peftcore.MAMConfig, peftcore.UniPELTConfig},
+        key=lambda config_class: config_class.__name__)),
+    BnConfig(mh_adapter=True, output_adapter=False, reduction_factor={"0": 4, "default": 8}, non_linearity="gelu"),
+    ConfigUnion(LoRAConfig(r=2), SeqBnConfig(non_linearity="tanh")),
+    peftcore.MAMConfig(),
+    peftcore.UniPELTConfig(),
+]
+
+
+@pytest.mark.parametrize("config", EVERY_CLASS, ids=lambda config: type(config).__name__)
+def test_from_dict_on_the_configs_class_gives_an_equal_config_of_that_class(config):
+    again = type(config).from_dict(json.loads(json.dumps(config.to_dict())))
+    assert type(again) is type(config) and again == config
+    theirs = getattr(adapters, type(config).__name__).from_dict(config.to_dict())  # AdapterHub reads it the same
+    assert theirs.to_dict() == config.to_dict()
+
+
+def test_from_dict_on_the_base_class_picks_the_class_from_the_architecture():
+    assert type(AdapterConfigBase.from_dict(SeqBnConfig().to_dict())) is BnConfig  # no "architecture": bottleneck
+    ia3 = AdapterConfigBase.from_dict(IA3Config().to_dict())
+    assert type(ia3) is LoRAConfig and ia3 == IA3Config()
+    assert type(AdapterConfigBase.from_dict(PrefixTuningConfig().to_dict())) is PrefixTuningConfig
+
+
+def test_from_dict_on_a_method_class_reads_its_named_variants_dicts():
+    """As in AdapterHub: the class decides, the fields say what the config is."""
+    houlsby = SeqBnConfig.from_dict(DoubleSeqBnConfig().to_dict())
+    assert type(houlsby) is SeqBnConfig and houlsby.mh_adapter and houlsby == DoubleSeqBnConfig()
+    assert type(LoRAConfig.from_dict(IA3Config().to_dict())) is LoRAConfig
+
+
+@pytest.mark.parametrize(("config_class", "config"), [
+    (SeqBnConfig, LoRAConfig()),
+    (LoRAConfig, PrefixTuningConfig()),
+    (BnConfig, ConfigUnion(LoRAConfig(), SeqBnConfig())),
+])
+def test_from_dict_on_a_method_class_refuses_another_methods_dict(config_class, config):
+    with pytest.raises(ValueError, match=rf"{config_class.__name__}.from_dict got the dict of a .*AdapterConfigBase"):
+        config_class.from_dict(config.to_dict())
+
+
+def test_adapterhub_reads_another_methods_dict_into_the_class_it_was_called_on():
+    """It keeps the fields both classes have and sets the others as attributes: a bottleneck with LoRA's init."""
+    theirs = adapters.SeqBnConfig.from_dict(adapters.LoRAConfig().to_dict())
+    assert type(theirs) is adapters.SeqBnConfig and theirs.init_weights == "lora"
+
+
+@pytest.mark.parametrize(("theirs", "ours"), [
+    (adapters.SeqBnConfig(reduction_factor=4, leave_out=[0]), SeqBnConfig(reduction_factor=4, leave_out=[0])),
+    (adapters.CompacterConfig(), peftcore.CompacterConfig()),
+    (adapters.LoRAConfig(r=2, attn_matrices=["q", "k"]), LoRAConfig(r=2, attn_matrices=["q", "k"])),
+    (adapters.IA3Config(), IA3Config()),
+    (adapters.PrefixTuningConfig(flat=True), PrefixTuningConfig(flat=True)),
+    (adapters.UniPELTConfig(), peftcore.UniPELTConfig()),
+], ids=lambda config: type(config).__name__)
+def test_load_reads_the_dict_adapterhub_saves(theirs, ours):
+    assert AdapterConfigBase.load(json.loads(json.dumps(theirs.to_dict()))) == ours
+
+
+# ---- equality -----------------------------------------------------------------------------------------------
+
+
+def test_configs_are_equal_when_their_dicts_are_whatever_their_class_as_in_adapterhub():
+    assert adapters.SeqBnConfig() == adapters.BnConfig(**adapters.SeqBnConfig().to_dict())
+    assert SeqBnConfig() == BnConfig(**SeqBnConfig().to_dict()) == SeqBnConfig(reduction_factor=16.0)
+    assert IA3Config() == LoRAConfig(**{k: v for k, v in IA3Config().to_dict().items() if k != "architecture"})
+    assert SeqBnConfig() != DoubleSeqBnConfig() and SeqBnConfig() != SeqBnConfig(leave_out=[0])
+    assert SeqBnConfig() != SeqBnConfig().to_dict() and SeqBnConfig() != "seq_bn"
+
+
+def test_equal_configs_hash_alike():
+    same = {SeqBnConfig(), BnConfig(**SeqBnConfig().to_dict()), SeqBnConfig(reduction_factor=16.0)}
+    assert len(same) == 1
+    assert len({SeqBnConfig(reduction_factor={"0": 2, "default": 4}), SeqBnConfig(reduction_factor={"default": 4,
+                                                                                                     "0": 2})}) == 1
+    assert hash(peftcore.MAMConfig()) == hash(AdapterConfigBase.from_dict(peftcore.MAMConfig().to_dict()))
+
+
+def test_unions_with_other_members_differ_even_where_adapterhub_finds_them_equal():
+    """AdapterHub's ConfigUnion.__eq__ zips the member lists, so a union equals any that adds members to it."""
+    assert adapters.ConfigUnion(adapters.LoRAConfig(), adapters.SeqBnConfig()) == adapters.ConfigUnion(
+        adapters.LoRAConfig(), adapters.SeqBnConfig(), adapters.PrefixTuningConfig())
+    assert ConfigUnion(LoRAConfig(), SeqBnConfig()) != ConfigUnion(LoRAConfig(), SeqBnConfig(), PrefixTuningConfig())
+    assert ConfigUnion(LoRAConfig(), SeqBnConfig()) != ConfigUnion(SeqBnConfig(), LoRAConfig())
 
 
 def test_from_dict_normalises_sequences_and_layer_keys():
@@ -184,7 +287,7 @@ INVALID = [  # (changes to SeqBnConfig, exception, text the message must contain
     (dict(reduction_factor=-4), ValueError, "reduction_factor must be positive"),
     (dict(reduction_factor={"first": 4}), ValueError, "reduction_factor keys are layer indices or 'default'"),
     (dict(reduction_factor={"default": 0}), ValueError, r"reduction_factor\['default'\] must be positive"),
-    (dict(non_linearity="mish"), ValueError, "non_linearity='mish' is not supported; use one of"),
+    (dict(non_linearity="swiglu"), ValueError, "non_linearity='swiglu' is not supported; use one of"),
     (dict(residual_before_ln="maybe"), ValueError, "residual_before_ln='maybe' is not supported"),
     (dict(residual_before_ln=0), ValueError, "residual_before_ln=0 is not supported"),
     (dict(residual_before_ln=1), ValueError, "residual_before_ln=1 is not supported"),
@@ -236,3 +339,109 @@ def test_configs_are_frozen():
 
 def test_integer_scaling_is_stored_as_a_float():
     assert SeqBnConfig(scaling=2).scaling == 2.0 and isinstance(SeqBnConfig(scaling=2).scaling, float)
+
+
+# ---- unions whose members leave layers out --------------------------------------------------------------------
+
+WITH_LEAVE_OUT = [  # AdapterHub's own case (tests/test_misc/test_adapter_config.py), and others it accepts
+    (SeqBnConfig(leave_out=[9, 10, 11], reduction_factor=2), SeqBnConfig(leave_out=list(range(9)))),
+    (LoRAConfig(leave_out=[0]), SeqBnConfig(leave_out=[1])),
+    (LoRAConfig(leave_out=[0]), LoRAConfig(leave_out=[1], r=4)),
+    (DoubleSeqBnConfig(leave_out=[0]), ParBnConfig()),  # they meet in layer 1 of a 2-layer model: add_adapter says so
+]
+
+
+@pytest.mark.parametrize("configs", WITH_LEAVE_OUT, ids=lambda configs: "|".join(type(c).__name__ for c in configs))
+def test_a_union_of_one_method_with_a_leave_out_is_left_to_the_model_as_adapterhub_leaves_it(configs):
+    """Whether two configs of one method meet depends on the model's depth, so neither library decides it here."""
+    union = ConfigUnion(*configs)
+    assert ConfigUnion.from_dict(json.loads(json.dumps(union.to_dict()))) == union
+    theirs = adapters.ConfigUnion(*(adapters.AdapterConfig.load(config.to_dict()) for config in configs))
+    assert theirs.to_dict() == union.to_dict()
+
+
+def placed(model, name: str) -> dict[int, dict[str, tuple[str, int]]]:
+    """{layer: {site: (module class, its width)}} of adapter ``name``: a bottleneck's, or a LoRA's rank."""
+    return {layer: {site: (type(m).__name__, m.down.out_features if hasattr(m, "down") else m.lora_A.shape[0])
+                    for site, m in sites.items()} for layer, sites in model.get_adapter(name).items()}
+
+
+@pytest.mark.parametrize(("configs", "expected"), [
+    ((SeqBnConfig(leave_out=[1]), SeqBnConfig(leave_out=[0], reduction_factor=2)),
+     {0: {"ffn.residual": ("Bottleneck", 2)}, 1: {"ffn.residual": ("Bottleneck", 16)}}),
+    ((LoRAConfig(leave_out=[0]), SeqBnConfig(leave_out=[1])),
+     {0: {"ffn.residual": ("Bottleneck", 2)}, 1: {"attn.q": ("LoRA", 8), "attn.v": ("LoRA", 8)}}),
+    ((LoRAConfig(leave_out=[0], r=2), LoRAConfig(leave_out=[1], r=4, attn_matrices=["k"], output_lora=True)),
+     {0: {"attn.k": ("LoRA", 4), "ffn.output": ("LoRA", 4)}, 1: {"attn.q": ("LoRA", 2), "attn.v": ("LoRA", 2)}}),
+])
+def test_a_union_places_each_member_in_the_layers_it_keeps(configs, expected):
+    model = tiny_model()  # 2 layers, hidden size 32
+    model.add_adapter("a", ConfigUnion(*configs))
+    assert placed(model, "a") == expected
+
+
+def adapterhub_tiny() -> tf.BertModel:
+    """A transformers BERT of tiny_model's size, with AdapterHub's adapter support."""
+    model = tf.BertModel(tf.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=37, vocab_size=100))
+    adapters.init(model)
+    return model
+
+
+def test_members_that_meet_in_a_layer_are_refused_when_the_adapter_is_added_as_in_adapterhub():
+    union = ConfigUnion(DoubleSeqBnConfig(leave_out=[0]), ParBnConfig())
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"places two modules at layers\.1\.ffn\.residual"):
+        model.add_adapter("a", union)
+    assert not model.adapter_configs and not any(site.module.adapters for site in model.sites_found)
+    theirs = adapterhub_tiny()
+    with pytest.raises(ValueError, match="conflict for adapter 'a' in layer 1"):
+        theirs.add_adapter("a", config=adapters.AdapterConfig.load(union.to_dict()))
+
+
+def test_the_same_union_fits_a_shallow_model_and_is_refused_on_a_deeper_one():
+    union = ConfigUnion(LoRAConfig(leave_out=[0]), LoRAConfig(leave_out=[1], attn_matrices=["v"]))
+    tiny_model().add_adapter("a", union)
+    with pytest.raises(ValueError, match=r"places two modules at layers\.2\.attn\.v"):
+        tiny_model(num_hidden_layers=3).add_adapter("a", union)
+
+
+def test_adapterhub_refuses_two_lora_members_in_disjoint_layers_ours_places_them():
+    """AdapterHub's add_adapter matches a union's LoRA members once with no layer (for VeRA's shared matrices), so it
+    finds two wherever they sit; they share nothing in AdapterHub or ours."""
+    union = ConfigUnion(LoRAConfig(leave_out=[0]), LoRAConfig(leave_out=[1]))
+    theirs = adapterhub_tiny()
+    with pytest.raises(ValueError, match="conflict for adapter 'a' in layer None"):
+        theirs.add_adapter("a", config=adapters.AdapterConfig.load(union.to_dict()))
+    model = tiny_model()
+    model.add_adapter("a", union)
+    assert sorted(model.get_adapter("a")) == [0, 1]
+
+
+def test_two_prefix_tuning_configs_are_refused_whatever_their_leave_out():
+    """An adapter has one prefix pool; AdapterHub accepts the union and refuses it in add_adapter."""
+    configs = (PrefixTuningConfig(leave_out=[0]), PrefixTuningConfig(leave_out=[1]))
+    with pytest.raises(ValueError, match="two prefix_tuning configs, but an adapter has one prefix pool"):
+        ConfigUnion(*configs)
+    theirs = adapters.ConfigUnion(*(adapters.AdapterConfig.load(config.to_dict()) for config in configs))
+    with pytest.raises(ValueError, match="conflict for adapter 'a'"):
+        adapterhub_tiny().add_adapter("a", config=theirs)
+
+
+def test_a_union_of_bottlenecks_in_disjoint_layers_gives_adapterhubs_outputs_both_ways(adapterhub_trained, tmp_path):
+    union = ConfigUnion(SeqBnConfig(leave_out=[1]), DoubleSeqBnConfig(leave_out=[0], reduction_factor=2))
+    directory, theirs, ids, mask = adapterhub_trained("bert", union.to_dict())
+    ours = BertModel.from_pretrained(directory).eval()
+    ours.load_adapter(tmp_path / "a", set_active=True)
+    assert ours.adapter_configs["a"] == union
+    with torch.no_grad():
+        expected = ours(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert_parity(expected, theirs(input_ids=ids, attention_mask=mask).last_hidden_state, mask=mask)
+    assert ours.adapter_summary(as_dict=True)[0]["#param"] == theirs.adapter_summary(as_dict=True)[0]["#param"]
+    ours.save_adapter(tmp_path / "back", "a", format="adapterhub")
+    again = tf.BertModel.from_pretrained(directory).eval()
+    adapters.init(again)
+    again.load_adapter(str(tmp_path / "back"))
+    again.set_active_adapters("a")
+    with torch.no_grad():
+        assert_parity(again(input_ids=ids, attention_mask=mask).last_hidden_state, expected, mask=mask)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from peftcore import BnConfig, CompacterConfig, IA3Config, LoRAConfig, PrefixTuningConfig, SeqBnConfig, SeqBnInvConfig
 from peftcore.configs import ADAPTER_CONFIG_MAP, AdapterConfigBase, ConfigUnion, members, parse
-from peftcore.sites import ACTIVATIONS
+from peftcore.methods.activations import NAMES as ACTIVATION_NAMES
 from tests.archs import ARCHS, TINY, tiny_model
 from tests.peftcore.test_io import assert_unchanged, fingerprint, randomize, same_tensors
 from tests.peftcore.test_model import hidden, inputs
@@ -27,7 +27,7 @@ HIDDEN, LAYERS = TINY["hidden_size"], TINY["num_hidden_layers"]
 # ---- valid configs ------------------------------------------------------------------------------------------
 
 leave_out = st.sampled_from([(), (0,), (1,)])  # leaving out both layers places nothing: an error of its own
-activation = st.sampled_from(sorted(ACTIVATIONS))
+activation = st.sampled_from(ACTIVATION_NAMES)
 small_rate = st.sampled_from([0.0, 0.1])
 
 
@@ -162,6 +162,10 @@ def not_one_of(*choices: object) -> st.SearchStrategy:
     return st.one_of(text, st.integers(), st.floats(), st.none()).filter(lambda value: value not in choices)
 
 
+not_an_activation = not_one_of(*ACTIVATION_NAMES).filter(  # names are read in any case
+    lambda value: not (isinstance(value, str) and value.lower() in ACTIVATION_NAMES))
+
+
 def flags(config_class: type) -> list[str]:
     return [f.name for f in dataclasses.fields(config_class) if f.type == "bool"]
 
@@ -176,7 +180,7 @@ INVALID_FIELDS = [
     *[(LoRAConfig, name, not_bool) for name in flags(LoRAConfig)],
     *[(PrefixTuningConfig, name, not_bool) for name in flags(PrefixTuningConfig)],
     (SeqBnConfig, "reduction_factor", not_positive_number | st.just({"first": 2}) | st.just({"default": 0})),
-    (SeqBnConfig, "non_linearity", not_one_of(*ACTIVATIONS)),
+    (SeqBnConfig, "non_linearity", not_an_activation),
     (SeqBnConfig, "residual_before_ln", not_one_of(True, False, "post_add") | st.sampled_from([0, 1])),
     (SeqBnConfig, "init_weights", not_one_of("bert", "mam_adapter", "houlsby")),
     (SeqBnConfig, "scaling", not_one_of("learned", "channel").filter(
@@ -206,7 +210,7 @@ INVALID_FIELDS = [
     (IA3Config, "r", st.integers(2)),
     (PrefixTuningConfig, "prefix_length", not_positive_int),
     (PrefixTuningConfig, "bottleneck_size", not_positive_int),
-    (PrefixTuningConfig, "non_linearity", not_one_of(*ACTIVATIONS)),
+    (PrefixTuningConfig, "non_linearity", not_an_activation),
     (PrefixTuningConfig, "dropout", not_probability),
     (PrefixTuningConfig, "leave_out", not_layer_list),
 ]
