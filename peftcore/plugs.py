@@ -7,6 +7,10 @@ offers at each kind of site:
                                    (bottleneck adapters; AdapterFusion reads their up-projections)
     prefix sites (PrefixSite):     forward(k, v, mask, x) -> (k, v, mask)   prefix tuning
     the embedding site:            forward(x) and inverse(x)                   invertible adapters
+
+A plug calls an adapter's module (its bound ``__call__``: a module itself would become a submodule of the site), not
+its ``forward``, so hooks registered on it run as in AdapterHub; where
+residual adapters are composed, the plug runs their pre/body/post steps, which no hook sees.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ def all_or_none(block: Block, compiled: list, site: str, kind: str) -> None:
 
 def linear(block: str | Block, modules: Modules, site: str) -> Callable | None:
     if isinstance(block, str):
-        return modules[block].forward if block in modules else None
+        return modules[block].__call__ if block in modules else None
     compiled = [linear(child, modules, site) for child in block]
     present = [fn for fn in compiled if fn is not None]
     if not present:
@@ -117,7 +121,7 @@ def residual(block: Block, modules: Modules, fusions: nn.ModuleDict, site: str) 
         return None
     names = [name for name in block.flatten() if name in modules]
     if len(names) == 1 and only_stacks(block):
-        return modules[names[0]].forward  # one adapter here: its own complete step
+        return modules[names[0]].__call__  # one adapter here: its own complete step
     return partial(run_residual, inner)
 
 
@@ -215,7 +219,7 @@ def run_fuse(fusion: nn.Module, last: nn.Module, children: list, state: Bottlene
 
 def prefix(block: str | Block, modules: Modules, site: str) -> Callable | None:
     if isinstance(block, str):
-        return modules[block].forward if block in modules else None
+        return modules[block].__call__ if block in modules else None
     compiled = [prefix(child, modules, site) for child in block]
     present = [fn for fn in compiled if fn is not None]
     if not present:
@@ -264,7 +268,7 @@ def prefix_slicewise(block: Block, functions: list[Callable | None], k: Tensor, 
 
 def embedding(block: str | Block, modules: Modules, site: str) -> tuple[Callable, Callable] | None:
     if isinstance(block, str):
-        return (modules[block].forward, modules[block].inverse) if block in modules else None
+        return (modules[block].__call__, modules[block].inverse) if block in modules else None
     compiled = [embedding(child, modules, site) for child in block]
     present = [pair for pair in compiled if pair is not None]
     if not present:
