@@ -96,10 +96,11 @@ class Fuse(Block):
 
 
 def sizes_for(block: Block, sizes: int | Sequence[int], field: str) -> tuple[int, ...]:
-    """An int is one size per child (AdapterHub's); every size must be a positive int."""
+    """An int is one size per child (AdapterHub's); every size must be an int >= 0 (a child given 0 runs on nothing,
+    as in AdapterHub)."""
     sizes = (sizes,) * len(block) if isinstance(sizes, int) else tuple(sizes)
-    if len(sizes) != len(block) or not all(isinstance(s, int) and s > 0 for s in sizes):
-        raise ValueError(f"{type(block).__name__} needs one positive int in {field} per child ({len(block)}), got "
+    if len(sizes) != len(block) or not all(isinstance(s, int) and s >= 0 for s in sizes):
+        raise ValueError(f"{type(block).__name__} needs one int >= 0 in {field} per child ({len(block)}), got "
                          f"{list(sizes)}.")
     return sizes
 

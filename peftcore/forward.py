@@ -49,6 +49,10 @@ def run(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict
 def run_plan(host: AdapterHost, plan: Plan, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
     channels = 1 if plan.setup is None else plan.setup.parallel_channels
     if channels > 1:
+        if plan.branch_heads is None and host.active_head is not None:
+            raise ValueError(f"{plan.setup!r} runs {channels} copies of the batch, but one head is active "
+                             f"({host.active_head!r}); give each branch a head named after its last adapter and "
+                             "activate the setup again, or set active_head = None (AdapterHub refuses this too).")
         args, kwargs = replicate_batch(args, kwargs, channels)
     out = encode(*args, **kwargs)
     if channels == 1 and plan.branch_heads is None:

@@ -138,11 +138,27 @@ def check(host: AdapterHost, name: str) -> None:
         raise KeyError(f"no fusion named {name!r}; this model has {sorted(host.fusion_configs) or 'none'}.")
 
 
+def children_names(fuse: Fuse) -> list[tuple[str, ...]]:
+    return [(child,) if isinstance(child, str) else child.flatten() for child in fuse]
+
+
 def sites(host: AdapterHost, fuse: Fuse) -> list[Site]:
     """Residual sites where every child of the Fuse has a module."""
-    children = [(child,) if isinstance(child, str) else child.flatten() for child in fuse]
     return [site for site in host.sites_found if isinstance(site.module, ResidualSite)
-            and all(any(name in site.module.adapters for name in names) for names in children)]
+            and all(any(name in site.module.adapters for name in names) for names in children_names(fuse))]
+
+
+def check_placed_alike(host: AdapterHost, fuse: Fuse) -> None:
+    """The children of a Fuse must sit at the same kinds of residual site (AdapterHub refuses a fusion of adapters
+    whose ``mh_adapter`` or ``output_adapter`` differ); their sizes, layers and other options may differ."""
+    placed = {child: sorted({site.name for site in host.sites_found if isinstance(site.module, ResidualSite)
+                             and any(name in site.module.adapters for name in names)})
+              for child, names in zip(fuse, children_names(fuse), strict=True)}
+    if len({tuple(kinds) for kinds in placed.values()}) > 1:
+        where = "; ".join(f"{child}: {', '.join(kinds) or 'no residual site'}" for child, kinds in placed.items())
+        raise ValueError(f"{fuse!r} fuses adapters placed at different sub-layers ({where}); AdapterFusion fuses "
+                         "bottleneck adapters of one placement (their sizes may differ): add adapters with the same "
+                         "mh_adapter and output_adapter.")
 
 
 def build(host: AdapterHost, fuse: Fuse, config: AdapterFusionConfig,
@@ -153,6 +169,7 @@ def build(host: AdapterHost, fuse: Fuse, config: AdapterFusionConfig,
         placement.check_name(fuse.custom_name, "fusion names")
     for adapter in fuse.flatten():
         placement.check_known(host, adapter)
+    check_placed_alike(host, fuse)
     dropout = getattr(host.config, "attention_probs_dropout_prob", 0.0)
     with torch.device("meta") if meta else nullcontext():
         placed = [(site, placement.like_model(host, AdapterFusion(config, host.config.hidden_size, dropout), meta))

@@ -8,7 +8,7 @@ user adds one and when one is loaded, so the two can never disagree.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftcore import placement
+from peftcore.composition import normalized
 from peftcore.host import AdapterHost
 from peftcore.sites import Activation, MaskedLMHead
 
@@ -212,6 +213,68 @@ def delete(host: AdapterHost, name: str) -> None:
     del host.heads[name]
     if host.active_head == name:
         host.active_head = None
+
+
+def labels(host: AdapterHost, name: str | None) -> dict[int, str] | None:
+    """Head ``name``'s (default: the active head's) labels by id, in id order: its ``label2id`` inverted, AdapterHub's
+    ``LABEL_{i}`` where it predicts labels it does not name, None where it predicts no labels (a masked-LM head)."""
+    if name is None and host.active_head is None:
+        raise ValueError("no head name given and no head is active; pass head_name.")
+    name = host.active_head if name is None else name
+    check_known(host, name)
+    return labels_of(host.heads[name].config)
+
+
+def labels_of(config: Mapping[str, Any]) -> dict[int, str] | None:
+    if config.get("label2id") is not None:
+        return {int(i): label for label, i in sorted(config["label2id"].items(), key=lambda item: int(item[1]))}
+    return None if config.get("num_labels") is None else {i: f"LABEL_{i}" for i in range(config["num_labels"])}
+
+
+def average(host: AdapterHost, name: str, head_list: Sequence[str] | Mapping[str, float],
+            weights: Sequence[float] | None, normalize_weights: bool, overwrite_ok: bool, set_active: bool) -> None:
+    """Attach head ``name`` (the active head when ``set_active``): the weighted average of the heads ``head_list`` (or
+    ``{head: weight}``), which must be of one class and one config but for dropout (AdapterHub's ``average_head``);
+    ``weights`` default to equal and are divided by their sum when ``normalize_weights``. A masked-LM decoder stays
+    tied to the word embeddings."""
+    if isinstance(head_list, Mapping):
+        if weights is not None:
+            raise ValueError("give the weights either in head_list (a dict of head: weight) or as weights, not both.")
+        head_list, weights = list(head_list), list(head_list.values())
+    names = list(head_list)
+    if not names:
+        raise ValueError("no heads to average; pass at least one head name.")
+    for head in names:
+        check_known(host, head)
+    placement.check_name(name)
+    if name in host.heads and not overwrite_ok:
+        raise ValueError(f"a head named {name!r} exists; pass overwrite_ok=True to replace it.")
+    weights = [1.0 / len(names)] * len(names) if weights is None else list(weights)
+    if len(weights) != len(names):
+        raise ValueError(f"{len(names)} heads to average but {len(weights)} weights; give one weight per head.")
+    weights = normalized(weights, normalize_weights)
+    first = host.heads[names[0]]
+    for head in names[1:]:
+        other = host.heads[head]
+        if type(other) is not type(first):
+            raise ValueError(f"heads {names[0]!r} and {head!r} are of different classes ({type(first).__name__}, "
+                             f"{type(other).__name__}); only heads of one kind can be averaged.")
+        if averaged_fields(other.config) != averaged_fields(first.config):
+            raise ValueError(f"heads {names[0]!r} and {head!r} have different configs ({first.config} and "
+                             f"{other.config}); only heads of one config (dropout aside) can be averaged.")
+    averaged = build(host, first.config)
+    with torch.no_grad():
+        for key, tensor in own_state(host, averaged).items():
+            tensor.copy_(sum(w * host.heads[head].state_dict()[key] for head, w in zip(names, weights, strict=True)))
+    attach(host, name, averaged)
+    if set_active:
+        host.active_head = name
+
+
+def averaged_fields(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What heads averaged together must share: every field set, dropout aside, and the labels."""
+    return {**{key: value for key, value in config.items() if value and key not in ("dropout_prob", "label2id")},
+            "labels": labels_of(config)}
 
 
 def label2id(id2label: dict[int, str] | None, num_labels: int) -> dict[str, int] | None:

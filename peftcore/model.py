@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from peftcore import forward, fusion, heads, interop, merging, placement, summary
 from peftcore.changes import mutation
-from peftcore.composition import Block, Fuse, as_fuse, fusion_names, head_setup, parse_setup
+from peftcore.composition import Block, Fuse, Stack, as_fuse, fusion_names, head_setup, parse_setup
 from peftcore.configs import DEFAULT_ADAPTER_CONFIG, AdapterConfigBase
 from peftcore.fusion import AdapterFusionConfig
 from peftcore.methods.base import Method
@@ -79,16 +79,20 @@ class AdapterModelMixin:
 
     @mutation
     def delete_adapter(self, name: str) -> None:
-        """Remove adapter ``name`` and its modules; an active, merged or fused adapter must be released first."""
+        """Remove adapter ``name`` and its modules. Where it is the whole active setup, the model is left with none
+        active, as in AdapterHub; where it is part of a larger setup, or merged or fused, it must be released first."""
         placement.check_known(self, name)
-        if name in self._active_names():
-            raise ValueError(f"adapter {name!r} is active ({self.active_adapters!r}); deactivate it first with "
-                             "set_active_adapters(None) or another setup.")
+        alone = self.active_adapters == Stack(name)
+        if name in self._active_names() and not alone:
+            raise ValueError(f"adapter {name!r} is part of the active setup {self.active_adapters!r}; activate a "
+                             "setup without it first (set_active_adapters).")
         if name in self.merged_adapters():
             raise ValueError(f"adapter {name!r} is merged into the weights; reset_adapter({name!r}) first.")
         fused = [fusion_name for fusion_name, names in self.fused_adapters.items() if name in names]
         if fused:
             raise ValueError(f"adapter {name!r} is fused in {fused}; delete_adapter_fusion({fused[0]!r}) first.")
+        if alone:
+            self.set_active_adapters(None)
         placement.remove(self, name)
         self._replug()
 
@@ -284,19 +288,20 @@ class AdapterModelMixin:
         return fusion.regularization_loss(self)
 
     def save_adapter_fusion(self, directory: str | os.PathLike, adapter_names: Fuse | Sequence[str] | str,
-                            with_head: bool = False, format: str = "peftcore") -> None:
-        """Write the layers of the fusion ``adapter_names`` names into ``directory`` atomically, in the ``format``
-        ``"peftcore"`` (ours) or ``"adapterhub"``; ``with_head`` is accepted for AdapterHub's signature and ignored."""
+                            with_head: bool | str = False, format: str = "peftcore",
+                            use_safetensors: bool = False) -> None:
+        """Write fusion ``adapter_names``'s layers (and the head named after it, or ``with_head``) into ``directory``
+        atomically in ``format`` ``"peftcore"`` or ``"adapterhub"`` (safetensors with ``use_safetensors``)."""
         name = as_fuse(adapter_names).name
         fusion.check(self, name)
-        interop.save_fusion(self, directory, name, format)
+        interop.save_fusion(self, directory, name, with_head, format, use_safetensors)
 
     @mutation
     def load_adapter_fusion(self, directory: str | os.PathLike, load_as: str | None = None,
-                            set_active: bool = False) -> str:
-        """Load the fusion layers in ``directory`` (ours or AdapterHub's) over adapters already loaded, named
-        ``load_as`` if given and activated with ``set_active``; returns the fusion's name."""
-        fuse = interop.load_fusion(self, directory, load_as)
+                            set_active: bool = False, with_head: bool = True) -> str:
+        """Load the fusion in ``directory`` (ours or AdapterHub's; with ``with_head`` its head) over adapters loaded,
+        both named ``load_as`` if given, activated with ``set_active``; returns the fusion's name."""
+        fuse = interop.load_fusion(self, directory, load_as, with_head, set_active)
         self._replug_or_activate(fuse if set_active else None)
         return fuse.name
 
@@ -419,15 +424,45 @@ class AdapterModelMixin:
         """Remove head ``name``; when it was the active head, no head is active."""
         heads.delete(self, name)
 
+    @mutation
+    def average_head(self, head_name: str, head_list: Sequence[str] | dict[str, float],
+                     weights: Sequence[float] | None = None, normalize_weights: bool = True,
+                     overwrite_ok: bool = False, set_active: bool = False) -> None:
+        """New head ``head_name``: the average of heads ``head_list`` (or ``{head: weight}``) of one class and config;
+        ``weights``, ``normalize_weights``, ``overwrite_ok``, ``set_active`` as in ``average_adapter``."""
+        heads.average(self, head_name, head_list, weights, normalize_weights, overwrite_ok, set_active)
+
+    def get_labels_dict(self, head_name: str | None = None) -> dict[int, str] | None:
+        """Head ``head_name``'s (default: the active head's) label names by id; None for a head without labels."""
+        return heads.labels(self, head_name)
+
+    def get_labels(self, head_name: str | None = None) -> list[str] | None:
+        """Head ``head_name``'s (default: the active head's) label names in id order; None as ``get_labels_dict``."""
+        return None if (labels := heads.labels(self, head_name)) is None else list(labels.values())
+
+    def save_head(self, directory: str | os.PathLike, head_name: str | None = None, format: str = "peftcore",
+                  use_safetensors: bool = False) -> None:
+        """Write head ``head_name`` (None: the only head) into ``directory`` atomically in ``format`` ``"peftcore"``
+        or ``"adapterhub"`` (safetensors with ``use_safetensors``)."""
+        interop.save_head(self, directory, head_name, format, use_safetensors)
+
+    @mutation
+    def load_head(self, directory: str | os.PathLike, load_as: str | None = None,
+                  id2label: dict[int, str] | None = None, set_active: bool = True) -> str:
+        """Load the head in ``directory`` (``save_head``'s, ours or AdapterHub's) named ``load_as`` if given, with the
+        label names ``id2label`` if given, the active head unless ``set_active`` is False; returns its name."""
+        return interop.load_head(self, directory, load_as, id2label, set_active)
+
     # ---- save and load ------------------------------------------------------------------------------------------
 
     def save_adapter(self, directory: str | os.PathLike, name: str, with_head: bool = True,
-                     format: str = "peftcore") -> None:
+                     format: str = "peftcore", use_safetensors: bool = False) -> None:
         """Write adapter ``name`` (and with ``with_head`` the head of the same name) into ``directory`` atomically in
         a ``format``: ``"peftcore"`` writes ``adapter_config.json`` + ``adapter_model.safetensors``; ``"adapterhub"``
-        AdapterHub's layout; ``"peft"`` HF PEFT's (LoRA and (IA)^3), which ``peft.PeftModel.from_pretrained`` loads."""
+        AdapterHub's layout (its safetensors files with ``use_safetensors``, else its pickles); ``"peft"`` HF PEFT's
+        (LoRA and (IA)^3), which ``peft.PeftModel.from_pretrained`` loads."""
         placement.check_known(self, name)
-        interop.save_adapter(self, directory, name, with_head, format)
+        interop.save_adapter(self, directory, name, with_head, format, use_safetensors)
 
     def save_all_adapters(self, directory: str | os.PathLike, with_head: bool = True) -> None:
         """``save_adapter`` in our format for every adapter, each into the subdirectory of ``directory`` named after

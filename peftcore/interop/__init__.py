@@ -1,7 +1,8 @@
-"""Adapter and fusion files in every format we read and write: ours (``ours.py``), AdapterHub's
+"""Adapter, fusion and head files in every format we read and write: ours (``ours.py``), AdapterHub's
 (``adapterhub.py``) and HuggingFace PEFT's (``peft.py``). This is the one place that tells the formats apart:
 ``load_adapter`` recognises a directory's format by its files, and every reader turns a directory into a
-``SavedAdapter`` (``saved.py``) that one install step checks against the model before attaching it.
+``SavedAdapter``, ``SavedFusion`` or ``SavedHead`` (``saved.py``) that one install step checks against the model
+before attaching it.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from peftcore import heads, io, placement
 from peftcore.composition import Fuse
 from peftcore.host import AdapterHost
 from peftcore.interop import adapterhub, ours, peft
-from peftcore.interop.saved import SavedAdapter, built_head, install, install_fusion
+from peftcore.interop.saved import SavedAdapter, built_head, checked_head, install, install_fusion
 
 ADAPTER_FORMATS = ("peftcore", "adapterhub", "peft")
-FUSION_FORMATS = ("peftcore", "adapterhub")
+FUSION_FORMATS = HEAD_FORMATS = ("peftcore", "adapterhub")
 
 
 def check_hf_layout(host: AdapterHost, what: str) -> None:
@@ -28,10 +29,7 @@ def check_hf_layout(host: AdapterHost, what: str) -> None:
 
 def read_adapter(host: AdapterHost, directory: str | os.PathLike, with_head: bool = True) -> SavedAdapter:
     """Read an adapter directory in whichever format it is: ours, AdapterHub's or HF PEFT's."""
-    directory = Path(directory)
-    io.recover(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"adapter directory {str(directory)!r} does not exist.")
+    directory = existing(directory, "adapter")
     raw = io.read_json(io.require(directory / ours.CONFIG_FILE))
     if ours.is_ours(raw):
         return ours.read(directory, raw, with_head)
@@ -52,35 +50,93 @@ def load_adapter(host: AdapterHost, directory: str | os.PathLike, load_as: str |
     return install(host, saved, load_as or saved.name, str(directory))
 
 
-def save_adapter(host: AdapterHost, directory: str | os.PathLike, name: str, with_head: bool, format: str) -> None:
+def save_adapter(host: AdapterHost, directory: str | os.PathLike, name: str, with_head: bool, format: str,
+                 safetensors: bool = False) -> None:
+    """Adapter ``name`` in ``format``; ``safetensors`` picks AdapterHub's safetensors files over its pickles (ours
+    and PEFT's are safetensors always)."""
     if format not in ADAPTER_FORMATS:
         raise ValueError(f"format={format!r} is not known; use 'peftcore', 'adapterhub' or 'peft'.")
+    if format == "adapterhub":
+        check_hf_layout(host, "format='adapterhub' files")
+        adapterhub.save(host, directory, name, with_head, safetensors)
+        return
     if format != "peftcore":
         check_hf_layout(host, f"format={format!r} files")
-    {"peftcore": ours.save, "adapterhub": adapterhub.save, "peft": peft.save}[format](host, directory, name,
-                                                                                        with_head)
+    {"peftcore": ours.save, "peft": peft.save}[format](host, directory, name, with_head)
 
 
-def load_fusion(host: AdapterHost, directory: str | os.PathLike, load_as: str | None) -> Fuse:
-    """Read a fusion directory (ours or AdapterHub's), check it against the model off the model, then attach it."""
+def load_fusion(host: AdapterHost, directory: str | os.PathLike, load_as: str | None, with_head: bool = False,
+                set_active: bool = False) -> Fuse:
+    """Read a fusion directory (ours or AdapterHub's), with the head saved beside it when ``with_head`` (the active
+    head with ``set_active``), check it against the model off the model, then attach it; returns the fusion."""
+    directory = existing(directory, "fusion")
+    if ours.is_our_fusion(directory):
+        saved = ours.read_fusion(directory, with_head)
+    else:
+        check_hf_layout(host, "AdapterHub's fusion files")
+        saved = adapterhub.read_fusion(host, directory, with_head)
+    fuse, head = install_fusion(host, saved, load_as, str(directory))
+    if set_active and head is not None:
+        host.active_head = head
+    return fuse
+
+
+def save_fusion(host: AdapterHost, directory: str | os.PathLike, name: str, with_head: bool | str, format: str,
+                safetensors: bool = False) -> None:
+    """Fusion ``name`` in ``format``, with the head named after it (``with_head`` True) or named ``with_head``;
+    ``safetensors`` as in ``save_adapter``."""
+    if format not in FUSION_FORMATS:
+        raise ValueError(f"format={format!r} is not known; use 'peftcore' or 'adapterhub'.")
+    head = (name if with_head is True else with_head) or None
+    if head is not None:
+        heads.check_known(host, head)
+    if format == "peftcore":
+        ours.save_fusion(host, directory, name, head)
+    else:
+        check_hf_layout(host, "AdapterHub's fusion files")
+        adapterhub.save_fusion(host, directory, name, head, safetensors)
+
+
+def save_head(host: AdapterHost, directory: str | os.PathLike, name: str | None, format: str,
+              safetensors: bool) -> None:
+    """Head ``name`` (None: the model's only head) alone in ``format`` (``"peftcore"`` or ``"adapterhub"``);
+    ``safetensors`` as in ``save_adapter``."""
+    if format not in HEAD_FORMATS:
+        raise ValueError(f"format={format!r} is not known; use 'peftcore' or 'adapterhub'.")
+    if name is None and len(host.heads) != 1:
+        raise ValueError(f"no head name given, and the model has {len(host.heads)} heads "
+                         f"({sorted(host.heads)}), not one; pass head_name.")
+    name = next(iter(host.heads)) if name is None else name
+    heads.check_known(host, name)
+    if format == "peftcore":
+        ours.save_head(host, directory, name)
+    else:
+        adapterhub.save_head(host, directory, name, safetensors)
+
+
+def load_head(host: AdapterHost, directory: str | os.PathLike, load_as: str | None,
+              id2label: dict[int, str] | None, set_active: bool) -> str:
+    """Read a head directory (ours or AdapterHub's), its labels replaced by ``id2label`` if given, check it off the
+    model and attach it as ``load_as`` (default: its saved name), the active head when ``set_active``; returns the
+    head's name."""
+    directory = existing(directory, "head")
+    saved = ours.read_head(directory) if ours.is_our_head(directory) else adapterhub.read_head(directory)
+    if id2label is not None:
+        saved.config = {**saved.config, "label2id": heads.label2id(id2label, saved.config.get("num_labels"))}
+    name, head = checked_head(host, saved, load_as, str(directory))
+    heads.attach(host, name, head)
+    if set_active:
+        host.active_head = name
+    return name
+
+
+def existing(directory: str | os.PathLike, what: str) -> Path:
+    """``directory`` as a Path once a save killed midway there is undone; it must exist."""
     directory = Path(directory)
     io.recover(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"fusion directory {str(directory)!r} does not exist.")
-    if ours.is_our_fusion(directory):
-        saved = ours.read_fusion(directory)
-    else:
-        check_hf_layout(host, "AdapterHub's fusion files")
-        saved = adapterhub.read_fusion(host, directory)
-    return install_fusion(host, saved, load_as, str(directory))
-
-
-def save_fusion(host: AdapterHost, directory: str | os.PathLike, name: str, format: str) -> None:
-    if format not in FUSION_FORMATS:
-        raise ValueError(f"format={format!r} is not known; use 'peftcore' or 'adapterhub'.")
-    if format != "peftcore":
-        check_hf_layout(host, "AdapterHub's fusion files")
-    {"peftcore": ours.save_fusion, "adapterhub": adapterhub.save_fusion}[format](host, directory, name)
+        raise FileNotFoundError(f"{what} directory {str(directory)!r} does not exist.")
+    return directory
 
 
 def write_setup(host: AdapterHost, directory: Path, merged: set[str]) -> None:
@@ -98,7 +154,8 @@ def restore_setup(host: AdapterHost, directory: Path) -> None:
     for name in setup["heads"]:
         source = directory / "heads" / name
         placement.check_name(name)
-        heads.attach(host, name, built_head(host, *ours.read_head(source), f"{source}: head {name!r}"))
+        head = ours.read_head(source)
+        heads.attach(host, name, built_head(host, head.config, head.state, f"{source}: head {name!r}"))
     for index, _ in enumerate(setup["fusions"]):
         source = directory / "fusions" / str(index)
         install_fusion(host, ours.read_fusion(source), None, str(source))

@@ -1,10 +1,12 @@
-"""AdapterHub (``adapters`` 1.3.0) adapter and fusion directories, both ways.
+"""AdapterHub (``adapters`` 1.3.0) adapter, fusion and head directories, both ways.
 
 AdapterHub writes ``adapter_config.json`` (``{"config", "name", "model_type", "hidden_size", "version", ...}``) and
 ``pytorch_adapter.bin`` (or ``adapter.safetensors``), with keys named by HF module paths:
 ``[roberta.]encoder.layer.{i}.output.adapters.{name}.adapter_down.0.weight`` for a bottleneck,
-``[roberta.]invertible_adapters.{name}.F.0.weight`` for an invertible adapter; heads beside them as
-``head_config.json`` + ``pytorch_model_head.bin`` (``heads.{name}.1.weight``). The model names where each site sits
+``[roberta.]invertible_adapters.{name}.F.0.weight`` for an invertible adapter; heads beside them (or alone:
+``save_head``) as ``head_config.json`` + ``pytorch_model_head.bin`` or ``model_head.safetensors``
+(``heads.{name}.1.weight``); fusions as ``adapter_fusion_config.json`` (with the fused ``adapter_names``) +
+``pytorch_model_adapter_fusion.bin`` or ``model_adapter_fusion.safetensors``. The model names where each site sits
 in HF's layout (``hf_site_path``); each method names its module's container and tensors there
 (``Method.adapterhub_*``); this module puts the two together.
 """
@@ -22,7 +24,7 @@ from torch import Tensor
 from peftcore import fusion, io, placement
 from peftcore.configs import AdapterConfigBase, members
 from peftcore.host import AdapterHost
-from peftcore.interop.saved import SavedAdapter, SavedFusion
+from peftcore.interop.saved import SavedAdapter, SavedFusion, SavedHead
 from peftcore.methods import methods_for
 from peftcore.methods.base import shared_state_key, state_key
 
@@ -32,6 +34,9 @@ HEAD_CONFIG, HEAD_WEIGHTS = "head_config.json", ("model_head.safetensors", "pyto
 FUSION_CONFIG = "adapter_fusion_config.json"
 FUSION_WEIGHTS = ("model_adapter_fusion.safetensors", "pytorch_model_adapter_fusion.bin")
 VERSION = "adapters.1.3.0"
+# a save replaces both forms of its weights and any head saved beside them before: no stale file outlives it (old
+# safetensors left beside a new pickle would be read instead of it)
+HEAD_FILES = (HEAD_CONFIG, *HEAD_WEIGHTS)
 
 
 def is_adapterhub(directory: Path, raw: Mapping[str, Any]) -> bool:
@@ -80,15 +85,32 @@ def read(directory: Path, raw: Mapping[str, Any], with_head: bool, host: Adapter
     saved = SavedAdapter(name, config, {pairs.get(key, key): t for key, t in theirs.items()}, raw.get("model_type"),
                          raw.get("hidden_size"))
     if with_head and (directory / HEAD_CONFIG).is_file():
-        head_raw = io.read_json(directory / HEAD_CONFIG)
-        head_state = io.read_tensors(directory, HEAD_WEIGHTS) or {}
-        if head_raw.get("config") is None:  # a transformers head (BertForMaskedLM's cls.*): the model's own head
-            saved.model_head_state = host.head_state_from_hf(head_state)
+        if io.read_json(directory / HEAD_CONFIG).get("config") is None:  # a transformers head (BertForMaskedLM's
+            # cls.*): the model's own head
+            saved.model_head_state = host.head_state_from_hf(io.read_tensors(directory, HEAD_WEIGHTS) or {})
             return saved
-        head_prefix = f"heads.{head_raw.get('name', name)}."
-        saved.head_config = dict(head_raw["config"])
-        saved.head_state = {key.removeprefix(head_prefix): t for key, t in head_state.items()}
+        head = read_head(directory, name)
+        saved.head_config, saved.head_state = head.config, head.state
     return saved
+
+
+def read_head(directory: Path, name: str | None = None) -> SavedHead:
+    """A flexible head's ``head_config.json`` and tensors (``heads.{name}.`` left out; ``name`` where the config names
+    none)."""
+    raw = io.read_json(directory / HEAD_CONFIG)
+    if not isinstance(raw.get("config"), dict):
+        raise ValueError(f"{directory / HEAD_CONFIG} holds no flexible head config (config: {raw.get('config')!r}); "
+                         "a transformers model's own head loads with its adapter (load_adapter).")
+    name = raw.get("name") or name
+    prefix = f"heads.{name}."
+    state = {key.removeprefix(prefix): t for key, t in (io.read_tensors(directory, HEAD_WEIGHTS) or {}).items()}
+    return SavedHead(name, dict(raw["config"]), state, raw.get("model_type"), raw.get("hidden_size"))
+
+
+def described(host: AdapterHost, name: str) -> dict[str, Any]:
+    """What every AdapterHub file says about the model it was saved from and the module's ``name``."""
+    return {"hidden_size": host.config.hidden_size, "model_class": type(host).__name__, "model_name": None,
+            "model_type": host.config.model_type, "name": name, "version": VERSION}
 
 
 def save(host: AdapterHost, directory: str | os.PathLike, name: str, with_head: bool = True,
@@ -98,18 +120,27 @@ def save(host: AdapterHost, directory: str | os.PathLike, name: str, with_head: 
     config = host.adapter_configs[name]
     ours = placement.state(host, name)
     state = {their: ours[our] for their, our in key_pairs(host, config, name).items()}
-    common = {"hidden_size": host.config.hidden_size, "model_class": f"{type(host).__name__}",
-              "model_name": None, "model_type": host.config.model_type, "name": name, "version": VERSION}
-    with io.atomic_directory_write(directory) as scratch:
-        io.write_json(scratch / CONFIG_FILE, {"config": config.to_dict(), **common})
+    with io.atomic_directory_write(directory, replaces=(*WEIGHTS, *HEAD_FILES)) as scratch:
+        io.write_json(scratch / CONFIG_FILE, {"config": config.to_dict(), **described(host, name)})
         write_tensors(scratch, WEIGHTS, state, safetensors)
         if with_head and name in host.heads:
-            head = host.heads[name]  # written whole, tied LM decoder included, as AdapterHub writes heads
-            # AdapterHub loads a flex head only into the class named here: its XAdapterModel (loading.py:984)
-            flex_class = f"{type(host).__name__.removesuffix('Model')}AdapterModel"
-            io.write_json(scratch / HEAD_CONFIG, {"config": head.config, **common, "model_class": flex_class})
-            write_tensors(scratch, HEAD_WEIGHTS, {f"heads.{name}.{k}": t for k, t in head.state_dict().items()},
-                          safetensors)
+            write_head(host, scratch, name, safetensors)
+
+
+def write_head(host: AdapterHost, directory: Path, name: str, safetensors: bool) -> None:
+    """Head ``name`` into ``directory``, which a save is writing atomically."""
+    head = host.heads[name]  # written whole, tied LM decoder included, as AdapterHub writes heads
+    # AdapterHub loads a flex head only into the class named here: its XAdapterModel (loading.py:984)
+    flex_class = f"{type(host).__name__.removesuffix('Model')}AdapterModel"
+    io.write_json(directory / HEAD_CONFIG, {"config": head.config, **described(host, name), "model_class": flex_class})
+    write_tensors(directory, HEAD_WEIGHTS, {f"heads.{name}.{k}": t for k, t in head.state_dict().items()},
+                  safetensors)
+
+
+def save_head(host: AdapterHost, directory: str | os.PathLike, name: str, safetensors: bool = False) -> None:
+    """Write head ``name`` in AdapterHub's layout, so ``adapters``' ``load_head`` reads it."""
+    with io.atomic_directory_write(directory, replaces=HEAD_FILES) as scratch:
+        write_head(host, scratch, name, safetensors)
 
 
 def write_tensors(directory: Path, names: tuple[str, str], state: Mapping[str, Tensor], safetensors: bool) -> None:
@@ -125,21 +156,26 @@ def fusion_prefix(host: AdapterHost, site_name: str, layer: int, name: str) -> s
     return f"{site_path(host, site_name, layer)}.adapter_fusion_layer.{name}."
 
 
-def save_fusion(host: AdapterHost, directory: str | os.PathLike, name: str, safetensors: bool = False) -> None:
-    """Write fusion ``name`` in AdapterHub's layout, so ``adapters``' ``load_adapter_fusion`` reads it."""
+def save_fusion(host: AdapterHost, directory: str | os.PathLike, name: str, head: str | None = None,
+                safetensors: bool = False) -> None:
+    """Write fusion ``name`` (and head ``head`` unless None) in AdapterHub's layout, so ``adapters``'
+    ``load_adapter_fusion`` reads it."""
     ours = fusion.state(host, name)
-    state = {fusion_prefix(host, site.name, site.layer, name) + key: ours[f"{site.path}.fusions.{key}"]
+    # keys with the base-model prefix: AdapterHub's flex models silently load no fusion key without it (its
+    # AdapterFusionLoader.load does not pass in_base_model), and its bare models read it as well
+    state = {host.hf_prefix + fusion_prefix(host, site.name, site.layer, name) + key: ours[f"{site.path}.fusions.{key}"]
              for site, layer in fusion.layers(host, name) for key in layer.state_dict()}
-    with io.atomic_directory_write(directory) as scratch:
-        io.write_json(scratch / FUSION_CONFIG, {
-            "config": host.fusion_configs[name].to_dict(), "hidden_size": host.config.hidden_size,
-            "model_class": type(host).__name__, "model_name": None, "model_type": host.config.model_type,
-            "name": name, "version": VERSION})
+    with io.atomic_directory_write(directory, replaces=(*FUSION_WEIGHTS, *HEAD_FILES)) as scratch:
+        io.write_json(scratch / FUSION_CONFIG, {"config": host.fusion_configs[name].to_dict(),
+                                                "adapter_names": list(host.fused_adapters[name]),
+                                                **described(host, name)})
         write_tensors(scratch, FUSION_WEIGHTS, state, safetensors)
+        if head is not None:
+            write_head(host, scratch, head, safetensors)
 
 
-def read_fusion(host: AdapterHost, directory: Path) -> SavedFusion:
-    """An AdapterHub fusion directory in our key names.
+def read_fusion(host: AdapterHost, directory: Path, with_head: bool = False) -> SavedFusion:
+    """An AdapterHub fusion directory in our key names, with the head saved beside it when ``with_head``.
 
     Keys are renamed by position (``encoder.layer.{i}.output.adapter_fusion_layer.{name}.*``); a layer's tensors
     that fit no site stay under their own names, so the install reports them.
@@ -162,4 +198,6 @@ def read_fusion(host: AdapterHost, directory: Path) -> SavedFusion:
         if prefix and local.startswith("dense."):
             continue  # AdapterHub builds an unused `dense` layer when query, key and value are all off
         state[f"{by_prefix[prefix].path}.fusions.{local}" if prefix else key] = tensor
-    return SavedFusion(name, raw.get("config"), None, state, raw.get("model_type"), raw.get("hidden_size"))
+    head = read_head(directory) if with_head and (directory / HEAD_CONFIG).is_file() else None
+    return SavedFusion(name, raw.get("config"), raw.get("adapter_names"), state, raw.get("model_type"),
+                       raw.get("hidden_size"), head)

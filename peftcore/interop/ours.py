@@ -3,8 +3,9 @@
 An adapter directory holds ``adapter_config.json`` (format tag, adapter name, method config, the model type and
 sizes it was trained for, library version) and ``adapter_model.safetensors`` (the adapter's tensors, named by their
 path in the model with the adapter name left out: ``layers.0.ffn.residual.adapters.down.weight``). A head of the
-same name is saved beside it as ``head_config.json`` + ``head_model.safetensors``. A fusion directory holds
-``fusion_config.json`` (with the names of the adapters it fuses) + ``fusion_model.safetensors``.
+same name is saved beside it (or alone: ``save_head``) as ``head_config.json`` + ``head_model.safetensors``. A fusion
+directory holds ``fusion_config.json`` (with the names of the adapters it fuses) + ``fusion_model.safetensors``, and
+the head saved with it, if any.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from torch import Tensor
-
 from peftcore import fusion, heads, io, placement
 from peftcore.composition import from_json, to_json
 from peftcore.configs import AdapterConfigBase
 from peftcore.host import AdapterHost
-from peftcore.interop.saved import SavedAdapter, SavedFusion
+from peftcore.interop.saved import SavedAdapter, SavedFusion, SavedHead
 
 FORMAT, HEAD_FORMAT, FUSION_FORMAT, FORMAT_VERSION = "peftcore-adapter", "peftcore-head", "peftcore-fusion", 1
 LIBRARY_VERSION = "peftcore 0.1.0"
@@ -77,24 +76,38 @@ def read(directory: Path, raw: Mapping[str, Any], with_head: bool) -> SavedAdapt
     saved = SavedAdapter(raw["name"], config, io.read_safetensors(io.require(directory / WEIGHTS_FILE)),
                          raw["model_type"], raw["hidden_size"])
     if with_head and (directory / HEAD_CONFIG_FILE).is_file():
-        saved.head_config, saved.head_state = read_head(directory)
+        head = read_head(directory)
+        saved.head_config, saved.head_state = head.config, head.state
     return saved
 
 
-def read_head(directory: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """A head's config dict and tensors, from ``head_config.json`` + ``head_model.safetensors``."""
+def is_our_head(directory: Path) -> bool:
+    return io.read_json(io.require(directory / HEAD_CONFIG_FILE)).get("format") == HEAD_FORMAT
+
+
+def read_head(directory: Path) -> SavedHead:
+    """A head from ``head_config.json`` + ``head_model.safetensors``."""
     head = io.read_json(directory / HEAD_CONFIG_FILE)
     if head.get("format") != HEAD_FORMAT or head.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{directory / HEAD_CONFIG_FILE} is not a peftcore head of format version {FORMAT_VERSION} "
                          f"(format {head.get('format')!r}).")
     if not isinstance(head.get("config"), dict):
         raise ValueError(f"{directory / HEAD_CONFIG_FILE} holds no head config (config: {head.get('config')!r}).")
-    return head["config"], io.read_safetensors(io.require(directory / HEAD_WEIGHTS_FILE))
+    return SavedHead(head.get("name"), head["config"], io.read_safetensors(io.require(directory / HEAD_WEIGHTS_FILE)),
+                     head.get("model_type"), head.get("hidden_size"))
 
 
-def save_fusion(host: AdapterHost, directory: str | os.PathLike, name: str) -> None:
+def save_head(host: AdapterHost, directory: str | os.PathLike, name: str) -> None:
     with io.atomic_directory_write(directory) as scratch:
+        write_head(host, scratch, name)
+
+
+def save_fusion(host: AdapterHost, directory: str | os.PathLike, name: str, head: str | None) -> None:
+    """Fusion ``name``, and head ``head`` beside it unless None."""
+    with io.atomic_directory_write(directory, replaces=(HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE)) as scratch:
         write_fusion(host, scratch, name)
+        if head is not None:
+            write_head(host, scratch, head)
 
 
 def write_fusion(host: AdapterHost, directory: Path, name: str) -> None:
@@ -110,14 +123,16 @@ def is_our_fusion(directory: Path) -> bool:
     return (directory / FUSION_CONFIG_FILE).is_file()
 
 
-def read_fusion(directory: Path) -> SavedFusion:
+def read_fusion(directory: Path, with_head: bool = False) -> SavedFusion:
+    """A fusion directory of ours, with the head saved beside it when ``with_head`` and there is one."""
     raw = io.read_json(directory / FUSION_CONFIG_FILE)
     if raw.get("format") != FUSION_FORMAT or raw.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{directory / FUSION_CONFIG_FILE} is not a peftcore fusion of format version "
                          f"{FORMAT_VERSION}.")
+    head = read_head(directory) if with_head and (directory / HEAD_CONFIG_FILE).is_file() else None
     return SavedFusion(raw.get("name"), raw.get("config"), raw.get("adapters"),
                        io.read_safetensors(io.require(directory / FUSION_WEIGHTS_FILE)), raw.get("model_type"),
-                       raw.get("hidden_size"))
+                       raw.get("hidden_size"), head)
 
 
 # ---- everything attached, beside a full-model checkpoint --------------------------------------------------------

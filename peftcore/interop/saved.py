@@ -31,6 +31,17 @@ class SavedAdapter:
 
 
 @dataclass
+class SavedHead:
+    """A prediction head read from disk: its config dict and tensors, keys relative to the head."""
+
+    name: str | None  # as saved
+    config: dict[str, Any]
+    state: dict[str, Tensor]
+    model_type: str | None
+    hidden_size: int | None
+
+
+@dataclass
 class SavedFusion:
     """Fusion layers read from disk, in our key names."""
 
@@ -40,6 +51,7 @@ class SavedFusion:
     state: dict[str, Tensor]
     model_type: str | None
     hidden_size: int | None
+    head: SavedHead | None = None  # the head saved beside the fusion (``save_adapter_fusion(with_head=...)``)
 
 
 def check_model(host: AdapterHost, model_type: str | None, hidden_size: int | None, what: str) -> None:
@@ -92,13 +104,30 @@ def head_fit(host: AdapterHost, head: nn.Module, state: dict[str, Tensor]
     return {key: (head, key) for key in own}, {key: t for key, t in state.items() if key not in tied}
 
 
-def install_fusion(host: AdapterHost, saved: SavedFusion, load_as: str | None, source: str) -> Fuse:
-    """Check a fusion against the model and the adapters it fuses off the model, then attach its layers."""
+def checked_head(host: AdapterHost, saved: SavedHead, name: str | None, source: str) -> tuple[str, nn.Module]:
+    """A saved head built and filled off the model under ``name`` (default: its saved name), once the name is free
+    and the head fits the model; attaches nothing."""
+    name = name or saved.name
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{source} names no head; pass load_as='a_name'.")
+    placement.check_name(name)
+    if name in host.heads:
+        raise ValueError(f"the model has a head {name!r} already; delete_head({name!r}) or pass "
+                         "load_as='another_name'.")
+    check_model(host, saved.model_type, saved.hidden_size, f"{source} holds a head")
+    return name, built_head(host, saved.config, saved.state, f"{source}: head {name!r}")
+
+
+def install_fusion(host: AdapterHost, saved: SavedFusion, load_as: str | None, source: str) -> tuple[Fuse, str | None]:
+    """Check a fusion (and the head saved with it, named ``load_as`` if given) against the model and the adapters it
+    fuses off the model, then attach its layers (and head); returns the fusion and the head's name, if any."""
     if not isinstance(saved.name, str) or not saved.name:
         raise ValueError(f"{source} names no fusion (its config has no 'name').")
     check_model(host, saved.model_type, saved.hidden_size, f"{source} holds a fusion")
     config = AdapterFusionConfig.load(saved.config)
-    adapters = saved.adapters if isinstance(saved.adapters, list) and saved.adapters else saved.name.split(",")
+    adapters = saved.adapters if saved.adapters is not None else saved.name.split(",")
+    if not isinstance(adapters, list) or not adapters or not all(isinstance(a, str) and a for a in adapters):
+        raise ValueError(f"{source} names the fused adapters {adapters!r}; expected a list of adapter names.")
     custom = load_as or (saved.name if saved.name != ",".join(adapters) else None)
     fuse = Fuse(*adapters, name=custom)
     for adapter in fuse.flatten():
@@ -108,7 +137,10 @@ def install_fusion(host: AdapterHost, saved: SavedFusion, load_as: str | None, s
         raise ValueError(f"the model already has a fusion {fuse.name!r}; delete it first or pass load_as.")
     what = f"{source}: fusion {saved.name!r}"
     io.check_fit(fusion.slots(fusion.build(host, fuse, config, meta=True)), saved.state, what)  # before allocating
+    head = None if saved.head is None else checked_head(host, saved.head, load_as, source)
     placed = fusion.build(host, fuse, config)
     io.fill(fusion.slots(placed), saved.state, what)
     fusion.attach(host, fuse, config, placed)
-    return fuse
+    if head is not None:
+        heads.attach(host, *head)
+    return fuse, None if head is None else head[0]

@@ -35,7 +35,8 @@ def prepared(tmp_path) -> torch.nn.Module:
     model.add_classification_head("h", num_labels=3)
     model.merge_adapter("merged")
     model.save_adapter(tmp_path / "saved", "b")
-    model.save_adapter_fusion(tmp_path / "fusion", "a,b")
+    model.save_adapter_fusion(tmp_path / "fusion", "a,b", with_head="h")
+    model.save_head(tmp_path / "head", "h")
     model.set_active_adapters(Stack("a"))
     return model
 
@@ -53,9 +54,12 @@ CALLS = {
     "delete_adapter_fusion": lambda m, d: m.delete_adapter_fusion("a,b"),
     "train_adapter_fusion": lambda m, d: m.train_adapter_fusion(Fuse("a", "b")),
     "load_adapter": lambda m, d: m.load_adapter(d / "saved", load_as="loaded", set_active=True),
-    "load_adapter_fusion": lambda m, d: m.load_adapter_fusion(d / "fusion", load_as="loaded_fusion"),
+    "load_adapter_fusion": lambda m, d: m.load_adapter_fusion(d / "fusion", load_as="loaded_fusion",
+                                                              set_active=True),
     "add_head": lambda m, d: m.add_tagging_head("t", num_labels=2),
     "delete_head": lambda m, d: m.delete_head("h"),
+    "average_head": lambda m, d: m.average_head("averaged", ["h", "h"], set_active=True),
+    "load_head": lambda m, d: m.load_head(d / "head", load_as="loaded_head"),
     "eject_prefix_tuning": lambda m, d: m.eject_prefix_tuning("p"),
 }
 

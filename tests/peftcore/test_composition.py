@@ -4,6 +4,7 @@ tests/peftcore/interop/test_adapterhub_composition.py."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 
@@ -70,8 +71,9 @@ def test_shorthands_read_as_adapterhub_reads_them(setup, block):
     (lambda: Stack("a", BatchSplit("b", Stack("c", Split("d", "e", splits=1)), batch_sizes=1)), "nested too deeply"),
     (lambda: Stack("a", BatchSplit("b", Average("c", "d"), batch_sizes=1)), "nested too deeply"),
     (lambda: Stack("a", Stack("b", "c")), "Stack cannot be nested in Stack"),
-    (lambda: Split("a", "b", splits=[3]), "one positive int in splits per child"),
-    (lambda: BatchSplit("a", "b", batch_sizes=[2, 0]), "one positive int in batch_sizes per child"),
+    (lambda: Split("a", "b", splits=[3]), r"one int >= 0 in splits per child"),
+    (lambda: BatchSplit("a", "b", batch_sizes=[2, -1]), r"one int >= 0 in batch_sizes per child"),
+    (lambda: BatchSplit("a", "b", batch_sizes=[2, 1.0]), r"one int >= 0 in batch_sizes per child"),
 ])
 def test_unsupported_nesting_and_sizes_are_refused(setup, message):
     """Built and parsed inside the test: a block checks its own sizes, parse_setup the nesting."""
@@ -106,6 +108,41 @@ def test_batch_split_runs_each_slice_as_if_alone(arch):
     setup = BatchSplit(Stack("a", "l"), "p", "b", batch_sizes=[1, 1, 1])
     expected = torch.cat([run(model, child, batch)[i:i + 1] for i, child in enumerate(setup)])
     assert_parity(run(model, setup, batch), expected)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batch_split_slices_of_size_zero_run_their_adapters_on_no_rows(arch):
+    """AdapterHub accepts a slice of size 0 (tests/peftcore/interop/test_adapterhub_composition.py): its child runs
+    on no rows, and the other slices are what they are alone."""
+    configs = {"a": "seq_bn", "b": "par_bn", "l": "lora", "p": "prefix_tuning[prefix_length=2]"}
+    model = with_adapters(arch, configs)
+    batch = inputs(model)
+    for setup in (BatchSplit(Stack("a", "l"), "p", "b", batch_sizes=[0, 1, 2]),
+                  BatchSplit("p", "l", batch_sizes=[3, 0])):
+        rows = itertools.pairwise(itertools.accumulate(setup.batch_sizes, initial=0))
+        expected = torch.cat([run(model, child, batch)[start:end]
+                              for child, (start, end) in zip(setup, rows, strict=True)])
+        assert_parity(run(model, setup, batch), expected)
+
+
+def test_batch_split_slice_of_size_zero_gives_an_empty_output_through_its_head():
+    model = with_adapters("bert", {"a": "seq_bn", "b": "seq_bn"})
+    model.add_classification_head("a", num_labels=2)
+    model.add_classification_head("b", num_labels=3)
+    batch = inputs(model)
+    model.set_active_adapters("b")
+    alone = model(**batch).logits
+    model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[0, 3]))
+    empty, full = model(**batch)
+    assert empty.logits.shape == (0, 2)
+    assert_parity(full.logits, alone)
+
+
+def test_split_parts_of_length_zero_run_their_adapters_on_no_positions():
+    model = with_adapters("bert", {"a": "seq_bn", "b": "lora"})
+    batch = inputs(model)
+    alone = run(model, "b", batch)
+    assert_parity(run(model, Split("a", "b", splits=[0, alone.shape[1]]), batch), alone)
 
 
 def test_split_runs_each_part_of_the_sequence_with_its_adapter():
@@ -368,6 +405,33 @@ def test_fusion_layers_save_and_load_bit_exactly(tmp_path):
     assert fresh.load_adapter_fusion(tmp_path / "fusion", set_active=True) == "a,b"
     assert torch.equal(hidden(fresh, batch), out)
     assert all(torch.equal(fresh.fusion_state("a,b")[key], tensor) for key, tensor in model.fusion_state("a,b").items())
+
+
+def test_a_fusion_saved_with_its_head_loads_both_and_activates_both(tmp_path):
+    model = fused_model()
+    model.add_classification_head("task", num_labels=3, id2label={0: "x", 1: "y", 2: "z"})
+    model.save_adapter_fusion(tmp_path / "fusion", "a,b", with_head="task")
+    assert {"head_config.json", "head_model.safetensors"} <= {p.name for p in (tmp_path / "fusion").iterdir()}
+    logits = model(**inputs(model)).logits
+    fresh = tiny_model()
+    for name in "ab":
+        model.save_adapter(tmp_path / name, name, with_head=False)
+        fresh.load_adapter(tmp_path / name)
+    assert fresh.load_adapter_fusion(tmp_path / "fusion", set_active=True) == "a,b"
+    assert fresh.active_head == "task" and fresh.get_labels() == ["x", "y", "z"]
+    assert torch.equal(fresh(**inputs(model)).logits, logits)
+    model.save_adapter_fusion(tmp_path / "fusion", "a,b")  # saved again without it: the head is gone
+    assert "head_config.json" not in {p.name for p in (tmp_path / "fusion").iterdir()}
+
+
+def test_a_fusion_of_adapters_placed_at_different_sub_layers_is_refused_and_nothing_changes():
+    model = with_adapters("bert", {"a": "seq_bn", "b": "double_seq_bn", "l": "lora"})
+    before = snapshot(model)
+    for fused in (["a", "b"], ["a", "l"]):
+        with pytest.raises(ValueError, match=r"placed at different sub-layers \(a: ffn.residual; [bl]: "):
+            model.add_adapter_fusion(fused)
+    assert_same_state(model, before)
+    assert model.fusion_configs == {}
 
 
 def test_a_fusion_over_adapters_that_are_not_loaded_is_refused_and_nothing_changes(tmp_path):

@@ -3,6 +3,7 @@ shapes per task, losses equal to transformers', and clear errors for heads that 
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import adapters
@@ -14,6 +15,7 @@ from peftcore.heads import MaskedLMPredictionHead
 from peftcore.models import BertModel
 from tests.archs import ARCHS, reference, tiny_model
 from tests.parity import assert_parity, padded_batch
+from tests.peftcore.test_io import assert_unchanged, fingerprint
 
 TINY = ARCHS["bert"].tiny_size  # of ours (tiny_model) and of the transformers references alike
 B, T = 3, 6
@@ -237,6 +239,144 @@ def test_masked_lm_loss_is_transformers():
     theirs = transformers_loss(tf.BertForMaskedLM, tf.BertConfig(**TINY), labels=labels)
     assert isinstance(model.heads["h"], MaskedLMPredictionHead)
     assert_parity(model.heads["h"].loss(theirs.logits, labels), theirs.loss, atol=1e-6)
+
+
+# ---- labels, head files, averaged heads (AdapterHub parity: tests/peftcore/interop/test_adapterhub_heads.py) ----
+
+
+def randomized_heads(model: torch.nn.Module, *names: str) -> None:
+    generator = torch.Generator().manual_seed(3)
+    tied = model.embeddings.word.weight
+    with torch.no_grad():
+        for name in names:
+            for parameter in model.heads[name].parameters():
+                if parameter is not tied:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator))
+
+
+def test_labels_are_the_heads_names_by_id_or_adapterhubs_defaults():
+    model = tiny_model()
+    model.add_classification_head("named", num_labels=3, id2label={2: "pos", 0: "neg", 1: "neu"})
+    model.add_qa_head("qa")
+    model.add_masked_lm_head("lm")
+    assert model.get_labels_dict("named") == {0: "neg", 1: "neu", 2: "pos"}
+    assert model.get_labels("named") == ["neg", "neu", "pos"]
+    assert model.get_labels("qa") == ["LABEL_0", "LABEL_1"]
+    assert model.get_labels("lm") is None and model.get_labels_dict("lm") is None
+    model.active_head = "named"
+    assert model.get_labels() == ["neg", "neu", "pos"]
+    model.active_head = None
+    with pytest.raises(ValueError, match="no head name given and no head is active"):
+        model.get_labels()
+    with pytest.raises(KeyError, match="no head named 'nope'"):
+        model.get_labels("nope")
+
+
+@pytest.mark.parametrize("kind", ["classification", "masked_lm"])
+def test_a_head_saved_alone_loads_bit_exactly_and_becomes_active(kind, tmp_path):
+    method, kwargs, _ = HEADS[kind]
+    model = tiny_model()
+    getattr(model, method)("h", **kwargs)
+    randomized_heads(model, "h")
+    model.save_head(tmp_path / "h", "h")
+    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == ["head_config.json", "head_model.safetensors"]
+    fresh = tiny_model()
+    fresh.add_classification_head("other")
+    assert fresh.load_head(tmp_path / "h") == "h" and fresh.active_head == "h"
+    assert torch.equal(fresh(**batch()).logits, model(**batch()).logits)
+    assert fresh.load_head(tmp_path / "h", load_as="again", set_active=False) == "again"
+    assert fresh.active_head == "h"
+    if kind == "masked_lm":
+        assert fresh.heads["h"].decoder.weight is fresh.embeddings.word.weight
+
+
+def test_load_head_renames_the_labels_with_id2label(tmp_path):
+    model = tiny_model()
+    model.add_classification_head("h", num_labels=2)
+    model.save_head(tmp_path / "h", "h")
+    model.load_head(tmp_path / "h", load_as="named", id2label={0: "no", 1: "yes"})
+    assert model.get_labels("named") == ["no", "yes"] and model.get_labels("h") == ["LABEL_0", "LABEL_1"]
+
+
+def test_save_head_without_a_name_saves_the_only_head_and_refuses_several(tmp_path):
+    model = tiny_model()
+    model.add_tagging_head("only", num_labels=4)
+    model.save_head(tmp_path / "only")
+    assert json.loads((tmp_path / "only" / "head_config.json").read_text())["name"] == "only"
+    model.add_tagging_head("second", num_labels=4)
+    with pytest.raises(ValueError, match=r"has 2 heads \(\['only', 'second'\]\), not one; pass head_name"):
+        model.save_head(tmp_path / "two")
+    with pytest.raises(KeyError, match="no head named 'nope'"):
+        model.save_head(tmp_path / "nope", "nope")
+    assert not (tmp_path / "two").exists() and not (tmp_path / "nope").exists()
+
+
+def test_loading_a_head_under_a_taken_name_is_refused_and_nothing_changes(tmp_path):
+    model = tiny_model()
+    model.add_classification_head("h", num_labels=3)
+    model.save_head(tmp_path / "h", "h")
+    model.add_tagging_head("t")
+    before = fingerprint(model)
+    with pytest.raises(ValueError, match=r"has a head 'h' already; delete_head\('h'\) or pass load_as"):
+        model.load_head(tmp_path / "h")
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize(("weights", "normalize", "expected"), [
+    (None, True, (0.5, 0.5)), ([1.0, 3.0], True, (0.25, 0.75)), ([1.0, 3.0], False, (1.0, 3.0))])
+def test_average_head_is_the_weighted_average_of_every_tensor(weights, normalize, expected):
+    model = tiny_model()
+    for name in ("x", "y"):
+        model.add_classification_head(name, num_labels=3)
+    randomized_heads(model, "x", "y")
+    model.average_head("avg", ["x", "y"], weights=weights, normalize_weights=normalize)
+    assert model.active_head == "y"  # unless set_active
+    state = {name: model.heads[name].state_dict() for name in ("x", "y", "avg")}
+    for key, tensor in state["avg"].items():
+        assert_parity(tensor, expected[0] * state["x"][key] + expected[1] * state["y"][key], atol=1e-6)
+    model.average_head("by_dict", {"x": 1.0, "y": 3.0}, set_active=True)
+    assert model.active_head == "by_dict"
+    assert_parity(model.heads["by_dict"][4].weight, 0.25 * state["x"]["4.weight"] + 0.75 * state["y"]["4.weight"])
+
+
+def test_an_averaged_masked_lm_head_stays_tied_to_the_word_embeddings():
+    model = tiny_model()
+    for name in ("x", "y"):
+        model.add_masked_lm_head(name)
+    randomized_heads(model, "x", "y")
+    model.average_head("avg", ["x", "y"])
+    assert model.heads["avg"].decoder.weight is model.embeddings.word.weight
+    assert_parity(model.heads["avg"].decoder.bias, (model.heads["x"].decoder.bias + model.heads["y"].decoder.bias) / 2)
+
+
+@pytest.mark.parametrize(("average", "error", "message"), [
+    (lambda m: m.average_head("avg", []), ValueError, "no heads to average"),
+    (lambda m: m.average_head("avg", ["x", "nope"]), KeyError, "no head named 'nope'"),
+    (lambda m: m.average_head("x", ["x", "y"]), ValueError, "head named 'x' exists; pass overwrite_ok=True"),
+    (lambda m: m.average_head("avg", ["x", "y"], weights=[1.0]), ValueError, "2 heads to average but 1 weights"),
+    (lambda m: m.average_head("avg", ["x", "y"], weights=[1.0, -1.0]), ValueError, "sum to 0"),
+    (lambda m: m.average_head("avg", {"x": 1.0}, weights=[1.0]), ValueError, "either in head_list"),
+    (lambda m: m.average_head("avg", ["x", "three"]), ValueError, "different configs"),
+    (lambda m: m.average_head("avg", ["x", "tagging"]), ValueError, "different classes"),
+])
+def test_heads_that_cannot_be_averaged_are_refused_and_nothing_changes(average, error, message):
+    model = tiny_model()
+    for name, labels in (("x", 2), ("y", 2), ("three", 3)):
+        model.add_classification_head(name, num_labels=labels)
+    model.add_masked_lm_head("tagging")
+    before = fingerprint(model)
+    with pytest.raises(error, match=message):
+        average(model)
+    assert_unchanged(model, before)
+
+
+def test_heads_that_differ_only_in_dropout_are_averaged():
+    model = tiny_model()
+    model.add_head("x", dict(head_type="classification", num_labels=2, layers=2, activation_function="tanh"))
+    model.add_head("y", dict(head_type="classification", num_labels=2, layers=2, activation_function="tanh",
+                             dropout_prob=0.3))
+    model.average_head("avg", ["x", "y"])
+    assert model.heads["avg"].config == model.heads["x"].config
 
 
 # ---- errors -------------------------------------------------------------------------------------------------

@@ -121,14 +121,27 @@ def test_adapter_names_must_be_plain_strings(name):
         tiny_model().add_adapter(name, "seq_bn")
 
 
-def test_deleting_the_active_adapter_is_refused_and_changes_nothing():
+def test_deleting_the_whole_active_setup_leaves_none_active_as_in_adapterhub():
     model = tiny_model()
     batch = inputs(model)
+    plain = hidden(model, batch)
     model.add_adapter("a", "seq_bn", set_active=True)
+    model.add_classification_head("a")
+    model.delete_adapter("a")
+    assert model.active_adapters is None and model.active_head is None and "a" not in model.adapter_configs
+    assert torch.equal(hidden(model, batch), plain)
+
+
+def test_deleting_an_adapter_of_a_larger_active_setup_is_refused_and_changes_nothing():
+    model = tiny_model()
+    batch = inputs(model)
+    model.add_adapter("a", "seq_bn")
+    model.add_adapter("b", "lora")
+    model.set_active_adapters(Stack("a", "b"))
     before, out = snapshot(model), hidden(model, batch)
-    with pytest.raises(ValueError, match="'a' is active"):
+    with pytest.raises(ValueError, match="'a' is part of the active setup"):
         model.delete_adapter("a")
-    assert model.active_adapters == Stack("a") and "a" in model.adapter_configs
+    assert model.active_adapters == Stack("a", "b") and "a" in model.adapter_configs
     assert_same_state(model, before)
     assert torch.equal(hidden(model, batch), out)
 

@@ -66,9 +66,11 @@ class ModelCalls(RuleBasedStateMachine):
 
     @rule(name=NAMES)
     def delete_adapter(self, name: str) -> None:
+        alone = self.active == Stack(name)
         if self.attempt(lambda: self.model.delete_adapter(name)):
-            assert name not in self.merged and name not in (self.active.flatten() if self.active else ())
+            assert name not in self.merged and (alone or name not in (self.active.flatten() if self.active else ()))
             del self.adapters[name]
+            self.active = None if alone else self.active
 
     @rule(names=st.lists(NAMES, min_size=0, max_size=3, unique=True))
     def set_active_adapters(self, names: list[str]) -> None:

@@ -287,6 +287,26 @@ def test_ours_saved_as_adapterhub_safetensors_gives_our_outputs_in_adapterhub(ch
     assert_parity(hidden(theirs, inputs), hidden(ours, inputs))
 
 
+def test_ours_saved_over_an_adapterhub_directory_leaves_no_stale_weights_or_head(checkpoint, tmp_path):
+    """Loading prefers safetensors: safetensors (or a head) left from an earlier save would be read instead of, or
+    beside, the new files."""
+    directory, inputs = checkpoint("bert"), inputs_for("bert")
+    ours = ours_from("bert", directory)
+    ours.add_adapter("a", "seq_bn", set_active=True)
+    ours.add_classification_head("a", num_labels=2)
+    ours.save_adapter(tmp_path / "a", "a", format="adapterhub", use_safetensors=True)
+    perturb(ours, "a")
+    (tmp_path / "a" / "notes.txt").write_text("the user's own file stays")
+    ours.save_adapter(tmp_path / "a", "a", with_head=False, format="adapterhub")
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["adapter_config.json", "notes.txt",
+                                                                 "pytorch_adapter.bin"]
+    theirs = adapterhub_model("bert", directory)
+    theirs.load_adapter(str(tmp_path / "a"), use_safetensors=True)  # falls back to the pickle
+    theirs.set_active_adapters("a")
+    ours.active_head = None
+    assert_parity(hidden(theirs, inputs), hidden(ours, inputs))
+
+
 def test_adapterhub_cannot_save_an_ln_before_adapter_as_safetensors_and_ours_can(checkpoint, tmp_path):
     """AdapterHub keeps the input LayerNorm under two names (adapter_down.0 and adapter_norm_before) that share
     memory, which safetensors refuses. Ours writes both names, as AdapterHub's pickle has them."""

@@ -386,6 +386,46 @@ def test_parallel_with_flex_heads_gives_adapterhubs_logits_per_branch(pair, arch
     assert (ours[0].logits - ours[1].logits).abs().max() > 1e-3
 
 
+def test_parallel_with_a_head_count_unlike_its_branches_is_refused_at_the_forward_as_in_adapterhub(pair):
+    """AdapterHub activates the setup and refuses the forward while one head is active for two branches; with no
+    head active both run the branches' hidden states."""
+    models = pair("bert", {"a": "seq_bn", "b": "seq_bn"}, flex=True)
+    for model in (models.theirs, models.ours):
+        model.add_classification_head("a", num_labels=2)
+    models.ours.set_active_adapters(Parallel("a", "b"))
+    models.theirs.set_active_adapters(ah.Parallel("a", "b"))
+    assert models.ours.active_head == models.theirs.active_head == "a"
+    with pytest.raises(ValueError, match="number of parallel adapters and the number of active heads must match"):
+        models.theirs(**models.inputs)
+    with pytest.raises(ValueError, match=r"runs 2 copies of the batch, but one head is active \('a'\)"):
+        models.ours(**models.inputs)
+    models.ours.active_head = models.theirs.active_head = None
+    ours, theirs = models.outputs(Parallel("a", "b"), ah.Parallel("a", "b"))
+    mask = models.inputs["attention_mask"].repeat(2, 1)  # AdapterHub returns the copies as one batch
+    assert_parity(real_tokens(torch.cat([out.last_hidden_state for out in ours]), mask),
+                  real_tokens(theirs.last_hidden_state, mask))
+
+
+@pytest.mark.parametrize("sizes", [[0, 3], [3, 0]])
+def test_batch_split_with_a_slice_of_size_zero_gives_adapterhubs_outputs(pair, sizes):
+    models = pair("bert", {"a": "seq_bn", "b": "seq_bn[reduction_factor=8]"})
+    block = BatchSplit("a", "b", batch_sizes=sizes)
+    ours, theirs = models.hidden(block, theirs_of(block))
+    assert_parity(ours, theirs)
+    assert_parity(theirs, models.ours_hidden("a" if sizes[0] else "b"))
+
+
+def test_adapterhub_crashes_on_an_empty_batch_split_slice_with_heads_and_ours_gives_it_empty_logits(pair):
+    """AdapterHub's heads index the first row of every slice (IndexError on an empty one)."""
+    models = pair("bert", {"a": "seq_bn", "b": "seq_bn"}, flex=True, heads=True)
+    models.theirs.set_active_adapters(ah.BatchSplit("a", "b", batch_sizes=[0, 3]))
+    with pytest.raises(IndexError):
+        models.theirs(**models.inputs)
+    (empty, full), alone = models.outputs(BatchSplit("a", "b", batch_sizes=[0, 3]), "b")
+    assert empty.logits.shape == (0, 3)
+    assert_parity(full.logits, alone.logits)
+
+
 # ---- Average ----------------------------------------------------------------------------------------------------
 
 AVERAGE_CASES = cases({"bert": ["seq_bn", "lora", "ia3"], "roberta": ["seq_bn", "lora", "ia3"],
