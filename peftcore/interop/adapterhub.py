@@ -72,9 +72,21 @@ def key_pairs(host: AdapterHost, config: AdapterConfigBase, name: str) -> dict[s
     return pairs
 
 
+OLD_ACTIVATIONS = {"gelu": "gelu_new", "gelu_orig": "gelu"}  # adapter-transformers 1.x/2.x names, by today's
+
+
+def with_current_activation(raw: Mapping[str, Any]) -> Any:
+    """``raw``'s adapter config, its ``non_linearity`` renamed as AdapterHub renames it in files without a
+    ``"version"`` (adapter-transformers before 3.0 meant the tanh GELU by ``gelu``)."""
+    config = raw["config"]
+    if "version" in raw or not isinstance(config, Mapping) or config.get("non_linearity") not in OLD_ACTIVATIONS:
+        return config
+    return {**config, "non_linearity": OLD_ACTIVATIONS[config["non_linearity"]]}
+
+
 def read(directory: Path, raw: Mapping[str, Any], with_head: bool, host: AdapterHost) -> SavedAdapter:
     """An AdapterHub directory as a SavedAdapter in our key names (unknown keys are kept, so install reports them)."""
-    config = AdapterConfigBase.from_dict(raw["config"])
+    config = AdapterConfigBase.from_dict(with_current_activation(raw))
     name = raw.get("name")
     if not isinstance(name, str):
         raise ValueError(f"{directory / CONFIG_FILE} has no adapter name.")

@@ -186,6 +186,25 @@ def test_adapter_trained_by_adapterhub_gives_its_outputs_in_ours(checkpoint, arc
     assert_moved(expected, plain)
 
 
+@pytest.mark.parametrize(("old", "current"), [("gelu", "gelu_new"), ("gelu_orig", "gelu")])
+def test_an_old_file_without_version_names_gelu_as_adapter_transformers_meant_it(checkpoint, old, current, tmp_path):
+    """adapter-transformers before 3.0 wrote no "version" and meant the tanh GELU by "gelu"; AdapterHub renames."""
+    directory, inputs = checkpoint("bert"), inputs_for("bert")
+    theirs = adapterhub_model("bert", directory)
+    theirs.add_adapter("a", config=f"seq_bn[non_linearity='{current}']")
+    train_adapterhub(theirs, inputs).save_adapter(str(tmp_path / "a"), "a")
+    raw = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    del raw["version"]
+    raw["config"]["non_linearity"] = old
+    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(raw))
+    old_theirs = adapterhub_model("bert", directory)
+    old_theirs.load_adapter(str(tmp_path / "a"), set_active=True)
+    ours = ours_from("bert", directory)
+    ours.load_adapter(tmp_path / "a", set_active=True)
+    assert ours.adapter_configs["a"].non_linearity == current
+    assert_parity(hidden(ours, inputs), hidden(old_theirs, inputs))
+
+
 @pytest.mark.parametrize(("arch", "config"), CASES)
 def test_ours_saved_in_adapterhub_layout_gives_our_outputs_in_adapterhub(checkpoint, arch, config, tmp_path):
     directory, inputs = checkpoint(arch), inputs_for(arch)
