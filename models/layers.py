@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftcore.sites import ACTIVATIONS, EmbeddingSite, MaskedLMHead, PrefixSite, ResidualSite, SiteLinear
+from peftcore.sites import ACTIVATIONS, PROBLEM_TYPES, EmbeddingSite, MaskedLMHead, PrefixSite, ResidualSite, SiteLinear
 
 HEADS = ("masked_lm", "sequence_classification", "token_classification", "question_answering",
          "image_classification")
@@ -381,6 +381,7 @@ class EncoderConfig:
     head: str | None = None
     num_labels: int = 2
     classifier_dropout: float | None = None
+    problem_type: str | None = None  # a sequence classifier's loss (PROBLEM_TYPES); None: from num_labels and labels
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -401,6 +402,7 @@ class EncoderConfig:
                              f"num_attention_heads={self.num_attention_heads}.")
         check_choice(name, "hidden_act", self.hidden_act, ACTIVATIONS)
         check_choice(name, "head", self.head, (None, *HEADS))
+        check_choice(name, "problem_type", self.problem_type, (None, *PROBLEM_TYPES))
         if self.head == "question_answering" and self.num_labels != 2:
             raise ValueError(f"{name}: a question_answering head predicts span start and end, so num_labels must be "
                              f"2, got {self.num_labels}.")
@@ -423,7 +425,11 @@ class EncoderConfig:
 
 @dataclass
 class EncoderOutput:
-    """What a forward returns. Fields a call did not ask for, or the model has no head for, are None."""
+    """What a forward returns. Fields a call did not ask for, or the model has no head for, are None.
+
+    Indexable as transformers' ``ModelOutput``: ``out[0]``, ``out[1:]`` and ``to_tuple()`` run over the fields that
+    are not None, ``loss`` first, then in field order; ``out["logits"]`` and ``keys()`` name them.
+    """
 
     last_hidden_state: Tensor  # (B, T, C)
     pooler_output: Tensor | None = None  # (B, C)
@@ -434,3 +440,21 @@ class EncoderOutput:
     end_logits: Tensor | None = None  # (B, T), question answering only
     adapter_gating_scores: dict | None = None  # {adapter: {layer: {location: np.ndarray}}}, when asked for
     adapter_fusion_attentions: dict | None = None  # {fusion: {layer: {location: np.ndarray (B, T, N)}}}, when asked
+    loss: Tensor | None = None  # scalar, when the forward was given labels
+
+    def keys(self) -> list[str]:
+        """The names of the fields that are not None: ``loss`` first, then in field order."""
+        names = ["loss", *(field.name for field in fields(self) if field.name != "loss")]
+        return [name for name in names if getattr(self, name) is not None]
+
+    def to_tuple(self) -> tuple:
+        """The values of ``keys()``, in their order."""
+        return tuple(getattr(self, name) for name in self.keys())
+
+    def __getitem__(self, key: int | slice | str) -> object:
+        """A field by ``key``: its name (one of ``keys()``), or an index or slice of ``to_tuple()``."""
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(f"{key!r} is not set in this output; it has {self.keys()}.")
+            return getattr(self, key)
+        return self.to_tuple()[key]

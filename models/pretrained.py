@@ -20,7 +20,7 @@ from peftcore.models import convert
 from peftcore.models.convert.architecture import Architecture, HFModule
 from peftcore.models.convert.keymap import ConversionError, check_fit, hf_to_ours, ours_to_hf
 from peftcore.models.layers import EncoderConfig, EncoderOutput, Padding
-from peftcore.sites import MaskedLMHead, SiteLinear
+from peftcore.sites import MaskedLMHead, SiteLinear, task_loss
 
 Model = TypeVar("Model", bound="PretrainedEncoder")
 
@@ -54,6 +54,8 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         ``adapter_names`` names one adapter per example (None: the plain model) for a mixed batch;
         ``output_adapter_gating_scores`` / ``output_adapter_fusion_attentions`` also return UniPELT gate values and
         AdapterFusion attentions. A Parallel setup returns one output per branch.
+        ``labels`` (question answering: ``start_positions`` and ``end_positions``) among the keyword arguments set
+        the output's ``loss``: that of the head whose logits it carries (``head_loss`` for the model's own head).
         """
         return self.run_adapters(self.encode, args, kwargs, output_adapter_gating_scores,
                                  output_adapter_fusion_attentions, adapter_names)
@@ -63,6 +65,21 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         head = self.head_classes[self.config.head](self.config) if self.config.head else None
         self.tie_weights(head)
         return head
+
+    def head_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The loss of the model's own head's ``logits`` against ``labels``, as its transformers task class computes
+        it: the span loss for question answering, cross-entropy (-100 ignored) for token classification and masked
+        LM, and for sequence and image classification by ``config.problem_type`` or, when None, regression for one
+        label, single-label classification for integer ``labels``, multi-label classification otherwise."""
+        head, problem = self.config.head, self.config.problem_type
+        if head == "question_answering":
+            problem = "span"
+        elif head in ("token_classification", "masked_lm"):
+            problem = "single_label_classification"
+        elif problem is None:
+            problem = ("regression" if self.config.num_labels == 1 else "single_label_classification"
+                       if labels.dtype in (torch.long, torch.int) else "multi_label_classification")
+        return task_loss(problem, logits, labels)
 
     def get_input_embeddings(self) -> nn.Module:
         """The module that embeds the input tokens (transformers' name): the word embeddings of a text model."""

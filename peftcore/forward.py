@@ -22,6 +22,7 @@ from peftcore.host import AdapterHost
 from peftcore.setup import Plan, compile_plan, guard
 from peftcore.sites import MaskedLMHead
 
+LABEL_ARGS = ("labels", "start_positions", "end_positions")  # a forward's targets: they go to the loss, not encode
 MIXED_PLANS_KEPT = 32  # groupings whose plans a model keeps (serving sees a few shapes again and again)
 
 
@@ -31,7 +32,21 @@ def run(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict
     (``gates``) and fusion attentions (``fusions``) attached to each output when asked.
 
     Returns one output, or for ``Parallel`` (and a ``BatchSplit`` whose branches have heads) one per branch.
+    ``labels`` (or ``start_positions`` and ``end_positions``) among ``kwargs`` give each output the ``loss`` of the
+    head that produced its logits (``add_losses``); they do not reach ``encode``.
     """
+    kwargs, labels = split_labels(kwargs)
+    outputs = run_setup(host, encode, args, kwargs, gates, fusions, adapter_names)
+    if labels is not None:
+        if adapter_names is not None:
+            raise ValueError("labels with adapter_names: the rows of a mixed batch have different heads; compute "
+                             "each adapter's loss from its rows' logits.")
+        add_losses(host, outputs, labels, kwargs.get("attention_mask"))
+    return outputs
+
+
+def run_setup(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any], gates: bool,
+              fusions: bool, adapter_names: Sequence[str | None] | None) -> Any:
     if adapter_names is None and not (gates or fusions):
         with nullcontext() if torch.compiler.is_compiling() else guard(host).running():
             return run_plan(host, host.plan, encode, args, kwargs)
@@ -143,6 +158,36 @@ def current_head(host: AdapterHost, model_head: nn.Module | None) -> nn.Module |
     if host.plan.branch_heads is not None:
         return None
     return host.heads[host.active_head] if host.active_head is not None else model_head
+
+
+def split_labels(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Tensor | None]:
+    """A forward's ``kwargs`` without its targets, and the targets: ``labels``, or for question answering
+    ``start_positions`` and ``end_positions`` stacked to (B, 2), as a span head's loss reads them (None: no
+    targets)."""
+    labels, start, end = (kwargs.get(key) for key in LABEL_ARGS)
+    kwargs = {key: value for key, value in kwargs.items() if key not in LABEL_ARGS}
+    if start is None and end is None:
+        return kwargs, labels
+    if start is None or end is None or labels is not None:
+        raise ValueError("question answering takes start_positions and end_positions together, without labels.")
+    return kwargs, torch.stack((start.reshape(-1), end.reshape(-1)), dim=-1)
+
+
+def add_losses(host: AdapterHost, outputs: Any, labels: Tensor, attention_mask: Tensor | None) -> None:
+    """Set each output's ``loss``: its head's loss (an adapter head's own ``loss``, the model's ``head_loss`` for its
+    own head) of its logits against ``labels``; a Parallel setup's branches each against all of ``labels``."""
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    branches = host.plan.branch_heads
+    if branches is not None and not isinstance(branches, Parallel):
+        raise ValueError("labels with a BatchSplit: each slice has its own head and rows; compute each slice's loss "
+                         "from its logits.")
+    heads = [current_head(host, host.head)] * len(outputs) if branches is None else [host.heads[b] for b in branches]
+    for out, head in zip(outputs, heads, strict=True):
+        if head is None:
+            raise ValueError("labels given, but the model has no head to compute a loss with; add a head (and "
+                             "activate it), or build the model with a task head.")
+        out.loss = (host.head_loss(out.logits, labels) if head is host.head
+                    else head.loss(out.logits, labels, attention_mask))
 
 
 def apply_head(host: AdapterHost, out: Any, head: nn.Module) -> Any:

@@ -13,13 +13,12 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftcore import placement
 from peftcore.composition import normalized
 from peftcore.host import AdapterHost
-from peftcore.sites import Activation, MaskedLMHead
+from peftcore.sites import Activation, MaskedLMHead, task_loss
 
 TOKEN_LEVEL = ("tagging", "question_answering")
 SEQUENCE_LEVEL = ("classification", "multilabel_classification", "image_classification")
@@ -58,22 +57,20 @@ class PredictionHead(nn.Sequential):
         return super().forward(x[:, 0])  # (B, L)
 
     def loss(self, logits: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """AdapterHub's loss for the head type: cross-entropy, BCE (multi-label) or MSE (one label: regression)."""
+        """AdapterHub's loss for the head type of ``logits`` against ``labels``: cross-entropy, BCE (multi-label),
+        MSE (one label: regression) or the span loss (question answering: ``labels`` (B, 2) start and end); a tagging
+        head ignores the tokens ``attention_mask`` marks as padding."""
         head_type, num_labels = self.config["head_type"], self.config["num_labels"]
         # image heads flag multi-label in the config, and AdapterHub checks regression first for them
         if head_type == "multilabel_classification" or (self.config.get("multilabel") and num_labels != 1):
-            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+            return task_loss("multi_label_classification", logits, labels)
         if head_type in SEQUENCE_LEVEL and num_labels == 1:
-            return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
+            return task_loss("regression", logits, labels)
         if head_type == "question_answering":
-            start, end = (t.squeeze(-1) for t in logits.split(1, dim=-1))
-            ignored = start.shape[1]
-            start_positions, end_positions = (p.clamp(0, ignored) for p in labels.unbind(-1))
-            return (F.cross_entropy(start, start_positions, ignore_index=ignored)
-                    + F.cross_entropy(end, end_positions, ignore_index=ignored)) / 2
+            return task_loss("span", logits, labels)
         if head_type == "tagging" and attention_mask is not None:
             labels = labels.masked_fill(attention_mask == 0, -100)
-        return F.cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1), ignore_index=-100)
+        return task_loss("single_label_classification", logits, labels)
 
 
 class MaskedLMPredictionHead(MaskedLMHead):
@@ -89,9 +86,6 @@ class MaskedLMPredictionHead(MaskedLMHead):
         super().__init__(hidden_size, width, config["vocab_size"], config["activation_function"],
                          layer_norm_eps, bias=config.get("bias", True), numbered=True)
         self.config = dict(config)
-
-    def loss(self, logits: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
 
 
 MAX_LAYERS, MAX_LABELS = 64, 1_000_000  # what a head config may declare: a file's small config must not make us

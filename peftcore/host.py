@@ -77,6 +77,9 @@ class AdapterHost(HFLayout, Protocol):
 
     def get_input_embeddings(self) -> nn.Module: ...
 
+    def head_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The loss of the model's own task head's ``logits`` against ``labels``."""
+
     def set_active_adapters(self, setup: Any) -> None: ...
 
     def merge_adapter(self, name: str) -> None: ...

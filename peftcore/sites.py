@@ -183,6 +183,39 @@ class MaskedLMHead(nn.Module):
     def forward(self, x: Tensor, pooled: Tensor | None = None) -> Tensor:
         return self.decoder(self.transform(x))
 
+    def loss(self, logits: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Cross-entropy of the (B, T, V) ``logits`` against the token ids ``labels`` (B, T), -100 ignored, as
+        transformers' masked-LM classes compute it; ``attention_mask`` is not used (mask with -100)."""
+        return task_loss("single_label_classification", logits, labels)
+
+
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+def task_loss(problem: str, logits: Tensor, labels: Tensor) -> Tensor:
+    """The loss of a task head's ``logits`` against ``labels``, by ``problem`` (transformers' ``problem_type`` names,
+    plus ``"span"``), shared by the models' own heads and the adapter heads so that each rule exists once.
+
+    regression: MSE (one output: logits (..., 1) against labels (...)); single_label_classification: cross-entropy
+    over the last axis, labels -100 ignored; multi_label_classification: BCE with logits; span: question answering's
+    logits (B, T, 2) against (start, end) positions (B, 2), clamped to T and ignored there, start and end averaged.
+    """
+    if problem == "regression":
+        if logits.shape[-1] == 1:
+            return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).reshape(logits.shape[:-1]))
+        return F.mse_loss(logits, labels.to(logits.dtype))
+    if problem == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    if problem == "span":
+        start, end = (t.squeeze(-1) for t in logits.split(1, dim=-1))  # (B, T) each
+        ignored = start.shape[1]
+        start_positions, end_positions = (p.clamp(0, ignored) for p in labels.unbind(-1))
+        return (F.cross_entropy(start, start_positions, ignore_index=ignored)
+                + F.cross_entropy(end, end_positions, ignore_index=ignored)) / 2
+    if problem != "single_label_classification":
+        raise ValueError(f"problem type {problem!r} is not known; use one of {[*PROBLEM_TYPES, 'span']}.")
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
 
 SITE_CLASSES = (SiteLinear, ResidualSite, PrefixSite, EmbeddingSite)
 

@@ -7,6 +7,7 @@ import torch
 
 from peftcore.models import BertConfig, BertModel
 from peftcore.models.layers import Padding, SelfAttention, additive_mask
+from tests.archs import inputs, reference
 from tests.parity import assert_parity
 
 TINY = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=24,
@@ -127,3 +128,39 @@ def test_attention_per_sequence_equals_masked_attention_over_the_padded_batch():
     expected, _ = attention(x, padded)
     got, _ = attention(unpadded.pack(x), unpadded)
     assert_parity(unpadded.pad(got), expected, mask=mask)
+
+
+def test_outputs_index_as_transformers_model_output(hf_checkpoint):
+    """``out[0]``, slices, names, ``keys()`` and ``to_tuple()`` over the fields set, ``loss`` first, as transformers'
+    ``ModelOutput`` of the same weights gives them."""
+    directory, theirs = reference(hf_checkpoint, "bert", "sequence_classification", num_labels=3)
+    ours = BertModel.from_pretrained(directory)
+    batch, labels = inputs(theirs.config), torch.tensor([0, 2, 1])
+    ours.unpad = False  # padded positions as transformers computes them
+    with torch.no_grad():
+        got = ours(**batch, labels=labels, output_attentions=True)
+        expected = theirs(**batch, labels=labels, output_attentions=True)
+    assert got.keys() == ["loss", "last_hidden_state", "pooler_output", "attentions", "logits"]
+    assert list(expected.keys()) == ["loss", "logits", "attentions"]
+    for name in expected:
+        assert got[name] is getattr(got, name)
+    assert_parity(got[0], expected[0])
+    assert_parity(got["logits"], expected["logits"])
+    assert len(got.to_tuple()) == 5 and got.to_tuple()[0] is got.loss and got[1:][-1] is got.logits
+    assert all(isinstance(a, torch.Tensor) for a in got[3]) and len(got[3]) == len(expected[2])
+    for mine, reference_probs in zip(got.attentions, expected.attentions, strict=True):
+        assert_parity(mine, reference_probs)
+    with pytest.raises(KeyError, match="'start_logits' is not set"):
+        got["start_logits"]
+
+
+def test_bare_encoder_output_tuple_is_transformers(hf_checkpoint):
+    directory, theirs = reference(hf_checkpoint, "bert")
+    ours = BertModel.from_pretrained(directory)
+    ours.unpad = False
+    batch = inputs(theirs.config)
+    with torch.no_grad():
+        got, expected = ours(**batch).to_tuple(), theirs(**batch).to_tuple()
+    assert len(got) == len(expected) == 2
+    for mine, reference_value in zip(got, expected, strict=True):
+        assert_parity(mine, reference_value)

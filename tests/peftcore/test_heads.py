@@ -11,6 +11,7 @@ import pytest
 import torch
 import transformers as tf
 
+from peftcore.composition import BatchSplit, Parallel
 from peftcore.heads import MaskedLMPredictionHead
 from peftcore.models import BertModel
 from tests.archs import ARCHS, reference, tiny_model
@@ -239,6 +240,25 @@ def test_masked_lm_loss_is_transformers():
     theirs = transformers_loss(tf.BertForMaskedLM, tf.BertConfig(**TINY), labels=labels)
     assert isinstance(model.heads["h"], MaskedLMPredictionHead)
     assert_parity(model.heads["h"].loss(theirs.logits, labels), theirs.loss, atol=1e-6)
+
+
+def test_labels_give_each_parallel_branch_its_heads_loss_and_a_batch_split_is_refused():
+    model = tiny_model()
+    for name, labels in (("a", 3), ("b", 3)):
+        model.add_adapter(name, "seq_bn")
+        model.add_classification_head(name, num_labels=labels)
+    model.set_active_adapters(Parallel("a", "b"))
+    labels = torch.tensor([0, 2, 1])
+    outputs = model(**batch(), labels=labels)
+    for out, name in zip(outputs, "ab", strict=True):
+        assert torch.equal(out.loss, model.heads[name].loss(out.logits, labels))
+    assert outputs[0].loss != outputs[1].loss
+    model.set_active_adapters(BatchSplit("a", "b", batch_sizes=[1, 2]))
+    with pytest.raises(ValueError, match="labels with a BatchSplit"):
+        model(**batch(), labels=labels)
+    model.set_active_adapters("a")
+    with pytest.raises(ValueError, match="labels with adapter_names"):
+        model(**batch(), labels=labels, adapter_names=["a", "b", "a"])
 
 
 # ---- labels, head files, averaged heads (AdapterHub parity: tests/peftcore/interop/test_adapterhub_heads.py) ----

@@ -1,6 +1,6 @@
 """The heads API of AdapterHub's flexible-head models (``adapters`` 1.3.0, ``ModelWithFlexibleHeadsAdaptersMixin``)
 against live AdapterHub: ``save_head``/``load_head`` files both ways, ``average_head`` numbers and refusals,
-``get_labels``/``get_labels_dict``.
+``get_labels``/``get_labels_dict``, the ``loss`` a forward given labels returns.
 
 Where AdapterHub 1.3.0 is wrong, a test pins its behaviour next to ours: ``average_head`` given the ``{head: weight}``
 dict its docstring offers crashes (KeyError), and ``save_head`` without a name writes a head config of None (and
@@ -169,3 +169,32 @@ def test_adapterhub_saves_no_head_config_without_a_head_name_and_ours_saves_the_
     ours.save_head(tmp_path / "ours", format="adapterhub")
     theirs.load_head(str(tmp_path / "ours"), load_as="loaded")
     assert_parity(logits(theirs, inputs, "loaded"), logits(ours, inputs, "only"))
+
+
+# (add_* method, its arguments, the forward's targets for inputs_for's batch of 3, padded to 12 tokens)
+LABELLED = {
+    "classification": ("add_classification_head", dict(num_labels=3), dict(labels=torch.tensor([0, 2, 1]))),
+    "regression": ("add_classification_head", dict(num_labels=1), dict(labels=torch.tensor([0.5, -1.0, 2.0]))),
+    "multilabel": ("add_classification_head", dict(num_labels=2, multilabel=True),
+                   dict(labels=torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]]))),
+    "tagging": ("add_tagging_head", dict(num_labels=5),
+                dict(labels=torch.randint(0, 5, (3, 12), generator=torch.Generator().manual_seed(3)))),
+    "qa": ("add_qa_head", {}, dict(start_positions=torch.tensor([1, 0, 40]), end_positions=torch.tensor([3, 2, 50]))),
+    "masked_lm": ("add_masked_lm_head", {}, dict(labels=torch.tensor([[-100, 5, 7] + [-100] * 9] * 3))),
+}
+
+
+@pytest.mark.parametrize("kind", LABELLED)
+def test_labels_give_adapterhubs_flex_head_loss(models, kind, tmp_path):
+    theirs, ours, inputs = models()
+    method, kwargs, targets = LABELLED[kind]
+    getattr(theirs, method)("h", **kwargs)
+    randomized(theirs, "h")
+    theirs.save_head(str(tmp_path / "h"), "h")
+    ours.load_head(tmp_path / "h")
+    ours.unpad = False  # padded positions as AdapterHub computes them: the span loss reads every position
+    with torch.no_grad():
+        got, expected = ours(**inputs, **targets), theirs(**inputs, **targets)
+        assert ours(**inputs).loss is None
+    assert_parity(got.loss, expected.loss)
+    assert_parity(got[0], expected[0])
