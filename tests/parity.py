@@ -50,3 +50,28 @@ def assert_outputs_parity(got, expected, head: str | None, mask: Tensor | None) 
         assert_parity(got.end_logits, expected.end_logits, mask=mask)
     else:
         assert_parity(got.logits, expected.logits, mask=mask if got.logits.dim() == 3 else None)
+
+
+def assert_adapterhub_round_trip(directory, theirs, ids: Tensor, mask: Tensor, tmp_path):
+    """Adapter 'a', trained by AdapterHub model ``theirs`` and saved to ``tmp_path / "a"``, gives its outputs (and
+    parameter count) in ours, and ours saved back in AdapterHub's layout gives them again in AdapterHub; returns our
+    model with the adapter active."""
+    import adapters
+    import transformers
+
+    from peftcore.models import from_pretrained
+
+    ours = from_pretrained(directory).eval()
+    ours.load_adapter(tmp_path / "a", set_active=True)
+    with torch.no_grad():
+        expected = ours(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert_parity(expected, theirs(input_ids=ids, attention_mask=mask).last_hidden_state, mask=mask)
+    assert ours.adapter_summary(as_dict=True)[0]["#param"] == theirs.adapter_summary(as_dict=True)[0]["#param"]
+    ours.save_adapter(tmp_path / "back", "a", format="adapterhub")
+    again = transformers.AutoModel.from_pretrained(directory).eval()
+    adapters.init(again)
+    again.load_adapter(str(tmp_path / "back"))
+    again.set_active_adapters("a")
+    with torch.no_grad():
+        assert_parity(again(input_ids=ids, attention_mask=mask).last_hidden_state, expected, mask=mask)
+    return ours

@@ -8,7 +8,6 @@ import json
 
 import adapters
 import pytest
-import torch
 import transformers as tf
 
 import peftcore
@@ -22,9 +21,8 @@ from peftcore import (
     SeqBnConfig,
 )
 from peftcore.configs import ADAPTER_CONFIG_MAP, DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, ConfigUnion, parse
-from peftcore.models import BertModel
 from tests.archs import tiny_model
-from tests.parity import assert_parity
+from tests.parity import assert_adapterhub_round_trip
 
 # our config classes (and factories) that AdapterHub 1.3.0 exports under the same name, callable without arguments
 SAME_NAMED = sorted(name for name in peftcore.__all__ if name.endswith("Config") and hasattr(adapters, name)
@@ -431,17 +429,4 @@ def test_two_prefix_tuning_configs_are_refused_whatever_their_leave_out():
 def test_a_union_of_bottlenecks_in_disjoint_layers_gives_adapterhubs_outputs_both_ways(adapterhub_trained, tmp_path):
     union = ConfigUnion(SeqBnConfig(leave_out=[1]), DoubleSeqBnConfig(leave_out=[0], reduction_factor=2))
     directory, theirs, ids, mask = adapterhub_trained("bert", union.to_dict())
-    ours = BertModel.from_pretrained(directory).eval()
-    ours.load_adapter(tmp_path / "a", set_active=True)
-    assert ours.adapter_configs["a"] == union
-    with torch.no_grad():
-        expected = ours(input_ids=ids, attention_mask=mask).last_hidden_state
-        assert_parity(expected, theirs(input_ids=ids, attention_mask=mask).last_hidden_state, mask=mask)
-    assert ours.adapter_summary(as_dict=True)[0]["#param"] == theirs.adapter_summary(as_dict=True)[0]["#param"]
-    ours.save_adapter(tmp_path / "back", "a", format="adapterhub")
-    again = tf.BertModel.from_pretrained(directory).eval()
-    adapters.init(again)
-    again.load_adapter(str(tmp_path / "back"))
-    again.set_active_adapters("a")
-    with torch.no_grad():
-        assert_parity(again(input_ids=ids, attention_mask=mask).last_hidden_state, expected, mask=mask)
+    assert assert_adapterhub_round_trip(directory, theirs, ids, mask, tmp_path).adapter_configs["a"] == union

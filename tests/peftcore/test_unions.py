@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import adapters
 import pytest
-import torch
-import transformers as tf
 
 from peftcore import (
     DoubleSeqBnConfig,
@@ -17,8 +15,7 @@ from peftcore import (
     UniPELTConfig,
 )
 from peftcore.configs import AdapterConfigBase, ConfigUnion, parse
-from peftcore.models import BertModel
-from tests.parity import assert_parity
+from tests.parity import assert_adapterhub_round_trip
 
 UNIONS = ["mam[0.prefix_length=4, 0.bottleneck_size=16]", "unipelt", "seq_bn[ln_before=True]|lora[r=2]",
           "double_seq_bn[mh_adapter=False]|houlsby[output_adapter=False, ln_before=True]",
@@ -39,20 +36,7 @@ def test_union_round_trips_through_a_dict(text):
 @pytest.mark.parametrize("text", UNIONS)
 def test_union_trained_by_adapterhub_gives_its_outputs_both_ways(adapterhub_trained, text, tmp_path):
     directory, theirs, ids, mask = adapterhub_trained("bert", parse(text).to_dict())
-    ours = BertModel.from_pretrained(directory).eval()
-    ours.load_adapter(tmp_path / "a", set_active=True)
-    with torch.no_grad():
-        assert_parity(ours(input_ids=ids, attention_mask=mask).last_hidden_state,
-                      theirs(input_ids=ids, attention_mask=mask).last_hidden_state, mask=mask)
-    assert ours.adapter_summary(as_dict=True)[0]["#param"] == theirs.adapter_summary(as_dict=True)[0]["#param"]
-    ours.save_adapter(tmp_path / "back", "a", format="adapterhub")
-    again = tf.BertModel.from_pretrained(directory).eval()
-    adapters.init(again)
-    again.load_adapter(str(tmp_path / "back"))
-    again.set_active_adapters("a")
-    with torch.no_grad():
-        assert_parity(again(input_ids=ids, attention_mask=mask).last_hidden_state,
-                      ours(input_ids=ids, attention_mask=mask).last_hidden_state, mask=mask)
+    assert_adapterhub_round_trip(directory, theirs, ids, mask, tmp_path)
 
 
 @pytest.mark.parametrize(("configs", "message"), [
