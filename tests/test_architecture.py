@@ -173,3 +173,15 @@ def test_library_code_has_no_assert_and_prints_only_in_the_cli(file):
     if not is_cli(file):
         calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
         assert not [c for c in calls if isinstance(c.func, ast.Name) and c.func.id == "print"]
+
+
+def test_the_wheel_lists_every_package():
+    """pyproject.toml names the packages one by one (models/ installs as peftcore.models): a package missing there is
+    missing from every non-editable install."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    roots = {"peftcore": ROOT / "peftcore"}
+    roots |= {name: ROOT / folder for name, folder in setuptools["package-dir"].items()}
+    found = {".".join((name, *init.parent.relative_to(root).parts))
+             for name, root in roots.items() for init in root.rglob("__init__.py")}
+    assert set(setuptools["packages"]) == found
