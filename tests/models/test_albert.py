@@ -19,11 +19,12 @@ import torch
 import transformers as tf
 
 from peftcore.cli import main
-from peftcore.models import AlbertConfig, AlbertModel, from_pretrained
+from peftcore.models import AlbertConfig, AlbertModel
 from peftcore.models.albert import AlbertLayer
 from peftcore.models.convert.keymap import ConversionError
 from tests.archs import ARCHS, inputs, reference, tiny_model
-from tests.parity import assert_outputs_parity, assert_parity, real_tokens
+from tests.models import families
+from tests.parity import assert_parity, real_tokens
 
 ALBERT = ARCHS["albert"]
 HEADS = tuple(ALBERT.hf)  # None (the bare encoder, with its pooler), then every head
@@ -35,8 +36,7 @@ ALBERT_BASE = dict(vocab_size=30000, embedding_size=128, hidden_size=768, num_hi
 
 def checkpoint(hf_checkpoint, head: str | None = None, **fields):
     """(directory, transformers model) of a random-init factorised ALBERT with ``head``; biases and norms randomised."""
-    return reference(hf_checkpoint, "albert", head, num_labels=2 if head == "question_answering" else 3,
-                     **{**FACTORISED, **fields})
+    return families.checkpoint(hf_checkpoint, "albert", head, **{**FACTORISED, **fields})
 
 
 def run(model, batch, **kwargs):
@@ -47,13 +47,8 @@ def run(model, batch, **kwargs):
 @pytest.mark.parametrize("unpad", [True, False], ids=["unpadded", "padded"])
 @pytest.mark.parametrize("head", HEADS)
 def test_every_head_equals_transformers_on_a_padded_batch(hf_checkpoint, head, unpad):
-    directory, theirs = checkpoint(hf_checkpoint, head)
-    ours = from_pretrained(directory).eval()
-    assert type(ours) is AlbertModel and ours.config.head == head
+    ours = families.check_every_head(hf_checkpoint, "albert", head, unpad, **FACTORISED)
     assert (ours.pooler is not None) == (head in (None, "sequence_classification"))
-    ours.unpad = unpad
-    batch = inputs(theirs.config)
-    assert_outputs_parity(run(ours, batch), run(theirs, batch), head, batch["attention_mask"] if unpad else None)
 
 
 def test_hidden_states_attentions_and_embedding_inputs_equal_transformers(hf_checkpoint):
@@ -97,14 +92,7 @@ def test_the_mapping_to_the_hidden_size_is_there_even_when_the_widths_agree(hf_c
 
 @pytest.mark.parametrize("head", HEADS)
 def test_an_exported_checkpoint_loads_in_transformers_with_our_outputs(hf_checkpoint, head, tmp_path):
-    directory, _ = checkpoint(hf_checkpoint, head)
-    ours = AlbertModel.from_pretrained(directory).eval()
-    ours.save_pretrained(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a masked-LM export with the pooler names AlbertForPreTraining
-        again = ALBERT.hf[head].from_pretrained(tmp_path).eval()
-    batch = inputs(again.config)
-    assert_outputs_parity(run(ours, batch), run(again, batch), head, batch["attention_mask"])
+    again = families.check_export(hf_checkpoint, "albert", head, tmp_path, **FACTORISED)
     if head == "masked_lm":
         assert again.predictions.decoder.weight is again.albert.embeddings.word_embeddings.weight
 

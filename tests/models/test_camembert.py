@@ -10,7 +10,7 @@ import transformers as tf
 
 from peftcore.models import CamembertConfig, CamembertModel
 from tests.archs import ARCHS
-from tests.models.test_xlm_roberta import check_every_head, check_export, checkpoint
+from tests.models.families import check_every_head, check_export, checkpoint
 
 HEADS = tuple(ARCHS["camembert"].hf)
 

@@ -17,10 +17,11 @@ import torch
 import transformers as tf
 
 from peftcore.cli import main
-from peftcore.models import DistilBertConfig, DistilBertModel, from_pretrained
+from peftcore.models import DistilBertConfig, DistilBertModel
 from peftcore.models.distilbert import sinusoidal_positions
-from tests.archs import ARCHS, inputs, reference
-from tests.parity import assert_outputs_parity, assert_parity, real_tokens
+from tests.archs import ARCHS, inputs
+from tests.models import families
+from tests.parity import assert_parity, real_tokens
 
 DISTILBERT = ARCHS["distilbert"]
 HEADS = tuple(DISTILBERT.hf)  # None (the bare encoder: DistilBERT has no pooler), then every head
@@ -28,7 +29,7 @@ HEADS = tuple(DISTILBERT.hf)  # None (the bare encoder: DistilBERT has no pooler
 
 def checkpoint(hf_checkpoint, head: str | None = None, **fields):
     """(directory, transformers model) of a random-init DistilBERT with ``head``; biases and norms randomised."""
-    return reference(hf_checkpoint, "distilbert", head, num_labels=2 if head == "question_answering" else 3, **fields)
+    return families.checkpoint(hf_checkpoint, "distilbert", head, **fields)
 
 
 def run(model, batch, **kwargs):
@@ -39,12 +40,7 @@ def run(model, batch, **kwargs):
 @pytest.mark.parametrize("unpad", [True, False], ids=["unpadded", "padded"])
 @pytest.mark.parametrize("head", HEADS)
 def test_every_head_equals_transformers_on_a_padded_batch(hf_checkpoint, head, unpad):
-    directory, theirs = checkpoint(hf_checkpoint, head)
-    ours = from_pretrained(directory).eval()
-    assert type(ours) is DistilBertModel and ours.config.head == head and ours.pooler is None
-    ours.unpad = unpad
-    batch = inputs(theirs.config)
-    assert_outputs_parity(run(ours, batch), run(theirs, batch), head, batch["attention_mask"] if unpad else None)
+    assert families.check_every_head(hf_checkpoint, "distilbert", head, unpad).pooler is None
 
 
 def test_hidden_states_attentions_and_embedding_inputs_equal_transformers(hf_checkpoint):
@@ -92,12 +88,7 @@ def test_sinusoidal_positions_are_transformers_table_and_stay_fixed(hf_checkpoin
 
 @pytest.mark.parametrize("head", HEADS)
 def test_an_exported_checkpoint_loads_in_transformers_with_our_outputs(hf_checkpoint, head, tmp_path):
-    directory, _ = checkpoint(hf_checkpoint, head)
-    ours = DistilBertModel.from_pretrained(directory).eval()
-    ours.save_pretrained(tmp_path)
-    again = DISTILBERT.hf[head].from_pretrained(tmp_path).eval()
-    batch = inputs(again.config)
-    assert_outputs_parity(run(ours, batch), run(again, batch), head, batch["attention_mask"])
+    again = families.check_export(hf_checkpoint, "distilbert", head, tmp_path)
     if head == "masked_lm":
         assert again.vocab_projector.weight is again.distilbert.embeddings.word_embeddings.weight
 

@@ -17,7 +17,8 @@ import torch
 import transformers as tf
 
 from peftcore.models import ElectraConfig, ElectraModel, from_pretrained
-from tests.archs import ARCHS, inputs, reference
+from tests.archs import ARCHS, inputs
+from tests.models import families
 from tests.parity import assert_outputs_parity, assert_parity, real_tokens
 
 ELECTRA = ARCHS["electra"]
@@ -27,8 +28,7 @@ PROJECTED = "every_tensor"  # embedding_size 48, hidden_size 64
 
 def checkpoint(hf_checkpoint, head: str | None = None, variant: str = PROJECTED, **fields):
     """(directory, transformers model) of a random-init ELECTRA with ``head``; biases and norms randomised."""
-    return reference(hf_checkpoint, "electra", head, variant, num_labels=2 if head == "question_answering" else 3,
-                     **fields)
+    return families.checkpoint(hf_checkpoint, "electra", head, variant, **fields)
 
 
 def run(model, batch, **kwargs):
@@ -42,13 +42,8 @@ CASES = [*((head, PROJECTED) for head in HEADS), (None, "default"), ("masked_lm"
 @pytest.mark.parametrize("unpad", [True, False], ids=["unpadded", "padded"])
 @pytest.mark.parametrize(("head", "variant"), CASES, ids=[f"{head}-{variant}" for head, variant in CASES])
 def test_every_head_equals_transformers_on_a_padded_batch(hf_checkpoint, head, variant, unpad):
-    directory, theirs = checkpoint(hf_checkpoint, head, variant)
-    ours = from_pretrained(directory).eval()
-    assert type(ours) is ElectraModel and ours.config.head == head and ours.pooler is None
-    assert (ours.embeddings.proj is None) == (variant != PROJECTED)
-    ours.unpad = unpad
-    batch = inputs(theirs.config)
-    assert_outputs_parity(run(ours, batch), run(theirs, batch), head, batch["attention_mask"] if unpad else None)
+    ours = families.check_every_head(hf_checkpoint, "electra", head, unpad, variant)
+    assert ours.pooler is None and (ours.embeddings.proj is None) == (variant != PROJECTED)
 
 
 def test_hidden_states_attentions_and_embedding_inputs_equal_transformers(hf_checkpoint):
@@ -102,12 +97,7 @@ def test_a_discriminator_checkpoint_loads_as_its_encoder_without_its_detector(hf
 
 @pytest.mark.parametrize("head", HEADS)
 def test_export_to_hf_layout_loads_in_transformers_with_the_same_outputs(hf_checkpoint, head, tmp_path):
-    directory, _ = checkpoint(hf_checkpoint, head)
-    ours = ElectraModel.from_pretrained(directory).eval()
-    ours.save_pretrained(tmp_path)
-    reloaded = ELECTRA.hf[head].from_pretrained(tmp_path).eval()
-    batch = inputs(ours.config)
-    assert_outputs_parity(run(ours, batch), run(reloaded, batch), head, batch["attention_mask"])
+    families.check_export(hf_checkpoint, "electra", head, tmp_path, PROJECTED)
 
 
 def test_masked_lm_decoder_is_tied_to_the_word_embeddings_unless_the_config_unties_it(hf_checkpoint):

@@ -5,45 +5,13 @@ that network case by case; this file checks that every class of the family loads
 from __future__ import annotations
 
 import pytest
-import torch
 
-from peftcore.models import XLMRobertaConfig, XLMRobertaModel, from_pretrained
-from tests.archs import ARCHS, inputs, reference
-from tests.parity import assert_outputs_parity, real_tokens
+from peftcore.models import XLMRobertaConfig, XLMRobertaModel
+from tests.archs import ARCHS
+from tests.models.families import check_every_head, check_export, checkpoint
 
 XLM_ROBERTA = ARCHS["xlm-roberta"]
 HEADS = tuple(XLM_ROBERTA.hf)  # None (the bare encoder with its pooler), then every head
-
-
-def checkpoint(hf_checkpoint, arch: str, head: str | None):
-    """(directory, transformers model) of a random-init ``arch`` with ``head``; biases and norms randomised."""
-    return reference(hf_checkpoint, arch, head, num_labels=2 if head == "question_answering" else 3)
-
-
-def check_every_head(hf_checkpoint, arch: str, head: str | None, unpad: bool) -> None:
-    """``from_pretrained`` picks our class by model_type and gives transformers' outputs on a padded batch: at real
-    tokens unpadded (zeros at padding), at every position with ``unpad=False``."""
-    directory, theirs = checkpoint(hf_checkpoint, arch, head)
-    ours = from_pretrained(directory).eval()
-    assert type(ours) is ARCHS[arch].model and ours.config.head == head
-    ours.unpad = unpad
-    batch = inputs(theirs.config)
-    with torch.no_grad():
-        got, expected = ours(**batch), theirs(**batch)
-    assert_outputs_parity(got, expected, head, batch["attention_mask"] if unpad else None)
-    if unpad and head is None:
-        assert torch.equal(got.last_hidden_state, real_tokens(got.last_hidden_state, batch["attention_mask"]))
-
-
-def check_export(hf_checkpoint, arch: str, head: str | None, tmp_path) -> None:
-    """Ours saved in the HF layout loads in the transformers class of its head with our outputs."""
-    directory, _ = checkpoint(hf_checkpoint, arch, head)
-    ours = ARCHS[arch].model.from_pretrained(directory).eval()
-    ours.save_pretrained(tmp_path)
-    reloaded = ARCHS[arch].hf[head].from_pretrained(tmp_path).eval()
-    batch = inputs(ours.config)
-    with torch.no_grad():
-        assert_outputs_parity(ours(**batch), reloaded(**batch), head, batch["attention_mask"])
 
 
 @pytest.mark.parametrize("unpad", [True, False], ids=["unpadded", "padded"])
