@@ -120,7 +120,8 @@ def load_head(host: AdapterHost, directory: str | os.PathLike, load_as: str | No
     model and attach it as ``load_as`` (default: its saved name), the active head when ``set_active``; returns the
     head's name."""
     directory = existing(directory, "head")
-    saved = ours.read_head(directory) if ours.is_our_head(directory) else adapterhub.read_head(directory)
+    raw = io.read_json(io.require(directory / ours.HEAD_CONFIG_FILE))  # one name in both formats
+    saved = ours.read_head(directory, raw) if ours.is_our_head(raw) else adapterhub.read_head(directory, raw)
     if id2label is not None:
         saved.config = {**saved.config, "label2id": heads.label2id(id2label, saved.config.get("num_labels"))}
     name, head = checked_head(host, saved, load_as, str(directory))

@@ -97,19 +97,19 @@ def read(directory: Path, raw: Mapping[str, Any], with_head: bool, host: Adapter
     saved = SavedAdapter(name, config, {pairs.get(key, key): t for key, t in theirs.items()}, raw.get("model_type"),
                          raw.get("hidden_size"))
     if with_head and (directory / HEAD_CONFIG).is_file():
-        if io.read_json(directory / HEAD_CONFIG).get("config") is None:  # a transformers head (BertForMaskedLM's
-            # cls.*): the model's own head
+        head_raw = io.read_json(directory / HEAD_CONFIG)
+        if head_raw.get("config") is None:  # a transformers head (BertForMaskedLM's cls.*): the model's own head
             saved.model_head_state = host.head_state_from_hf(io.read_tensors(directory, HEAD_WEIGHTS) or {})
             return saved
-        head = read_head(directory, name)
+        head = read_head(directory, head_raw, name)
         saved.head_config, saved.head_state = head.config, head.state
     return saved
 
 
-def read_head(directory: Path, name: str | None = None) -> SavedHead:
-    """A flexible head's ``head_config.json`` and tensors (``heads.{name}.`` left out; ``name`` where the config names
-    none)."""
-    raw = io.read_json(directory / HEAD_CONFIG)
+def read_head(directory: Path, raw: Mapping[str, Any] | None = None, name: str | None = None) -> SavedHead:
+    """A flexible head from its ``head_config.json`` (``raw`` where already read) and tensors (``heads.{name}.`` left
+    out; ``name`` where the config names none)."""
+    raw = io.read_json(directory / HEAD_CONFIG) if raw is None else raw
     if not isinstance(raw.get("config"), dict):
         raise ValueError(f"{directory / HEAD_CONFIG} holds no flexible head config (config: {raw.get('config')!r}); "
                          "a transformers model's own head loads with its adapter (load_adapter).")

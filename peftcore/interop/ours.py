@@ -81,13 +81,13 @@ def read(directory: Path, raw: Mapping[str, Any], with_head: bool) -> SavedAdapt
     return saved
 
 
-def is_our_head(directory: Path) -> bool:
-    return io.read_json(io.require(directory / HEAD_CONFIG_FILE)).get("format") == HEAD_FORMAT
+def is_our_head(raw: Mapping[str, Any]) -> bool:
+    return raw.get("format") == HEAD_FORMAT
 
 
-def read_head(directory: Path) -> SavedHead:
-    """A head from ``head_config.json`` + ``head_model.safetensors``."""
-    head = io.read_json(directory / HEAD_CONFIG_FILE)
+def read_head(directory: Path, raw: Mapping[str, Any] | None = None) -> SavedHead:
+    """A head from ``head_config.json`` (``raw`` where already read) + ``head_model.safetensors``."""
+    head = io.read_json(directory / HEAD_CONFIG_FILE) if raw is None else raw
     if head.get("format") != HEAD_FORMAT or head.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{directory / HEAD_CONFIG_FILE} is not a peftcore head of format version {FORMAT_VERSION} "
                          f"(format {head.get('format')!r}).")
