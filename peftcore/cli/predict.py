@@ -41,8 +41,7 @@ def predict(args: argparse.Namespace) -> None:
     if head["head_type"] not in ("classification", "multilabel_classification") or head["num_labels"] < 2:
         raise ValueError(f"{args.adapter} has a {head['head_type']} head with {head['num_labels']} labels; predict "
                          "labels texts with classification heads of 2 or more labels.")
-    label2id = head.get("label2id") or {str(i): i for i in range(head["num_labels"])}
-    names = [label for label, _ in sorted(label2id.items(), key=lambda item: int(item[1]))]
+    names = model.get_labels(name) if head.get("label2id") else [str(i) for i in range(head["num_labels"])]
     tokenizer = models.Tokenizer.from_pretrained(directory)
     limit = token_limit(model, tokenizer)
     encoded = encode(tokenizer, texts, min(args.max_length or limit, limit))
