@@ -239,13 +239,14 @@ def adapterhub_model(directory, flex: bool = False):
     return model
 
 
-def train(model, batch):
-    """3 AdamW steps on adapter 'a', so its weights are far from their initialisation."""
+def train(model, batch, output: str = "last_hidden_state"):
+    """3 AdamW steps on adapter 'a' (the mean square of the ``output`` field), so its weights are far from their
+    initialisation."""
     model.train_adapter("a")
     torch.manual_seed(0)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(3):
-        model(**batch).last_hidden_state.pow(2).mean().backward()
+        getattr(model(**batch), output).pow(2).mean().backward()
         optimizer.step()
         optimizer.zero_grad()
     return model.eval()
@@ -370,14 +371,7 @@ def test_madx_language_adapter_on_factorised_embeddings_gives_adapterhubs_logits
     theirs = adapterhub_model(directory, flex=True)
     theirs.add_adapter("a", config="seq_bn_inv")
     theirs.add_masked_lm_head("a")
-    theirs.train_adapter("a")
-    torch.manual_seed(0)
-    optimizer = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(3):
-        theirs(**batch).logits.pow(2).mean().backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    theirs.eval().save_adapter(str(tmp_path / "a"), "a")
+    train(theirs, batch, "logits").save_adapter(str(tmp_path / "a"), "a")
     ours = AlbertModel.from_pretrained(directory).eval()
     ours.load_adapter(tmp_path / "a", set_active=True)
     assert ours.embedding_site().adapters["a"].F[0].in_features == FACTORISED["embedding_size"] // 2
