@@ -164,6 +164,8 @@ def split_labels(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Tensor | None]
     """A forward's ``kwargs`` without its targets, and the targets: ``labels``, or for question answering
     ``start_positions`` and ``end_positions`` stacked to (B, 2), as a span head's loss reads them (None: no
     targets)."""
+    if kwargs.keys().isdisjoint(LABEL_ARGS):  # most forwards: nothing to take out, no copy
+        return kwargs, None
     labels, start, end = (kwargs.get(key) for key in LABEL_ARGS)
     kwargs = {key: value for key, value in kwargs.items() if key not in LABEL_ARGS}
     if start is None and end is None:
