@@ -164,7 +164,8 @@ def split_labels(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Tensor | None]
     """A forward's ``kwargs`` without its targets, and the targets: ``labels``, or for question answering
     ``start_positions`` and ``end_positions`` stacked to (B, 2), as a span head's loss reads them (None: no
     targets)."""
-    if kwargs.keys().isdisjoint(LABEL_ARGS):  # most forwards: nothing to take out, no copy
+    if not any(key in kwargs for key in LABEL_ARGS):  # most forwards: nothing to take out, no copy (torch.compile
+        # traces this; it cannot trace dict_keys.isdisjoint)
         return kwargs, None
     labels, start, end = (kwargs.get(key) for key in LABEL_ARGS)
     kwargs = {key: value for key, value in kwargs.items() if key not in LABEL_ARGS}
