@@ -8,10 +8,11 @@ Axis legend, used in every shape comment and einops pattern of this package:
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, fields
 from types import UnionType
-from typing import ClassVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn.functional as F
@@ -382,6 +383,9 @@ class EncoderConfig:
     num_labels: int = 2
     classifier_dropout: float | None = None
     problem_type: str | None = None  # a sequence classifier's loss (PROBLEM_TYPES); None: from num_labels and labels
+    bos_token_id: int | None = None  # the tokenizer's special tokens, kept as transformers keeps them
+    eos_token_id: int | None = None
+    is_encoder_decoder: ClassVar[bool] = False  # transformers' flag: every model here is an encoder
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -413,6 +417,14 @@ class EncoderConfig:
             raise ValueError(f"{name}.pad_token_id={self.pad_token_id} lies outside the vocabulary "
                              f"(vocab_size={self.vocab_size}).")
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields by name (what our checkpoints' config.json holds under "config")."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+    def to_json_string(self) -> str:
+        """``to_dict()`` as JSON (transformers' config method of that name)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
     @property
     def embedding_width(self) -> int:
         """Width of the word embeddings and of a tied LM decoder: hidden_size unless a model says otherwise."""
@@ -423,12 +435,16 @@ class EncoderConfig:
         return self.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
 
 
+FIRST_KEYS = ("loss", "start_logits", "end_logits", "logits")  # transformers' task outputs lead with these
+
+
 @dataclass
 class EncoderOutput:
     """What a forward returns. Fields a call did not ask for, or the model has no head for, are None.
 
-    Indexable as transformers' ``ModelOutput``: ``out[0]``, ``out[1:]`` and ``to_tuple()`` run over the fields that
-    are not None, ``loss`` first, then in field order; ``out["logits"]`` and ``keys()`` name them.
+    Indexable as transformers' ``ModelOutput``: ``out[0]``, ``out[1:]``, ``len(out)`` and ``to_tuple()`` run over the
+    fields that are not None in the order of transformers' task outputs (``loss``, the span logits, ``logits``),
+    then in field order; ``out["logits"]`` and ``keys()`` name them.
     """
 
     last_hidden_state: Tensor  # (B, T, C)
@@ -443,9 +459,13 @@ class EncoderOutput:
     loss: Tensor | None = None  # scalar, when the forward was given labels
 
     def keys(self) -> list[str]:
-        """The names of the fields that are not None: ``loss`` first, then in field order."""
-        names = ["loss", *(field.name for field in fields(self) if field.name != "loss")]
+        """The names of the fields that are not None: the predictions first, as transformers' task outputs have them
+        (``loss``, ``start_logits``, ``end_logits``, ``logits``), then in field order."""
+        names = [*FIRST_KEYS, *(field.name for field in fields(self) if field.name not in FIRST_KEYS)]
         return [name for name in names if getattr(self, name) is not None]
+
+    def __len__(self) -> int:
+        return len(self.keys())
 
     def to_tuple(self) -> tuple:
         """The values of ``keys()``, in their order."""

@@ -37,6 +37,7 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
     config_class: ClassVar[type[EncoderConfig]]
     architecture: ClassVar[Architecture]  # the HF side: key table, transformers classes, config renames, site paths
     head_classes: ClassVar[Mapping[str, type[nn.Module]]]
+    checkpoint_format: ClassVar[str] = "hf"  # what save_pretrained writes unless told
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
@@ -184,6 +185,28 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         return shape
 
     @classmethod
+    def from_config(cls: type[Model], config: EncoderConfig | Mapping[str, Any] | Any, **overrides: Any) -> Model:
+        """A freshly initialised model from ``config`` (as ``config_from`` takes it) with ``overrides`` on top."""
+        return cls(cls.config_from(config, **overrides))
+
+    @classmethod
+    def config_from(cls, config: EncoderConfig | Mapping[str, Any] | Any, **overrides: Any) -> EncoderConfig:
+        """Our config from ``config``: one of ours, a transformers config.json dict, or an object whose ``to_dict()``
+        gives one (a transformers config object, read without importing transformers). ``overrides`` replace
+        fields, e.g. ``head="sequence_classification"`` (the pooler then follows that head's transformers class)."""
+        if "head" in overrides and "add_pooling_layer" not in overrides:
+            overrides["add_pooling_layer"] = cls.architecture.pooler_for(overrides["head"])
+        if isinstance(config, cls.config_class):
+            return dataclasses.replace(config, **overrides)
+        raw = dict(config) if isinstance(config, Mapping) else config.to_dict() if hasattr(config, "to_dict") else None
+        if raw is None:
+            raise TypeError(f"{cls.__name__} takes a {cls.config_class.__name__}, a config.json dict or a transformers "
+                            f"config, got {type(config).__name__}.")
+        convert.check_model_type(raw, cls.config_class.model_type, cls.__name__)
+        return config_from_dict(cls.config_class, convert.config_kwargs_from_hf(raw, cls.config_class,
+                                                                                cls.architecture), overrides)
+
+    @classmethod
     def from_pretrained(cls: type[Model], path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
                         on_file: Callable[[Path], None] | None = None, **overrides: Any) -> Model:
         """Load the transformers checkpoint directory ``path``, or one in our format (with the adapters, heads and
@@ -293,12 +316,14 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         aliases = self.aliases()
         return {key: t for key, t in self.state_dict().items() if key not in aliases and not is_adapter_key(key)}
 
-    def save_pretrained(self, path: str | os.PathLike, *, format: str = "hf") -> None:
+    def save_pretrained(self, path: str | os.PathLike, *, format: str | None = None) -> None:
         """Write the model as checkpoint directory ``path`` in a ``format``: ``"peftcore"`` (ours) writes everything:
         the model, and beside it every adapter, head and fusion attached, the merges and the active setup, which
-        ``from_pretrained`` brings back. ``"hf"`` (default) writes what transformers loads: the model with merged
-        adapters baked into its weights, and a warning naming what it leaves out."""
+        ``from_pretrained`` brings back. ``"hf"`` writes what transformers loads: the model with merged adapters
+        baked into its weights, and a warning naming what it leaves out. Default: the class's ``checkpoint_format``
+        (``"hf"``; ``peftcore.adapters``' classes: ``"peftcore"``, as AdapterHub saves adapters with the model)."""
         model_type = self.config_class.model_type
+        format = format or self.checkpoint_format
         if format == "hf":
             config = convert.config_to_hf(self.config, model_type, self.architecture)
             state = ours_to_hf(self.architecture.keymap, self.base_state_dict(), self.config)

@@ -36,7 +36,7 @@ class Snapshot:
         self.dicts = [(registry, dict(registry)) for registry in
                       (host.adapter_configs, host.fusion_configs, host.fused_adapters)]
         self.module_dicts = [(registry, dict(registry)) for registry in (host.heads, host.shared_parameters)]
-        self.attributes = {name: getattr(host, name) for name in ("plan", "active_head", "model_frozen")}
+        self.attributes = {name: getattr(host, name) for name in ("plan", "_active_head", "model_frozen")}
         self.trains = [(parameter, parameter.requires_grad) for parameter in host.parameters()]
         self.modes = [(module, module.training) for module in host.modules()]
         self.merged = merged_modules(host)

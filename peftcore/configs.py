@@ -101,11 +101,12 @@ class AdapterConfigBase:
         return config_class(**data)
 
     def replace(self: Config, **changes: Any) -> Config:
-        """A copy with ``changes`` applied (and validated); an unknown field is an error."""
+        """A copy with ``changes`` applied (and validated); an unknown field is a TypeError, as an unknown keyword
+        argument is."""
         valid = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - valid)
         if unknown:
-            raise ValueError(f"{type(self).__name__} has no field(s) {unknown}; valid fields: {sorted(valid)}.")
+            raise TypeError(f"{type(self).__name__} has no field(s) {unknown}; valid fields: {sorted(valid)}.")
         return dataclasses.replace(self, **changes)
 
     @staticmethod
@@ -254,11 +255,23 @@ class ConfigUnion(AdapterConfigBase):
             raise ValueError(f"a union config holds one field, 'configs' (a list of method configs), got {dict(data)}.")
         return ConfigUnion(*(AdapterConfigBase.from_dict(config) for config in data["configs"]))
 
+    def __getitem__(self, key: int | str) -> Any:
+        """Member ``key`` (an index), or a member's field (``"0.r"``)."""
+        if isinstance(key, int):
+            return self.configs[key]
+        index, _, field_name = key.partition(".")
+        return getattr(self.configs[int(index)], field_name)
+
     def replace(self, **changes: Any) -> ConfigUnion:
-        """``replace(**{"0.r": 4})`` changes field r of the first member."""
+        """``replace(**{"0.r": 4})`` changes field r of the first member; a field without a member index changes it in
+        every member (AdapterHub's ``replace(leave_out=[0])``)."""
         per_member: dict[int, dict[str, Any]] = {}
         for key, value in changes.items():
-            index, _, field_name = key.partition(".")
+            index, dot, field_name = key.partition(".")
+            if not dot:
+                for member in range(len(self.configs)):
+                    per_member.setdefault(member, {})[key] = value
+                continue
             if not index.isdigit() or int(index) >= len(self.configs) or not field_name:
                 raise ValueError(f"ConfigUnion field {key!r} must read 'N.field' with N < {len(self.configs)}.")
             per_member.setdefault(int(index), {})[field_name] = value

@@ -9,15 +9,16 @@ for its span, a recording collects into the model's recorder (recording.py).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from peftcore import placement
-from peftcore.composition import BASE, BatchSplit, Parallel, spans, walk
+from peftcore.composition import BASE, BatchSplit, Block, Parallel, spans, walk
+from peftcore.context import AdapterSetup, current_setup
 from peftcore.host import AdapterHost
 from peftcore.setup import Plan, compile_plan, guard
 from peftcore.sites import MaskedLMHead
@@ -36,7 +37,19 @@ def run(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict
     head that produced its logits (``add_losses``); they do not reach ``encode``.
     """
     kwargs, labels = split_labels(kwargs)
-    outputs = run_setup(host, encode, args, kwargs, gates, fusions, adapter_names)
+    context = None if torch.compiler.is_compiling() or adapter_names is not None else current_setup()
+    if context is None:
+        return with_losses(host, run_setup(host, encode, args, kwargs, gates, fusions, adapter_names), labels,
+                           kwargs, adapter_names)
+    with guard(host).changing():
+        plan, head = context_plan(host, context)
+        with swapped(host, plan, head):
+                return with_losses(host, run_setup(host, encode, args, kwargs, gates, fusions, None), labels, kwargs,
+                               None)
+
+
+def with_losses(host: AdapterHost, outputs: Any, labels: Tensor | None, kwargs: dict[str, Any],
+                adapter_names: Sequence[str | None] | None) -> Any:
     if labels is not None:
         if adapter_names is not None:
             raise ValueError("labels with adapter_names: the rows of a mixed batch have different heads; compute "
@@ -102,18 +115,43 @@ def mixed_batch(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwar
     plan = mixed_plan(host, tuple(groups), tuple(torch.bincount(index, minlength=len(groups)).tolist()))
     if permuted:
         args, kwargs = reorder_batch(args, kwargs, order)
-    active = host.plan
-    host.plan = plan
-    plan.install()
-    try:
-        with guard(host).running():
-            out = encode(*args, **kwargs)
-    finally:
-        host.plan = active
-        active.install()
+    with swapped(host, plan, host._active_head), guard(host).running():
+        out = encode(*args, **kwargs)
     if plan.branch_heads is not None:
         mixed_heads(host, out, plan.branch_heads)
     return slice_output(out, torch.argsort(order)) if permuted else out
+
+
+@contextmanager
+def swapped(host: AdapterHost, plan: Plan, head: str | None) -> Iterator[None]:
+    """``plan`` and the single active ``head`` in force for the span of one forward; the caller holds the model's
+    guard as a writer, so no other forward sees them."""
+    active, active_head = host.plan, host._active_head
+    host.plan, host._active_head = plan, head
+    plan.install()
+    try:
+        yield
+    finally:
+        host.plan, host._active_head = active, active_head
+        active.install()
+
+
+def context_plan(host: AdapterHost, context: AdapterSetup) -> tuple[Plan, str | None]:
+    """The plan and single head of an ``AdapterSetup``, compiled once per setup and kept with the active plan. Its
+    heads take over where the model has adapter heads (as in AdapterHub; unknown ones are refused), else the active
+    head stays."""
+    heads = context.head_setup if len(host.heads) else None
+    for head in () if heads is None else (heads,) if isinstance(heads, str) else heads.flatten():
+        if head not in host.heads:
+            raise ValueError(f"{context!r} names head {head!r}, which this model does not have (it has "
+                             f"{sorted(host.heads)}); pass head_setup= to AdapterSetup.")
+    branch_heads = heads if isinstance(heads, Block) else None
+    cache, key = host.plan.mixed, ("context", context.adapter_setup, heads)
+    if key not in cache:
+        if len(cache) >= MIXED_PLANS_KEPT:
+            del cache[next(iter(cache))]
+        cache[key] = compile_plan(host, context.adapter_setup, branch_heads)
+    return cache[key], host._active_head if heads is None else None if branch_heads is not None else heads
 
 
 def mixed_plan(host: AdapterHost, groups: tuple[str, ...], sizes: tuple[int, ...]) -> Plan:

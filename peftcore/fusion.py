@@ -42,8 +42,11 @@ class AdapterFusionConfig:
     dropout_prob: float | None = None
 
     @classmethod
-    def load(cls, config: str | dict[str, Any] | AdapterFusionConfig | None) -> AdapterFusionConfig:
-        """A preset name, a dict of fields (unknown fields are an error) or a config."""
+    def load(cls, config: str | dict[str, Any] | AdapterFusionConfig | None, **overrides: Any) -> AdapterFusionConfig:
+        """A preset name, a dict of fields (unknown fields are an error) or a config, with the fields ``overrides``
+        on top (AdapterHub's ``AdapterFusionConfig.load("dynamic", temperature=True)``)."""
+        if overrides:
+            return cls.load({**cls.load(config).to_dict(), **overrides})
         if config is None:
             return FUSION_CONFIG_MAP["dynamic"]
         if isinstance(config, AdapterFusionConfig):

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from peftcore import placement
-from peftcore.composition import normalized
+from peftcore.composition import Block, normalized
 from peftcore.host import AdapterHost
 from peftcore.sites import Activation, MaskedLMHead, task_loss
 
@@ -204,16 +204,17 @@ def check_known(host: AdapterHost, name: str) -> None:
 
 def delete(host: AdapterHost, name: str) -> None:
     check_known(host, name)
-    del host.heads[name]
-    if host.active_head == name:
+    active = host.active_head
+    if active == name or (isinstance(active, Block) and name in active.flatten()):
         host.active_head = None
+    del host.heads[name]
 
 
 def labels(host: AdapterHost, name: str | None) -> dict[int, str] | None:
     """Head ``name``'s (default: the active head's) labels by id, in id order: its ``label2id`` inverted, AdapterHub's
     ``LABEL_{i}`` where it predicts labels it does not name, None where it predicts no labels (a masked-LM head)."""
-    if name is None and host.active_head is None:
-        raise ValueError("no head name given and no head is active; pass head_name.")
+    if name is None and not isinstance(host.active_head, str):
+        raise ValueError(f"no head name given and no single head is active ({host.active_head!r}); pass head_name.")
     name = host.active_head if name is None else name
     check_known(host, name)
     return labels_of(host.heads[name].config)

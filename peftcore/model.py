@@ -5,7 +5,8 @@ This class holds the adapter state of a model and is a thin facade: each call th
 all-or-nothing and runs alone (``@mutation``, changes.py), checks its arguments, does its work in the module whose
 job it is — placement.py (adding, deleting, reading adapters), setup.py (activating), forward.py (running),
 merging.py (merge, reset, average, eject), fusion.py, summary.py, interop/ (files) — and re-plugs the sites when it
-changed what they run; the head calls come from model_heads.py. It knows models only through the site protocol
+changed what they run; the head calls come from model_heads.py,
+AdapterHub's read-only views of the state from views.py. It knows models only through the site protocol
 (``find_sites``) and a ``config`` with ``hidden_size``; models/ uses ``init_adapters``, ``run_adapters``,
 ``unpadded`` and ``apply_active_head``.
 """
@@ -16,24 +17,28 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from peftcore import forward, fusion, interop, merging, placement, summary
+from peftcore import forward, fusion, heads, interop, merging, placement, summary
 from peftcore.changes import mutation
 from peftcore.composition import Block, Fuse, Stack, as_fuse, fusion_names, head_setup, parse_setup
 from peftcore.configs import DEFAULT_ADAPTER_CONFIG, AdapterConfigBase
+from peftcore.context import as_head_setup
 from peftcore.fusion import AdapterFusionConfig
 from peftcore.methods.base import Method
 from peftcore.model_heads import HeadsMixin
 from peftcore.recording import Recorder
 from peftcore.setup import Plan, compile_plan, guard
 from peftcore.sites import Site, find_sites
+from peftcore.views import ViewsMixin
 
 
-class AdapterModelMixin(HeadsMixin):
+class AdapterModelMixin(HeadsMixin, ViewsMixin):
     """Adapter methods for an ``nn.Module`` built with sites; call ``init_adapters()`` in its ``__init__``."""
+
+    adapter_file_format: ClassVar[str] = "peftcore"  # what save_adapter, save_head, ... write unless told
 
     def init_adapters(self) -> None:
         """Empty adapter state; call before the model builds its modules."""
@@ -42,7 +47,7 @@ class AdapterModelMixin(HeadsMixin):
         self.fused_adapters: dict[str, tuple[str, ...]] = {}  # fusion name -> the adapters it fuses
         self.heads = nn.ModuleDict()
         self.shared_parameters = nn.ModuleDict()
-        self.active_head: str | None = None
+        self._active_head: str | None = None  # the one head of the output (per-slice heads: plan.branch_heads)
         self.head: nn.Module | None = None  # the model's own task head, if it builds one
         self.model_frozen = False
         self.unpad = True  # run padded batches on their real tokens only (see peftcore.models.layers.Padding)
@@ -102,14 +107,6 @@ class AdapterModelMixin(HeadsMixin):
         embeddings (AdapterHub's)."""
         return placement.iter_adapters(self, name)
 
-    def get_adapter(self, name: str) -> dict[int, dict[str, nn.Module]]:
-        """``{layer: {site: module}}`` of adapter ``name``, as AdapterHub's ``get_adapter`` (layer -1: embeddings)."""
-        placement.check_known(self, name)
-        layers: dict[int, dict[str, nn.Module]] = {}
-        for _, layer, site, module in placement.iter_adapters(self, name):
-            layers.setdefault(layer, {})[site] = module
-        return layers
-
     def adapter_state(self, name: str) -> dict[str, Tensor]:
         """Adapter ``name``'s tensors keyed by their path in the model with the adapter name left out."""
         return placement.state(self, name)
@@ -136,8 +133,13 @@ class AdapterModelMixin(HeadsMixin):
 
     @property
     def active_adapters(self) -> Block | None:
-        """The active setup as a composition block (a single adapter ``"a"`` is ``Stack("a")``), or None."""
+        """The active setup as a composition block (a single adapter ``"a"`` is ``Stack("a")``), or None; assigning
+        to it is ``set_active_adapters``."""
         return self.plan.setup
+
+    @active_adapters.setter
+    def active_adapters(self, setup: str | Block | Sequence | None) -> None:
+        self.set_active_adapters(setup)
 
     @mutation
     def set_active_adapters(self, setup: str | Block | Sequence | None) -> None:
@@ -152,7 +154,33 @@ class AdapterModelMixin(HeadsMixin):
         branch_heads = heads_of if isinstance(heads_of, Block) and all(h in self.heads for h in heads_of) else None
         self._install(compile_plan(self, block, branch_heads))
         if not isinstance(heads_of, Block) and (heads_of in self.heads or block is None):
-            self.active_head = heads_of
+            self._active_head = heads_of
+
+    @property
+    def active_head(self) -> str | Block | None:
+        """The head the output goes through: a head name, a ``Parallel``/``BatchSplit`` of head names (one head per
+        branch or slice of the batch), or None; assigning to it is ``set_active_head``."""
+        return self.plan.branch_heads if self.plan.branch_heads is not None else self._active_head
+
+    @active_head.setter
+    def active_head(self, setup: str | Sequence[str] | Block | None) -> None:
+        self.set_active_head(setup)
+
+    @mutation
+    def set_active_head(self, setup: str | Sequence[str] | Block | None) -> None:
+        """Make ``setup`` the active head: a head name (None or ``""``: no head), a ``Parallel`` or ``BatchSplit`` of
+        head names, or a list of them (one name: that head; several: ``Parallel``), as AdapterHub's ``active_head``.
+        The adapter setup stays; a setup whose branches disagree with the heads is refused at the forward."""
+        setup = as_head_setup(setup)
+        for head in (setup,) if isinstance(setup, str) else setup.flatten() if isinstance(setup, Block) else ():
+            if head:
+                heads.check_known(self, head)
+        if isinstance(setup, Block):
+            self._install(compile_plan(self, self.plan.setup, setup))
+        else:
+            if self.plan.branch_heads is not None:
+                self._install(compile_plan(self, self.plan.setup))
+            self._active_head = setup
 
     @mutation
     def freeze_model(self, freeze: bool = True) -> None:
@@ -280,7 +308,7 @@ class AdapterModelMixin(HeadsMixin):
         self.train()
         self.freeze_model(True)
         fusion.train(self, block, unfreeze_adapters)
-        for head in (*(self.plan.branch_heads or ()), self.active_head):
+        for head in (*(self.plan.branch_heads or ()), self._active_head):
             if head is not None:
                 self.heads[head].requires_grad_(True)
 
@@ -289,13 +317,14 @@ class AdapterModelMixin(HeadsMixin):
         return fusion.regularization_loss(self)
 
     def save_adapter_fusion(self, directory: str | os.PathLike, adapter_names: Fuse | Sequence[str] | str,
-                            with_head: bool | str = False, format: str = "peftcore",
+                            with_head: bool | str = False, format: str | None = None,
                             use_safetensors: bool = False) -> None:
         """Write fusion ``adapter_names``'s layers (and the head named after it, or ``with_head``) into ``directory``
-        atomically in ``format`` ``"peftcore"`` or ``"adapterhub"`` (safetensors with ``use_safetensors``)."""
+        atomically in ``format`` ``"peftcore"`` or ``"adapterhub"`` (safetensors with ``use_safetensors``; default:
+        the class's ``adapter_file_format``)."""
         name = as_fuse(adapter_names).name
         fusion.check(self, name)
-        interop.save_fusion(self, directory, name, with_head, format, use_safetensors)
+        interop.save_fusion(self, directory, name, with_head, format or self.adapter_file_format, use_safetensors)
 
     @mutation
     def load_adapter_fusion(self, directory: str | os.PathLike, load_as: str | None = None,
@@ -366,19 +395,21 @@ class AdapterModelMixin(HeadsMixin):
     # ---- save and load ------------------------------------------------------------------------------------------
 
     def save_adapter(self, directory: str | os.PathLike, name: str, with_head: bool = True,
-                     format: str = "peftcore", use_safetensors: bool = False) -> None:
+                     format: str | None = None, use_safetensors: bool = False) -> None:
         """Write adapter ``name`` (and with ``with_head`` the head of the same name) into ``directory`` atomically in
         a ``format``: ``"peftcore"`` writes ``adapter_config.json`` + ``adapter_model.safetensors``; ``"adapterhub"``
         AdapterHub's layout (its safetensors files with ``use_safetensors``, else its pickles); ``"peft"`` HF PEFT's
-        (LoRA and (IA)^3), which ``peft.PeftModel.from_pretrained`` loads."""
+        (LoRA and (IA)^3), which ``peft.PeftModel.from_pretrained`` loads. Default: the class's
+        ``adapter_file_format`` (ours; ``peftcore.adapters``' classes: AdapterHub's)."""
         placement.check_known(self, name)
-        interop.save_adapter(self, directory, name, with_head, format, use_safetensors)
+        interop.save_adapter(self, directory, name, with_head, format or self.adapter_file_format, use_safetensors)
 
-    def save_all_adapters(self, directory: str | os.PathLike, with_head: bool = True) -> None:
-        """``save_adapter`` in our format for every adapter, each into the subdirectory of ``directory`` named after
-        it, with its head when ``with_head``."""
+    def save_all_adapters(self, directory: str | os.PathLike, with_head: bool = True, format: str | None = None,
+                          use_safetensors: bool = False) -> None:
+        """``save_adapter`` for every adapter, each into the subdirectory of ``directory`` named after it, with its
+        head when ``with_head``, in ``format`` (with ``use_safetensors``) as ``save_adapter`` takes them."""
         for name in self.adapter_configs:
-            interop.save_adapter(self, os.path.join(directory, name), name, with_head, "peftcore")
+            self.save_adapter(os.path.join(directory, name), name, with_head, format, use_safetensors)
 
     def write_adapters_into(self, directory: Path, merged: set[str]) -> None:
         """Every adapter, head and fusion attached, which adapters are ``merged`` (the merges may be undone while
@@ -399,10 +430,12 @@ class AdapterModelMixin(HeadsMixin):
 
     @mutation
     def load_adapter(self, directory: str | os.PathLike, load_as: str | None = None, set_active: bool = False,
-                     with_head: bool = True) -> str:
+                     with_head: bool = True, loading_info: dict | None = None) -> str:
         """Load the adapter in ``directory`` (ours, AdapterHub's or HF PEFT's), named ``load_as`` if given, with the
         head saved beside it when ``with_head``, activated with ``set_active``; everything is checked before the model
-        changes. Returns the adapter's name."""
+        changes. Returns the adapter's name. ``loading_info`` (a dict) gets AdapterHub's ``missing_keys`` and
+        ``unexpected_keys``: empty, as a load that is not exact raises instead."""
         name = interop.load_adapter(self, directory, load_as, with_head)
         self._replug_or_activate(name if set_active else None)
+        interop.report_exact(loading_info)
         return name

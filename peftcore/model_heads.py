@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from peftcore import heads, interop
 from peftcore.changes import mutation
@@ -14,6 +14,8 @@ from peftcore.changes import mutation
 
 class HeadsMixin:
     """Prediction heads of a model with adapter state (``AdapterModelMixin``)."""
+
+    head_types: ClassVar[tuple[str, ...]] = heads.HEAD_TYPES  # what add_head builds (AdapterHub's head_types)
 
     @mutation
     def add_head(self, name: str, config: dict[str, Any], overwrite_ok: bool = False, set_active: bool = True) -> None:
@@ -91,15 +93,20 @@ class HeadsMixin:
         """Head ``head_name``'s (default: the active head's) label names in id order; None as ``get_labels_dict``."""
         return None if (labels := heads.labels(self, head_name)) is None else list(labels.values())
 
-    def save_head(self, directory: str | os.PathLike, head_name: str | None = None, format: str = "peftcore",
+    def save_head(self, directory: str | os.PathLike, head_name: str | None = None, format: str | None = None,
                   use_safetensors: bool = False) -> None:
         """Write head ``head_name`` (None: the only head) into ``directory`` atomically in ``format`` ``"peftcore"``
-        or ``"adapterhub"`` (safetensors with ``use_safetensors``)."""
-        interop.save_head(self, directory, head_name, format, use_safetensors)
+        or ``"adapterhub"`` (safetensors with ``use_safetensors``; default: the class's ``adapter_file_format``)."""
+        interop.save_head(self, directory, head_name, format or self.adapter_file_format, use_safetensors)
 
     @mutation
     def load_head(self, directory: str | os.PathLike, load_as: str | None = None,
-                  id2label: dict[int, str] | None = None, set_active: bool = True) -> str:
+                  id2label: dict[int, str] | None = None, set_active: bool = True,
+                  loading_info: dict | None = None) -> str:
         """Load the head in ``directory`` (``save_head``'s, ours or AdapterHub's) named ``load_as`` if given, with the
-        label names ``id2label`` if given, the active head unless ``set_active`` is False; returns its name."""
-        return interop.load_head(self, directory, load_as, id2label, set_active)
+        label names ``id2label`` if given, the active head unless ``set_active`` is False; returns its name.
+        ``loading_info`` (a dict) gets AdapterHub's ``missing_keys`` and ``unexpected_keys``: empty, as a load that
+        is not exact raises."""
+        name = interop.load_head(self, directory, load_as, id2label, set_active)
+        interop.report_exact(loading_info)
+        return name

@@ -23,6 +23,11 @@ from peftcore.methods.base import Method, ModelShape, shared_state_key, state_ke
 from peftcore.sites import Site
 
 FORBIDDEN_IN_NAMES = set(".,/\\") | {chr(code) for code in (*range(32), 127)}  # see check_name
+LOCATIONS = {  # our site -> AdapterHub's location key for the modules there (its get_adapter's inner keys)
+    "embeddings": "invertible", "attn.q": "selfattn", "attn.k": "selfattn", "attn.v": "selfattn",
+    "attn.prefix": "self", "attn.residual": "mh_adapter", "ffn.intermediate": "intermediate", "ffn.output": "output",
+    "ffn.residual": "output_adapter",
+}
 
 
 class BuiltAdapter(NamedTuple):
@@ -135,6 +140,24 @@ def iter_adapters(host: AdapterHost, name: str | None = None) -> Iterator[tuple[
         for adapter, module in site.module.adapters.items():
             if name is None or adapter == name:
                 yield adapter, -1 if site.layer is None else site.layer, site.name, module
+
+
+def by_location(host: AdapterHost, name: str) -> dict[int, dict[str, nn.Module]]:
+    """AdapterHub's ``get_adapter``: ``{layer: {location: module}}`` of adapter ``name``, where layer -1 holds what
+    sits outside the layers (``"invertible"``, and ``"shared"``: what its modules share), several modules at one
+    location (LoRA's q and v, both ``"selfattn"``) come as an ``nn.ModuleList``, and an adapter the model does not
+    have gives ``{}``."""
+    layers: dict[int, dict[str, nn.Module]] = {}
+    if name in host.shared_parameters:
+        layers[-1] = {"shared": host.shared_parameters[name]}
+    for _, layer, site, module in iter_adapters(host, name):
+        at, location = layers.setdefault(layer, {}), LOCATIONS[site]
+        if location in at:
+            modules = at[location] if isinstance(at[location], nn.ModuleList) else nn.ModuleList([at[location]])
+            at[location] = modules.append(module)
+        else:
+            at[location] = module
+    return layers
 
 
 def placed(host: AdapterHost, name: str) -> list[tuple[Site, Method]]:

@@ -155,7 +155,7 @@ def config_to_hf(config: Any, model_type: str, architecture: Architecture) -> di
 
 def native_config(config: Any, model_type: str) -> dict[str, Any]:
     return {"peftcore_format": NATIVE_FORMAT, "model_type": model_type,
-            "config": {f.name: getattr(config, f.name) for f in fields(config)}}
+            "config": config.to_dict()}
 
 
 def check_model_type(config: Mapping[str, Any], model_type: str, class_name: str) -> None:

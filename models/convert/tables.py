@@ -30,12 +30,18 @@ INVERTIBLE = {"embeddings": "invertible_adapters"}  # where AdapterHub keeps inv
 # config.json fields of transformers' generic PretrainedConfig that carry nothing for an encoder's forward
 GENERIC_FIELDS = frozenset({
     "architectures", "model_type", "transformers_version", "_name_or_path", "name_or_path", "torch_dtype", "dtype",
-    "use_cache", "gradient_checkpointing", "id2label", "label2id", "problem_type", "bos_token_id", "eos_token_id",
+    "use_cache", "gradient_checkpointing", "id2label", "label2id", "problem_type",
     "sep_token_id", "cls_token_id", "decoder_start_token_id", "output_past", "chunk_size_feed_forward",
     "output_hidden_states", "output_attentions", "return_dict", "torchscript", "pruned_heads", "tokenizer_class",
     "prefix", "task_specific_params", "finetuning_task", "_attn_implementation_autoset", "attn_implementation",
     "is_encoder_decoder", "tie_encoder_decoder", "cross_attention_hidden_size", "use_bfloat16", "tf_legacy_loss",
     "add_pooling_layer",
+    # generation settings, which transformers' config objects carry (to_dict) and an encoder never uses
+    "bad_words_ids", "begin_suppress_tokens", "diversity_penalty", "do_sample", "early_stopping",
+    "encoder_no_repeat_ngram_size", "exponential_decay_length_penalty", "forced_bos_token_id", "forced_eos_token_id",
+    "length_penalty", "max_length", "min_length", "no_repeat_ngram_size", "num_beam_groups", "num_beams",
+    "num_return_sequences", "output_scores", "remove_invalid_values", "repetition_penalty", "return_dict_in_generate",
+    "suppress_tokens", "temperature", "top_k", "top_p", "typical_p",
 })
 
 

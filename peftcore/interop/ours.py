@@ -149,10 +149,10 @@ def write_setup(host: AdapterHost, directory: Path, merged: set[str]) -> None:
         write_head(host, directory / "heads" / name, name)
     for index, name in enumerate(names["fusions"]):  # fusion names hold commas: directories are numbered
         write_fusion(host, directory / "fusions" / str(index), name)
-    setup = host.active_adapters
+    setup, head = host.active_adapters, host.active_head
     io.write_json(directory / SETUP_FILE, {
         "format": SETUP_FORMAT, "format_version": FORMAT_VERSION, **names, "merged": sorted(merged),
-        "active": None if setup is None else to_json(setup), "active_head": host.active_head})
+        "active": None if setup is None else to_json(setup), "active_head": None if head is None else to_json(head)})
 
 
 def read_setup(directory: Path) -> dict[str, Any]:
@@ -164,4 +164,5 @@ def read_setup(directory: Path) -> dict[str, Any]:
     for field in ("adapters", "heads", "fusions", "merged"):
         if not isinstance(raw.get(field), list) or not all(isinstance(name, str) for name in raw[field]):
             raise ValueError(f"{directory / SETUP_FILE}: {field} must be a list of names, got {raw.get(field)!r}.")
-    return {**raw, "active": None if raw.get("active") is None else from_json(raw["active"])}
+    return {**raw, **{field: None if raw.get(field) is None else from_json(raw[field])
+                      for field in ("active", "active_head")}}

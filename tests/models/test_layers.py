@@ -131,8 +131,8 @@ def test_attention_per_sequence_equals_masked_attention_over_the_padded_batch():
 
 
 def test_outputs_index_as_transformers_model_output(hf_checkpoint):
-    """``out[0]``, slices, names, ``keys()`` and ``to_tuple()`` over the fields set, ``loss`` first, as transformers'
-    ``ModelOutput`` of the same weights gives them."""
+    """``out[0]``, ``out[1]``, slices, names, ``len``, ``keys()`` and ``to_tuple()`` over the fields set, ``loss`` and
+    ``logits`` first, as transformers' ``ModelOutput`` of the same weights gives them."""
     directory, theirs = reference(hf_checkpoint, "bert", "sequence_classification", num_labels=3)
     ours = BertModel.from_pretrained(directory)
     batch, labels = inputs(theirs.config), torch.tensor([0, 2, 1])
@@ -140,14 +140,15 @@ def test_outputs_index_as_transformers_model_output(hf_checkpoint):
     with torch.no_grad():
         got = ours(**batch, labels=labels, output_attentions=True)
         expected = theirs(**batch, labels=labels, output_attentions=True)
-    assert got.keys() == ["loss", "last_hidden_state", "pooler_output", "attentions", "logits"]
+    assert got.keys() == ["loss", "logits", "last_hidden_state", "pooler_output", "attentions"]
     assert list(expected.keys()) == ["loss", "logits", "attentions"]
     for name in expected:
         assert got[name] is getattr(got, name)
     assert_parity(got[0], expected[0])
+    assert_parity(got[1], expected[1])
     assert_parity(got["logits"], expected["logits"])
-    assert len(got.to_tuple()) == 5 and got.to_tuple()[0] is got.loss and got[1:][-1] is got.logits
-    assert all(isinstance(a, torch.Tensor) for a in got[3]) and len(got[3]) == len(expected[2])
+    assert len(got) == len(got.to_tuple()) == 5 and got.to_tuple()[0] is got.loss and got[1:][0] is got.logits
+    assert all(isinstance(a, torch.Tensor) for a in got[4]) and len(got[4]) == len(expected[2])
     for mine, reference_probs in zip(got.attentions, expected.attentions, strict=True):
         assert_parity(mine, reference_probs)
     with pytest.raises(KeyError, match="'start_logits' is not set"):

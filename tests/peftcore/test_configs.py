@@ -243,8 +243,16 @@ def test_unknown_config_name_lists_the_known_names():
 
 
 def test_unknown_override_field_is_named():
-    with pytest.raises(ValueError, match=r"\['speed'\].*valid fields"):
+    """A TypeError, as an unknown keyword argument is (and AdapterHub raises)."""
+    with pytest.raises(TypeError, match=r"\['speed'\].*valid fields"):
         parse("seq_bn[speed=3]")
+
+
+def test_a_union_replaces_a_plain_field_in_every_member_and_indexes_its_members():
+    union = ConfigUnion(LoRAConfig(), SeqBnConfig())
+    replaced = union.replace(leave_out=[0])
+    assert replaced[0] == LoRAConfig(leave_out=[0]) and replaced[1] == SeqBnConfig(leave_out=[0])
+    assert union.replace(**{"1.reduction_factor": 4})["1.reduction_factor"] == 4
 
 
 # ---- load ---------------------------------------------------------------------------------------------------
@@ -322,7 +330,7 @@ def test_a_config_with_only_an_invertible_adapter_places_something():
 def test_unknown_constructor_or_replace_field_is_named():
     with pytest.raises(TypeError, match="speed"):
         SeqBnConfig(speed=2)
-    with pytest.raises(ValueError, match=r"\['speed'\].*valid fields"):
+    with pytest.raises(TypeError, match=r"\['speed'\].*valid fields"):
         SeqBnConfig().replace(speed=2)
 
 
@@ -360,8 +368,11 @@ def test_a_union_of_one_method_with_a_leave_out_is_left_to_the_model_as_adapterh
 
 def placed(model, name: str) -> dict[int, dict[str, tuple[str, int]]]:
     """{layer: {site: (module class, its width)}} of adapter ``name``: a bottleneck's, or a LoRA's rank."""
-    return {layer: {site: (type(m).__name__, m.down.out_features if hasattr(m, "down") else m.lora_A.shape[0])
-                    for site, m in sites.items()} for layer, sites in model.get_adapter(name).items()}
+    layers: dict[int, dict[str, tuple[str, int]]] = {}
+    for _, layer, site, m in model.iter_adapters(name):
+        layers.setdefault(layer, {})[site] = (type(m).__name__,
+                                              m.down.out_features if hasattr(m, "down") else m.lora_A.shape[0])
+    return layers
 
 
 @pytest.mark.parametrize(("configs", "expected"), [

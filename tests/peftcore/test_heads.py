@@ -286,7 +286,7 @@ def test_labels_are_the_heads_names_by_id_or_adapterhubs_defaults():
     model.active_head = "named"
     assert model.get_labels() == ["neg", "neu", "pos"]
     model.active_head = None
-    with pytest.raises(ValueError, match="no head name given and no head is active"):
+    with pytest.raises(ValueError, match="no head name given and no single head is active"):
         model.get_labels()
     with pytest.raises(KeyError, match="no head named 'nope'"):
         model.get_labels("nope")

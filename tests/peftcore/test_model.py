@@ -71,9 +71,9 @@ def test_adding_a_name_twice_needs_overwrite_ok():
     model.add_adapter("a", "seq_bn")
     with pytest.raises(ValueError, match="'a' exists; pass overwrite_ok=True"):
         model.add_adapter("a", "double_seq_bn")
-    assert set(model.get_adapter("a")[0]) == {"ffn.residual"}
+    assert set(model.get_adapter("a")[0]) == {"output_adapter"}
     model.add_adapter("a", "double_seq_bn", overwrite_ok=True)
-    assert set(model.get_adapter("a")[0]) == {"attn.residual", "ffn.residual"}
+    assert set(model.get_adapter("a")[0]) == {"mh_adapter", "output_adapter"}
 
 
 def test_overwriting_an_active_adapter_runs_the_new_modules():
@@ -83,8 +83,8 @@ def test_overwriting_an_active_adapter_runs_the_new_modules():
     assert not torch.equal(hidden(model, batch), plain)
     model.add_adapter("a", "seq_bn", overwrite_ok=True)
     for module in model.get_adapter("a").values():
-        nn.init.zeros_(module["ffn.residual"].up.weight)
-        nn.init.zeros_(module["ffn.residual"].up.bias)
+        nn.init.zeros_(module["output_adapter"].up.weight)
+        nn.init.zeros_(module["output_adapter"].up.bias)
     assert model.active_adapters == Stack("a")
     assert torch.equal(hidden(model, batch), plain)  # a zero up-projection is the identity: the old modules are gone
 
@@ -102,11 +102,10 @@ def test_loading_onto_an_existing_name_suggests_load_as(tmp_path):
     lambda model: model.set_active_adapters("missing"),
     lambda model: model.set_active_adapters(["a", "missing"]),
     lambda model: model.delete_adapter("missing"),
-    lambda model: model.get_adapter("missing"),
     lambda model: model.adapter_state("missing"),
     lambda model: model.train_adapter("missing"),
     lambda model: model.save_adapter("unused", "missing"),
-], ids=["set_active", "set_active_list", "delete", "get", "state", "train", "save"])
+], ids=["set_active", "set_active_list", "delete", "state", "train", "save"])
 def test_unknown_adapter_name_lists_the_known_names(call):
     model = tiny_model()
     model.add_adapter("a", "seq_bn")
@@ -229,34 +228,42 @@ def test_freeze_model_freezes_and_unfreezes_everything():
 
 
 @pytest.mark.parametrize(("config", "expected"), [
-    ("seq_bn", {0: {"ffn.residual"}, 1: {"ffn.residual"}}),
-    ("double_seq_bn", {0: {"attn.residual", "ffn.residual"}, 1: {"attn.residual", "ffn.residual"}}),
-    ("seq_bn_inv", {-1: {"embeddings"}, 0: {"ffn.residual"}, 1: {"ffn.residual"}}),
-    ("seq_bn[leave_out=[0]]", {1: {"ffn.residual"}}),
-    ("lora", {0: {"attn.q", "attn.v"}, 1: {"attn.q", "attn.v"}}),
+    ("seq_bn", {0: {"output_adapter": 1}, 1: {"output_adapter": 1}}),
+    ("double_seq_bn", {0: {"mh_adapter": 1, "output_adapter": 1}, 1: {"mh_adapter": 1, "output_adapter": 1}}),
+    ("seq_bn_inv", {-1: {"invertible": 1}, 0: {"output_adapter": 1}, 1: {"output_adapter": 1}}),
+    ("seq_bn[leave_out=[0]]", {1: {"output_adapter": 1}}),
+    ("lora", {0: {"selfattn": 2}, 1: {"selfattn": 2}}),
+    ("lora[intermediate_lora=True, output_lora=True]", {i: {"selfattn": 2, "intermediate": 1, "output": 1}
+                                                         for i in (0, 1)}),
+    ("compacter[reduction_factor=2]", {-1: {"shared": 1}, 0: {"mh_adapter": 1, "output_adapter": 1},
+                   1: {"mh_adapter": 1, "output_adapter": 1}}),
 ])
-def test_get_adapter_maps_layers_to_sites_to_modules(config, expected):
+def test_get_adapter_maps_layers_to_adapterhubs_locations(config, expected):
+    """{layer: {location: module}} as AdapterHub's get_adapter: its location names, several modules at one location
+    (LoRA's q and v) in a ModuleList, layer -1 for what sits outside the layers; iter_adapters gives our sites."""
     model = tiny_model()
     model.add_adapter("a", config)
     model.add_adapter("other", "seq_bn")
     layers = model.get_adapter("a")
-    assert {layer: set(sites) for layer, sites in layers.items()} == expected
+    assert {layer: {location: len(m) if isinstance(m, nn.ModuleList) else 1 for location, m in at.items()}
+            for layer, at in layers.items()} == expected
+    found = {id(m) for at in layers.values() for module in at.values()
+             for m in (module if isinstance(module, nn.ModuleList) else [module])}
     rows = [(layer, site, module) for name, layer, site, module in model.iter_adapters("a")]
-    assert [(layer, site) for layer, site, _ in rows] == [(layer, site) for layer in sorted(layers)
-                                                          for site in layers[layer]]
+    assert {id(module) for *_, module in rows} <= found
     for layer, site, module in rows:
-        assert layers[layer][site] is module
         assert module is model.get_submodule(f"layers.{layer}.{site}.adapters.a" if layer >= 0 else
                                              "embeddings.site.adapters.a")
     assert {name for name, *_ in model.iter_adapters()} == {"a", "other"}
+    assert model.get_adapter("missing") == {}  # as AdapterHub: an adapter the model lacks has no modules
 
 
 def test_module_types_of_an_invertible_config():
     model = tiny_model()
     model.add_adapter("a", "seq_bn_inv")
     layers = model.get_adapter("a")
-    assert isinstance(layers[-1]["embeddings"], NICECoupling)
-    assert all(isinstance(layers[i]["ffn.residual"], Bottleneck) for i in (0, 1))
+    assert isinstance(layers[-1]["invertible"], NICECoupling)
+    assert all(isinstance(layers[i]["output_adapter"], Bottleneck) for i in (0, 1))
 
 
 def test_left_out_layers_hold_no_module():

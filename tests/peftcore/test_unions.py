@@ -53,5 +53,6 @@ def test_conflicting_unions_are_refused(configs, message):
 def test_bottlenecks_at_different_sites_may_be_combined():
     union = ConfigUnion(DoubleSeqBnConfig(output_adapter=False), SeqBnConfig())
     assert union.replace(**{"1.reduction_factor": 4}).configs[1].reduction_factor == 4
+    assert [config.reduction_factor for config in union.replace(reduction_factor=4).configs] == [4, 4]
     with pytest.raises(ValueError, match="'N.field'"):
-        union.replace(reduction_factor=4)
+        union.replace(**{"2.reduction_factor": 4})

@@ -136,7 +136,7 @@ def test_invertible_adapter_transforms_the_embedding_output_and_the_lm_head_deco
     ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(0))
     masked_lm.add_adapter("lang", COUPLINGS[kind][1], set_active=True)
     try:
-        coupling = masked_lm.get_adapter("lang")[-1]["embeddings"]
+        coupling = masked_lm.get_adapter("lang")[-1]["invertible"]
         with torch.no_grad():
             for parameter in coupling.parameters():
                 parameter.normal_(0.0, 0.3)

@@ -1,0 +1,32 @@
+"""AdapterHub's ``adapters.configuration``: the configs of the methods here, under its names. ``AdapterConfig`` is
+the base class every config loads through (``AdapterConfig.load("lora[r=8]")``), as in AdapterHub 1.x."""
+
+from peftcore.configs import ADAPTER_CONFIG_MAP, DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, ConfigUnion
+from peftcore.fusion import FUSION_CONFIG_MAP, AdapterFusionConfig
+from peftcore.methods import (
+    BnConfig,
+    CompacterConfig,
+    CompacterPlusPlusConfig,
+    DoubleSeqBnConfig,
+    DoubleSeqBnInvConfig,
+    IA3Config,
+    LoRAConfig,
+    MAMConfig,
+    ParBnConfig,
+    PrefixTuningConfig,
+    SeqBnConfig,
+    SeqBnInvConfig,
+    UniPELTConfig,
+)
+from peftcore.views import AdaptersConfig
+
+AdapterConfig = AdapterConfigBase
+ModelAdaptersConfig = AdaptersConfig
+ADAPTERFUSION_CONFIG_MAP = FUSION_CONFIG_MAP
+DEFAULT_ADAPTERFUSION_CONFIG = "dynamic"
+
+__all__ = ["ADAPTERFUSION_CONFIG_MAP", "ADAPTER_CONFIG_MAP", "DEFAULT_ADAPTERFUSION_CONFIG", "DEFAULT_ADAPTER_CONFIG",
+           "AdapterConfig", "AdapterFusionConfig", "BnConfig", "CompacterConfig", "CompacterPlusPlusConfig",
+           "ConfigUnion", "DoubleSeqBnConfig", "DoubleSeqBnInvConfig", "IA3Config", "LoRAConfig", "MAMConfig",
+           "ModelAdaptersConfig", "ParBnConfig", "PrefixTuningConfig", "SeqBnConfig", "SeqBnInvConfig",
+           "UniPELTConfig"]

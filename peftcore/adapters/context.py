@@ -1,0 +1,5 @@
+"""AdapterHub's ``adapters.context``."""
+
+from peftcore.context import AdapterSetup
+
+__all__ = ["AdapterSetup"]
