@@ -54,7 +54,8 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
 
         ``adapter_names`` names one adapter per example (None: the plain model) for a mixed batch;
         ``output_adapter_gating_scores`` / ``output_adapter_fusion_attentions`` also return UniPELT gate values and
-        AdapterFusion attentions. A Parallel setup returns one output per branch.
+        AdapterFusion attentions. A Parallel setup whose branches have heads returns one output per branch (without:
+        one output, the batch's copies one after the other, as AdapterHub).
         ``labels`` (question answering: ``start_positions`` and ``end_positions``) among the keyword arguments set
         the output's ``loss``: that of the head whose logits it carries (``head_loss`` for the model's own head).
         """
@@ -191,14 +192,17 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
 
     @classmethod
     def config_from(cls, config: EncoderConfig | Mapping[str, Any] | Any, **overrides: Any) -> EncoderConfig:
-        """Our config from ``config``: one of ours, a transformers config.json dict, or an object whose ``to_dict()``
-        gives one (a transformers config object, read without importing transformers). ``overrides`` replace
+        """Our config from ``config``: one of ours, a transformers config.json dict, or an object whose
+        ``to_diff_dict()`` or ``to_dict()`` gives one (a transformers config object, read without importing
+        transformers). ``overrides`` replace
         fields, e.g. ``head="sequence_classification"`` (the pooler then follows that head's transformers class)."""
         if "head" in overrides and "add_pooling_layer" not in overrides:
             overrides["add_pooling_layer"] = cls.architecture.pooler_for(overrides["head"])
         if isinstance(config, cls.config_class):
             return dataclasses.replace(config, **overrides)
-        raw = dict(config) if isinstance(config, Mapping) else config.to_dict() if hasattr(config, "to_dict") else None
+        to_dict = getattr(config, "to_diff_dict", None) or getattr(config, "to_dict", None)  # the first is what
+        # transformers writes into config.json: the generic fields it leaves out would not fit ours (pad_token_id None)
+        raw = dict(config) if isinstance(config, Mapping) else None if to_dict is None else to_dict()
         if raw is None:
             raise TypeError(f"{cls.__name__} takes a {cls.config_class.__name__}, a config.json dict or a transformers "
                             f"config, got {type(config).__name__}.")
@@ -288,6 +292,11 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
     def hf_prefix(self) -> str:
         """The base model's key prefix in HF task checkpoints (``"bert."``); head keys sit at the top level."""
         return self.architecture.keymap.prefix
+
+    @property
+    def hf_base_class(self) -> str:
+        """transformers' class of the base model (``"BertModel"``): the first the architecture record names."""
+        return next(iter(self.architecture.hf_classes))
 
     def hf_site_path(self, site: str, layer: int | None) -> str | None:
         """Where AdapterHub attaches the method modules of ``site`` in ``layer``; None where this model has no place."""

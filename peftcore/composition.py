@@ -214,6 +214,11 @@ def validate(block: Block, level: int = 0) -> None:
 
 # ---- cutting tensors along the batch or the sequence ---------------------------------------------------------------
 
+class SizesError(ValueError, IndexError):
+    """A BatchSplit's or Split's sizes that do not add up to the rows or tokens they cut: a wrong argument, and the
+    IndexError AdapterHub raises for it."""
+
+
 def spans(block: Block, size: int) -> list[slice]:
     """The consecutive slices a BatchSplit, Parallel or Split cuts a dimension of ``size`` into."""
     if isinstance(block, Parallel):
@@ -224,7 +229,7 @@ def spans(block: Block, size: int) -> list[slice]:
     else:
         sizes, what = (block.batch_sizes, "batch") if isinstance(block, BatchSplit) else (block.splits, "sequence")
         if sum(sizes) != size:
-            raise ValueError(f"{block!r}: the sizes sum to {sum(sizes)}, but the {what} has {size}; give sizes that "
+            raise SizesError(f"{block!r}: the sizes sum to {sum(sizes)}, but the {what} has {size}; give sizes that "
                              f"add up to the {what} length.")
     bounds = list(itertools.accumulate(sizes, initial=0))
     return [slice(start, end) for start, end in itertools.pairwise(bounds)]

@@ -46,6 +46,12 @@ class AdapterConfigBase:
     def __hash__(self) -> int:
         return hash(hashable(self.to_dict()))
 
+    def __getitem__(self, field: str) -> Any:
+        """A field by name, as AdapterHub's configs read like dicts: ``config["reduction_factor"]``."""
+        if field not in {f.name for f in dataclasses.fields(self)}:
+            raise KeyError(f"{type(self).__name__} has no field {field!r}.")
+        return getattr(self, field)
+
     def union_conflict(self, other: AdapterConfigBase) -> str | None:
         """Why a ConfigUnion cannot hold this config and ``other`` together (None: it can, or only a model can tell):
         two configs of one method would sit at the same sites. Where either has a ``leave_out``, whether their layers

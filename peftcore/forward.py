@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from peftcore import placement
-from peftcore.composition import BASE, BatchSplit, Block, Parallel, spans, walk
+from peftcore.composition import BASE, BatchSplit, Block, Parallel, spans
 from peftcore.context import AdapterSetup, current_setup
 from peftcore.host import AdapterHost
 from peftcore.setup import Plan, compile_plan, guard
@@ -32,7 +32,8 @@ def run(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict
     """``encode`` under the active setup, or with one adapter per example (``adapter_names``); with gate values
     (``gates``) and fusion attentions (``fusions``) attached to each output when asked.
 
-    Returns one output, or for ``Parallel`` (and a ``BatchSplit`` whose branches have heads) one per branch.
+    Returns one output (a ``Parallel`` setup's copies of the batch in it one after the other), or one per branch for
+    a ``Parallel`` or ``BatchSplit`` whose branches have heads.
     ``labels`` (or ``start_positions`` and ``end_positions``) among ``kwargs`` give each output the ``loss`` of the
     head that produced its logits (``add_losses``); they do not reach ``encode``.
     """
@@ -83,15 +84,30 @@ def run_plan(host: AdapterHost, plan: Plan, encode: Callable[..., Any], args: tu
                              "activate the setup again, or set active_head = None (AdapterHub refuses this too).")
         args, kwargs = replicate_batch(args, kwargs, channels)
     out = encode(*args, **kwargs)
-    if channels == 1 and plan.branch_heads is None:
+    if plan.branch_heads is None:  # AdapterHub's: a Parallel setup's copies of the batch as one output, branch-major
         return out
     rows = out.last_hidden_state.shape[0]
-    branch = plan.branch_heads or next(b for b in walk(plan.setup) if isinstance(b, Parallel))
-    outputs = [slice_output(out, span) for span in spans(branch, rows)]
-    if plan.branch_heads is not None:
-        for output, head in zip(outputs, plan.branch_heads, strict=True):
-            apply_head(host, output, host.heads[head])
+    outputs = BranchOutputs(slice_output(out, span) for span in spans(plan.branch_heads, rows))
+    for output, head in zip(outputs, plan.branch_heads, strict=True):
+        apply_head(host, output, host.heads[head])
     return outputs
+
+
+class BranchOutputs(list):
+    """One output per branch (or slice) with a head of its own, in order; ``loss`` (also ``outputs["loss"]``) is
+    the sum of their losses when the forward had labels, as AdapterHub's ``MultiHeadOutput`` gives it."""
+
+    @property
+    def loss(self) -> Tensor | None:
+        losses = [out.loss for out in self]
+        return None if any(loss is None for loss in losses) else sum(losses)
+
+    @property
+    def head_outputs(self) -> list:
+        return list(self)
+
+    def __getitem__(self, key: Any) -> Any:
+        return getattr(self, key) if isinstance(key, str) else super().__getitem__(key)
 
 
 def mixed_batch(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any],

@@ -56,6 +56,10 @@ class PredictionHead(nn.Sequential):
             return super().forward(pooled)  # (B, L)
         return super().forward(x[:, 0])  # (B, L)
 
+    def get_output_embeddings(self) -> None:
+        """None: no layer of this head is tied to the word embeddings (AdapterHub's head method)."""
+        return None
+
     def loss(self, logits: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """AdapterHub's loss for the head type of ``logits`` against ``labels``: cross-entropy, BCE (multi-label),
         MSE (one label: regression) or the span loss (question answering: ``labels`` (B, 2) start and end); a tagging
@@ -86,6 +90,10 @@ class MaskedLMPredictionHead(MaskedLMHead):
         super().__init__(hidden_size, width, config["vocab_size"], config["activation_function"],
                          layer_norm_eps, bias=config.get("bias", True), numbered=True)
         self.config = dict(config)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        """The decoder, whose weight is the word embeddings' (AdapterHub's head method)."""
+        return self.decoder
 
 
 MAX_LAYERS, MAX_LABELS = 64, 1_000_000  # what a head config may declare: a file's small config must not make us
@@ -204,7 +212,7 @@ def check_known(host: AdapterHost, name: str) -> None:
 
 def delete(host: AdapterHost, name: str) -> None:
     check_known(host, name)
-    active = host.active_head
+    active = host.plan.branch_heads or host.active_head
     if active == name or (isinstance(active, Block) and name in active.flatten()):
         host.active_head = None
     del host.heads[name]
@@ -277,6 +285,14 @@ def label2id(id2label: dict[int, str] | None, num_labels: int) -> dict[str, int]
     if id2label is not None and len(id2label) != num_labels:
         raise ValueError(f"id2label has {len(id2label)} labels, num_labels is {num_labels}.")
     return None if id2label is None else {label: int(i) for i, label in id2label.items()}
+
+
+def train(host: AdapterHost, name: str) -> None:
+    """Unfreeze head ``name``'s own parameters; those it shares with the encoder (an LM decoder tied to the word
+    embeddings) stay as the encoder has them."""
+    for tensor in own_state(host, host.heads[name]).values():
+        if isinstance(tensor, nn.Parameter):
+            tensor.requires_grad_(True)
 
 
 def own_state(host: AdapterHost, head: nn.Module) -> dict[str, Tensor]:

@@ -36,6 +36,10 @@ class HFLayout(Protocol):
     def hf_prefix(self) -> str:
         """The base model's prefix in HF task checkpoints (``"bert."``)."""
 
+    @property
+    def hf_base_class(self) -> str:
+        """transformers' class of the base model (``"BertModel"``), after which AdapterHub names its classes."""
+
     def hf_site_path(self, site: str, layer: int | None) -> str | None:
         """Where AdapterHub keeps the modules of our site ``site`` (None: nowhere in this architecture)."""
 

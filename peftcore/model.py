@@ -23,10 +23,11 @@ from torch import Tensor, nn
 
 from peftcore import forward, fusion, heads, interop, merging, placement, summary
 from peftcore.changes import mutation
-from peftcore.composition import Block, Fuse, Stack, as_fuse, fusion_names, head_setup, parse_setup
+from peftcore.composition import Block, Fuse, Parallel, Stack, as_fuse, fusion_names, head_setup, parse_setup
 from peftcore.configs import DEFAULT_ADAPTER_CONFIG, AdapterConfigBase
 from peftcore.context import as_head_setup
 from peftcore.fusion import AdapterFusionConfig
+from peftcore.interop import setups
 from peftcore.methods.base import Method
 from peftcore.model_heads import HeadsMixin
 from peftcore.recording import Recorder
@@ -157,10 +158,12 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
             self._active_head = heads_of
 
     @property
-    def active_head(self) -> str | Block | None:
-        """The head the output goes through: a head name, a ``Parallel``/``BatchSplit`` of head names (one head per
-        branch or slice of the batch), or None; assigning to it is ``set_active_head``."""
-        return self.plan.branch_heads if self.plan.branch_heads is not None else self._active_head
+    def active_head(self) -> str | list[str] | Block | None:
+        """The head the output goes through: a head name, the list of a ``Parallel`` setup's heads (one per branch),
+        a ``BatchSplit`` of head names (one per slice of the batch), or None, as AdapterHub gives it; assigning to it
+        is ``set_active_head``."""
+        heads_of = self.plan.branch_heads
+        return self._active_head if heads_of is None else list(heads_of) if isinstance(heads_of, Parallel) else heads_of
 
     @active_head.setter
     def active_head(self, setup: str | Sequence[str] | Block | None) -> None:
@@ -190,9 +193,10 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
         self.model_frozen = freeze
 
     @mutation
-    def train_adapter(self, setup: str | Block | Sequence) -> None:
+    def train_adapter(self, setup: str | Block | Sequence, train_embeddings: bool = False) -> None:
         """Train mode, everything frozen but the adapters of ``setup`` (as ``set_active_adapters`` takes it) and
-        their heads, and ``setup`` active; merged adapters are refused."""
+        their heads (a decoder tied to the word embeddings stays frozen with them), and ``setup`` active; merged
+        adapters are refused. ``train_embeddings`` trains the word embeddings too (AdapterHub's)."""
         block = parse_setup(setup)
         names = () if block is None else block.flatten()
         for name in names:
@@ -208,7 +212,9 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
             for parameter in placement.parameters(self, name):
                 parameter.requires_grad_(True)
             if name in self.heads:
-                self.heads[name].requires_grad_(True)
+                heads.train(self, name)
+        if train_embeddings:
+            self.get_input_embeddings().requires_grad_(True)
 
     def _active_names(self) -> tuple[str, ...]:
         return () if self.plan.setup is None else self.plan.setup.flatten()
@@ -310,7 +316,7 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
         fusion.train(self, block, unfreeze_adapters)
         for head in (*(self.plan.branch_heads or ()), self._active_head):
             if head is not None:
-                self.heads[head].requires_grad_(True)
+                heads.train(self, head)
 
     def fusion_regularization_loss(self) -> Tensor | None:
         """AdapterHub's fusion regulariser summed over every trainable fusion layer that asks for it, or None."""
@@ -410,6 +416,27 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
         head when ``with_head``, in ``format`` (with ``use_safetensors``) as ``save_adapter`` takes them."""
         for name in self.adapter_configs:
             self.save_adapter(os.path.join(directory, name), name, with_head, format, use_safetensors)
+
+    def save_adapter_setup(self, directory: str | os.PathLike, adapter_setup: str | Block | Sequence,
+                           head_setup: str | Sequence[str] | Block | None = None, use_safetensors: bool = False,
+                           format: str | None = None) -> None:
+        """AdapterHub's setup directory ``directory``: every adapter of ``adapter_setup`` (with its head), its fusions
+        and the heads of ``head_setup``, each in a subdirectory named after it, and ``adapter_setup.json``;
+        ``format`` and ``use_safetensors`` as ``save_adapter`` takes them."""
+        setups.save(self, directory, parse_setup(adapter_setup), as_head_setup(head_setup),
+                    format or self.adapter_file_format, use_safetensors)
+
+    @mutation
+    def load_adapter_setup(self, directory: str | os.PathLike, set_active: bool = False,
+                           use_safetensors: bool = False) -> tuple[Block, str | Block | list | None]:
+        """Load what ``save_adapter_setup`` (ours or AdapterHub's) wrote into ``directory``, all of it or nothing;
+        with ``set_active`` the setup and its heads become active. Returns (setup, head setup). ``use_safetensors``
+        is AdapterHub's: a directory holds one form of each file, which is read."""
+        setup, head_setup = setups.load(self, directory)
+        self._replug_or_activate(setup if set_active else None)
+        if set_active and head_setup is not None:
+            self.active_head = head_setup
+        return setup, head_setup
 
     def write_adapters_into(self, directory: Path, merged: set[str]) -> None:
         """Every adapter, head and fusion attached, which adapters are ``merged`` (the merges may be undone while

@@ -85,6 +85,10 @@ class HeadsMixin:
         ``weights``, ``normalize_weights``, ``overwrite_ok``, ``set_active`` as in ``average_adapter``."""
         heads.average(self, head_name, head_list, weights, normalize_weights, overwrite_ok, set_active)
 
+    def get_prediction_heads_config(self) -> dict[str, dict[str, Any]]:
+        """Every head's config dict by head name (AdapterHub's)."""
+        return {name: dict(head.config) for name, head in self.heads.items()}
+
     def get_labels_dict(self, head_name: str | None = None) -> dict[int, str] | None:
         """Head ``head_name``'s (default: the active head's) label names by id; None for a head without labels."""
         return heads.labels(self, head_name)

@@ -146,11 +146,14 @@ def by_location(host: AdapterHost, name: str) -> dict[int, dict[str, nn.Module]]
     """AdapterHub's ``get_adapter``: ``{layer: {location: module}}`` of adapter ``name``, where layer -1 holds what
     sits outside the layers (``"invertible"``, and ``"shared"``: what its modules share), several modules at one
     location (LoRA's q and v, both ``"selfattn"``) come as an ``nn.ModuleList``, and an adapter the model does not
-    have gives ``{}``."""
+    have gives ``{}``. As in AdapterHub, only modules with weights are listed: prefix tuning's per-layer modules
+    without gates hold none (its prefixes are in the shared module)."""
     layers: dict[int, dict[str, nn.Module]] = {}
     if name in host.shared_parameters:
         layers[-1] = {"shared": host.shared_parameters[name]}
     for _, layer, site, module in iter_adapters(host, name):
+        if next(module.parameters(), None) is None:
+            continue
         at, location = layers.setdefault(layer, {}), LOCATIONS[site]
         if location in at:
             modules = at[location] if isinstance(at[location], nn.ModuleList) else nn.ModuleList([at[location]])

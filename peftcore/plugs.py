@@ -268,7 +268,7 @@ def prefix_slicewise(block: Block, functions: list[Callable | None], k: Tensor, 
 
 def embedding(block: str | Block, modules: Modules, site: str) -> tuple[Callable, Callable] | None:
     if isinstance(block, str):
-        return (modules[block].__call__, modules[block].inverse) if block in modules else None
+        return (modules[block].__call__, partial(modules[block].__call__, rev=True)) if block in modules else None
     compiled = [embedding(child, modules, site) for child in block]
     present = [pair for pair in compiled if pair is not None]
     if not present:

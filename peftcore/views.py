@@ -70,9 +70,10 @@ class ViewsMixin:
 
 
 class AdaptersConfig:
-    """The adapters and fusions of a model by name: ``name in view``, ``view.get(name)`` (its config, or None),
-    ``view.adapters``, ``view.fusions`` (name -> config), ``view.fusion_name_map`` (fusion name -> the adapters it
-    fuses) and ``view.get_fusion(name)`` (config and adapter names, or ``(None, None)``)."""
+    """The adapters and fusions of a model by name, in AdapterHub's shape: ``name in view``, ``view.get(name)`` (its
+    config, or None), ``view.adapters`` and ``view.fusions`` (name -> key of ``config_map`` / ``fusion_config_map``,
+    which hold the configs; the key is the name), ``view.fusion_name_map`` (fusion name -> the adapters it fuses)
+    and ``view.get_fusion(name)`` (config and adapter names, or ``(None, None)``)."""
 
     def __init__(self, host: AdapterHost) -> None:
         self.host = host
@@ -87,17 +88,25 @@ class AdaptersConfig:
         return len(self.host.adapter_configs)
 
     def __repr__(self) -> str:
-        return f"AdaptersConfig(adapters={self.adapters}, fusions={self.fusions})"
+        return f"AdaptersConfig(adapters={self.config_map}, fusions={self.fusion_config_map})"
 
     def get(self, name: str) -> AdapterConfigBase | None:
         return self.host.adapter_configs.get(name)
 
     @property
-    def adapters(self) -> dict[str, AdapterConfigBase]:
+    def adapters(self) -> dict[str, str]:
+        return {name: name for name in self.host.adapter_configs}
+
+    @property
+    def config_map(self) -> dict[str, AdapterConfigBase]:
         return dict(self.host.adapter_configs)
 
     @property
-    def fusions(self) -> dict[str, Any]:
+    def fusions(self) -> dict[str, str]:
+        return {name: name for name in self.host.fusion_configs}
+
+    @property
+    def fusion_config_map(self) -> dict[str, Any]:
         return dict(self.host.fusion_configs)
 
     @property

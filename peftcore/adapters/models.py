@@ -69,7 +69,7 @@ class ModelMapping(dict):
 
     def __getitem__(self, config: Any) -> type[PretrainedEncoder]:
         if not super().__contains__(self.key(config)):
-            raise KeyError(f"no peftcore model for {config!r}; supported model types: {sorted(self)}.")
+            raise KeyError(f"no peftcore model for model_type {self.key(config)!r}; supported: {sorted(self)}.")
         return super().__getitem__(self.key(config))
 
 

@@ -143,7 +143,7 @@ def write_head(host: AdapterHost, directory: Path, name: str, safetensors: bool)
     """Head ``name`` into ``directory``, which a save is writing atomically."""
     head = host.heads[name]  # written whole, tied LM decoder included, as AdapterHub writes heads
     # AdapterHub loads a flex head only into the class named here: its XAdapterModel (loading.py:984)
-    flex_class = f"{type(host).__name__.removesuffix('Model')}AdapterModel"
+    flex_class = f"{host.hf_base_class.removesuffix('Model')}AdapterModel"
     io.write_json(directory / HEAD_CONFIG, {"config": head.config, **described(host, name), "model_class": flex_class})
     write_tensors(directory, HEAD_WEIGHTS, {f"heads.{name}.{k}": t for k, t in head.state_dict().items()},
                   safetensors)

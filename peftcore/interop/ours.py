@@ -149,7 +149,7 @@ def write_setup(host: AdapterHost, directory: Path, merged: set[str]) -> None:
         write_head(host, directory / "heads" / name, name)
     for index, name in enumerate(names["fusions"]):  # fusion names hold commas: directories are numbered
         write_fusion(host, directory / "fusions" / str(index), name)
-    setup, head = host.active_adapters, host.active_head
+    setup, head = host.active_adapters, host.plan.branch_heads or host.active_head
     io.write_json(directory / SETUP_FILE, {
         "format": SETUP_FORMAT, "format_version": FORMAT_VERSION, **names, "merged": sorted(merged),
         "active": None if setup is None else to_json(setup), "active_head": None if head is None else to_json(head)})

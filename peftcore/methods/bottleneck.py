@@ -150,10 +150,17 @@ class BnConfig(AdapterConfigBase):
             return self.reduction_factor
         factor = self.reduction_factor.get(str(layer), self.reduction_factor.get("default"))
         if factor is None:
-            raise ValueError(f"reduction_factor {dict(self.reduction_factor)} has no entry for layer {layer} and no "
-                             "'default'; add one.")
+            raise MissingLayerEntry(f"reduction_factor {dict(self.reduction_factor)} has no entry for layer {layer} "
+                                    "and no 'default'; add one.")
         return factor
 
+
+
+class MissingLayerEntry(ValueError, KeyError):
+    """A per-layer setting without an entry for a layer the model has: a config that does not fit the model, and
+    the KeyError AdapterHub raises for it."""
+
+    __str__ = Exception.__str__  # the message as written, not quoted as KeyError quotes its key
 
 
 AdapterConfig = BnConfig  # AdapterHub's older name for the bottleneck config

@@ -72,6 +72,11 @@ class Coupling(Method):
         self.split = width // 2  # x1 = x[..., :split], x2 = x[..., split:]
         self.widths = (self.split, width - self.split)
 
+    def forward(self, x: Tensor, rev: bool = False) -> Tensor:
+        """The coupling, or with ``rev`` its inverse (AdapterHub's signature): the site calls both through
+        ``__call__``, so hooks on the module see the inverse before a language-model head too."""
+        return self.inverse(x) if rev else self.couple(x)
+
 
 class NICECoupling(Coupling):
     """Additive coupling: y1 = x1 + F(x2); y2 = x2 + G(y1). Exactly invertible."""
@@ -84,7 +89,7 @@ class NICECoupling(Coupling):
         self.F = subnet(second, first, config)
         self.G = subnet(first, second, config)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def couple(self, x: Tensor) -> Tensor:
         x1, x2 = x[..., :self.split], x[..., self.split:]
         y1 = x1 + self.F(x2)
         return torch.cat((y1, x2 + self.G(y1)), dim=-1)
@@ -113,7 +118,7 @@ class GLOWCoupling(Coupling):
     def scale(self, s: Tensor) -> Tensor:
         return torch.exp(self.clamp * 0.636 * torch.atan(s / self.clamp))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def couple(self, x: Tensor) -> Tensor:
         first, second = self.widths
         x1, x2 = x[..., :first], x[..., first:]
         s2, t2 = self.s2(x2).split((first, first), dim=-1)

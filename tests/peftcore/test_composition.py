@@ -365,10 +365,12 @@ def test_a_composition_that_cannot_run_is_refused_and_nothing_changes(setup, err
     (Split("a", "b", splits=[4, 4]), r"the sizes sum to 8, but the sequence has 6"),
 ])
 def test_sizes_that_do_not_fit_the_batch_fail_at_the_forward(setup, message):
+    """A ValueError, and the IndexError AdapterHub raises."""
     model = with_adapters("bert", {"a": "seq_bn", "b": "seq_bn"})
     model.set_active_adapters(setup)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as raised:
         hidden(model, inputs(model))
+    assert isinstance(raised.value, IndexError)
 
 
 def test_merged_adapters_compose_only_in_stacks():

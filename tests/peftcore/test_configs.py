@@ -182,9 +182,11 @@ def test_from_dict_normalises_sequences_and_layer_keys():
 
 
 def test_reduction_dict_without_default_fails_for_an_unlisted_layer():
+    """A ValueError, and the KeyError AdapterHub raises, with the message unquoted."""
     config = SeqBnConfig(reduction_factor={"0": 4})
-    with pytest.raises(ValueError, match="no entry for layer 1"):
+    with pytest.raises(ValueError, match="no entry for layer 1") as raised:
         config.reduction_for(1)
+    assert isinstance(raised.value, KeyError) and str(raised.value).startswith("reduction_factor {'0': 4}")
 
 
 def test_from_dict_refuses_an_unknown_key_and_lists_the_fields():

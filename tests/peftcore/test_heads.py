@@ -421,3 +421,26 @@ def test_a_bad_head_is_refused_clearly_and_nothing_is_added(add, message):
     with pytest.raises(ValueError, match=message):
         add(model)
     assert list(model.heads) == ["keep"] and model.active_head == "keep"
+
+
+def test_prediction_heads_config_lists_every_heads_config_by_name():
+    model = tiny_model()
+    model.add_classification_head("a", num_labels=3)
+    model.add_tagging_head("b")
+    configs = model.get_prediction_heads_config()
+    assert sorted(configs) == ["a", "b"] and configs["a"] == model.heads["a"].config
+    assert configs["a"]["head_type"] == "classification" and configs["b"]["head_type"] == "tagging"
+    assert model.heads["a"].get_output_embeddings() is None
+
+
+def test_training_a_masked_lm_head_leaves_the_tied_word_embeddings_frozen_unless_asked():
+    model = tiny_model()
+    model.add_adapter("mlm", "seq_bn")
+    model.add_masked_lm_head("mlm")
+    decoder = model.heads["mlm"].get_output_embeddings()
+    assert decoder.weight is model.get_input_embeddings().weight
+    model.train_adapter("mlm")
+    assert not decoder.weight.requires_grad
+    assert all(p.requires_grad for key, p in model.heads["mlm"].named_parameters() if key != "3.weight")
+    model.train_adapter("mlm", train_embeddings=True)
+    assert decoder.weight.requires_grad and model.get_input_embeddings().weight.requires_grad

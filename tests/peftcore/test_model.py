@@ -503,3 +503,55 @@ def test_setups_that_read_across_tokens_or_rows_keep_the_padded_layout(case):
     for mine, theirs in zip(*((o if isinstance(o, list) else [o]) for o in (out, padded)), strict=True):
         assert torch.equal(mine.last_hidden_state, theirs.last_hidden_state)
     assert model.unpadded() is bool(kwargs)  # records and mixed batches are per forward; those setups are token-wise
+
+
+# ---- AdapterHub's settable active setup and head ------------------------------------------------------------------
+
+
+def test_assigning_active_adapters_activates_as_set_active_adapters_does():
+    model = tiny_model()
+    model.add_adapter("a", "seq_bn")
+    model.add_classification_head("a")
+    model.active_head = None
+    model.active_adapters = "a"
+    assert model.active_adapters == Stack("a") and model.active_head == "a"
+    model.active_adapters = None
+    assert model.active_adapters is None and model.active_head is None
+
+
+def test_active_head_takes_a_name_a_list_or_a_block_and_refuses_unknown_heads_changing_nothing():
+    model = tiny_model()
+    for name, labels in (("a", 2), ("b", 3)):
+        model.add_adapter(name, "seq_bn")
+        model.add_classification_head(name, num_labels=labels)
+    batch = inputs(model)
+    model.active_adapters = Parallel("a", "b")
+    assert model.active_head == ["a", "b"]  # a Parallel setup's heads, as AdapterHub lists them
+    model.active_head = ["a"]  # one head for two branches: refused at the forward, as AdapterHub does
+    assert model.active_head == "a"
+    with pytest.raises(ValueError, match="runs 2 copies of the batch, but one head is active"):
+        model(**batch)
+    model.active_head = ["a", "b"]
+    assert [out.logits.shape[-1] for out in model(**batch)] == [2, 3]
+    model.active_adapters = None
+    model.active_head = BatchSplit("a", "b", batch_sizes=[1, 2])
+    assert [out.logits.shape for out in model(**batch)] == [(1, 2), (2, 3)]
+    with pytest.raises(KeyError, match="no head named 'missing'"):
+        model.active_head = BatchSplit("a", "missing", batch_sizes=[1, 2])
+    assert model.active_head == BatchSplit("a", "b", batch_sizes=[1, 2])
+    model.active_head = "b"
+    assert model(**batch).logits.shape == (3, 3)
+    model.delete_head("b")
+    assert model.active_head is None
+
+
+def test_loading_info_reports_an_exact_load(tmp_path):
+    model = tiny_model()
+    model.add_adapter("a", "lora")
+    model.add_classification_head("a")
+    model.save_adapter(tmp_path / "a", "a")
+    model.save_head(tmp_path / "head", "a")
+    other, adapter_info, head_info = tiny_model(), {}, {}
+    other.load_adapter(tmp_path / "a", loading_info=adapter_info, with_head=False)
+    other.load_head(tmp_path / "head", loading_info=head_info)
+    assert adapter_info == head_info == {"missing_keys": [], "unexpected_keys": []}

@@ -19,8 +19,10 @@ def test_adapters_config_answers_as_adapterhubs_and_follows_the_model():
     model.add_adapter_fusion(["a"], name="f")
     assert "a" in view and "missing" not in view and list(view) == ["a", "b"] and len(view) == 2
     assert view.get("b") == LoRAConfig(r=4) and view.get("missing") is None
-    assert view.adapters == {"a": SeqBnConfig(), "b": LoRAConfig(r=4)}
-    assert view.fusions == {"f": AdapterFusionConfig()} and view.fusion_name_map == {"f": ["a"]}
+    assert view.config_map == {"a": SeqBnConfig(), "b": LoRAConfig(r=4)}
+    assert view.config_map[view.adapters["a"]]["reduction_factor"] == 16  # configs read as dicts too
+    assert view.fusion_config_map == {"f": AdapterFusionConfig()} and view.fusion_name_map == {"f": ["a"]}
+    assert list(view.fusions) == ["f"]
     assert view.get_fusion("f") == (AdapterFusionConfig(), ["a"]) and view.get_fusion("g") == (None, None)
     model.delete_adapter_fusion("f")
     model.delete_adapter("a")
