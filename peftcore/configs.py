@@ -314,6 +314,9 @@ def register(config_class: type[AdapterConfigBase] | None = None,
 NAME_WITH_OVERRIDES = re.compile(r"^\s*([^\[\]\s]+)\s*(?:\[(.*)\])?\s*$", re.DOTALL)
 
 
+BARE_WORD = re.compile(r"[A-Za-z_][\w.+-]*")  # an unquoted string value: an activation or init name
+
+
 def parse(text: str) -> AdapterConfigBase:
     """The config ``text`` names: ``"name"`` or ``"name[key=value, ...]"``, values Python literals
     (``ast.literal_eval``, else bare words); ``"a|b"`` is the ConfigUnion of a and b."""
@@ -333,7 +336,10 @@ def parse(text: str) -> AdapterConfigBase:
         try:
             overrides[key.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):
-            overrides[key.strip()] = value.strip()  # a bare word such as relu
+            if not BARE_WORD.fullmatch(value.strip()):
+                raise ValueError(f"override {item!r} in {text!r}: {value.strip()!r} is neither a Python literal nor "
+                                 "a bare word such as relu.") from None
+            overrides[key.strip()] = value.strip()
     return ADAPTER_CONFIG_MAP[name].replace(**overrides) if overrides else ADAPTER_CONFIG_MAP[name]
 
 

@@ -232,12 +232,17 @@ def split_labels(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Tensor | None]
 
 def add_losses(host: AdapterHost, outputs: Any, labels: Tensor, attention_mask: Tensor | None) -> None:
     """Set each output's ``loss``: its head's loss (an adapter head's own ``loss``, the model's ``head_loss`` for its
-    own head) of its logits against ``labels``; a Parallel setup's branches each against all of ``labels``."""
+    own head) of its logits against ``labels``; a Parallel setup's branches each against all of ``labels`` (one
+    output holding every branch's copy of the batch: against ``labels`` once per copy)."""
     outputs = outputs if isinstance(outputs, list) else [outputs]
     branches = host.plan.branch_heads
     if branches is not None and not isinstance(branches, Parallel):
         raise ValueError("labels with a BatchSplit: each slice has its own head and rows; compute each slice's loss "
                          "from its logits.")
+    copies = 1 if branches is not None or host.plan.setup is None else host.plan.setup.parallel_channels
+    if copies > 1:
+        labels = labels.repeat(copies, *(1,) * (labels.dim() - 1))
+        attention_mask = None if attention_mask is None else attention_mask.repeat(copies, 1)
     heads = [current_head(host, host.head)] * len(outputs) if branches is None else [host.heads[b] for b in branches]
     for out, head in zip(outputs, heads, strict=True):
         if head is None:

@@ -1,13 +1,15 @@
 """Run AdapterHub's own test suite against ``peftcore.adapters``: ``adapters`` resolves to it, nothing else changes.
 
-    python tools/adapterhub_suite.py ADAPTERS_REPO [--nodes FILE] [pytest arguments ...]
+    python tools/adapterhub_suite.py ADAPTERS_REPO [--api] [--nodes FILE] [pytest arguments ...]
 
 The user's other change, ``from transformers import BertForSequenceClassification`` to ``from peftcore.adapters
 import ...``, is made by pointing transformers' task classes at peftcore.adapters' (``swap_task_classes``).
 
 ADAPTERS_REPO is a checkout of github.com/adapter-hub/adapters (its ``tests/``; none of its code is copied here), run
 from a Python environment with its test dependencies (transformers, datasets, pytest) and peftcore installed.
-``--nodes FILE`` runs the pytest node ids listed in FILE, one per line.
+``--api`` runs the API-level selection issue 17 measures (``API_TESTS``: the method, core, heads and composition
+classes of the BERT and RoBERTa test modules and five files of ``tests/test_misc``); ``--nodes FILE`` runs the
+pytest node ids listed in FILE, one per line (e.g. those of the selection that AdapterHub itself passes).
 
 AdapterHub's test modules import, at module level, names of methods peftcore does not have yet (issue 19: prompt
 tuning, ReFT, VeRA, DoRA, MTL-LoRA, MultiTask) and of things it will not have (causal-LM heads, the
@@ -48,6 +50,13 @@ MISSING = {  # module of AdapterHub's package -> names peftcore.adapters lacks -
                          "logger": "AdapterTrainer's logger"},
     "adapters.utils": {"find_in_index": "AdapterHub Hub lookups"},
 }
+API_TESTS = [
+    *(f"tests/test_methods/test_on_{model}.py::{cls}" for model in ("bert", "roberta")
+      for cls in ("Core", "Heads", "Composition", "PrefixTuning", "UniPELT", "Compacter", "Bottleneck", "IA3", "LoRA",
+                  "ConfigUnion")),
+    *(f"tests/test_misc/test_adapter_{name}.py" for name in ("composition", "config", "fusion_config", "safetensors",
+                                                             "save_id2label")),
+]
 ARCHITECTURES = {"MTLLoRAConfig": "mtl_lora"}  # AdapterHub's config.architecture, which names generated tests
 OURS = {"adapters.models.auto.adapter_model": "peftcore.adapters.models",
         "adapters.configuration.adapter_config": "peftcore.adapters.configuration",
@@ -111,6 +120,8 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 2
     repo, rest = argv[0], argv[1:]
+    if "--api" in rest:
+        rest = [arg for arg in rest if arg != "--api"] + API_TESTS
     if "--nodes" in rest:
         at = rest.index("--nodes")
         with open(rest[at + 1]) as file:

@@ -443,3 +443,9 @@ def test_a_union_of_bottlenecks_in_disjoint_layers_gives_adapterhubs_outputs_bot
     union = ConfigUnion(SeqBnConfig(leave_out=[1]), DoubleSeqBnConfig(leave_out=[0], reduction_factor=2))
     directory, theirs, ids, mask = adapterhub_trained("bert", union.to_dict())
     assert assert_adapterhub_round_trip(directory, theirs, ids, mask, tmp_path).adapter_configs["a"] == union
+
+
+def test_an_override_that_is_neither_a_literal_nor_a_bare_word_is_refused():
+    assert parse("seq_bn[non_linearity=gelu_new]").non_linearity == "gelu_new"
+    with pytest.raises(ValueError, match=r"'dict\(default=1\)' is neither a Python literal nor a bare word"):
+        parse("double_seq_bn[reduction_factor=dict(default=1)]")

@@ -555,3 +555,31 @@ def test_loading_info_reports_an_exact_load(tmp_path):
     other.load_adapter(tmp_path / "a", loading_info=adapter_info, with_head=False)
     other.load_head(tmp_path / "head", loading_info=head_info)
     assert adapter_info == head_info == {"missing_keys": [], "unexpected_keys": []}
+
+
+def test_parallel_branches_with_heads_give_a_summed_loss_and_without_heads_one_output():
+    model = tiny_model()
+    for name, labels in (("a", 2), ("b", 3)):
+        model.add_adapter(name, "seq_bn")
+        model.add_classification_head(name, num_labels=labels)
+    batch, labels = inputs(model), torch.tensor([1, 0, 1])
+    model.active_adapters = Parallel("a", "b")
+    outputs = model(**batch, labels=labels)
+    assert len(outputs) == 2 and outputs.head_outputs == list(outputs)
+    torch.testing.assert_close(outputs.loss, outputs[0].loss + outputs[1].loss)
+    assert outputs["loss"] is not None
+    assert model(**batch).loss is None  # no labels, no loss
+    model.active_head = None
+    both = model(**batch)
+    assert both.last_hidden_state.shape[0] == 6  # the batch's two copies, one after the other
+
+
+def test_labels_for_a_parallel_setup_through_the_models_own_head_count_every_copy():
+    model = tiny_model(head="sequence_classification", num_labels=2)
+    for name in ("a", "b"):
+        model.add_adapter(name, "seq_bn")
+    batch, labels = inputs(model), torch.tensor([1, 0, 1])
+    model.active_adapters = Parallel("a", "b")
+    out = model(**batch, labels=labels)
+    assert out.logits.shape == (6, 2)
+    torch.testing.assert_close(out.loss, nn.functional.cross_entropy(out.logits, labels.repeat(2)))

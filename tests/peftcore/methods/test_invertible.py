@@ -11,6 +11,7 @@ from adapters.methods.modeling import GLOWCouplingBlock, NICECouplingBlock
 from peftcore import BnConfig, DoubleSeqBnInvConfig, SeqBnConfig, SeqBnInvConfig
 from peftcore.methods.invertible import GLOWCoupling, NICECoupling
 from peftcore.models import BertConfig, BertModel
+from tests.archs import tiny_model
 
 GLOW = SeqBnConfig(inv_adapter="glow", inv_adapter_reduction_factor=2)
 COUPLINGS = {"nice": (NICECoupling, SeqBnInvConfig()), "glow": (GLOWCoupling, GLOW)}
@@ -152,3 +153,17 @@ def test_invertible_adapter_transforms_the_embedding_output_and_the_lm_head_deco
     finally:
         masked_lm.set_active_adapters(None)
         masked_lm.delete_adapter("lang")
+
+
+def test_hooks_on_an_invertible_adapter_see_the_coupling_and_its_inverse_before_an_lm_head():
+    """The site calls the module for both (AdapterHub's ``forward(x, rev=True)``), so hooks fire twice."""
+    model = tiny_model()
+    model.add_adapter("lang", "seq_bn_inv")
+    model.add_masked_lm_head("lang")
+    model.set_active_adapters("lang")
+    calls = []
+    model.invertible_adapters["lang"].register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs),
+                                                                with_kwargs=True)
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[1, 2, 3]]))
+    assert calls == [{}, {"rev": True}]
