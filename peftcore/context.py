@@ -20,7 +20,8 @@ class AdapterSetup:
     ``adapter_setup`` is what ``set_active_adapters`` takes (None: no adapter); ``head_setup`` names the heads (a
     name, a list of names or a ``Parallel``/``BatchSplit`` of them), by default those named after the setup's last
     adapters, as ``set_active_adapters`` picks them. Models without adapter heads keep their own head. With
-    ``ignore_empty``, a setup of no adapters and no heads leaves the active one in force.
+    ``ignore_empty``, a setup of no adapters and no heads leaves the active one in force. A forward compiled with
+    ``torch.compile`` runs the active setup (the compiler cannot read the context): activate the setup instead.
     """
 
     def __init__(self, adapter_setup: str | Block | Sequence | None, head_setup: Any = None,

@@ -69,7 +69,8 @@ class AdapterHost(HFLayout, Protocol):
     fused_adapters: dict[str, tuple[str, ...]]
     heads: nn.ModuleDict
     shared_parameters: nn.ModuleDict
-    active_head: str | None
+    active_head: Any  # a head name, a Parallel's heads (list), a BatchSplit of heads or None (model.py)
+    _active_head: str | None  # the one head of the output when no branch has its own (forward.py swaps it)
     plan: Any  # the installed setup.Plan (setup.py imports this module, so it is not named here)
     recorder: Recorder
 
