@@ -231,6 +231,18 @@ def check_fit(expected: Mapping[str, tuple[nn.Module, str]], state: Mapping[str,
     return targets
 
 
+def lenient(expected: Mapping[str, tuple[nn.Module, str]], state: Mapping[str, Tensor], report: dict | None
+            ) -> tuple[dict[str, tuple[nn.Module, str]], dict[str, Tensor]]:
+    """AdapterHub's loading, as an option: the keys ``expected`` and ``state`` share (the rest keeps its fresh
+    values), with the missing and the unexpected keys added to ``report``'s ``missing_keys``/``unexpected_keys``.
+    Shapes and values of the shared keys are still checked (``check_fit``)."""
+    if report is not None:
+        report.setdefault("missing_keys", []).extend(sorted(set(expected) - set(state)))
+        report.setdefault("unexpected_keys", []).extend(sorted(set(state) - set(expected)))
+    return {key: slot for key, slot in expected.items() if key in state}, {
+        key: tensor for key, tensor in state.items() if key in expected}
+
+
 def fill(expected: Mapping[str, tuple[nn.Module, str]], state: Mapping[str, Tensor], what: str) -> None:
     """Copy ``state`` into the modules ``expected`` names, after ``check_fit``; nothing is copied unless all fits."""
     with torch.no_grad():

@@ -457,12 +457,14 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
 
     @mutation
     def load_adapter(self, directory: str | os.PathLike, load_as: str | None = None, set_active: bool = False,
-                     with_head: bool = True, loading_info: dict | None = None) -> str:
+                     with_head: bool = True, loading_info: dict | None = None, strict: bool = True) -> str:
         """Load the adapter in ``directory`` (ours, AdapterHub's or HF PEFT's), named ``load_as`` if given, with the
         head saved beside it when ``with_head``, activated with ``set_active``; everything is checked before the model
-        changes. Returns the adapter's name. ``loading_info`` (a dict) gets AdapterHub's ``missing_keys`` and
-        ``unexpected_keys``: empty, as a load that is not exact raises instead."""
-        name = interop.load_adapter(self, directory, load_as, with_head)
+        changes, and a file that does not fit exactly is refused. Returns the adapter's name.
+
+        ``strict`` False is AdapterHub's loading, the default of ``peftcore.adapters``' classes: tensors the file
+        lacks keep their fresh values and tensors the adapter lacks are ignored (shapes must still fit), both listed
+        in ``loading_info`` (a dict: ``missing_keys``, ``unexpected_keys``, which a strict load leaves empty)."""
+        name = interop.load_adapter(self, directory, load_as, with_head, strict, loading_info)
         self._replug_or_activate(name if set_active else None)
-        interop.report_exact(loading_info)
         return name

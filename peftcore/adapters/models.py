@@ -11,6 +11,7 @@ the core's.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, ClassVar
 
 from peftcore.models import MODEL_CLASSES, PretrainedEncoder
@@ -42,8 +43,18 @@ class AdapterHubModel:
     # AdapterHub's loads take use_safetensors to pick between the two forms of its files; a save here replaces both
     # forms, so a directory holds one, and it is read whichever it is.
 
-    def load_adapter(self, path: str | os.PathLike, *args: Any, use_safetensors: bool = False, **kwargs: Any) -> str:
-        return super().load_adapter(path, *args, **kwargs)
+    def load_adapter(self, path: str | os.PathLike, *args: Any, use_safetensors: bool = False,
+                     loading_info: dict | None = None, strict: bool = False, **kwargs: Any) -> str:
+        """The core's ``load_adapter`` with AdapterHub's loading by default (``strict=False``): what the file lacks
+        keeps its fresh values and what the adapter lacks is ignored, listed in ``loading_info`` or, without one, in
+        a warning (AdapterHub logs them)."""
+        report: dict = {} if loading_info is None else loading_info
+        name = super().load_adapter(path, *args, loading_info=report, strict=strict, **kwargs)
+        if loading_info is None and (report.get("missing_keys") or report.get("unexpected_keys")):
+            warnings.warn(f"adapter {name!r} loaded from {os.fspath(path)!r} without tensors "
+                          f"{report['missing_keys']} (they keep their fresh values) and ignoring "
+                          f"{report['unexpected_keys']}; pass strict=True to refuse such a file.", stacklevel=2)
+        return name
 
     def load_adapter_fusion(self, path: str | os.PathLike, *args: Any, use_safetensors: bool = False,
                             **kwargs: Any) -> str:

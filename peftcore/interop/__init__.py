@@ -45,16 +45,27 @@ def read_adapter(host: AdapterHost, directory: str | os.PathLike, with_head: boo
 
 
 def report_exact(loading_info: dict | None) -> None:
-    """Fill AdapterHub's ``loading_info`` after a load that succeeded: ours are exact (a load that is not raises,
+    """Fill AdapterHub's ``loading_info`` after a strict load that succeeded: it was exact (one that is not raises,
     having changed nothing), so no key is missing or unexpected."""
     if loading_info is not None:
         loading_info.update(missing_keys=[], unexpected_keys=[])
 
 
-def load_adapter(host: AdapterHost, directory: str | os.PathLike, load_as: str | None, with_head: bool) -> str:
-    """Read, check and attach an adapter directory; returns the adapter's name."""
+def load_adapter(host: AdapterHost, directory: str | os.PathLike, load_as: str | None, with_head: bool,
+                 strict: bool = True, loading_info: dict | None = None) -> str:
+    """Read, check and attach an adapter directory; returns the adapter's name. Without ``strict``, AdapterHub's
+    loading: tensors the file lacks keep their fresh values, tensors the adapter lacks are ignored, and both are
+    listed in ``loading_info`` (``missing_keys``, ``unexpected_keys``, our key names)."""
     saved = read_adapter(host, directory, with_head)
-    return install(host, saved, load_as or saved.name, str(directory))
+    if strict:
+        name = install(host, saved, load_as or saved.name, str(directory))
+        report_exact(loading_info)
+        return name
+    report = {"missing_keys": [], "unexpected_keys": []}
+    name = install(host, saved, load_as or saved.name, str(directory), strict=False, report=report)
+    if loading_info is not None:
+        loading_info.update(report)
+    return name
 
 
 def save_adapter(host: AdapterHost, directory: str | os.PathLike, name: str, with_head: bool, format: str,

@@ -61,16 +61,23 @@ def check_model(host: AdapterHost, model_type: str | None, hidden_size: int | No
         raise ValueError(f"{what} for hidden size {hidden_size}; this model's is {host.config.hidden_size}.")
 
 
-def install(host: AdapterHost, saved: SavedAdapter, name: str, source: str) -> str:
-    """Build, fill and check every module of ``saved`` off the model, then attach them all."""
+def install(host: AdapterHost, saved: SavedAdapter, name: str, source: str, strict: bool = True,
+            report: dict | None = None) -> str:
+    """Build, fill and check every module of ``saved`` off the model, then attach them all. Without ``strict``,
+    the adapter's tensors load as AdapterHub loads them (``io.lenient``: missing and unexpected keys go to
+    ``report``)."""
     placement.check_name(name)
     if name in host.adapter_configs:
         raise ValueError(f"the model already has an adapter {name!r}; pass load_as='another_name' or delete it.")
     check_model(host, saved.model_type, saved.hidden_size, f"{source} holds an adapter")
     what = f"{source}: adapter {saved.name!r}"
-    io.check_fit(placement.build(host, saved.config, meta=True).slots(), saved.state, what)  # before allocating
+    slots, state = placement.build(host, saved.config, meta=True).slots(), saved.state
+    if not strict:
+        slots, state = io.lenient(slots, state, report)
+    io.check_fit(slots, state, what)  # before allocating
     built = placement.build(host, saved.config)
-    io.fill(built.slots(), saved.state, what)
+    io.fill(built.slots() if strict else {key: slot for key, slot in built.slots().items() if key in state}, state,
+            what)
     if saved.head_config is not None and name in host.heads:
         raise ValueError(f"the model has a head {name!r} already and {source} holds one; delete_head({name!r}), "
                          "load under another name (load_as=...), or pass with_head=False.")

@@ -7,6 +7,7 @@ import itertools
 from types import SimpleNamespace
 
 import pytest
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -583,3 +584,30 @@ def test_labels_for_a_parallel_setup_through_the_models_own_head_count_every_cop
     out = model(**batch, labels=labels)
     assert out.logits.shape == (6, 2)
     torch.testing.assert_close(out.loss, nn.functional.cross_entropy(out.logits, labels.repeat(2)))
+
+
+def test_a_lenient_load_fills_what_fits_and_lists_the_rest_where_a_strict_one_refuses(tmp_path):
+    """strict=False is AdapterHub's loading: the file's tensor the adapter lacks is ignored, the adapter's tensor the
+    file lacks keeps its fresh value, both listed; shapes must still fit. The default stays strict."""
+    model = tiny_model()
+    model.add_adapter("a", "seq_bn")
+    with torch.no_grad():
+        for parameter in model.adapter_parameters("a"):
+            parameter.fill_(0.25)
+    model.save_adapter(tmp_path, "a", with_head=False)
+    weights = tmp_path / "adapter_model.safetensors"
+    state = safetensors.torch.load_file(weights)
+    dropped = sorted(state)[0]
+    state["layers.0.ffn.residual.adapters.extra"] = torch.zeros(2)
+    del state[dropped]
+    safetensors.torch.save_file(state, weights)
+    strict = tiny_model()
+    with pytest.raises(ValueError, match="does not fit this model"):
+        strict.load_adapter(tmp_path)
+    assert strict.adapter_configs == {}
+    lenient, info = tiny_model(), {}
+    lenient.load_adapter(tmp_path, strict=False, loading_info=info)
+    assert info == {"missing_keys": [dropped], "unexpected_keys": ["layers.0.ffn.residual.adapters.extra"]}
+    loaded = lenient.adapter_state("a")
+    assert all(torch.all(t == 0.25) for key, t in loaded.items() if key != dropped)
+    assert not torch.all(loaded[dropped] == 0.25)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import adapters as adapterhub
 import pytest
+import safetensors.torch
 import torch
 import transformers as tf
 
@@ -114,3 +115,20 @@ def test_the_namespace_is_adapterhubs_for_what_peftcore_has():
             "init", "load_model", "ADAPTER_CONFIG_MAP", "ADAPTERFUSION_CONFIG_MAP"} <= ours
     assert adapters.AdapterConfig.load("lora[r=4]") == adapters.LoRAConfig(r=4)
     assert adapters.__version__ == adapterhub.__version__
+
+
+def test_adapterhubs_loading_is_the_default_here_and_says_what_it_left_out(tmp_path):
+    model = adapters.BertAdapterModel(hf_config())
+    model.add_adapter("a", "seq_bn")
+    model.save_adapter(tmp_path, "a", format="peftcore", with_head=False)
+    weights = tmp_path / "adapter_model.safetensors"
+    state = safetensors.torch.load_file(weights)
+    state["extra"] = torch.zeros(1)
+    safetensors.torch.save_file(state, weights)
+    with pytest.warns(UserWarning, match=r"ignoring \['extra'\]; pass strict=True"):
+        adapters.BertAdapterModel(hf_config()).load_adapter(tmp_path)
+    info = {}
+    adapters.BertAdapterModel(hf_config()).load_adapter(tmp_path, loading_info=info)
+    assert info == {"missing_keys": [], "unexpected_keys": ["extra"]}
+    with pytest.raises(ValueError, match="does not fit"):
+        adapters.BertAdapterModel(hf_config()).load_adapter(tmp_path, strict=True)
