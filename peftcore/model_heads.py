@@ -106,11 +106,12 @@ class HeadsMixin:
     @mutation
     def load_head(self, directory: str | os.PathLike, load_as: str | None = None,
                   id2label: dict[int, str] | None = None, set_active: bool = True,
-                  loading_info: dict | None = None) -> str:
+                  loading_info: dict | None = None, overwrite_ok: bool = False) -> str:
         """Load the head in ``directory`` (``save_head``'s, ours or AdapterHub's) named ``load_as`` if given, with the
-        label names ``id2label`` if given, the active head unless ``set_active`` is False; returns its name.
-        ``loading_info`` (a dict) gets AdapterHub's ``missing_keys`` and ``unexpected_keys``: empty, as a load that
-        is not exact raises."""
-        name = interop.load_head(self, directory, load_as, id2label, set_active)
+        label names ``id2label`` if given, the active head unless ``set_active`` is False; returns its name. A head
+        of that name is refused unless ``overwrite_ok`` (AdapterHub replaces it: the default of
+        ``peftcore.adapters``' classes). ``loading_info`` (a dict) gets AdapterHub's ``missing_keys`` and
+        ``unexpected_keys``: empty, as a load that is not exact raises."""
+        name = interop.load_head(self, directory, load_as, id2label, set_active, overwrite_ok)
         interop.report_exact(loading_info)
         return name

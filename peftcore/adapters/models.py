@@ -60,8 +60,10 @@ class AdapterHubModel:
                             **kwargs: Any) -> str:
         return super().load_adapter_fusion(path, *args, **kwargs)
 
-    def load_head(self, path: str | os.PathLike, *args: Any, use_safetensors: bool = False, **kwargs: Any) -> str:
-        return super().load_head(path, *args, **kwargs)
+    def load_head(self, path: str | os.PathLike, *args: Any, use_safetensors: bool = False,
+                  overwrite_ok: bool = True, **kwargs: Any) -> str:
+        """The core's ``load_head``, replacing a head of the same name as AdapterHub does (``overwrite_ok``)."""
+        return super().load_head(path, *args, overwrite_ok=overwrite_ok, **kwargs)
 
 
 def adapterhub_class(base: type[PretrainedEncoder], name: str, head: str | None) -> type[PretrainedEncoder]:

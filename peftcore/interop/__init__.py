@@ -133,16 +133,16 @@ def save_head(host: AdapterHost, directory: str | os.PathLike, name: str | None,
 
 
 def load_head(host: AdapterHost, directory: str | os.PathLike, load_as: str | None,
-              id2label: dict[int, str] | None, set_active: bool) -> str:
+              id2label: dict[int, str] | None, set_active: bool, overwrite_ok: bool = False) -> str:
     """Read a head directory (ours or AdapterHub's), its labels replaced by ``id2label`` if given, check it off the
-    model and attach it as ``load_as`` (default: its saved name), the active head when ``set_active``; returns the
-    head's name."""
+    model and attach it as ``load_as`` (default: its saved name; a head of that name is replaced with
+    ``overwrite_ok``), the active head when ``set_active``; returns the head's name."""
     directory = existing(directory, "head")
     raw = io.read_json(io.require(directory / ours.HEAD_CONFIG_FILE))  # one name in both formats
     saved = ours.read_head(directory, raw) if ours.is_our_head(raw) else adapterhub.read_head(directory, raw)
     if id2label is not None:
         saved.config = {**saved.config, "label2id": heads.label2id(id2label, saved.config.get("num_labels"))}
-    name, head = checked_head(host, saved, load_as, str(directory))
+    name, head = checked_head(host, saved, load_as, str(directory), overwrite_ok)
     heads.attach(host, name, head)
     if set_active:
         host.active_head = name

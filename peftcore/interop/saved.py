@@ -111,16 +111,17 @@ def head_fit(host: AdapterHost, head: nn.Module, state: dict[str, Tensor]
     return {key: (head, key) for key in own}, {key: t for key, t in state.items() if key not in tied}
 
 
-def checked_head(host: AdapterHost, saved: SavedHead, name: str | None, source: str) -> tuple[str, nn.Module]:
+def checked_head(host: AdapterHost, saved: SavedHead, name: str | None, source: str, overwrite_ok: bool = False
+                 ) -> tuple[str, nn.Module]:
     """A saved head built and filled off the model under ``name`` (default: its saved name), once the name is free
-    and the head fits the model; attaches nothing."""
+    (or ``overwrite_ok``) and the head fits the model; attaches nothing."""
     name = name or saved.name
     if not isinstance(name, str) or not name:
         raise ValueError(f"{source} names no head; pass load_as='a_name'.")
     placement.check_name(name)
-    if name in host.heads:
-        raise ValueError(f"the model has a head {name!r} already; delete_head({name!r}) or pass "
-                         "load_as='another_name'.")
+    if name in host.heads and not overwrite_ok:
+        raise ValueError(f"the model has a head {name!r} already; delete_head({name!r}), pass "
+                         "load_as='another_name', or overwrite_ok=True to replace it.")
     check_model(host, saved.model_type, saved.hidden_size, f"{source} holds a head")
     return name, built_head(host, saved.config, saved.state, f"{source}: head {name!r}")
 

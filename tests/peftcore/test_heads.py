@@ -331,15 +331,19 @@ def test_save_head_without_a_name_saves_the_only_head_and_refuses_several(tmp_pa
     assert not (tmp_path / "two").exists() and not (tmp_path / "nope").exists()
 
 
-def test_loading_a_head_under_a_taken_name_is_refused_and_nothing_changes(tmp_path):
+def test_loading_a_head_under_a_taken_name_is_refused_and_nothing_changes_unless_overwrite_ok(tmp_path):
     model = tiny_model()
     model.add_classification_head("h", num_labels=3)
     model.save_head(tmp_path / "h", "h")
+    with torch.no_grad():
+        model.heads["h"][1].bias.fill_(1.0)
     model.add_tagging_head("t")
     before = fingerprint(model)
-    with pytest.raises(ValueError, match=r"has a head 'h' already; delete_head\('h'\) or pass load_as"):
+    with pytest.raises(ValueError, match=r"has a head 'h' already; delete_head\('h'\), pass load_as"):
         model.load_head(tmp_path / "h")
     assert_unchanged(model, before)
+    assert model.load_head(tmp_path / "h", overwrite_ok=True, set_active=False) == "h"  # AdapterHub's reload
+    assert not torch.all(model.heads["h"][1].bias == 1.0) and model.active_head == "t"
 
 
 @pytest.mark.parametrize(("weights", "normalize", "expected"), [

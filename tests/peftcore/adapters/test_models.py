@@ -132,3 +132,13 @@ def test_adapterhubs_loading_is_the_default_here_and_says_what_it_left_out(tmp_p
     assert info == {"missing_keys": [], "unexpected_keys": ["extra"]}
     with pytest.raises(ValueError, match="does not fit"):
         adapters.BertAdapterModel(hf_config()).load_adapter(tmp_path, strict=True)
+
+
+def test_loading_a_head_over_one_of_its_name_replaces_it_as_adapterhub_does(tmp_path):
+    model = adapters.BertAdapterModel(hf_config())
+    model.add_tagging_head("tags", num_labels=3, id2label={0: "O", 1: "B", 2: "I"})
+    model.save_head(tmp_path, "tags")
+    with torch.no_grad():
+        model.heads["tags"][1].weight.zero_()
+    assert model.load_head(tmp_path) == "tags"
+    assert model.get_labels("tags") == ["O", "B", "I"] and model.heads["tags"][1].weight.abs().sum() > 0
