@@ -194,8 +194,8 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
     def config_from(cls, config: EncoderConfig | Mapping[str, Any] | Any, **overrides: Any) -> EncoderConfig:
         """Our config from ``config``: one of ours, a transformers config.json dict, or an object whose
         ``to_diff_dict()`` or ``to_dict()`` gives one (a transformers config object, read without importing
-        transformers). ``overrides`` replace
-        fields, e.g. ``head="sequence_classification"`` (the pooler then follows that head's transformers class)."""
+        transformers). ``overrides`` replace fields, e.g. ``head="sequence_classification"`` (the pooler then
+        follows that head's transformers class)."""
         if "head" in overrides and "add_pooling_layer" not in overrides:
             overrides["add_pooling_layer"] = cls.architecture.pooler_for(overrides["head"])
         if isinstance(config, cls.config_class):

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from contextvars import ContextVar, Token
 from typing import Any
 
-from peftcore.composition import Block, Parallel, head_setup, parse_setup
+from peftcore.composition import Block, Parallel, parse_setup
+from peftcore.composition import head_setup as default_heads
 
 CURRENT: ContextVar[AdapterSetup | None] = ContextVar("peftcore_adapter_setup", default=None)
 
@@ -27,7 +28,8 @@ class AdapterSetup:
     def __init__(self, adapter_setup: str | Block | Sequence | None, head_setup: Any = None,
                  ignore_empty: bool = False) -> None:
         self.adapter_setup = parse_setup(adapter_setup)
-        self.head_setup = as_head_setup(head_setup) if head_setup else default_heads(self.adapter_setup)
+        self.head_setup = (as_head_setup(head_setup) if head_setup
+                           else None if self.adapter_setup is None else default_heads(self.adapter_setup))
         self.empty = ignore_empty and self.adapter_setup is None and self.head_setup is None
         self.tokens: list[Token] = []
 
@@ -57,5 +59,10 @@ def as_head_setup(heads: str | Sequence[str] | Block | None) -> str | Block | No
     return heads or None
 
 
-def default_heads(setup: Block | None) -> str | Block | None:
-    return None if setup is None else head_setup(setup)
+def head_names(heads: str | Sequence[str] | Block | None) -> list[str]:
+    """The head names a head setup (as ``as_head_setup`` takes it) holds, in order."""
+    if heads is None:
+        return []
+    if isinstance(heads, str):
+        return [heads]
+    return list(heads.flatten() if isinstance(heads, Block) else heads)

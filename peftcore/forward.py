@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from peftcore import placement
 from peftcore.composition import BASE, BatchSplit, Block, Parallel, spans
-from peftcore.context import AdapterSetup, current_setup
+from peftcore.context import AdapterSetup, current_setup, head_names
 from peftcore.host import AdapterHost
 from peftcore.setup import Plan, compile_plan, guard
 from peftcore.sites import MaskedLMHead
@@ -45,7 +45,7 @@ def run(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict
     with guard(host).changing():
         plan, head = context_plan(host, context)
         with swapped(host, plan, head):
-                return with_losses(host, run_setup(host, encode, args, kwargs, gates, fusions, None), labels, kwargs,
+            return with_losses(host, run_setup(host, encode, args, kwargs, gates, fusions, None), labels, kwargs,
                                None)
 
 
@@ -157,24 +157,33 @@ def context_plan(host: AdapterHost, context: AdapterSetup) -> tuple[Plan, str | 
     heads take over where the model has adapter heads (as in AdapterHub; unknown ones are refused), else the active
     head stays."""
     heads = context.head_setup if len(host.heads) else None
-    for head in () if heads is None else (heads,) if isinstance(heads, str) else heads.flatten():
+    for head in head_names(heads):
         if head not in host.heads:
             raise ValueError(f"{context!r} names head {head!r}, which this model does not have (it has "
                              f"{sorted(host.heads)}); pass head_setup= to AdapterSetup.")
     branch_heads = heads if isinstance(heads, Block) else None
-    cache, key = host.plan.mixed, ("context", context.adapter_setup, heads)
+    plan = kept_plan(host, ("context", context.adapter_setup, heads),
+                     lambda: compile_plan(host, context.adapter_setup, branch_heads))
+    single = host._active_head if heads is None else heads if isinstance(heads, str) else None
+    return plan, single
+
+
+def kept_plan(host: AdapterHost, key: tuple, compile: Callable[[], Plan]) -> Plan:
+    """The plan kept under ``key`` with the active plan (the oldest of ``MIXED_PLANS_KEPT`` makes room), compiled
+    by ``compile`` the first time."""
+    cache = host.plan.mixed
     if key not in cache:
+        plan = compile()
         if len(cache) >= MIXED_PLANS_KEPT:
             del cache[next(iter(cache))]
-        cache[key] = compile_plan(host, context.adapter_setup, branch_heads)
-    return cache[key], host._active_head if heads is None else None if branch_heads is not None else heads
+        cache[key] = plan
+    return cache[key]
 
 
 def mixed_plan(host: AdapterHost, groups: tuple[str, ...], sizes: tuple[int, ...]) -> Plan:
     """The plan of a mixed batch's grouping: a BatchSplit over the groups, run padded (the groups are batch rows,
     which packing would merge), the heads left to ``mixed_heads``; compiled once per grouping."""
-    cache = host.plan.mixed
-    if (groups, sizes) not in cache:
+    def compile_grouping() -> Plan:
         merged = sorted(placement.merged(host))
         if merged:
             raise ValueError(f"adapters {merged} are merged into the weights and would act on every row; "
@@ -182,10 +191,9 @@ def mixed_plan(host: AdapterHost, groups: tuple[str, ...], sizes: tuple[int, ...
         setup = BatchSplit(*groups, batch_sizes=list(sizes))
         named = [name for name in groups if name != BASE]
         heads = setup if named and all(name in host.heads for name in named) else None
-        if len(cache) >= MIXED_PLANS_KEPT:
-            del cache[next(iter(cache))]
-        cache[groups, sizes] = compile_plan(host, setup, branch_heads=heads, token_wise=False)
-    return cache[groups, sizes]
+        return compile_plan(host, setup, branch_heads=heads, token_wise=False)
+
+    return kept_plan(host, (groups, sizes), compile_grouping)
 
 
 def mixed_heads(host: AdapterHost, out: Any, setup: BatchSplit) -> None:

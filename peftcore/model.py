@@ -5,10 +5,9 @@ This class holds the adapter state of a model and is a thin facade: each call th
 all-or-nothing and runs alone (``@mutation``, changes.py), checks its arguments, does its work in the module whose
 job it is — placement.py (adding, deleting, reading adapters), setup.py (activating), forward.py (running),
 merging.py (merge, reset, average, eject), fusion.py, summary.py, interop/ (files) — and re-plugs the sites when it
-changed what they run; the head calls come from model_heads.py,
-AdapterHub's read-only views of the state from views.py. It knows models only through the site protocol
-(``find_sites``) and a ``config`` with ``hidden_size``; models/ uses ``init_adapters``, ``run_adapters``,
-``unpadded`` and ``apply_active_head``.
+changed what they run; the head calls come from model_heads.py, AdapterHub's read-only views of the state from
+views.py. It knows models only through the site protocol (``find_sites``) and a ``config`` with ``hidden_size``;
+models/ uses ``init_adapters``, ``run_adapters``, ``unpadded`` and ``apply_active_head``.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from peftcore import forward, fusion, heads, interop, merging, placement, summar
 from peftcore.changes import mutation
 from peftcore.composition import Block, Fuse, Parallel, Stack, as_fuse, fusion_names, head_setup, parse_setup
 from peftcore.configs import DEFAULT_ADAPTER_CONFIG, AdapterConfigBase
-from peftcore.context import as_head_setup
+from peftcore.context import as_head_setup, head_names
 from peftcore.fusion import AdapterFusionConfig
 from peftcore.interop import setups
 from peftcore.methods.base import Method
@@ -175,7 +174,7 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
         head names, or a list of them (one name: that head; several: ``Parallel``), as AdapterHub's ``active_head``.
         The adapter setup stays; a setup whose branches disagree with the heads is refused at the forward."""
         setup = as_head_setup(setup)
-        for head in (setup,) if isinstance(setup, str) else setup.flatten() if isinstance(setup, Block) else ():
+        for head in head_names(setup):
             if head:
                 heads.check_known(self, head)
         if isinstance(setup, Block):

@@ -155,11 +155,12 @@ def by_location(host: AdapterHost, name: str) -> dict[int, dict[str, nn.Module]]
         if next(module.parameters(), None) is None:
             continue
         at, location = layers.setdefault(layer, {}), LOCATIONS[site]
-        if location in at:
-            modules = at[location] if isinstance(at[location], nn.ModuleList) else nn.ModuleList([at[location]])
-            at[location] = modules.append(module)
-        else:
+        if location not in at:
             at[location] = module
+        elif isinstance(at[location], nn.ModuleList):
+            at[location].append(module)
+        else:
+            at[location] = nn.ModuleList([at[location], module])
     return layers
 
 

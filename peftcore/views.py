@@ -68,7 +68,6 @@ class ViewsMixin:
         return self
 
 
-
 class AdaptersConfig:
     """The adapters and fusions of a model by name, in AdapterHub's shape: ``name in view``, ``view.get(name)`` (its
     config, or None), ``view.adapters`` and ``view.fusions`` (name -> key of ``config_map`` / ``fusion_config_map``,

@@ -57,12 +57,8 @@ def load_adapter(host: AdapterHost, directory: str | os.PathLike, load_as: str |
     loading: tensors the file lacks keep their fresh values, tensors the adapter lacks are ignored, and both are
     listed in ``loading_info`` (``missing_keys``, ``unexpected_keys``, our key names)."""
     saved = read_adapter(host, directory, with_head)
-    if strict:
-        name = install(host, saved, load_as or saved.name, str(directory))
-        report_exact(loading_info)
-        return name
-    report = {"missing_keys": [], "unexpected_keys": []}
-    name = install(host, saved, load_as or saved.name, str(directory), strict=False, report=report)
+    report = {"missing_keys": [], "unexpected_keys": []}  # a strict load leaves both empty, or raises
+    name = install(host, saved, load_as or saved.name, str(directory), strict, report)
     if loading_info is not None:
         loading_info.update(report)
     return name

@@ -76,8 +76,7 @@ def install(host: AdapterHost, saved: SavedAdapter, name: str, source: str, stri
         slots, state = io.lenient(slots, state, report)
     io.check_fit(slots, state, what)  # before allocating
     built = placement.build(host, saved.config)
-    io.fill(built.slots() if strict else {key: slot for key, slot in built.slots().items() if key in state}, state,
-            what)
+    io.fill({key: slot for key, slot in built.slots().items() if key in state}, state, what)  # strict: every key
     if saved.head_config is not None and name in host.heads:
         raise ValueError(f"the model has a head {name!r} already and {source} holds one; delete_head({name!r}), "
                          "load under another name (load_as=...), or pass with_head=False.")

@@ -13,19 +13,12 @@ from typing import Any
 
 from peftcore import heads, interop, io, placement
 from peftcore.composition import BLOCKS, Block, Fuse, walk
+from peftcore.context import head_names
 from peftcore.host import AdapterHost
 from peftcore.interop.adapterhub import VERSION
 
 SETUP_FILE = "adapter_setup.json"
 HeadSetup = str | Sequence[str] | Block | None
-
-
-def head_names(head_setup: HeadSetup) -> list[str]:
-    if head_setup is None:
-        return []
-    if isinstance(head_setup, str):
-        return [head_setup]
-    return list(head_setup.flatten() if isinstance(head_setup, Block) else head_setup)
 
 
 def save(host: AdapterHost, directory: str | os.PathLike, setup: Block, head_setup: HeadSetup, format: str,
