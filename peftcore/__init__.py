@@ -5,6 +5,7 @@ from peftcore.configs import ADAPTER_CONFIG_MAP, DEFAULT_ADAPTER_CONFIG, Adapter
 from peftcore.fusion import AdapterFusionConfig
 from peftcore.methods import (
     AdapterConfig,
+    AdapterPlusConfig,
     BnConfig,
     CompacterConfig,
     CompacterPlusPlusConfig,
@@ -37,6 +38,7 @@ __all__ = [
     "AdapterConfigBase",
     "AdapterFusionConfig",
     "AdapterModelMixin",
+    "AdapterPlusConfig",
     "Average",
     "BatchSplit",
     "BnConfig",

@@ -142,17 +142,21 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
         self.set_active_adapters(setup)
 
     @mutation
-    def set_active_adapters(self, setup: str | Block | Sequence | None) -> None:
+    def set_active_adapters(self, setup: str | Block | Sequence | None,
+                            skip_layers: Sequence[int] | None = None) -> None:
         """Activate ``setup``: an adapter or a composition of adapters (``Stack``, ``Fuse``, ``Split``, ``BatchSplit``,
         ``Parallel``, ``Average``; ``"a,b"`` and ``["a", "b"]`` mean ``Stack("a", "b")``), or none (None).
 
-        The head named after the setup's last adapter becomes active; for ``Parallel`` (and a ``BatchSplit`` whose
-        every branch has a head) each branch gets its own head. Nothing changes when the setup is invalid.
+        ``skip_layers`` (AdapterDrop, as AdapterHub) lists layers whose adapters do not run, until the next call;
+        training with a fresh random choice per step is AdapterDrop's robust training. The head named after the
+        setup's last adapter becomes active; for ``Parallel`` (and a ``BatchSplit`` whose every branch has a head)
+        each branch gets its own head. Nothing changes when the setup is invalid.
         """
         block = parse_setup(setup)
+        skipped = self._layer_indices(skip_layers or (), "skip_layers")
         heads_of = None if block is None else head_setup(block)
         branch_heads = heads_of if isinstance(heads_of, Block) and all(h in self.heads for h in heads_of) else None
-        self._install(compile_plan(self, block, branch_heads))
+        self._install(compile_plan(self, block, branch_heads, skip_layers=skipped))
         if not isinstance(heads_of, Block) and (heads_of in self.heads or block is None):
             self._active_head = heads_of
 
@@ -217,6 +221,14 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
 
     def _active_names(self) -> tuple[str, ...]:
         return () if self.plan.setup is None else self.plan.setup.flatten()
+
+    def _layer_indices(self, layers: Sequence[int], argument: str) -> frozenset[int]:
+        """``layers`` as a set of this model's layer indices, or a ValueError naming those that are not."""
+        count = len(self.layers)
+        wrong = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count]
+        if wrong:
+            raise ValueError(f"{argument} holds {wrong}, which are not layer indices of this model (0...{count - 1}).")
+        return frozenset(layers)
 
     def _install(self, plan: Plan, change: Callable[[], None] | None = None) -> None:
         """Make ``plan`` the one forwards run, once no forward is running; ``change`` (rewriting weights the plan

@@ -35,6 +35,7 @@ class Plan:
     plugs: Plugs
     branch_heads: Block | None = None  # Parallel/BatchSplit of head names: one head per slice of the batch
     token_wise: bool = True  # every module acts on each token alone: a padded batch may run unpadded
+    skip_layers: frozenset[int] = frozenset()  # AdapterDrop: layers whose sites run no adapter
     mixed: dict[tuple, Plan] = field(default_factory=dict, compare=False, repr=False)  # mixed batches' plans, made
     # under this one; a model's every change compiles a new active plan, so they never outlive what they ran
 
@@ -44,11 +45,14 @@ class Plan:
 
 
 def compile_plan(host: AdapterHost, setup: Block | None, branch_heads: Block | None = None,
-                 token_wise: bool | None = None, merged: set[str] | None = None) -> Plan:
+                 token_wise: bool | None = None, merged: set[str] | None = None,
+                 skip_layers: frozenset[int] | None = None) -> Plan:
     """Every site's plugs for a setup, leaving out the adapters merged into the weights (``merged``: those the
-    model will have merged when the plan is installed; default: those merged now); raises, before anything
-    changes, when the setup cannot run."""
+    model will have merged when the plan is installed; default: those merged now) and every adapter in the layers
+    ``skip_layers`` (AdapterDrop; default: those the active plan skips); raises, before anything changes, when the
+    setup cannot run."""
     merged = placement.merged(host) if merged is None else merged
+    skip_layers = host.plan.skip_layers if skip_layers is None else skip_layers
     if setup is not None:
         for name in setup.flatten():
             if name != BASE:
@@ -57,9 +61,14 @@ def compile_plan(host: AdapterHost, setup: Block | None, branch_heads: Block | N
         if composed and not all(isinstance(b, Stack) for b in walk(setup)):
             raise ValueError(f"adapters {composed} are merged into the weights and act on every row alike; "
                              f"reset_adapter() before composing them with {setup!r}.")
+        if composed and skip_layers:
+            raise ValueError(f"adapters {composed} are merged into the weights of every layer, so no layer can skip "
+                             "them; reset_adapter() before skip_layers.")
     plugs = tuple((site.module, attribute, plug) for site in host.sites_found
-                  for attribute, plug in site_plugs(site.module, setup, merged, site.path).items())
-    return Plan(setup, plugs, branch_heads, is_token_wise(host, setup) if token_wise is None else token_wise)
+                  for attribute, plug in site_plugs(site.module, None if site.layer in skip_layers else setup, merged,
+                                                    site.path).items())
+    return Plan(setup, plugs, branch_heads, is_token_wise(host, setup) if token_wise is None else token_wise,
+                skip_layers=skip_layers)
 
 
 def is_token_wise(host: AdapterHost, setup: Block | None) -> bool:

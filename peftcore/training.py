@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,7 +45,9 @@ class TrainingConfig:
     autocast (the loss is computed in fp32). ``eval_every`` optimizer steps between evaluations (None: after every
     epoch). Checkpoints go into ``checkpoint_dir`` (None: none), where ``fit`` also looks for one to resume: after the
     last step, and every ``checkpoint_every`` steps if set (which needs ``checkpoint_dir``). ``seed`` seeds the
-    model's random draws (dropout) and the data order.
+    model's random draws (dropout) and the data order. ``adapter_drop`` trains robust to AdapterDrop (Rücklé et al.,
+    2021): each step skips the adapters of the first k layers, k drawn uniformly from 0 to the layer count - 1 (by
+    ``seed`` and the step, so a resumed run draws the same); evaluation and the trained model run every layer.
     """
 
     epochs: int = 3
@@ -59,6 +62,7 @@ class TrainingConfig:
     checkpoint_every: int | None = None
     checkpoint_dir: str | None = None
     seed: int = 0
+    adapter_drop: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "gradient_accumulation"):
@@ -207,8 +211,9 @@ class Trainer:
         self.run_fingerprint: dict[str, Any] | None = None  # computed on first use: the data are hashed once
         self.network = model
         if is_distributed() and not isinstance(model, FSDPModule):
-            # only parameters that require grad get DDP hooks: only the adapter is synchronised
-            self.network = nn.parallel.DistributedDataParallel(model)
+            # only parameters that require grad get DDP hooks: only the adapter is synchronised; AdapterDrop leaves
+            # the skipped layers' adapters without gradients
+            self.network = nn.parallel.DistributedDataParallel(model, find_unused_parameters=config.adapter_drop)
 
     def batches(self, epoch: int) -> Iterator[list[Batch]]:
         """This process's share of each global batch of ``epoch``, as micro-batches; the order depends only on the
@@ -219,6 +224,14 @@ class Trainer:
         for start in range(0, self.steps_per_epoch * size, size):
             mine = order[start:start + size][self.rank::self.world]
             yield [self.collate_fn([self.train_data[i] for i in mine[j:j + micro]]) for j in range(0, len(mine), micro)]
+
+    def drop_adapters(self, training: bool) -> None:
+        """With ``config.adapter_drop``, skip the adapters of the first k layers from now on: before a ``training``
+        step k is drawn by the seed and the step; otherwise (evaluation, the trained model) k is 0."""
+        if self.config.adapter_drop:
+            layers = len(self.model.layers)
+            skipped = random.Random(f"adapter_drop {self.config.seed} {self.step}").randrange(layers) if training else 0
+            self.model.set_active_adapters(self.adapter, skip_layers=range(skipped))
 
     def loss(self, batch: Batch) -> Tensor:
         """The adapter head's loss on ``batch``, whose ``"labels"`` it pops; the forward runs under bf16 autocast if
@@ -244,6 +257,7 @@ class Trainer:
             for index, micro_batches in enumerate(self.batches(epoch)):
                 if epoch * self.steps_per_epoch + index < self.step:
                     continue  # already trained before the interruption
+                self.drop_adapters(training=True)
                 total = 0.0
                 for micro in micro_batches:
                     loss = self.loss({key: t.to(device) for key, t in micro.items()}) / len(micro_batches)
@@ -260,6 +274,7 @@ class Trainer:
                     display.update(self.step, total, (self.step - result.resumed_from) * self.config.batch_size)
                 epoch_ends = index == self.steps_per_epoch - 1
                 if (self.step % self.config.eval_every == 0) if self.config.eval_every else epoch_ends:
+                    self.drop_adapters(training=False)
                     self.run_evaluation(result, display)  # before the checkpoint, which keeps it
                 if self.config.checkpoint_every and self.step % self.config.checkpoint_every == 0:
                     self.save_checkpoint(result)
@@ -268,6 +283,7 @@ class Trainer:
             self.save_checkpoint(result)  # the last step, so that a rerun finds the run finished
         if display:
             display.close()
+        self.drop_adapters(training=False)
         self.model.eval()
         result.steps, result.seconds = self.step, time.perf_counter() - start
         return result

@@ -101,6 +101,11 @@ class AdaptersConfig:
         return dict(self.host.adapter_configs)
 
     @property
+    def skip_layers(self) -> list[int] | None:
+        """The layers whose adapters AdapterDrop skips (``set_active_adapters(..., skip_layers=)``), or None."""
+        return sorted(self.host.plan.skip_layers) or None
+
+    @property
     def fusions(self) -> dict[str, str]:
         return {name: name for name in self.host.fusion_configs}
 

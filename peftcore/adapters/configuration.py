@@ -4,6 +4,7 @@ the base class every config loads through (``AdapterConfig.load("lora[r=8]")``),
 from peftcore.configs import ADAPTER_CONFIG_MAP, DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, ConfigUnion
 from peftcore.fusion import FUSION_CONFIG_MAP, AdapterFusionConfig
 from peftcore.methods import (
+    AdapterPlusConfig,
     BnConfig,
     CompacterConfig,
     CompacterPlusPlusConfig,
@@ -25,8 +26,27 @@ ModelAdaptersConfig = AdaptersConfig
 ADAPTERFUSION_CONFIG_MAP = FUSION_CONFIG_MAP
 DEFAULT_ADAPTERFUSION_CONFIG = "dynamic"
 
-__all__ = ["ADAPTERFUSION_CONFIG_MAP", "ADAPTER_CONFIG_MAP", "DEFAULT_ADAPTERFUSION_CONFIG", "DEFAULT_ADAPTER_CONFIG",
-           "AdapterConfig", "AdapterFusionConfig", "BnConfig", "CompacterConfig", "CompacterPlusPlusConfig",
-           "ConfigUnion", "DoubleSeqBnConfig", "DoubleSeqBnInvConfig", "IA3Config", "LoRAConfig", "MAMConfig",
-           "ModelAdaptersConfig", "ParBnConfig", "PrefixTuningConfig", "SeqBnConfig", "SeqBnInvConfig",
-           "UniPELTConfig"]
+__all__ = [
+    "ADAPTERFUSION_CONFIG_MAP",
+    "ADAPTER_CONFIG_MAP",
+    "DEFAULT_ADAPTERFUSION_CONFIG",
+    "DEFAULT_ADAPTER_CONFIG",
+    "AdapterConfig",
+    "AdapterFusionConfig",
+    "AdapterPlusConfig",
+    "BnConfig",
+    "CompacterConfig",
+    "CompacterPlusPlusConfig",
+    "ConfigUnion",
+    "DoubleSeqBnConfig",
+    "DoubleSeqBnInvConfig",
+    "IA3Config",
+    "LoRAConfig",
+    "MAMConfig",
+    "ModelAdaptersConfig",
+    "ParBnConfig",
+    "PrefixTuningConfig",
+    "SeqBnConfig",
+    "SeqBnInvConfig",
+    "UniPELTConfig",
+]

@@ -123,7 +123,8 @@ def train_and_test(task: Task, adapter: str, name: str, args: argparse.Namespace
     model.add_classification_head(name, num_labels=len(task.label_names), id2label=dict(enumerate(task.label_names)))
     checkpoints = str(Path(args.checkpoint_dir) / name) if args.checkpoint_dir else None
     config = training.TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                                     seed=args.seed, bf16=args.bf16, checkpoint_dir=checkpoints,
+                                     seed=args.seed, bf16=args.bf16, adapter_drop=args.adapter_drop,
+                                     checkpoint_dir=checkpoints,
                                      checkpoint_every=len(train_data) // args.batch_size if checkpoints else None)
 
     def evaluate(trained: nn.Module) -> dict[str, float]:

@@ -8,6 +8,7 @@ method available; ``METHODS`` lists every registered module class, each declarin
 from peftcore.methods.base import METHODS, Method, ModelShape, methods_for, register_method
 from peftcore.methods.bottleneck import (
     AdapterConfig,
+    AdapterPlusConfig,
     BnConfig,
     Bottleneck,
     CompacterConfig,
@@ -37,6 +38,7 @@ __all__ = [
     "IA3",
     "METHODS",
     "AdapterConfig",
+    "AdapterPlusConfig",
     "BnConfig",
     "Bottleneck",
     "CompacterConfig",

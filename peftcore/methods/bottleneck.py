@@ -220,6 +220,24 @@ class CompacterPlusPlusConfig(SeqBnConfig):
     non_linearity: str = "gelu"
 
 
+@dataclass(frozen=True, kw_only=True)
+class AdapterPlusConfig(BnConfig):
+    """AdapterPlus (Steitz and Roth, 2024, https://arxiv.org/abs/2406.06820), made for ViT: one adapter after the
+    FFN, inside the residual and before the layer's own norm, Houlsby initialisation, a learned scale per channel and
+    stochastic depth 0.1. AdapterHub gives it no config name, and saves it as a plain bottleneck config."""
+
+    mh_adapter: bool = False
+    output_adapter: bool = True
+    reduction_factor: float | Mapping[str, float] = 96
+    non_linearity: str = "gelu"
+    original_ln_before: bool = True
+    original_ln_after: bool = False
+    residual_before_ln: bool | str = False
+    stochastic_depth: float = 0.1
+    init_weights: str = "houlsby"
+    scaling: float | str = "channel"
+
+
 class Bottleneck(Method):
     """f(z) = gate(z) · dropout(s · up(act(down(ln_before(z))))), placed around a residual site.
 

@@ -180,6 +180,49 @@ def test_adapters_at_different_sites_are_active_together():
     assert not torch.equal(both, hidden(model, batch)) and not torch.equal(both, plain)
 
 
+def test_skip_layers_runs_no_adapter_in_those_layers_as_adapterdrop():
+    model = tiny_model()
+    batch, plain = inputs(model), hidden(model, inputs(model))
+    for name, leave_out in (("a", []), ("b", [1])):
+        model.add_adapter(name, f"seq_bn[leave_out={leave_out}]|lora[leave_out={leave_out}]")
+    with torch.no_grad():
+        parameters = dict(model.named_parameters())
+        for key, parameter in parameters.items():
+            if ".adapters.a." in key:
+                parameter.normal_(0.0, 0.5)
+        for key, parameter in parameters.items():
+            if ".adapters.b." in key:
+                parameter.copy_(parameters[key.replace(".adapters.b.", ".adapters.a.")])
+    model.set_active_adapters("b")
+    first_layer_only = hidden(model, batch)
+    model.set_active_adapters("a", skip_layers=[1])
+    assert model.adapters_config.skip_layers == [1]
+    assert_parity(hidden(model, batch), first_layer_only)
+    model.set_active_adapters("a", skip_layers=[0, 1])
+    assert torch.equal(hidden(model, batch), plain)
+    model.set_active_adapters("a")  # the next activation runs every layer again
+    assert model.adapters_config.skip_layers is None
+    assert not torch.allclose(hidden(model, batch), first_layer_only)
+
+
+@pytest.mark.parametrize("skip_layers", [[2], [-1], [0.5], [True]])
+def test_skip_layers_that_are_not_layer_indices_are_refused_and_change_nothing(skip_layers):
+    model = tiny_model()
+    model.add_adapter("a", "seq_bn", set_active=True)
+    with pytest.raises(ValueError, match="not layer indices of this model"):
+        model.set_active_adapters("a", skip_layers=skip_layers)
+    assert model.active_adapters == Stack("a") and not model.plan.skip_layers
+
+
+def test_skipping_layers_of_a_merged_adapter_is_refused():
+    model = tiny_model()
+    model.add_adapter("a", "lora", set_active=True)
+    model.merge_adapter("a")
+    with pytest.raises(ValueError, match="merged into the weights of every layer"):
+        model.set_active_adapters("a", skip_layers=[0])
+    assert not model.plan.skip_layers
+
+
 # ---- training -----------------------------------------------------------------------------------------------
 
 

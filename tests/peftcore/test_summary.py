@@ -15,6 +15,7 @@ import adapters
 import pytest
 import torch
 
+from peftcore import AdapterPlusConfig
 from tests.archs import ARCHS, BASE_SIZED
 
 CONFIGS = ["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn", "seq_bn_inv", "double_seq_bn_inv",
@@ -62,6 +63,17 @@ def test_adapter_parameter_count_equals_adapterhubs(summary_rows, config):
     our_row = next(row for row in our_rows if row["name"] == name)
     assert our_row["#param"] == their_row["#param"]
     assert our_row == their_row  # architecture, %param, active and train too
+
+
+def test_adapterplus_parameter_count_at_roberta_base_equals_adapterhubs():
+    arch = ARCHS["roberta"]
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        theirs, ours = arch.hf[None](arch.hf_config("base")), arch.model(arch.config("base"))
+        adapters.init(theirs)
+        theirs.add_adapter("a", config=adapters.AdapterPlusConfig(stochastic_depth=0.0))  # theirs needs torchvision
+        ours.add_adapter("a", AdapterPlusConfig())
+    assert ours.adapter_summary(as_dict=True)[0] == theirs.adapter_summary(as_dict=True)[0]
 
 
 def test_full_model_row_counts_the_encoder_without_adapters_as_adapterhub_does(base_size_pair, summary_rows):

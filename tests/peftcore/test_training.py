@@ -146,6 +146,31 @@ def test_two_process_fsdp_on_cpu_trains_the_same_adapter_as_one_process(tmp_path
         torch.testing.assert_close(sharded[key], tensor, atol=1e-5, rtol=0)
 
 
+def test_adapter_drop_skips_a_random_run_of_first_layers_per_step_and_ends_with_every_layer(monkeypatch):
+    def skips_while_fitting() -> tuple[BertModel, list[list[int]]]:
+        """The layers skipped at each activation during fit: 8 steps, evaluation, 8 steps, evaluation, the end."""
+        model = fresh_model("seq_bn[reduction_factor=2]")
+        config = TrainingConfig(epochs=2, batch_size=4, learning_rate=1e-2, adapter_drop=True)
+        trainer = Trainer(model, "a", config, toy_data(32), progress=False)
+        skips, activate = [], model.set_active_adapters
+
+        def recording(setup, skip_layers=None):
+            skips.append(list(skip_layers))
+            activate(setup, skip_layers)
+
+        monkeypatch.setattr(model, "set_active_adapters", recording)
+        trainer.fit()
+        return model, skips
+
+    model, skips = skips_while_fitting()
+    steps = skips[:8] + skips[9:17]
+    assert len(skips) == 19 and skips[8] == skips[17] == skips[18] == []  # evaluations and the end: every layer
+    assert all(layers == list(range(len(layers))) for layers in steps)  # always a run of first layers
+    assert {len(layers) for layers in steps} == {0, 1}  # k drawn from 0 .. layers - 1 (TINY has 2 layers)
+    assert not model.plan.skip_layers
+    assert skips_while_fitting()[1] == skips  # drawn by the seed and the step: a rerun (or resume) draws the same
+
+
 def test_batch_size_that_does_not_split_over_accumulation_is_refused():
     with pytest.raises(ValueError, match="divide evenly"):
         Trainer(fresh_model(), "a", TrainingConfig(batch_size=10, gradient_accumulation=4), toy_data(),

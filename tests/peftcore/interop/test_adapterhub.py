@@ -81,6 +81,10 @@ SUBSETS = {"bert": NAMED + VARIANTS, "roberta": NAMED + VARIANTS, "deberta-v2": 
                           "double_seq_bn_inv", "lora[use_gating=True]"],
            "albert": [*[c for c in SUBSET if not c.startswith("double_seq_bn")], "seq_bn_inv"]}
 CASES = [pytest.param(arch, config, id=f"{arch}-{config}") for arch in ADAPTERHUB_ARCHS for config in SUBSETS[arch]]
+# AdapterPlus has no config name; its 96 would leave no unit at these widths, and AdapterHub's stochastic depth needs
+# torchvision (ours does not; test_bottleneck.py tests it)
+ADAPTER_PLUS = adapters.AdapterPlusConfig(reduction_factor=8, stochastic_depth=0.0)
+CASES += [pytest.param(arch, ADAPTER_PLUS, id=f"{arch}-AdapterPlusConfig") for arch in ("bert", "roberta", "vit")]
 
 # flexible heads: (AdapterHub's add_*_head, its kwargs, the adapter trained with it)
 HEADS = {

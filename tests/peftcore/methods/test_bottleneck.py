@@ -4,12 +4,14 @@ tests/peftcore/interop/test_adapterhub.py."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftcore import BnConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig, SeqBnInvConfig
+from peftcore import AdapterPlusConfig, BnConfig, DoubleSeqBnConfig, ParBnConfig, SeqBnConfig, SeqBnInvConfig
 from peftcore.configs import parse
 from peftcore.methods.bottleneck import Bottleneck
 from peftcore.models import BertConfig, BertModel
@@ -192,3 +194,22 @@ def test_init_weights_seed_gives_every_layer_the_same_weights_without_reseeding_
     other, _, after_other_seed = build(4)
     assert not torch.equal(first.down.weight, other.down.weight)
     assert torch.equal(after, after_other_seed)  # AdapterHub calls torch.manual_seed(seed) instead
+
+
+
+def test_adapterplus_stochastic_depth_drops_whole_examples_while_training_and_none_in_eval():
+    torch.manual_seed(0)
+    module = Bottleneck(AdapterPlusConfig(reduction_factor=2, stochastic_depth=0.5), C, 0)
+    without_update = copy.deepcopy(module)
+    nn.init.zeros_(without_update.up.weight)
+    nn.init.zeros_(without_update.up.bias)
+    norm = nn.LayerNorm(C)
+    h, residual = torch.randn(400, 3, C), torch.randn(400, 3, C)
+    with torch.no_grad():
+        plain = without_update(h, residual, norm)
+        update = module.eval()(h, residual, norm) - plain
+        trained = module.train()(h, residual, norm)
+    dropped = torch.isclose(trained, plain, atol=1e-6).flatten(1).all(1)
+    kept = torch.isclose(trained, plain + update / 0.5, atol=1e-5).flatten(1).all(1)  # scaled by 1 / (1 - p)
+    assert bool((dropped ^ kept).all())  # each example whole: dropped or kept
+    assert 0.4 < dropped.float().mean() < 0.6
