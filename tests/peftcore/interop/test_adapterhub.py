@@ -507,3 +507,19 @@ def test_post_add_residual_without_original_ln_before_crashes_adapterhub_and_our
     post_add = hidden(ours, inputs)
     ours.set_active_adapters("before_ln")
     assert torch.equal(post_add, hidden(ours, inputs))
+
+
+def test_skip_layers_gives_adapterhubs_adapterdrop_outputs(checkpoint, tmp_path):
+    directory, inputs = checkpoint("bert"), inputs_for("bert")
+    theirs = adapterhub_model("bert", directory)
+    theirs.add_adapter("a", config="seq_bn|lora|prefix_tuning[prefix_length=4, bottleneck_size=16]")
+    train_adapterhub(theirs, inputs).save_adapter(str(tmp_path / "a"), "a")
+    ours = ours_from("bert", directory)
+    ours.load_adapter(tmp_path / "a")
+    every_layer = hidden(theirs, inputs)
+    for skip_layers in ([0], [1], [0, 1]):
+        theirs.set_active_adapters("a", skip_layers=skip_layers)
+        ours.set_active_adapters("a", skip_layers=skip_layers)
+        skipping = hidden(theirs, inputs)
+        assert_parity(hidden(ours, inputs), skipping)
+        assert_moved(every_layer, skipping)
