@@ -12,7 +12,7 @@ import adapters.composition as ah
 import pytest
 import torch
 
-from peftcore.composition import Parallel
+from peftcore.composition import BatchSplit, Parallel
 from tests.archs import reference
 from tests.parity import assert_parity
 from tests.peftcore.interop.test_adapterhub import adapterhub_model, inputs_for, ours_from
@@ -184,3 +184,35 @@ def test_adapterhub_lists_the_heads_we_build_for_each_architecture():
 def inputs_config(arch: str):
     from tests.archs import ARCHS
     return ARCHS[arch].hf_config("wide")
+
+
+def test_adapterhub_batch_split_parsers_read_the_first_rows_word_starts_and_ours_their_own(models, tmp_path):
+    theirs, ours = models("bert")
+    for name in ("a", "b"):
+        theirs.add_adapter(name, config="seq_bn")
+        theirs.add_dependency_parsing_head(name, num_labels=3)
+        randomized(theirs, name)
+        theirs.save_adapter(str(tmp_path / name), name)
+        ours.load_adapter(tmp_path / name)
+    inputs = {key: value for key, value in parse_inputs("bert", 0).items() if not key.startswith("labels")}
+    rows = {key: value[1:] for key, value in inputs.items()}
+    theirs.set_active_adapters(ah.BatchSplit("a", "b", batch_sizes=[1, 2]))
+    ours.set_active_adapters(BatchSplit("a", "b", batch_sizes=[1, 2]))
+    with torch.no_grad():
+        their_split, our_split = theirs(**inputs), ours(**inputs)
+        theirs.set_active_adapters("b")
+        their_rows = theirs(**rows)
+        their_misread = theirs(**{**rows, "word_starts": inputs["word_starts"][:2]})
+    assert_parity(their_split[1].arc_preds, their_misread.arc_preds)
+    assert (their_split[1].arc_preds - their_rows.arc_preds).abs().max() > 1e-3
+    assert_parity(our_split[1].arc_preds, their_rows.arc_preds)
+    assert_parity(our_split[0].arc_preds, their_split[0].arc_preds)
+
+
+def test_adapterhub_parser_drops_the_word_axis_of_a_one_token_batch_and_ours_keeps_it(models):
+    theirs, ours = models("bert")
+    for model in (theirs, ours):
+        model.add_dependency_parsing_head("parse")
+    inputs = {"input_ids": inputs_for("bert")["input_ids"][:, :1], "word_starts": torch.zeros(3, 1, dtype=torch.long)}
+    assert forward(theirs, inputs, "parse").arc_preds.shape == (1, 3, 2)  # (batch, tokens) squeezed, then unsqueezed
+    assert forward(ours, inputs, "parse").arc_preds.shape == (3, 1, 2)
