@@ -11,6 +11,8 @@ import adapters
 import pytest
 import torch
 import transformers as tf
+from hypothesis import given
+from hypothesis import strategies as st
 
 from peftcore.composition import BatchSplit, Parallel
 from peftcore.head_types import word_means
@@ -91,6 +93,30 @@ def test_word_means_are_adapterhubs_merged_subwords(pad_token_id):
     x = torch.randn(4, 8, 5, generator=torch.Generator().manual_seed(0))
     word_starts = torch.tensor([[1, 2, 5, 7, 8, 0, 0, 0], [2, 3, pad_token_id, 5, 7, 0, 0, 0],
                                 [0, 0, 0, 0, 0, 0, 0, 0], [1, 3, 0, 6, 0, 0, 0, 0]])
+    theirs = types.SimpleNamespace(model_config=types.SimpleNamespace(pad_token_id=pad_token_id, hidden_size=5))
+    expected = adapters.heads.BiaffineParsingHead._merge_subword_tokens(theirs, x, word_starts)
+    assert_parity(word_means(x, word_starts, pad_token_id), expected, atol=1e-6)
+
+
+@st.composite
+def word_start_rows(draw: st.DrawFn) -> tuple[torch.Tensor, int]:
+    """(word_starts (B, W), pad_token_id): rows of increasing starts in [1, 8], pad ids strewn among them, zeros
+    after, and rows that stop at a zero in their middle."""
+    pad_token_id = draw(st.sampled_from([0, 1]))
+    rows = []
+    for _ in range(draw(st.integers(1, 4))):
+        starts = sorted(draw(st.sets(st.integers(2, 8), max_size=6)))
+        for _ in range(draw(st.integers(0, 2))):
+            starts.insert(draw(st.integers(0, len(starts))), draw(st.sampled_from([pad_token_id, 0])))
+        rows.append(starts)
+    width = max(len(row) for row in rows) + draw(st.integers(0, 2))
+    return torch.tensor([row + [0] * (width - len(row)) for row in rows]), pad_token_id
+
+
+@given(word_start_rows())
+def test_word_means_equal_adapterhubs_for_any_valid_word_starts(case):
+    word_starts, pad_token_id = case
+    x = torch.randn(len(word_starts), 8, 5, generator=torch.Generator().manual_seed(0))
     theirs = types.SimpleNamespace(model_config=types.SimpleNamespace(pad_token_id=pad_token_id, hidden_size=5))
     expected = adapters.heads.BiaffineParsingHead._merge_subword_tokens(theirs, x, word_starts)
     assert_parity(word_means(x, word_starts, pad_token_id), expected, atol=1e-6)
