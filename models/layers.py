@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from peftcore.sites import ACTIVATIONS, PROBLEM_TYPES, EmbeddingSite, MaskedLMHead, PrefixSite, ResidualSite, SiteLinear
 
 HEADS = ("masked_lm", "sequence_classification", "token_classification", "question_answering",
-         "image_classification")
+         "image_classification", "multiple_choice")
 
 
 MAX_LABELS = 1_000_000  # a classifier head's labels: a config may declare a head that no tensor of its file checks

@@ -87,7 +87,8 @@ def run_setup(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs
 def run_plan(host: AdapterHost, plan: Plan, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any],
              inputs: dict[str, Tensor]) -> Any:
     running = running_heads(host, plan)
-    args, kwargs = encoder_inputs(running, args, kwargs)
+    args, kwargs, learned = encoder_inputs(running, args, kwargs)
+    inputs = {**inputs, **learned}
     channels = 1 if plan.setup is None else plan.setup.parallel_channels
     if channels > 1:
         if plan.branch_heads is None and host.active_head is not None:
@@ -122,15 +123,16 @@ def reads_inputs(head: nn.Module) -> bool:
     return bool(getattr(head, "input_names", ()))
 
 
-def encoder_inputs(running: list[nn.Module], args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
-    """The forward's inputs as the running heads have the encoder take them (multiple choice flattens its choices);
-    heads that want them differently cannot run together."""
+def encoder_inputs(running: list[nn.Module], args: tuple, kwargs: dict[str, Any]
+                   ) -> tuple[tuple, dict[str, Any], dict[str, Any]]:
+    """The forward's inputs as the running heads have the encoder take them (multiple choice flattens its choices),
+    and what the heads learn from them; heads that want them differently cannot run together."""
     layouts = {getattr(head, "input_layout", None) for head in running}
     if len(layouts) > 1:
         raise ValueError(f"the heads of this setup take their inputs in different layouts {sorted(map(str, layouts))} "
                          "(e.g. multiple choice's (batch, choices, tokens) beside (batch, tokens)); run them "
                          "separately.")
-    return running[0].encoder_inputs(args, kwargs) if layouts - {None} else (args, kwargs)
+    return running[0].encoder_inputs(args, kwargs) if layouts - {None} else (args, kwargs, {})
 
 
 class BranchOutputs(list):
@@ -333,8 +335,8 @@ def apply_head(host: AdapterHost, out: Any, head: nn.Module, inputs: dict[str, T
         out.logits = head.decoder(placement.embedding_site(host).inverse(head.transform(x)))
     elif isinstance(head, AdapterHead):
         head.predict(out, inputs or {})
-    else:
-        out.logits = head(x, out.pooler_output)
+    else:  # the model's own head, given the inputs it names (a multiple-choice head: num_choices)
+        out.logits = head(x, out.pooler_output, **{name: inputs[name] for name in getattr(head, "input_names", ())})
     if getattr(head, "predicts_spans", False):
         out.start_logits, out.end_logits = (t.squeeze(-1).contiguous() for t in out.logits.split(1, dim=-1))
     return out

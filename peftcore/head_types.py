@@ -28,9 +28,10 @@ class AdapterHead:
         """What the head needs of the encoder's inputs: None for (B, T); heads that run together must agree."""
         return None
 
-    def encoder_inputs(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
-        """The forward's inputs as the encoder takes them (the same, but for multiple choice)."""
-        return args, kwargs
+    def encoder_inputs(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any], dict[str, Any]]:
+        """The forward's inputs as the encoder takes them (the same, but for multiple choice), and what the head learns
+        from them for its predictions (a model's own multiple-choice head: ``num_choices``)."""
+        return args, kwargs, {}
 
     def predict(self, out: Any, inputs: Mapping[str, Tensor]) -> None:
         """Set the head's predictions on the encoder output ``out`` (``logits``), given its own ``inputs``."""

@@ -19,7 +19,7 @@ from peftcore import placement
 from peftcore.composition import Block, normalized
 from peftcore.head_types import AdapterHead, BiaffineParsingHead
 from peftcore.host import AdapterHost
-from peftcore.sites import Activation, MaskedLMHead, task_loss
+from peftcore.sites import Activation, MaskedLMHead, flatten_choices, task_loss
 
 TOKEN_LEVEL = ("tagging", "question_answering")
 SEQUENCE_LEVEL = ("classification", "multilabel_classification", "image_classification")
@@ -93,30 +93,10 @@ class MultipleChoiceHead(PredictionHead):
     def forward(self, x: Tensor, pooled: Tensor | None = None) -> Tensor:
         return super().forward(x, pooled).view(-1, self.choices)  # (B·choices, 1) -> (B, choices)
 
-    def encoder_inputs(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
-        """Every input tensor (B, num_choices, ...) flattened to (B·num_choices, ...); another rank or number of
-        choices is refused, as it would pair scores with the wrong examples."""
-        named = {**{f"argument {i}": value for i, value in enumerate(args)}, **kwargs}
-        tensors = {name: value for name, value in named.items() if isinstance(value, Tensor)}
-        ids = next((name for name in ("input_ids", "inputs_embeds", "argument 0") if name in tensors), None)
-        if ids is None:
-            raise ValueError("a multiple_choice head takes input_ids (or inputs_embeds) of shape (batch, choices, "
-                             "tokens); none was given.")
-        rank = 4 if ids == "inputs_embeds" else 3
-        if tensors[ids].dim() != rank or tensors[ids].shape[1] != self.choices:
-            raise ValueError(f"a multiple_choice head with num_choices={self.choices} takes {ids} of shape (batch, "
-                             f"{self.choices}, tokens{', width' if rank == 4 else ''}), got "
-                             f"{tuple(tensors[ids].shape)}; stack each example's choices along dimension 1.")
-        leading = tuple(tensors[ids].shape[:2])
-        for name, value in tensors.items():
-            if value.dim() < 3 or tuple(value.shape[:2]) != leading:
-                raise ValueError(f"{name} has shape {tuple(value.shape)}; with a multiple_choice head every input is "
-                                 f"(batch, choices, ...) as {ids}: {leading + tuple(tensors[ids].shape[2:3])}.")
-
-        def flat(value: Any) -> Any:
-            return value.flatten(0, 1) if isinstance(value, Tensor) else value
-
-        return tuple(flat(value) for value in args), {key: flat(value) for key, value in kwargs.items()}
+    def encoder_inputs(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any], dict[str, Any]]:
+        """Every input tensor (B, num_choices, ...) flattened to (B·num_choices, ...) (``flatten_choices``)."""
+        args, kwargs, _ = flatten_choices(args, kwargs, self.choices)
+        return args, kwargs, {}
 
     def loss(self, logits: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Cross-entropy of the choice scores (B, num_choices) against the right choice's index (B,)."""
