@@ -160,10 +160,13 @@ def mixed_batch(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwar
     comes back in the caller's order; each row gets its adapter's head when every named adapter has one.
     """
     names = [BASE if name is None else name for name in adapter_names]
-    for head in {host._active_head, *names} & set(host.heads):
-        if getattr(host.heads[head], "input_layout", None) is not None or reads_inputs(host.heads[head]):
-            raise ValueError(f"head {head!r} ({host.heads[head].config['head_type']}) reads more than the encoder's "
-                             "(batch, tokens) output, which a mixed batch does not give it; run its adapter with "
+    candidates = {repr(name): host.heads[name] for name in {host._active_head, *names} & set(host.heads)}
+    if host.head is not None:
+        candidates["of the model"] = host.head
+    for name, head in candidates.items():
+        if getattr(head, "input_layout", None) is not None or reads_inputs(head):
+            raise ValueError(f"head {name} takes other inputs than (batch, tokens) or inputs of its own (multiple "
+                             "choice, parsing), which a mixed batch does not give it; run its adapter with "
                              "AdapterSetup instead.")
     rows = batch_rows_of(args, kwargs)
     if rows == 0:

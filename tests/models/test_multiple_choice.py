@@ -94,3 +94,10 @@ def test_inputs_without_a_choices_axis_are_refused(pair, inputs, message):
     ours, _ = pair("bert")
     with pytest.raises(ValueError, match=message):
         ours(**inputs(choices(ours.config)))
+
+
+def test_a_mixed_batch_is_refused_as_it_cannot_take_choices(pair):
+    ours, _ = pair("bert")
+    ours.add_adapter("a", config="seq_bn")
+    with pytest.raises(ValueError, match="head of the model takes other inputs"):
+        ours(**choices(ours.config, choices=2), adapter_names=["a", None])
