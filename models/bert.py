@@ -25,6 +25,7 @@ from peftcore.models.layers import (
     additive_mask,
     masked_lm_head,
 )
+from peftcore.models.multiple_choice import PooledChoiceHead
 from peftcore.models.pretrained import PretrainedEncoder
 
 
@@ -46,6 +47,7 @@ class BertModel(PretrainedEncoder):
         "sequence_classification": PooledClassificationHead,
         "token_classification": TokenClassificationHead,
         "question_answering": QuestionAnsweringHead,
+        "multiple_choice": PooledChoiceHead,
     }
 
     def __init__(self, config: BertConfig) -> None:

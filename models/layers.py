@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from peftcore.sites import ACTIVATIONS, PROBLEM_TYPES, EmbeddingSite, MaskedLMHead, PrefixSite, ResidualSite, SiteLinear
 
 HEADS = ("masked_lm", "sequence_classification", "token_classification", "question_answering",
-         "image_classification")
+         "image_classification", "multiple_choice")
 
 
 MAX_LABELS = 1_000_000  # a classifier head's labels: a config may declare a head that no tensor of its file checks
@@ -438,7 +438,8 @@ class EncoderConfig:
         return self.hidden_dropout_prob if self.classifier_dropout is None else self.classifier_dropout
 
 
-FIRST_KEYS = ("loss", "start_logits", "end_logits", "logits")  # transformers' task outputs lead with these
+FIRST_KEYS = ("loss", "start_logits", "end_logits", "logits", "arc_preds")  # transformers' task outputs (and
+# AdapterHub's parsing output: loss, rel_preds, arc_preds) lead with these
 
 
 @dataclass
@@ -457,6 +458,7 @@ class EncoderOutput:
     logits: Tensor | None = None  # (B, L), (B, T, L), (B, T, V) or (B, T, 2) by head
     start_logits: Tensor | None = None  # (B, T), question answering only
     end_logits: Tensor | None = None  # (B, T), question answering only
+    arc_preds: Tensor | None = None  # (B, T, T+1), dependency parsing only: each word's score for each head
     adapter_gating_scores: dict | None = None  # {adapter: {layer: {location: np.ndarray}}}, when asked for
     adapter_fusion_attentions: dict | None = None  # {fusion: {layer: {location: np.ndarray (B, T, N)}}}, when asked
     loss: Tensor | None = None  # scalar, when the forward was given labels
@@ -469,6 +471,11 @@ class EncoderOutput:
 
     def __len__(self) -> int:
         return len(self.keys())
+
+    @property
+    def rel_preds(self) -> Tensor | None:
+        """A parsing head's relation scores (B, T, T+1, L): its ``logits``, under AdapterHub's name."""
+        return self.logits
 
     def to_tuple(self) -> tuple:
         """The values of ``keys()``, in their order."""

@@ -76,7 +76,7 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         head, problem = self.config.head, self.config.problem_type
         if head == "question_answering":
             problem = "span"
-        elif head in ("token_classification", "masked_lm"):
+        elif head in ("token_classification", "masked_lm", "multiple_choice"):
             problem = "single_label_classification"
         elif problem is None:
             problem = ("regression" if self.config.num_labels == 1 else "single_label_classification"

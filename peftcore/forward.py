@@ -19,11 +19,15 @@ from torch import Tensor, nn
 from peftcore import placement
 from peftcore.composition import BASE, BatchSplit, Block, Parallel, spans
 from peftcore.context import AdapterSetup, current_setup, head_names
+from peftcore.head_types import AdapterHead, BiaffineParsingHead
+from peftcore.heads import INPUT_ARGS
 from peftcore.host import AdapterHost
 from peftcore.setup import Plan, compile_plan, guard
 from peftcore.sites import MaskedLMHead
 
-LABEL_ARGS = ("labels", "start_positions", "end_positions")  # a forward's targets: they go to the loss, not encode
+SPAN_ARGS = ("start_positions", "end_positions")  # question answering's targets, stacked to (B, 2)
+PARSE_ARGS = BiaffineParsingHead.target_names  # a parser's targets, stacked to (B, T, 2)
+LABEL_ARGS = ("labels", *SPAN_ARGS, *PARSE_ARGS)  # a forward's targets: they go to the loss, not encode
 MIXED_PLANS_KEPT = 32  # groupings whose plans a model keeps (serving sees a few shapes again and again)
 
 
@@ -34,19 +38,21 @@ def run(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict
 
     Returns one output (a ``Parallel`` setup's copies of the batch in it one after the other), or one per branch for
     a ``Parallel`` or ``BatchSplit`` whose branches have heads.
-    ``labels`` (or ``start_positions`` and ``end_positions``) among ``kwargs`` give each output the ``loss`` of the
-    head that produced its logits (``add_losses``); they do not reach ``encode``.
+    ``labels`` (or ``start_positions`` and ``end_positions``, or ``labels_arcs`` and ``labels_rels``) among
+    ``kwargs`` give each output the ``loss`` of the head that produced its logits (``add_losses``); they, and the
+    heads' own inputs (``word_starts``), do not reach ``encode``.
     """
     kwargs, labels = split_labels(kwargs)
+    kwargs, inputs = split_head_inputs(kwargs)
     context = None if torch.compiler.is_compiling() or adapter_names is not None else current_setup()
     if context is None:
-        return with_losses(host, run_setup(host, encode, args, kwargs, gates, fusions, adapter_names), labels,
-                           kwargs, adapter_names)
+        return with_losses(host, run_setup(host, encode, args, kwargs, gates, fusions, adapter_names, inputs),
+                           labels, kwargs, adapter_names)
     with guard(host).changing():
         plan, head = context_plan(host, context)
         with swapped(host, plan, head):
-            return with_losses(host, run_setup(host, encode, args, kwargs, gates, fusions, None), labels, kwargs,
-                               None)
+            return with_losses(host, run_setup(host, encode, args, kwargs, gates, fusions, None, inputs), labels,
+                               kwargs, None)
 
 
 def with_losses(host: AdapterHost, outputs: Any, labels: Tensor | None, kwargs: dict[str, Any],
@@ -60,22 +66,29 @@ def with_losses(host: AdapterHost, outputs: Any, labels: Tensor | None, kwargs: 
 
 
 def run_setup(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any], gates: bool,
-              fusions: bool, adapter_names: Sequence[str | None] | None) -> Any:
+              fusions: bool, adapter_names: Sequence[str | None] | None, inputs: dict[str, Tensor]) -> Any:
     if adapter_names is None and not (gates or fusions):
         with nullcontext() if torch.compiler.is_compiling() else guard(host).running():
-            return run_plan(host, host.plan, encode, args, kwargs)
+            return run_plan(host, host.plan, encode, args, kwargs, inputs)
     with guard(host).changing(), host.recorder.collecting(gates, fusions) as (scores, attentions):
         if adapter_names is None:
             with guard(host).running():
-                outputs = run_plan(host, host.plan, encode, args, kwargs)
+                outputs = run_plan(host, host.plan, encode, args, kwargs, inputs)
         else:
+            if inputs:
+                raise ValueError(f"{sorted(inputs)} with adapter_names: a mixed batch runs heads that read only the "
+                                 "encoder's output; run a parsing head's adapter with AdapterSetup instead.")
             outputs = mixed_batch(host, encode, args, kwargs, adapter_names)
     for out in outputs if isinstance(outputs, list) else (outputs,):
         out.adapter_gating_scores, out.adapter_fusion_attentions = scores, attentions
     return outputs
 
 
-def run_plan(host: AdapterHost, plan: Plan, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+def run_plan(host: AdapterHost, plan: Plan, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any],
+             inputs: dict[str, Tensor]) -> Any:
+    running = running_heads(host, plan)
+    args, kwargs, learned = encoder_inputs(running, args, kwargs)
+    inputs = {**inputs, **learned}
     channels = 1 if plan.setup is None else plan.setup.parallel_channels
     if channels > 1:
         if plan.branch_heads is None and host.active_head is not None:
@@ -85,12 +98,41 @@ def run_plan(host: AdapterHost, plan: Plan, encode: Callable[..., Any], args: tu
         args, kwargs = replicate_batch(args, kwargs, channels)
     out = encode(*args, **kwargs)
     if plan.branch_heads is None:  # AdapterHub's: a Parallel setup's copies of the batch as one output, branch-major
+        if running and reads_inputs(running[0]):  # a head that reads inputs of its own runs here, not in encode
+            apply_head(host, out, running[0], inputs)
         return out
     rows = out.last_hidden_state.shape[0]
-    outputs = BranchOutputs(slice_output(out, span) for span in spans(plan.branch_heads, rows))
-    for output, head in zip(outputs, plan.branch_heads, strict=True):
-        apply_head(host, output, host.heads[head])
+    slices = spans(plan.branch_heads, rows)
+    outputs = BranchOutputs(slice_output(out, span) for span in slices)
+    split = isinstance(plan.branch_heads, BatchSplit)  # each slice has its own rows; a Parallel branch has them all
+    for output, head, span in zip(outputs, plan.branch_heads, slices, strict=True):
+        apply_head(host, output, host.heads[head], {k: v[span] for k, v in inputs.items()} if split else inputs)
     return outputs
+
+
+def running_heads(host: AdapterHost, plan: Plan) -> list[nn.Module]:
+    """The heads this forward runs: each branch's, else the active adapter head or the model's own (if any)."""
+    if plan.branch_heads is not None:
+        return [host.heads[name] for name in plan.branch_heads]
+    head = host.heads[host._active_head] if host._active_head is not None else host.head
+    return [] if head is None else [head]
+
+
+def reads_inputs(head: nn.Module) -> bool:
+    """Whether ``head`` reads forward inputs of its own (a parser's ``word_starts``), so it runs after ``encode``."""
+    return bool(getattr(head, "input_names", ()))
+
+
+def encoder_inputs(running: list[nn.Module], args: tuple, kwargs: dict[str, Any]
+                   ) -> tuple[tuple, dict[str, Any], dict[str, Any]]:
+    """The forward's inputs as the running heads have the encoder take them (multiple choice flattens its choices),
+    and what the heads learn from them; heads that want them differently cannot run together."""
+    layouts = {getattr(head, "input_layout", None) for head in running}
+    if len(layouts) > 1:
+        raise ValueError(f"the heads of this setup take their inputs in different layouts {sorted(map(str, layouts))} "
+                         "(e.g. multiple choice's (batch, choices, tokens) beside (batch, tokens)); run them "
+                         "separately.")
+    return running[0].encoder_inputs(args, kwargs) if layouts - {None} else (args, kwargs, {})
 
 
 class BranchOutputs(list):
@@ -118,6 +160,14 @@ def mixed_batch(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwar
     comes back in the caller's order; each row gets its adapter's head when every named adapter has one.
     """
     names = [BASE if name is None else name for name in adapter_names]
+    candidates = {repr(name): host.heads[name] for name in {host._active_head, *names} & set(host.heads)}
+    if host.head is not None:
+        candidates["of the model"] = host.head
+    for name, head in candidates.items():
+        if getattr(head, "input_layout", None) is not None or reads_inputs(head):
+            raise ValueError(f"head {name} takes other inputs than (batch, tokens) or inputs of its own (multiple "
+                             "choice, parsing), which a mixed batch does not give it; run its adapter with "
+                             "AdapterSetup instead.")
     rows = batch_rows_of(args, kwargs)
     if rows == 0:
         raise ValueError("the batch is empty; a mixed batch needs at least one example (and one adapter name each).")
@@ -229,13 +279,31 @@ def split_labels(kwargs: dict[str, Any]) -> tuple[dict[str, Any], Tensor | None]
     if not any(key in kwargs for key in LABEL_ARGS):  # most forwards: nothing to take out, no copy (torch.compile
         # traces this; it cannot trace dict_keys.isdisjoint)
         return kwargs, None
-    labels, start, end = (kwargs.get(key) for key in LABEL_ARGS)
+    labels, start, end, arcs, rels = (kwargs.get(key) for key in LABEL_ARGS)
     kwargs = {key: value for key, value in kwargs.items() if key not in LABEL_ARGS}
-    if start is None and end is None:
-        return kwargs, labels
-    if start is None or end is None or labels is not None:
-        raise ValueError("question answering takes start_positions and end_positions together, without labels.")
-    return kwargs, torch.stack((start.reshape(-1), end.reshape(-1)), dim=-1)
+    if sum(any(value is not None for value in group) for group in ((labels,), (start, end), (arcs, rels))) > 1:
+        raise ValueError("pass the targets of one head: labels, or start_positions and end_positions (question "
+                         "answering), or labels_arcs and labels_rels (dependency parsing).")
+    if (start is None) != (end is None):
+        raise ValueError("question answering takes start_positions and end_positions together.")
+    if (arcs is None) != (rels is None):
+        raise ValueError("dependency parsing takes labels_arcs and labels_rels together.")
+    if start is not None:
+        return kwargs, torch.stack((start.reshape(-1), end.reshape(-1)), dim=-1)
+    if arcs is not None:
+        if arcs.shape != rels.shape:
+            raise ValueError(f"labels_arcs has shape {tuple(arcs.shape)}, labels_rels {tuple(rels.shape)}; give one "
+                             "head and one relation per word slot: (batch, tokens) each.")
+        return kwargs, torch.stack((arcs, rels), dim=-1)
+    return kwargs, labels
+
+
+def split_head_inputs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """A forward's ``kwargs`` without the inputs heads read themselves (``word_starts``), and those inputs."""
+    if not any(key in kwargs for key in INPUT_ARGS):
+        return kwargs, {}
+    inputs = {key: kwargs[key] for key in INPUT_ARGS if kwargs.get(key) is not None}
+    return {key: value for key, value in kwargs.items() if key not in INPUT_ARGS}, inputs
 
 
 def add_losses(host: AdapterHost, outputs: Any, labels: Tensor, attention_mask: Tensor | None) -> None:
@@ -250,24 +318,28 @@ def add_losses(host: AdapterHost, outputs: Any, labels: Tensor, attention_mask: 
     copies = 1 if branches is not None or host.plan.setup is None else host.plan.setup.parallel_channels
     if copies > 1:
         labels = labels.repeat(copies, *(1,) * (labels.dim() - 1))
-        attention_mask = None if attention_mask is None else attention_mask.repeat(copies, 1)
+        attention_mask = None if attention_mask is None else attention_mask.repeat(
+            copies, *(1,) * (attention_mask.dim() - 1))
     heads = [current_head(host, host.head)] * len(outputs) if branches is None else [host.heads[b] for b in branches]
     for out, head in zip(outputs, heads, strict=True):
         if head is None:
             raise ValueError("labels given, but the model has no head to compute a loss with; add a head (and "
                              "activate it), or build the model with a task head.")
         out.loss = (host.head_loss(out.logits, labels) if head is host.head
-                    else head.loss(out.logits, labels, attention_mask))
+                    else head.output_loss(out, labels, attention_mask))
 
 
-def apply_head(host: AdapterHost, out: Any, head: nn.Module) -> Any:
-    """Logits of ``head`` on an output's last hidden state (span logits split for question answering); a
-    language-model head decodes through the embedding site's inverse, where invertible adapters undo themselves."""
+def apply_head(host: AdapterHost, out: Any, head: nn.Module, inputs: dict[str, Tensor] | None = None) -> Any:
+    """Predictions of ``head`` on an output's last hidden state (span logits split for question answering), an
+    adapter head given the forward's ``inputs`` for heads; a language-model head decodes through the embedding site's
+    inverse, where invertible adapters undo themselves."""
     x = out.last_hidden_state
     if isinstance(head, MaskedLMHead):
         out.logits = head.decoder(placement.embedding_site(host).inverse(head.transform(x)))
-    else:
-        out.logits = head(x, out.pooler_output)
+    elif isinstance(head, AdapterHead):
+        head.predict(out, inputs or {})
+    else:  # the model's own head, given the inputs it names (a multiple-choice head: num_choices)
+        out.logits = head(x, out.pooler_output, **{name: inputs[name] for name in getattr(head, "input_names", ())})
     if getattr(head, "predicts_spans", False):
         out.start_logits, out.end_logits = (t.squeeze(-1).contiguous() for t in out.logits.split(1, dim=-1))
     return out

@@ -8,7 +8,7 @@ user adds one and when one is loaded, so the two can never disagree.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -17,22 +17,26 @@ from torch import Tensor, nn
 
 from peftcore import placement
 from peftcore.composition import Block, normalized
+from peftcore.head_types import AdapterHead, BiaffineParsingHead
 from peftcore.host import AdapterHost
-from peftcore.sites import Activation, MaskedLMHead, task_loss
+from peftcore.sites import Activation, MaskedLMHead, flatten_choices, task_loss
 
 TOKEN_LEVEL = ("tagging", "question_answering")
 SEQUENCE_LEVEL = ("classification", "multilabel_classification", "image_classification")
-HEAD_TYPES = (*SEQUENCE_LEVEL, *TOKEN_LEVEL, "masked_lm")
+HEAD_TYPES = (*SEQUENCE_LEVEL, *TOKEN_LEVEL, "multiple_choice", "dependency_parsing", "masked_lm")
 
 
-class PredictionHead(nn.Sequential):
+class PredictionHead(AdapterHead, nn.Sequential):
     """[Dropout, Linear(C, C), act] × (layers - 1), then [Dropout, Linear(C, L)]; AdapterHub's module numbering.
 
     Sequence-level heads read the first token (or the pooler output with ``use_pooler``); token-level heads read
-    every token. Question answering gives (B, T, 2): span-start and span-end logits.
+    every token. Question answering gives (B, T, 2): span-start and span-end logits. ``outputs`` is L (default: the
+    config's ``num_labels``).
     """
 
-    def __init__(self, config: Mapping[str, Any], hidden_size: int, dropout: float) -> None:
+    def __init__(self, config: Mapping[str, Any], hidden_size: int, dropout: float, outputs: int | None = None
+                 ) -> None:
+        outputs = config["num_labels"] if outputs is None else outputs
         layers = []
         for index in range(config["layers"]):
             layers.append(nn.Dropout(dropout))
@@ -41,7 +45,7 @@ class PredictionHead(nn.Sequential):
                 if config["activation_function"]:
                     layers.append(Activation(config["activation_function"]))
             else:
-                layers.append(nn.Linear(hidden_size, config["num_labels"], bias=config.get("bias", True)))
+                layers.append(nn.Linear(hidden_size, outputs, bias=config.get("bias", True)))
         super().__init__(*layers)
         self.config = dict(config)
         self.predicts_spans = config["head_type"] == "question_answering"
@@ -55,10 +59,6 @@ class PredictionHead(nn.Sequential):
                                  "use_pooler=False.")
             return super().forward(pooled)  # (B, L)
         return super().forward(x[:, 0])  # (B, L)
-
-    def get_output_embeddings(self) -> None:
-        """None: no layer of this head is tied to the word embeddings (AdapterHub's head method)."""
-        return None
 
     def loss(self, logits: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """AdapterHub's loss for the head type of ``logits`` against ``labels``: cross-entropy, BCE (multi-label),
@@ -77,7 +77,36 @@ class PredictionHead(nn.Sequential):
         return task_loss("single_label_classification", logits, labels)
 
 
-class MaskedLMPredictionHead(MaskedLMHead):
+class MultipleChoiceHead(PredictionHead):
+    """AdapterHub's multiple-choice head: a classification head scoring each choice with one output on its first
+    token (or pooler output); the forward's (B, num_choices, T) inputs run through the encoder as (B·num_choices, T)
+    and the scores come back as logits (B, num_choices)."""
+
+    def __init__(self, config: Mapping[str, Any], hidden_size: int, dropout: float) -> None:
+        super().__init__(config, hidden_size, dropout, outputs=1)
+        self.choices = config["num_choices"]
+
+    @property
+    def input_layout(self) -> Hashable:
+        return ("choices", self.choices)
+
+    def forward(self, x: Tensor, pooled: Tensor | None = None) -> Tensor:
+        return super().forward(x, pooled).view(-1, self.choices)  # (B·choices, 1) -> (B, choices)
+
+    def encoder_inputs(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any], dict[str, Any]]:
+        """Every input tensor (B, num_choices, ...) flattened to (B·num_choices, ...) (``flatten_choices``)."""
+        args, kwargs, _ = flatten_choices(args, kwargs, self.choices)
+        return args, kwargs, {}
+
+    def loss(self, logits: Tensor, labels: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Cross-entropy of the choice scores (B, num_choices) against the right choice's index (B,)."""
+        if tuple(labels.shape) != tuple(logits.shape[:1]):
+            raise ValueError(f"labels has shape {tuple(labels.shape)}; a multiple_choice head takes one label per "
+                             f"example, the index of the right choice: ({logits.shape[0]},).")
+        return task_loss("single_label_classification", logits, labels)
+
+
+class MaskedLMPredictionHead(AdapterHead, MaskedLMHead):
     """A masked-LM adapter head: BERT's LM head numbered 0, 1, 2, 3 as AdapterHub's BertStyleMaskedLMHead, with its
     config and loss. It maps the hidden states to the ``embedding_size`` of the word embeddings its decoder is tied
     to (narrower than the hidden size in ELECTRA and ALBERT)."""
@@ -102,8 +131,11 @@ FIELD_TYPES = {  # AdapterHub's head config fields, with the types they must hav
     "layers": int, "num_labels": int, "vocab_size": int, "embedding_size": (int, type(None)),
     "activation_function": (str, type(None)), "bias": bool, "use_pooler": bool, "multilabel": bool, "layer_norm": bool,
     "shift_labels": bool, "dropout_prob": (float, int, type(None)), "label2id": (dict, type(None)),
-    "id2label": (dict, type(None)),
+    "id2label": (dict, type(None)), "num_choices": int,
 }
+PARSING = "dependency_parsing"  # the head type without layers: its biaffine scorers are all it has
+HEAD_CLASSES = (PredictionHead, MultipleChoiceHead, BiaffineParsingHead, MaskedLMPredictionHead)
+INPUT_ARGS = tuple(dict.fromkeys(name for cls in HEAD_CLASSES for name in cls.input_names))  # a forward's head inputs
 
 
 def head_config(head_type: str, **fields: Any) -> dict[str, Any]:
@@ -117,14 +149,15 @@ def head_config(head_type: str, **fields: Any) -> dict[str, Any]:
                 types if isinstance(types, tuple) else (types,)))):
             raise TypeError(f"head config field {field} must be {types}, got {value!r}.")
     layers = config.get("layers")
-    if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
+    if head_type != PARSING and (not isinstance(layers, int) or isinstance(layers, bool) or layers < 1):
         raise ValueError(f"a head needs layers >= 1, got {layers!r}.")
-    if layers > MAX_LAYERS:
+    if head_type != PARSING and layers > MAX_LAYERS:
         raise ValueError(f"a head has at most {MAX_LAYERS} layers, got {layers}.")
     if head_type != "masked_lm":
-        labels = config.get("num_labels")
+        field = "num_choices" if head_type == "multiple_choice" else "num_labels"
+        labels = config.get(field)
         if not isinstance(labels, int) or isinstance(labels, bool) or labels < 1:
-            raise ValueError(f"a {head_type} head needs num_labels >= 1, got {labels!r}.")
+            raise ValueError(f"a {head_type} head needs {field} >= 1, got {labels!r}.")
         if labels > MAX_LABELS:
             raise ValueError(f"a {head_type} head has at most {MAX_LABELS:,} labels, got {labels:,}.")
         if head_type == "question_answering" and labels != 2:
@@ -144,9 +177,10 @@ def tied_embeddings(host: AdapterHost) -> tuple[int, int]:
 
 
 def new_head(config: Mapping[str, Any], hidden_size: int, embeddings: tuple[int, int] | None, dropout: float,
-             layer_norm_eps: float, initializer_range: float) -> nn.Module:
-    """The head a config dict describes, initialised as transformers initialises heads; ``embeddings`` is the shape
-    (vocabulary, width) of the word embeddings a masked-LM head's decoder is tied to (``tied_embeddings``)."""
+             layer_norm_eps: float, initializer_range: float, pad_token_id: int = 0) -> nn.Module:
+    """The head a config dict describes, initialised as transformers initialises heads (a parser's biaffine weights
+    zero, as AdapterHub's); ``embeddings`` is the shape (vocabulary, width) of the word embeddings a masked-LM head's
+    decoder is tied to (``tied_embeddings``), ``pad_token_id`` what marks padding in a parser's word starts."""
     if config["head_type"] == "masked_lm":
         vocab_size, width = embeddings
         if config.get("vocab_size", vocab_size) != vocab_size:
@@ -158,7 +192,13 @@ def new_head(config: Mapping[str, Any], hidden_size: int, embeddings: tuple[int,
         head: nn.Module = MaskedLMPredictionHead(config, hidden_size, layer_norm_eps)
     else:
         rate = config.get("dropout_prob")
-        head = PredictionHead(config, hidden_size, dropout if rate is None else rate)
+        rate = dropout if rate is None else rate
+        if config["head_type"] == PARSING:
+            head = BiaffineParsingHead(config, hidden_size, rate, pad_token_id)
+        elif config["head_type"] == "multiple_choice":
+            head = MultipleChoiceHead(config, hidden_size, rate)
+        else:
+            head = PredictionHead(config, hidden_size, rate)
     for module in head.modules():
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=initializer_range)
@@ -190,7 +230,7 @@ def build(host: AdapterHost, config: dict[str, Any], meta: bool = False) -> nn.M
     embeddings = tied_embeddings(host) if config["head_type"] == "masked_lm" else None
     with torch.device("meta") if meta else nullcontext():
         head = new_head(config, model.hidden_size, embeddings, dropout, model.layer_norm_eps,
-                        getattr(model, "initializer_range", 0.02))
+                        getattr(model, "initializer_range", 0.02), model.pad_token_id)
     if isinstance(head, MaskedLMHead):
         head.decoder.weight = host.get_input_embeddings().weight
         if isinstance(host.head, MaskedLMHead) and not meta:
@@ -231,7 +271,8 @@ def labels(host: AdapterHost, name: str | None) -> dict[int, str] | None:
 def labels_of(config: Mapping[str, Any]) -> dict[int, str] | None:
     if config.get("label2id") is not None:
         return {int(i): label for label, i in sorted(config["label2id"].items(), key=lambda item: int(item[1]))}
-    return None if config.get("num_labels") is None else {i: f"LABEL_{i}" for i in range(config["num_labels"])}
+    count = config.get("num_choices", config.get("num_labels"))
+    return None if count is None else {i: f"LABEL_{i}" for i in range(count)}
 
 
 def average(host: AdapterHost, name: str, head_list: Sequence[str] | Mapping[str, float],
@@ -302,4 +343,4 @@ def own_state(host: AdapterHost, head: nn.Module) -> dict[str, Tensor]:
     return {key: t for key, t in head.state_dict(keep_vars=True).items() if id(t) not in shared}
 
 
-__all__ = ["HEAD_TYPES", "MaskedLMPredictionHead", "PredictionHead", "head_config", "new_head"]
+__all__ = ["HEAD_TYPES", "MaskedLMPredictionHead", "MultipleChoiceHead", "PredictionHead", "head_config", "new_head"]

@@ -268,9 +268,10 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
         return self.unpad and self.plan.token_wise and not self.recorder.keeps_padding
 
     def apply_active_head(self, out: Any, model_head: nn.Module | None) -> Any:
-        """``out`` with the logits of the active adapter head, else of the model's own head (``model_head``)."""
+        """``out`` with the logits of the active adapter head, else of the model's own head (``model_head``); a head
+        that reads forward inputs of its own runs after the encoder instead (forward.py)."""
         head = forward.current_head(self, model_head)
-        return out if head is None else forward.apply_head(self, out, head)
+        return out if head is None or forward.reads_inputs(head) else forward.apply_head(self, out, head)
 
     # ---- fusion -----------------------------------------------------------------------------------------------
 

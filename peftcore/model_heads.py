@@ -46,6 +46,27 @@ class HeadsMixin:
                                  activation_function=activation_function, use_pooler=use_pooler, bias=True,
                                  multilabel=multilabel, label2id=heads.label2id(id2label, num_labels)), overwrite_ok)
 
+    def add_multiple_choice_head(self, name: str, num_choices: int = 2, layers: int = 2,
+                                 activation_function: str = "tanh", overwrite_ok: bool = False,
+                                 id2label: dict[int, str] | None = None, use_pooler: bool = False) -> None:
+        """Active head ``name`` for multiple choice: the forward takes (batch, ``num_choices``, tokens) inputs and
+        gives logits (batch, ``num_choices``), one score per choice from its first token (pooler output with
+        ``use_pooler``); ``layers``, ``activation_function``, ``overwrite_ok``, ``id2label`` as in
+        ``add_classification_head``."""
+        self.add_head(name, dict(head_type="multiple_choice", num_choices=num_choices, layers=layers,
+                                 activation_function=activation_function,
+                                 label2id=heads.label2id(id2label, num_choices), use_pooler=use_pooler,
+                                 dropout_prob=None), overwrite_ok)
+
+    def add_dependency_parsing_head(self, name: str, num_labels: int = 2, overwrite_ok: bool = False,
+                                    id2label: dict[int, str] | None = None) -> None:
+        """Active biaffine dependency-parsing head ``name`` over ``num_labels`` relations (AdapterHub's, after Glavaš
+        & Vulić 2021): the forward takes ``word_starts`` (and ``labels_arcs``, ``labels_rels`` for a loss) and gives
+        ``arc_preds`` (B, T, T+1) and ``logits`` = ``rel_preds`` (B, T, T+1, num_labels); ``overwrite_ok`` and
+        ``id2label`` as in ``add_classification_head``."""
+        self.add_head(name, dict(head_type="dependency_parsing", num_labels=num_labels,
+                                 label2id=heads.label2id(id2label, num_labels)), overwrite_ok)
+
     def add_tagging_head(self, name: str, num_labels: int = 2, layers: int = 1, activation_function: str = "tanh",
                          overwrite_ok: bool = False, id2label: dict[int, str] | None = None) -> None:
         """Active head ``name`` for token classification: one prediction per token; ``num_labels``, ``layers``,

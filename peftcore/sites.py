@@ -19,7 +19,7 @@ a ``layers`` ``nn.ModuleList``. ``find_sites`` then finds them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -215,6 +215,34 @@ def task_loss(problem: str, logits: Tensor, labels: Tensor) -> Tensor:
     if problem != "single_label_classification":
         raise ValueError(f"problem type {problem!r} is not known; use one of {[*PROBLEM_TYPES, 'span']}.")
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+def flatten_choices(args: tuple, kwargs: dict[str, Any], choices: int | None) -> tuple[tuple, dict[str, Any], int]:
+    """A multiple-choice forward's inputs (B, choices, ...) flattened to (B·choices, ...), as the encoder takes them,
+    and the number of choices; ``choices`` (None: any) is what the head was built for. Another rank, number of
+    choices or leading shape is refused, as it would pair scores with the wrong examples. Shared by the models' own
+    multiple-choice heads and the adapter heads."""
+    named = {**{f"argument {i}": value for i, value in enumerate(args)}, **kwargs}
+    tensors = {name: value for name, value in named.items() if isinstance(value, Tensor)}
+    ids = next((name for name in ("input_ids", "inputs_embeds", "argument 0") if name in tensors), None)
+    if ids is None:
+        raise ValueError("multiple choice takes input_ids (or inputs_embeds) of shape (batch, choices, tokens); none "
+                         "was given.")
+    shape, rank = tuple(tensors[ids].shape), 4 if ids == "inputs_embeds" else 3
+    expected = f"(batch, {choices or 'choices'}, tokens{', width' if rank == 4 else ''})"
+    if len(shape) != rank or (choices is not None and shape[1] != choices):
+        built = "" if choices is None else f" with num_choices={choices}"
+        raise ValueError(f"a multiple_choice head{built} takes {ids} of shape {expected}, got {shape}; stack each "
+                         "example's choices along dimension 1.")
+    for name, value in tensors.items():
+        if value.dim() < 3 or tuple(value.shape[:2]) != shape[:2]:
+            raise ValueError(f"{name} has shape {tuple(value.shape)}; with a multiple_choice head every input is "
+                             f"(batch, choices, ...) as {ids}: {shape[:3]}.")
+
+    def flat(value: Any) -> Any:
+        return value.flatten(0, 1) if isinstance(value, Tensor) else value
+
+    return tuple(flat(value) for value in args), {key: flat(value) for key, value in kwargs.items()}, shape[1]
 
 
 SITE_CLASSES = (SiteLinear, ResidualSite, PrefixSite, EmbeddingSite)

@@ -37,11 +37,10 @@ MISSING = {  # module of AdapterHub's package -> names peftcore.adapters lacks -
        "get_adapter_config_hash": "AdapterHub Hub lookups (its Hub is not used by peftcore)",
        "T5AdapterModel": "encoder-decoder models (peftcore runs encoders)"},
     "adapters.composition": {"MultiTask": "issue 19 (MultiTask block)"},
-    "adapters.heads": {name: "decoder and task heads peftcore does not build (encoders only; issue 19 for the "
-                             "multiple-choice and parsing heads)"
+    "adapters.heads": {name: "decoder and task heads peftcore does not build (encoders only; PredictionHead serves "
+                             "classification, tagging and question answering)"
                        for name in ("CausalLMHead", "Seq2SeqLMHead", "ClassificationHead", "TaggingHead",
-                                    "MultipleChoiceHead", "QuestionAnsweringHead", "MultiLabelClassificationHead",
-                                    "BiaffineParsingHead")},
+                                    "QuestionAnsweringHead", "MultiLabelClassificationHead")},
     "adapters.heads.language_modeling": {"CausalLMHead": "decoder heads (encoders only)"},
     "adapters.configuration.adapter_config": {"MTLLoRAConfig": "issue 19"},
     "adapters.methods.lora": {"LoRALayer": "AdapterHub's layer wrapper class; peftcore's LoRA plugs into sites"},

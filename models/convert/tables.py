@@ -77,6 +77,7 @@ BERT = Architecture(
                 **dict.fromkeys(("cls.seq_relationship.weight", "cls.seq_relationship.bias")),
             },
             "sequence_classification": linear("classifier", "head.classifier"),
+            "multiple_choice": linear("classifier", "head.classifier"),
             "token_classification": linear("classifier", "head.classifier"),
             "question_answering": linear("qa_outputs", "head.qa_outputs"),
         },
@@ -89,6 +90,7 @@ BERT = Architecture(
         "BertForSequenceClassification": ("sequence_classification", True),
         "BertForTokenClassification": ("token_classification", False),
         "BertForQuestionAnswering": ("question_answering", False),
+        "BertForMultipleChoice": ("multiple_choice", True),
     },
     site_paths={
         **INVERTIBLE,
@@ -122,6 +124,7 @@ ROBERTA = replace(
             },
             "token_classification": linear("classifier", "head.classifier"),
             "question_answering": linear("qa_outputs", "head.qa_outputs"),
+            "multiple_choice": linear("classifier", "head.classifier"),
         },
         copies={"lm_head.decoder.bias": "lm_head.bias"},
     ),
@@ -131,6 +134,7 @@ ROBERTA = replace(
         "RobertaForSequenceClassification": ("sequence_classification", False),
         "RobertaForTokenClassification": ("token_classification", False),
         "RobertaForQuestionAnswering": ("question_answering", False),
+        "RobertaForMultipleChoice": ("multiple_choice", True),
     },
 )
 
@@ -143,6 +147,7 @@ XLM_ROBERTA = replace(
         "XLMRobertaForSequenceClassification": ("sequence_classification", False),
         "XLMRobertaForTokenClassification": ("token_classification", False),
         "XLMRobertaForQuestionAnswering": ("question_answering", False),
+        "XLMRobertaForMultipleChoice": ("multiple_choice", True),
     },
 )
 
@@ -154,6 +159,7 @@ CAMEMBERT = replace(
         "CamembertForSequenceClassification": ("sequence_classification", False),
         "CamembertForTokenClassification": ("token_classification", False),
         "CamembertForQuestionAnswering": ("question_answering", False),
+        "CamembertForMultipleChoice": ("multiple_choice", True),
     },
 )
 

@@ -17,8 +17,9 @@ from typing import Any, ClassVar
 from peftcore.models import MODEL_CLASSES, PretrainedEncoder
 from peftcore.models.convert import read_config
 
+# transformers' task classes that have a counterpart here
 STATIC_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMaskedLM",
-                "ForImageClassification")  # transformers' task classes that have a counterpart here
+                "ForImageClassification", "ForMultipleChoice")
 
 
 class AdapterHubModel:
