@@ -14,6 +14,7 @@ from peftcore.methods import (
     MAMConfig,
     ParBnConfig,
     PrefixTuningConfig,
+    PromptTuningConfig,
     SeqBnConfig,
     SeqBnInvConfig,
     UniPELTConfig,
@@ -28,5 +29,5 @@ DEFAULT_ADAPTERFUSION_CONFIG = "dynamic"
 __all__ = ["ADAPTERFUSION_CONFIG_MAP", "ADAPTER_CONFIG_MAP", "DEFAULT_ADAPTERFUSION_CONFIG", "DEFAULT_ADAPTER_CONFIG",
            "AdapterConfig", "AdapterFusionConfig", "BnConfig", "CompacterConfig", "CompacterPlusPlusConfig",
            "ConfigUnion", "DoubleSeqBnConfig", "DoubleSeqBnInvConfig", "IA3Config", "LoRAConfig", "MAMConfig",
-           "ModelAdaptersConfig", "ParBnConfig", "PrefixTuningConfig", "SeqBnConfig", "SeqBnInvConfig",
-           "UniPELTConfig"]
+           "ModelAdaptersConfig", "ParBnConfig", "PrefixTuningConfig", "PromptTuningConfig", "SeqBnConfig",
+           "SeqBnInvConfig", "UniPELTConfig"]
