@@ -26,6 +26,7 @@ MIXED = {  # method -> the two configs a mixed batch runs side by side
     "compacter": ("compacter[reduction_factor=2]", "compacter++[reduction_factor=4]"),
     "unipelt": ("unipelt", "unipelt"),
     "seq_bn_inv": ("seq_bn_inv", "double_seq_bn_inv"),
+    "prompt": ("prompt_tuning[prompt_length=2]", "prompt_tuning[prompt_length=4, combine='prefix_after_bos']"),
 }
 
 

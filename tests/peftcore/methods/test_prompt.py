@@ -93,10 +93,18 @@ def test_adapterhub_sdpa_lets_its_prompt_attend_padding(adapterhub_trained, tmp_
         assert_parity(ours(input_ids=ids, attention_mask=mask).last_hidden_state[2, :3], single)
 
 
+def input_positions(tokens: int, combine: str, length: int = 3) -> list[int]:
+    """Where AdapterHub's outputs hold the input's ``tokens`` tokens, a prompt of ``length`` inserted by ``combine``."""
+    if combine == "prefix_after_bos":
+        return [0, *range(length + 1, tokens + length)]
+    return list(range(length, tokens + length))
+
+
 @pytest.mark.parametrize("arch", ADAPTERHUB_ARCHS)
 @pytest.mark.parametrize("combine", ["prefix", "prefix_after_bos"])
 def test_every_adapterhub_architecture_gives_its_outputs_at_the_input_positions(hf_checkpoint, arch, combine,
                                                                                tmp_path):
+    """Each row against AdapterHub's (default attention) run of that row alone, without padding; images have none."""
     directory, _ = reference(hf_checkpoint, arch)
     theirs = adapterhub_model(directory, eager=False)
     theirs.add_adapter("a", config=adapters.PromptTuningConfig(prompt_length=3, combine=combine))
@@ -107,19 +115,16 @@ def test_every_adapterhub_architecture_gives_its_outputs_at_the_input_positions(
     batch = inputs(ours.config)
     with torch.no_grad():
         got = run(ours, batch, output_hidden_states=True)
-        if not ARCHS[arch].is_text:
+        assert all(h.shape == got.last_hidden_state.shape for h in got.hidden_states)
+        if "attention_mask" not in batch:
             expected = run(theirs, batch).last_hidden_state
-            tokens = expected.shape[1] - 3
-            kept = [0, *range(4, tokens + 3)] if combine == "prefix_after_bos" else list(range(3, tokens + 3))
-            assert_parity(got.last_hidden_state, expected[:, kept])
+            assert_parity(got.last_hidden_state, expected[:, input_positions(expected.shape[1] - 3, combine)])
             return
         ids, mask = batch["input_ids"], batch["attention_mask"]
         for row in range(len(ids)):
             n = int(mask[row].sum())
             expected = alone(theirs, ids, mask, row).last_hidden_state[0]
-            kept = [0, *range(4, n + 3)] if combine == "prefix_after_bos" else list(range(3, n + 3))
-            assert_parity(got.last_hidden_state[row, :n], expected[kept])
-    assert all(h.shape == got.last_hidden_state.shape for h in got.hidden_states)
+            assert_parity(got.last_hidden_state[row, :n], expected[input_positions(n, combine)])
 
 
 def test_heads_read_the_prompted_sequence_as_adapterhubs_and_tagging_logits_align_with_tokens(hf_checkpoint,
