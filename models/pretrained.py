@@ -29,9 +29,10 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
     """Base class of every model: subclasses set the class attributes and build their modules from ``config``, an
     instance of their ``config_class``.
 
-    Subclasses define ``embeddings`` (ending in an EmbeddingSite), ``layers`` (each called as
-    ``layer(x, padding, output_attentions, **context)``), ``pooler`` (or None) and ``head`` (or None), and an
-    ``encode`` (their forward) that computes the embeddings and the padding, then ends in ``self.run_layers``.
+    Subclasses define ``embeddings`` (ending in an EmbeddingSite), ``prompt`` (the PromptSite after them,
+    ``layers.prompt_site``), ``layers`` (each called as ``layer(x, padding, output_attentions, **context)``),
+    ``pooler`` (or None) and ``head`` (or None), and an ``encode`` (their forward) that computes the embeddings, runs
+    the prompt site, builds the padding from the mask it returns, then ends in ``self.run_layers``.
     """
 
     config_class: ClassVar[type[EncoderConfig]]

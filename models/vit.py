@@ -120,7 +120,7 @@ class ViTModel(PretrainedEncoder):
     def __init__(self, config: ViTConfig) -> None:
         super().__init__(config)
         self.embeddings = PatchEmbeddings(config)  # ends in site embeddings
-        self.prompt = prompt_site(self.embeddings, self.embed_text)  # site prompt
+        self.prompt = prompt_site(self.embeddings)  # site prompt (a prompt cannot start from text here)
         self.layers = nn.ModuleList(PreNormLayer(config, config.qkv_bias) for _ in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # on the last hidden state
         self.pooler = Pooler(config.hidden_size) if config.add_pooling_layer else None

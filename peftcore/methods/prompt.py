@@ -18,6 +18,7 @@ positions, the prompt positions left out (AdapterHub returns them, T + P long).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -93,28 +94,30 @@ class PromptTuning(Method):
     @classmethod
     def build(cls, config: PromptTuningConfig, site: Site, shape: ModelShape, shared: nn.Module | None
               ) -> PromptTuning:
-        module = cls(config, site.module.width or shape.hidden_size)
-        if config.prompt_init == "from_string":
-            module.init_from(site.module.embed_text(config.prompt_init_text))
-        return module
+        return cls(config, site.module.width or shape.hidden_size)
 
     def __init__(self, config: PromptTuningConfig, width: int) -> None:
         super().__init__()
+        self.config = config
         self.length, self.after_bos = config.prompt_length, config.combine == "prefix_after_bos"
         self.prompt_embedding = nn.Embedding(config.prompt_length, width)
         scale = config.random_uniform_scale
         with torch.no_grad():
             self.prompt_embedding.weight.uniform_(-scale, scale, generator=init_generator(config.init_weights_seed))
 
-    def init_from(self, embedded: Tensor) -> None:
-        """The prompt := the embedded text (n, E), its rows repeated or cut to the prompt's length (AdapterHub's)."""
+    def initialise(self, site: Site) -> None:
+        """``from_string``: the prompt := the token embeddings of ``prompt_init_text`` (n, E), the rows repeated or cut
+        to the prompt's length (AdapterHub's); only on adding, so loading a trained prompt needs no tokenizer."""
+        if self.config.prompt_init != "from_string":
+            return
+        embedded = site.module.embed_text(self.config.prompt_init_text)
         if embedded.shape[0] == 0:
             raise ValueError("prompt_init_text gives no tokens; give a text that tokenizes to at least one token.")
         repeated = embedded.repeat(math.ceil(self.length / embedded.shape[0]), 1)[:self.length]
         with torch.no_grad():
             self.prompt_embedding.weight.copy_(repeated)
 
-    def forward(self, x: Tensor, attention_mask: Tensor | None, project: Any = None
+    def forward(self, x: Tensor, attention_mask: Tensor | None, project: Callable[[Tensor], Tensor] | None = None
                 ) -> tuple[Tensor, Tensor | None, Tensor]:
         """x (B, T, C), mask (B, T) -> (B, P+T, C), (B, P+T), and each input token's position (B, T)."""
         B, T, P = x.shape[0], x.shape[1], self.length

@@ -155,7 +155,7 @@ def test_heads_read_the_prompted_sequence_as_adapterhubs_and_tagging_logits_alig
                              atol=1e-5)
 
 
-def test_from_string_starts_from_the_token_embeddings_as_adapterhubs(minilm_checkpoint):
+def test_from_string_starts_from_the_token_embeddings_as_adapterhubs(minilm_checkpoint, tmp_path):
     config = dict(prompt_length=7, prompt_init="from_string", prompt_init_text="great movie")  # 4 tokens, repeated
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -171,6 +171,10 @@ def test_from_string_starts_from_the_token_embeddings_as_adapterhubs(minilm_chec
     ours.add_adapter("a", PromptTuningConfig(**config))
     expected = theirs.prompt_tuning.prompt_tunings["a"].prompt_embedding.weight
     assert_parity(ours.get_adapter("a")[-1]["prompt"].prompt_embedding.weight, expected)
+    ours.save_adapter(tmp_path / "a", "a")
+    fresh = BertModel.from_pretrained(minilm_checkpoint)  # no tokenizer: a saved prompt needs none to load
+    fresh.load_adapter(tmp_path / "a")
+    assert_parity(fresh.get_adapter("a")[-1]["prompt"].prompt_embedding.weight, expected)
 
 
 @pytest.mark.parametrize("arch", ["bert", "deberta-v2", "albert"])
