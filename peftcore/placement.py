@@ -104,7 +104,7 @@ def build_modules(host: AdapterHost, config: AdapterConfigBase, meta: bool) -> B
                   for layer in (None, *range(shape.num_layers)) for name in method.sites(member, layer)}
         lacking = sorted(wanted - {site.name for site in host.sites_found})
         why = f"it has no {lacking} site" if lacking else "all layers left out?"
-        raise ValueError(f"{type(config).__name__} places no module on this {type(host).__name__} ({why}).")
+        raise ValueError(f"{type(config).__name__} places no module on this model ({why}).")
     return BuiltAdapter(list(placed.values()), nn.ModuleDict(shared))
 
 
