@@ -100,18 +100,23 @@ def input_positions(tokens: int, combine: str, length: int = 3) -> list[int]:
     return list(range(length, tokens + length))
 
 
-@pytest.mark.parametrize("arch", ADAPTERHUB_ARCHS)
+# every architecture AdapterHub is a reference for, and the two whose embeddings project up after the prompt
+CASES = [*((arch, "default") for arch in ADAPTERHUB_ARCHS), ("electra", "every_tensor"), ("albert", "every_tensor")]
+
+
+@pytest.mark.parametrize(("arch", "variant"), CASES)
 @pytest.mark.parametrize("combine", ["prefix", "prefix_after_bos"])
-def test_every_adapterhub_architecture_gives_its_outputs_at_the_input_positions(hf_checkpoint, arch, combine,
-                                                                               tmp_path):
+def test_every_adapterhub_architecture_gives_its_outputs_at_the_input_positions(hf_checkpoint, arch, variant,
+                                                                               combine, tmp_path):
     """Each row against AdapterHub's (default attention) run of that row alone, without padding; images have none."""
-    directory, _ = reference(hf_checkpoint, arch)
+    directory, _ = reference(hf_checkpoint, arch, variant=variant)
     theirs = adapterhub_model(directory, eager=False)
     theirs.add_adapter("a", config=adapters.PromptTuningConfig(prompt_length=3, combine=combine))
     theirs.set_active_adapters("a")
     theirs.save_adapter(str(tmp_path / "a"), "a")
     ours = ARCHS[arch].model.from_pretrained(directory).eval()
     ours.load_adapter(tmp_path / "a", set_active=True)
+    assert ours.adapter_summary(as_dict=True)[0]["#param"] == theirs.adapter_summary(as_dict=True)[0]["#param"]
     batch = inputs(ours.config)
     with torch.no_grad():
         got = run(ours, batch, output_hidden_states=True)
