@@ -68,16 +68,17 @@ def methods_placed(host: AdapterHost, member: AdapterConfigBase) -> list[type[Me
     return [method for method in methods_for(member) if any(method.sites(member, layer) for layer in layers)]
 
 
-def build(host: AdapterHost, config: AdapterConfigBase, meta: bool = False, initialise: bool = False) -> BuiltAdapter:
+def build(host: AdapterHost, config: AdapterConfigBase, meta: bool = False) -> BuiltAdapter:
     """The method modules ``config`` (or each member of a union) places, on the model's device and dtype; attaches
-    nothing. ``meta`` builds them on the meta device, to learn their shapes without allocating; ``initialise`` runs
-    each module's ``initialise`` (a new adapter's, whose tensors no file or average fills)."""
+    nothing. ``meta`` builds them on the meta device, to learn their shapes without allocating."""
     with torch.device("meta") if meta else nullcontext():
-        built = build_modules(host, config, meta)
-    if initialise:
-        for site, module in built.placed:
-            module.initialise(site)
-    return built
+        return build_modules(host, config, meta)
+
+
+def initialise(built: BuiltAdapter) -> None:
+    """Each module's ``Method.initialise``: for a new adapter, whose tensors no file or average fills."""
+    for site, module in built.placed:
+        module.initialise(site)
 
 
 def build_modules(host: AdapterHost, config: AdapterConfigBase, meta: bool) -> BuiltAdapter:
