@@ -116,7 +116,8 @@ def test_every_adapterhub_architecture_gives_its_outputs_at_the_input_positions(
     theirs.save_adapter(str(tmp_path / "a"), "a")
     ours = ARCHS[arch].model.from_pretrained(directory).eval()
     ours.load_adapter(tmp_path / "a", set_active=True)
-    assert ours.adapter_summary(as_dict=True)[0]["#param"] == theirs.adapter_summary(as_dict=True)[0]["#param"]
+    if combine == "prefix":  # the count is combine's either way; AdapterHub's summary takes most of a second
+        assert ours.adapter_summary(as_dict=True)[0]["#param"] == theirs.adapter_summary(as_dict=True)[0]["#param"]
     batch = inputs(ours.config)
     with torch.no_grad():
         got = run(ours, batch, output_hidden_states=True)
