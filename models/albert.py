@@ -48,6 +48,7 @@ from peftcore.models.layers import (
     TokenClassificationHead,
     check_positive,
     masked_lm_head,
+    prompt_site,
 )
 from peftcore.models.pretrained import PretrainedEncoder
 
@@ -121,6 +122,7 @@ class AlbertModel(PretrainedEncoder):
     def __init__(self, config: AlbertConfig) -> None:
         super().__init__(config)
         self.embeddings = AlbertEmbeddings(config)  # ends in site embeddings, then proj
+        self.prompt = prompt_site(self.embeddings, self.embed_text)  # site prompt
         self.layers = nn.ModuleList(AlbertLayer(config) for _ in range(config.num_distinct_layers))
         self.pooler = Pooler(config.hidden_size) if config.add_pooling_layer else None
         self.head = self.build_head()

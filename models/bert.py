@@ -24,6 +24,7 @@ from peftcore.models.layers import (
     TokenClassificationHead,
     additive_mask,
     masked_lm_head,
+    prompt_site,
 )
 from peftcore.models.multiple_choice import PooledChoiceHead
 from peftcore.models.pretrained import PretrainedEncoder
@@ -53,6 +54,7 @@ class BertModel(PretrainedEncoder):
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
         self.embeddings = self.build_embeddings(config)  # ends in site embeddings
+        self.prompt = prompt_site(self.embeddings, self.embed_text)  # site prompt
         self.layers = nn.ModuleList(self.build_layer(config) for _ in range(config.num_hidden_layers))
         self.pooler = Pooler(config.hidden_size) if config.add_pooling_layer else None
         self.head = self.build_head()
@@ -96,5 +98,6 @@ class BertModel(PretrainedEncoder):
         if position_ids is None:
             position_ids = self.default_position_ids(input_ids, shape, device)
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, C)
+        x, attention_mask, positions = self.prompt(x, attention_mask)  # site prompt: (B, P+T, C) when active
         padding = Padding.of(attention_mask, additive_mask(attention_mask, x.dtype), self.unpadded())
-        return self.run_layers(x, padding, output_hidden_states, output_attentions)
+        return self.run_layers(x, padding, output_hidden_states, output_attentions, positions)

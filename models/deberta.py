@@ -35,6 +35,7 @@ from peftcore.models.layers import (
     check_choice,
     masked_lm_head,
     merge_heads,
+    prompt_site,
     split_heads,
 )
 from peftcore.models.pretrained import PretrainedEncoder
@@ -275,6 +276,7 @@ class DebertaModel(PretrainedEncoder):
     def __init__(self, config: DebertaConfig) -> None:
         super().__init__(config)
         self.embeddings = DebertaEmbeddings(config)  # ends in site embeddings
+        self.prompt = prompt_site(self.embeddings, self.embed_text)  # site prompt
         self.rel_embeddings = (nn.Embedding(2 * config.pos_ebd_size, config.hidden_size)
                                if config.relative_attention else None)
         self.layers = nn.ModuleList(self.build_layer(config) for _ in range(config.num_hidden_layers))
@@ -318,14 +320,15 @@ class DebertaModel(PretrainedEncoder):
         uniform attention over all tokens. Padded positions' outputs therefore equal transformers' too, which matters
         wherever they are read: gates (UniPELT, prefix and LoRA gates) average over every position.
         """
-        _, T = self.check_ids(input_ids, inputs_embeds, attention_mask, token_type_ids, self.max_length,
-                                     position_ids)
+        self.check_ids(input_ids, inputs_embeds, attention_mask, token_type_ids, self.max_length, position_ids)
         device = (input_ids if input_ids is not None else inputs_embeds).device
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, attention_mask)  # (B, T, C)
+        x, attention_mask, positions = self.prompt(x, attention_mask)  # site prompt: (B, P+T, C) when active
+        T = x.shape[1]
         mask = additive_mask(attention_mask, x.dtype)  # (B, 1, 1, T)
         if mask is not None:  # padded query rows masked whole, as transformers' get_attention_mask does
             mask = mask.expand(-1, -1, T, -1).masked_fill(attention_mask[:, None, :, None] == 0,
                                                           torch.finfo(x.dtype).min)  # (B, 1, T, T)
         padding = Padding.of(attention_mask, mask, self.unpadded())
         relative = self.relative_positions(T, device) if self.rel_embeddings is not None else None
-        return self.run_layers(x, padding, output_hidden_states, output_attentions, relative=relative)
+        return self.run_layers(x, padding, output_hidden_states, output_attentions, positions, relative=relative)

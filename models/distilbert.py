@@ -27,6 +27,7 @@ from peftcore.models.layers import (
     TokenClassificationHead,
     additive_mask,
     masked_lm_head,
+    prompt_site,
 )
 from peftcore.models.pretrained import PretrainedEncoder
 from peftcore.sites import EmbeddingSite
@@ -156,6 +157,7 @@ class DistilBertModel(PretrainedEncoder):
     def __init__(self, config: DistilBertConfig) -> None:
         super().__init__(config)
         self.embeddings = DistilBertEmbeddings(config)  # ends in site embeddings
+        self.prompt = prompt_site(self.embeddings, self.embed_text)  # site prompt
         self.layers = nn.ModuleList(DistilBertLayer(config) for _ in range(config.num_hidden_layers))
         self.pooler = None
         self.head = self.build_head()
@@ -193,5 +195,6 @@ class DistilBertModel(PretrainedEncoder):
         if position_ids is None:
             position_ids = torch.arange(shape[1], device=device).expand(shape)  # (B, T)
         x = self.embeddings(input_ids, position_ids, inputs_embeds)  # (B, T, C)
+        x, attention_mask, positions = self.prompt(x, attention_mask)  # site prompt: (B, P+T, C) when active
         padding = Padding.of(attention_mask, additive_mask(attention_mask, x.dtype), self.unpadded())
-        return self.run_layers(x, padding, output_hidden_states, output_attentions)
+        return self.run_layers(x, padding, output_hidden_states, output_attentions, positions)

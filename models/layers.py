@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from types import UnionType
 from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
@@ -18,7 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftcore.sites import ACTIVATIONS, PROBLEM_TYPES, EmbeddingSite, MaskedLMHead, PrefixSite, ResidualSite, SiteLinear
+from peftcore.sites import (
+    ACTIVATIONS,
+    PROBLEM_TYPES,
+    EmbeddingSite,
+    MaskedLMHead,
+    PrefixSite,
+    PromptSite,
+    ResidualSite,
+    SiteLinear,
+)
 
 HEADS = ("masked_lm", "sequence_classification", "token_classification", "question_answering",
          "image_classification", "multiple_choice")
@@ -166,6 +176,14 @@ class Embeddings(nn.Module):
         x = x + self.token_type(token_type_ids) + self.position(position_ids)
         x = self.site(self.dropout(self.norm(x)))
         return x if self.proj is None else self.proj(x)  # (B, T, C)
+
+
+def prompt_site(embeddings: nn.Module, embed_text: Callable[[str], Tensor] | None = None) -> PromptSite:
+    """The prompt site after ``embeddings``: as wide as their embedding site, through their ``proj`` where they
+    project up after it (the inserted vectors meet the layers as the embedded tokens do); ``embed_text`` embeds a
+    text's tokens (the model's ``embed_text``)."""
+    proj = getattr(embeddings, "proj", None)
+    return PromptSite(embeddings.site.width, None if proj is None else proj.__call__, embed_text)
 
 
 class SelfAttention(nn.Module):
@@ -462,11 +480,14 @@ class EncoderOutput:
     adapter_gating_scores: dict | None = None  # {adapter: {layer: {location: np.ndarray}}}, when asked for
     adapter_fusion_attentions: dict | None = None  # {fusion: {layer: {location: np.ndarray (B, T, N)}}}, when asked
     loss: Tensor | None = None  # scalar, when the forward was given labels
+    token_positions: Tensor | None = None  # (B, T): where each input token sits in the per-token tensors, while they
+    # are longer than the input (a prompt inserted); the model's forward cuts them back and clears it. Not a key.
 
     def keys(self) -> list[str]:
         """The names of the fields that are not None: the predictions first, as transformers' task outputs have them
         (``loss``, ``start_logits``, ``end_logits``, ``logits``), then in field order."""
-        names = [*FIRST_KEYS, *(field.name for field in fields(self) if field.name not in FIRST_KEYS)]
+        names = [*FIRST_KEYS, *(field.name for field in fields(self)
+                                if field.name not in FIRST_KEYS and field.name != "token_positions")]
         return [name for name in names if getattr(self, name) is not None]
 
     def __len__(self) -> int:

@@ -29,15 +29,17 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
     """Base class of every model: subclasses set the class attributes and build their modules from ``config``, an
     instance of their ``config_class``.
 
-    Subclasses define ``embeddings`` (ending in an EmbeddingSite), ``layers`` (each called as
-    ``layer(x, padding, output_attentions, **context)``), ``pooler`` (or None) and ``head`` (or None), and an
-    ``encode`` (their forward) that computes the embeddings and the padding, then ends in ``self.run_layers``.
+    Subclasses define ``embeddings`` (ending in an EmbeddingSite), ``prompt`` (the PromptSite after them,
+    ``layers.prompt_site``), ``layers`` (each called as ``layer(x, padding, output_attentions, **context)``),
+    ``pooler`` (or None) and ``head`` (or None), and an ``encode`` (their forward) that computes the embeddings, runs
+    the prompt site, builds the padding from the mask it returns, then ends in ``self.run_layers``.
     """
 
     config_class: ClassVar[type[EncoderConfig]]
     architecture: ClassVar[Architecture]  # the HF side: key table, transformers classes, config renames, site paths
     head_classes: ClassVar[Mapping[str, type[nn.Module]]]
     checkpoint_format: ClassVar[str] = "hf"  # what save_pretrained writes unless told
+    tokenizer: Callable[[str], Mapping[str, Any]] | None = None  # text -> {"input_ids": ...}; read by embed_text
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
@@ -83,6 +85,19 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
                        if labels.dtype in (torch.long, torch.int) else "multi_label_classification")
         return task_loss(problem, logits, labels)
 
+    def embed_text(self, text: str) -> Tensor:
+        """The word embeddings (n, E) of ``text``'s tokens, special tokens included, by the model's ``tokenizer``
+        (set it: ``model.tokenizer = Tokenizer.from_pretrained(checkpoint_dir)``): where prompt tuning's
+        ``prompt_init="from_string"`` starts (AdapterHub's reads ``config.tokenizer_name_or_path``)."""
+        if self.tokenizer is None:
+            raise ValueError("prompt_init='from_string' tokenizes prompt_init_text with the model's tokenizer, and "
+                             "the model has none; set model.tokenizer = Tokenizer.from_pretrained(checkpoint_dir) "
+                             "(peftcore.models.Tokenizer, or a transformers tokenizer) first.")
+        embeddings = self.get_input_embeddings()
+        ids = torch.as_tensor(self.tokenizer(text)["input_ids"]).reshape(-1)  # (n,)
+        with torch.no_grad():
+            return embeddings(ids.to(embeddings.weight.device)).float()  # (n, E)
+
     def get_input_embeddings(self) -> nn.Module:
         """The module that embeds the input tokens (transformers' name): the word embeddings of a text model."""
         return self.embeddings.word
@@ -110,12 +125,13 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
             nn.init.zeros_(module.bias)
 
     def run_layers(self, x: Tensor, padding: Padding, output_hidden_states: bool, output_attentions: bool,
-                   **layer_context: Any) -> EncoderOutput:
+                   token_positions: Tensor | None = None, **layer_context: Any) -> EncoderOutput:
         """The layers on the embeddings ``x`` (B, T, C), then ``norm`` if any and ``finish``: every model's loop.
 
         A padded batch runs packed, as ``padding`` says; with ``output_hidden_states`` the hidden states are returned,
         padded back to (B, T, C), and with ``output_attentions`` each layer's attention probabilities.
-        ``layer_context`` goes to every layer (DeBERTa's relative positions).
+        ``token_positions`` (from the prompt site) go into the output, which ``forward`` cuts back to the input's
+        tokens; ``layer_context`` goes to every layer (DeBERTa's relative positions).
         """
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
@@ -129,7 +145,9 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
             if output_attentions:
                 attentions.append(probs)
         last = padding.pad(h)  # (B, T, C)
-        return self.finish(last if self.norm is None else self.norm(last), hidden_states, attentions)
+        out = self.finish(last if self.norm is None else self.norm(last), hidden_states, attentions)
+        out.token_positions = token_positions
+        return out
 
     def layer_schedule(self) -> Iterable[tuple[nn.Module, bool]]:
         """The layers in the order they run, each with whether its output is one of the hidden states a forward

@@ -17,7 +17,16 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from peftcore.models.convert.tables import VIT
-from peftcore.models.layers import EncoderConfig, EncoderOutput, Padding, Pooler, PreNormLayer, check_positive
+from peftcore.models.layers import (
+    EncoderConfig,
+    EncoderOutput,
+    Padding,
+    Pooler,
+    PreNormLayer,
+    additive_mask,
+    check_positive,
+    prompt_site,
+)
 from peftcore.models.pretrained import PretrainedEncoder
 from peftcore.sites import EmbeddingSite
 
@@ -111,6 +120,7 @@ class ViTModel(PretrainedEncoder):
     def __init__(self, config: ViTConfig) -> None:
         super().__init__(config)
         self.embeddings = PatchEmbeddings(config)  # ends in site embeddings
+        self.prompt = prompt_site(self.embeddings)  # site prompt (a prompt cannot start from text here)
         self.layers = nn.ModuleList(PreNormLayer(config, config.qkv_bias) for _ in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)  # on the last hidden state
         self.pooler = Pooler(config.hidden_size) if config.add_pooling_layer else None
@@ -148,7 +158,10 @@ class ViTModel(PretrainedEncoder):
         """
         self.check_pixels(pixel_values, interpolate_pos_encoding)
         x = self.embeddings(pixel_values.to(self.embeddings.patch.weight.dtype))  # (B, T, C)
-        return self.run_layers(x, Padding(), output_hidden_states, output_attentions)  # images have no padding
+        x, attention_mask, positions = self.prompt(x, None)  # site prompt: (B, P+T, C) when active; a mixed batch's
+        # rows with shorter prompts are padded
+        padding = Padding.of(attention_mask, additive_mask(attention_mask, x.dtype), self.unpadded())
+        return self.run_layers(x, padding, output_hidden_states, output_attentions, positions)
 
     def check_pixels(self, pixel_values: Tensor, interpolate_pos_encoding: bool) -> None:
         """Validate a forward's images; every message says what to pass instead."""

@@ -46,13 +46,39 @@ def run(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict
     kwargs, inputs = split_head_inputs(kwargs)
     context = None if torch.compiler.is_compiling() or adapter_names is not None else current_setup()
     if context is None:
-        return with_losses(host, run_setup(host, encode, args, kwargs, gates, fusions, adapter_names, inputs),
-                           labels, kwargs, adapter_names)
+        outputs = at_input_positions(run_setup(host, encode, args, kwargs, gates, fusions, adapter_names, inputs))
+        return with_losses(host, outputs, labels, kwargs, adapter_names)
     with guard(host).changing():
         plan, head = context_plan(host, context)
         with swapped(host, plan, head):
-            return with_losses(host, run_setup(host, encode, args, kwargs, gates, fusions, None, inputs), labels,
-                               kwargs, None)
+            outputs = at_input_positions(run_setup(host, encode, args, kwargs, gates, fusions, None, inputs))
+            return with_losses(host, outputs, labels, kwargs, None)
+
+
+def at_input_positions(outputs: Any) -> Any:
+    """Outputs whose per-token tensors are longer than the input (a prompt site inserted positions: the layers, the
+    pooler and the heads ran on the longer sequence) cut back to the input's tokens, so they align with its labels:
+    the last hidden state, the hidden states, span logits and per-token logits. Attentions keep every position."""
+    if isinstance(outputs, list):
+        outputs[:] = [at_input_positions(out) for out in outputs]
+        return outputs
+    positions = outputs.token_positions
+    if positions is None:
+        return outputs
+    length = outputs.last_hidden_state.shape[1]
+
+    def gather(t: Tensor) -> Tensor:
+        index = positions.to(t.device).reshape(*positions.shape, *(1,) * (t.dim() - 2))
+        return t.gather(1, index.expand(*positions.shape, *t.shape[2:]))
+
+    per_token = {name: gather(getattr(outputs, name)) for name in ("last_hidden_state", "start_logits", "end_logits")
+                 if getattr(outputs, name) is not None}
+    if outputs.hidden_states is not None:
+        per_token["hidden_states"] = tuple(gather(h) for h in outputs.hidden_states)
+    logits = outputs.logits
+    if logits is not None and logits.dim() == 3 and logits.shape[1] == length:
+        per_token["logits"] = gather(logits)
+    return dataclasses.replace(outputs, token_positions=None, **per_token)
 
 
 def with_losses(host: AdapterHost, outputs: Any, labels: Tensor | None, kwargs: dict[str, Any],

@@ -77,6 +77,7 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
             raise ValueError(f"adapter {name!r} is merged into the weights; reset_adapter({name!r}) before "
                              "replacing it.")
         built = placement.build(self, config)
+        placement.initialise(built)
         fusion.check_replacement(self, name, built.placed)
         if name in self.adapter_configs:
             placement.remove(self, name)

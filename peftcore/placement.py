@@ -20,11 +20,11 @@ from peftcore.configs import AdapterConfigBase, members
 from peftcore.host import AdapterHost
 from peftcore.methods import methods_for
 from peftcore.methods.base import Method, ModelShape, shared_state_key, state_key
-from peftcore.sites import Site
+from peftcore.sites import EmbeddingSite, Site
 
 FORBIDDEN_IN_NAMES = set(".,/\\") | {chr(code) for code in (*range(32), 127)}  # see check_name
 LOCATIONS = {  # our site -> AdapterHub's location key for the modules there (its get_adapter's inner keys)
-    "embeddings": "invertible", "attn.q": "selfattn", "attn.k": "selfattn", "attn.v": "selfattn",
+    "embeddings": "invertible", "prompt": "prompt", "attn.q": "selfattn", "attn.k": "selfattn", "attn.v": "selfattn",
     "attn.prefix": "self", "attn.residual": "mh_adapter", "ffn.intermediate": "intermediate", "ffn.output": "output",
     "ffn.residual": "output_adapter",
 }
@@ -75,6 +75,12 @@ def build(host: AdapterHost, config: AdapterConfigBase, meta: bool = False) -> B
         return build_modules(host, config, meta)
 
 
+def initialise(built: BuiltAdapter) -> None:
+    """Each module's ``Method.initialise``: for a new adapter, whose tensors no file or average fills."""
+    for site, module in built.placed:
+        module.initialise(site)
+
+
 def build_modules(host: AdapterHost, config: AdapterConfigBase, meta: bool) -> BuiltAdapter:
     shape = model_shape(host)
     shared: dict[str, nn.Module] = {}
@@ -95,7 +101,11 @@ def build_modules(host: AdapterHost, config: AdapterConfigBase, meta: bool) -> B
                     module = method.build(member, site, shape, shared.get(method.shared_key))
                     placed[site.path] = (site, like_model(host, module, meta))
     if not placed:
-        raise ValueError(f"{type(config).__name__} places no module on this model (all layers left out?).")
+        wanted = {name for member in members(config) for method in methods_for(member)
+                  for layer in (None, *range(shape.num_layers)) for name in method.sites(member, layer)}
+        lacking = sorted(wanted - {site.name for site in host.sites_found})
+        why = f"it has no {lacking} site" if lacking else "all layers left out?"
+        raise ValueError(f"{type(config).__name__} places no module on this model ({why}).")
     return BuiltAdapter(list(placed.values()), nn.ModuleDict(shared))
 
 
@@ -189,7 +199,7 @@ def parameters(host: AdapterHost, name: str) -> Iterator[nn.Parameter]:
 
 def embedding_site(host: AdapterHost) -> nn.Module:
     """The site after the embeddings, where invertible adapters sit."""
-    return next(site.module for site in host.sites_found if site.layer is None)
+    return next(site.module for site in host.sites_found if isinstance(site.module, EmbeddingSite))
 
 
 def merged(host: AdapterHost) -> set[str]:

@@ -7,6 +7,8 @@ offers at each kind of site:
                                    (bottleneck adapters; AdapterFusion reads their up-projections)
     prefix sites (PrefixSite):     forward(k, v, mask, x) -> (k, v, mask)   prefix tuning
     the embedding site:            forward(x) and inverse(x)                   invertible adapters
+    the prompt site (PromptSite):  forward(x, attention_mask, project) -> (x, attention_mask, positions)
+                                                                               prompt tuning
 
 A plug calls an adapter's module (its bound ``__call__``: a module itself would become a submodule of the site), not
 its ``forward``, so hooks registered on it run as in AdapterHub; where
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftcore.composition import Average, BatchSplit, Block, Fuse, Parallel, Split, Stack, spans
-from peftcore.sites import EmbeddingSite, PrefixSite, ResidualSite, SiteLinear
+from peftcore.sites import EmbeddingSite, PrefixSite, PromptSite, ResidualSite, SiteLinear
 
 Modules = dict[str, nn.Module]  # the adapters attached at one site (merged ones left out), by name
 
@@ -288,6 +290,48 @@ def chain(functions: Sequence[Callable], x: Tensor) -> Tensor:
     return reduce(lambda out, fn: fn(out), functions, x)
 
 
+# ---- the prompt site (prompt tuning): x, attention_mask, positions = plug(x, attention_mask, project) ----------
+
+def prompt(block: str | Block, modules: Modules, site: str) -> Callable | None:
+    if isinstance(block, str):
+        return modules[block].__call__ if block in modules else None
+    compiled = [prompt(child, modules, site) for child in block]
+    present = [fn for fn in compiled if fn is not None]
+    if not present:
+        return None
+    if isinstance(block, Stack):
+        if len(present) > 1:
+            raise unsupported(block, site, "prompt-tuning", ": a sequence takes one prompt; stack one prompt-tuning "
+                              "adapter with adapters of other methods")
+        return present[0]
+    if isinstance(block, BatchSplit | Parallel):
+        return partial(prompt_slicewise, block, compiled)
+    raise unsupported(block, site, "prompt-tuning", ": a prompt is inserted into the whole sequence of a row")
+
+
+def prompt_slicewise(block: Block, functions: list[Callable | None], x: Tensor, attention_mask: Tensor | None,
+                     project: Callable | None) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Each slice of the batch inserts its own prompt (or none); rows made shorter than the longest are padded on
+    the right with masked positions, so every row attends exactly as it would alone."""
+    outs = []
+    for fn, span in zip(functions, spans(block, x.shape[0]), strict=True):
+        rows, mask = x[span], None if attention_mask is None else attention_mask[span]
+        if fn is None:
+            positions = torch.arange(rows.shape[1], device=x.device).expand(rows.shape[:2])
+            outs.append((rows, mask, positions))
+        else:
+            outs.append(fn(rows, mask, project))
+    width = max(rows.shape[1] for rows, _, _ in outs)
+    if all(rows.shape[1] == width for rows, _, _ in outs) and attention_mask is None:
+        return torch.cat([rows for rows, _, _ in outs]), None, torch.cat([p for _, _, p in outs])
+    xs, masks = [], []
+    for rows, mask, _ in outs:
+        mask = rows.new_ones(rows.shape[:2], dtype=torch.long) if mask is None else mask
+        xs.append(F.pad(rows, (0, 0, 0, width - rows.shape[1])))
+        masks.append(F.pad(mask, (0, width - rows.shape[1])))
+    return torch.cat(xs), torch.cat(masks), torch.cat([p for _, _, p in outs])
+
+
 # ---- every site ----------------------------------------------------------------------------------------------------
 
 def site_plugs(module: nn.Module, setup: Block | None, skip: set[str], path: str) -> dict[str, Callable | None]:
@@ -304,6 +348,8 @@ def site_plugs(module: nn.Module, setup: Block | None, skip: set[str], path: str
         plugs["plug"] = residual(setup, modules, module.fusions, path)
     elif isinstance(module, PrefixSite):
         plugs["plug"] = prefix(setup, modules, path)
+    elif isinstance(module, PromptSite):
+        plugs["plug"] = prompt(setup, modules, path)
     elif isinstance(module, EmbeddingSite):
         pair = embedding(setup, modules, path)
         if pair is not None:

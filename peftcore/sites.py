@@ -12,8 +12,8 @@ closure into ``plug``. Nothing is looked up during forward: an empty site costs 
 
 To give your own model sites, build it from these classes (``SiteLinear`` for q/k/v and the FFN
 linears, ``ResidualSite`` for each residual-plus-norm, ``PrefixSite`` in attention, one
-``EmbeddingSite`` after the embeddings) under the attribute names of ``SITE_NAMES``, with the layers in
-a ``layers`` ``nn.ModuleList``. ``find_sites`` then finds them.
+``EmbeddingSite`` after the embeddings and one ``PromptSite`` after that) under the attribute names of ``SITE_NAMES``,
+with the layers in a ``layers`` ``nn.ModuleList``. ``find_sites`` then finds them.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class Activation(nn.Module):
 
 SITE_NAMES = (
     "embeddings",
+    "prompt",
     "attn.q",
     "attn.k",
     "attn.v",
@@ -146,6 +147,37 @@ class EmbeddingSite(nn.Module):
 
     def inverse(self, x: Tensor) -> Tensor:
         return x if self.inverse_plug is None else self.inverse_plug(x)
+
+
+class PromptSite(nn.Module):
+    """``x, attention_mask -> x, attention_mask, positions`` after the embeddings; prompt tuning inserts its soft
+    prompt vectors into the sequence here. The identity (positions None) while empty.
+
+    x (B, T, C) becomes (B, T', C) with T' > T, the (B, T) 1/0 ``attention_mask`` (None: every token attended)
+    becomes (B, T') and ``positions`` (B, T) says where each input token went, so that the model returns per-token
+    outputs at the input's positions. The model calls it before it builds its padding, so attention, unpadded
+    execution and position biases all see the longer sequence. ``width`` is that of the vectors inserted (None: the
+    model's hidden size); models that project narrower embeddings up after the embeddings site (ELECTRA, ALBERT)
+    give ``project``, which the inserted vectors go through as the embeddings do. ``embed_text(text)`` gives the
+    (n, width) token embeddings of a text, which a prompt may start from (None: the model embeds no text).
+    """
+
+    def __init__(self, width: int | None = None, project: Callable[[Tensor], Tensor] | None = None,
+                 embed_text: Callable[[str], Tensor] | None = None) -> None:
+        super().__init__()
+        self.width = width
+        self.project = project  # plain functions (bound methods): a module here would be registered twice
+        self.embed_text = embed_text or refuse_text
+        self.adapters = nn.ModuleDict()
+        self.plug: Callable[..., tuple[Tensor, Tensor | None, Tensor]] | None = None
+
+    def forward(self, x: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        return (x, attention_mask, None) if self.plug is None else self.plug(x, attention_mask, self.project)
+
+
+def refuse_text(text: str) -> Tensor:
+    raise ValueError("this model embeds no text, so a prompt cannot start from prompt_init_text; use "
+                     "prompt_init='random_uniform'.")
 
 
 class MaskedLMHead(nn.Module):
@@ -245,7 +277,8 @@ def flatten_choices(args: tuple, kwargs: dict[str, Any], choices: int | None) ->
     return tuple(flat(value) for value in args), {key: flat(value) for key, value in kwargs.items()}, shape[1]
 
 
-SITE_CLASSES = (SiteLinear, ResidualSite, PrefixSite, EmbeddingSite)
+SITE_CLASSES = (SiteLinear, ResidualSite, PrefixSite, EmbeddingSite, PromptSite)
+OUTER_SITES = {EmbeddingSite: "embeddings", PromptSite: "prompt"}  # the sites outside the layers, once per model
 
 
 class Site(NamedTuple):
@@ -258,7 +291,7 @@ class Site(NamedTuple):
 
 
 def find_sites(model: nn.Module) -> Iterator[Site]:
-    """Every site of ``model``: the embedding site, then each layer's sites in attribute order.
+    """Every site of ``model``: the embedding and prompt sites, then each layer's sites in attribute order.
 
     Sites are found by type, never by matching names; a layer site's name is its path inside the layer.
     """
@@ -267,13 +300,15 @@ def find_sites(model: nn.Module) -> Iterator[Site]:
         raise TypeError(f"{type(model).__name__} has no `layers` nn.ModuleList; sites live in model.layers[i].")
     in_layers = {id(module) for layer in layers for module in layer.modules()}
     for path, module in model.named_modules():
-        if isinstance(module, EmbeddingSite):
-            yield Site(None, "embeddings", module, path)
+        if type(module) in OUTER_SITES:
+            yield Site(None, OUTER_SITES[type(module)], module, path)
         elif isinstance(module, SITE_CLASSES) and id(module) not in in_layers:
-            raise TypeError(f"{type(module).__name__} found outside model.layers; only EmbeddingSite may live there.")
+            raise TypeError(f"{type(module).__name__} found outside model.layers; only EmbeddingSite and PromptSite "
+                            "may live there.")
     for index, layer in enumerate(layers):
         for path, module in layer.named_modules():
-            if isinstance(module, EmbeddingSite):
-                raise TypeError(f"EmbeddingSite inside layer {index} at {path!r}; it belongs after the embeddings.")
+            if type(module) in OUTER_SITES:
+                raise TypeError(f"{type(module).__name__} inside layer {index} at {path!r}; it belongs after the "
+                                "embeddings.")
             if isinstance(module, SITE_CLASSES):
                 yield Site(index, path, module, f"layers.{index}.{path}")

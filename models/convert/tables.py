@@ -25,7 +25,8 @@ def linear(hf: str, ours: str) -> dict[str, str]:
     return {f"{hf}.weight": f"{ours}.weight", f"{hf}.bias": f"{ours}.bias"}
 
 
-INVERTIBLE = {"embeddings": "invertible_adapters"}  # where AdapterHub keeps invertible adapters, in every model
+# where AdapterHub keeps invertible adapters and prompts, in every model
+OUTER_SITES = {"embeddings": "invertible_adapters", "prompt": "prompt_tuning"}
 
 # config.json fields of transformers' generic PretrainedConfig that carry nothing for an encoder's forward
 GENERIC_FIELDS = frozenset({
@@ -93,7 +94,7 @@ BERT = Architecture(
         "BertForMultipleChoice": ("multiple_choice", True),
     },
     site_paths={
-        **INVERTIBLE,
+        **OUTER_SITES,
         "attn.q": "encoder.layer.{i}.attention.self.query",
         "attn.k": "encoder.layer.{i}.attention.self.key",
         "attn.v": "encoder.layer.{i}.attention.self.value",
@@ -260,7 +261,7 @@ HEADS = {  # DebertaFor* and DebertaV2For* save the same head keys
 # where AdapterHub attaches method modules in both DeBERTa versions (verified against adapters 1.3.0 state_dict keys);
 # v1's q, k and v are one fused in_proj, which no single site of ours corresponds to
 DEBERTA_SITE_PATHS = {
-    **INVERTIBLE,
+    **OUTER_SITES,
     "attn.prefix": f"{LAYER}.attention.self.prefix_tuning",
     "attn.residual": f"{LAYER}.attention.output",
     "ffn.intermediate": f"{LAYER}.intermediate.dense",
@@ -358,7 +359,7 @@ VIT = Architecture(
         "ViTForImageClassification": ("image_classification", False),
     },
     site_paths={  # AdapterHub's ViT keeps its bottlenecks in extra modules around the pre-LN residuals
-        **INVERTIBLE,
+        **OUTER_SITES,
         "attn.q": "encoder.layer.{i}.attention.attention.query",
         "attn.k": "encoder.layer.{i}.attention.attention.key",
         "attn.v": "encoder.layer.{i}.attention.attention.value",
@@ -416,7 +417,7 @@ DISTILBERT = Architecture(
         "DistilBertForQuestionAnswering": ("question_answering", False),
     },
     site_paths={  # verified against adapters 1.3.0's DistilBertAdapterModel state_dict keys
-        **INVERTIBLE,
+        **OUTER_SITES,
         "attn.q": f"{DISTILBERT_LAYER}.attention.q_lin",
         "attn.k": f"{DISTILBERT_LAYER}.attention.k_lin",
         "attn.v": f"{DISTILBERT_LAYER}.attention.v_lin",
@@ -506,7 +507,7 @@ ALBERT = Architecture(
         "AlbertForQuestionAnswering": ("question_answering", False),
     },
     site_paths={  # verified against adapters 1.3.0's AlbertAdapterModel state_dict keys
-        **INVERTIBLE,
+        **OUTER_SITES,
         "attn.q": f"{ALBERT_LAYER}.attention.query",
         "attn.k": f"{ALBERT_LAYER}.attention.key",
         "attn.v": f"{ALBERT_LAYER}.attention.value",

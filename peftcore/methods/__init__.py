@@ -33,6 +33,7 @@ from peftcore.methods.invertible import (
 from peftcore.methods.lora import LoRA, LoRAConfig
 from peftcore.methods.phm import PHMLinear, PHMShared
 from peftcore.methods.prefix import PrefixTuning, PrefixTuningConfig
+from peftcore.methods.prompt import PromptTuning, PromptTuningConfig
 
 __all__ = [
     "IA3",
@@ -63,6 +64,8 @@ __all__ = [
     "PfeifferInvConfig",
     "PrefixTuning",
     "PrefixTuningConfig",
+    "PromptTuning",
+    "PromptTuningConfig",
     "SeqBnConfig",
     "SeqBnInvConfig",
     "UniPELTConfig",

@@ -99,6 +99,10 @@ class Method(nn.Module):
     def build(cls, config: Any, site: Site, shape: ModelShape, shared: nn.Module | None) -> Method:
         return cls(config, shape.hidden_size, site.layer)
 
+    def initialise(self, site: Site) -> None:
+        """Initialisation that reads the model at ``site`` (prompt tuning's ``from_string`` embeds a text), run when an
+        adapter is added, not when its tensors come from a file or an average; nothing by default."""
+
     def share(self, shared: nn.Module) -> None:
         """Keep a reference to the adapter's shared module without registering it a second time."""
         object.__setattr__(self, "shared", shared)

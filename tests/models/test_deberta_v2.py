@@ -103,8 +103,8 @@ def test_sites_are_exactly_site_names_embeddings_once_the_rest_in_every_layer(ov
     model = DebertaV2Model(DEBERTA_V2.config("plain", **overrides))
     sites = list(find_sites(model))
     assert {site.name for site in sites} == set(SITE_NAMES)
-    assert [site.layer for site in sites if site.name == "embeddings"] == [None]
-    for name in SITE_NAMES[1:]:
+    assert [(site.layer, site.name) for site in sites[:2]] == [(None, "embeddings"), (None, "prompt")]
+    for name in SITE_NAMES[2:]:
         assert [site.layer for site in sites if site.name == name] == list(range(SMALL["num_hidden_layers"]))
 
 

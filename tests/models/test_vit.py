@@ -147,7 +147,7 @@ def test_sites_are_the_site_names_embeddings_once_the_rest_per_layer():
     model = ViTModel(VIT.config(image_size=32))
     found = [(site.layer, site.name) for site in find_sites(model)]
     layers = range(model.config.num_hidden_layers)
-    assert found == [(None, "embeddings")] + [(i, name) for i in layers for name in SITE_NAMES[1:]]
+    assert found == [(None, "embeddings"), (None, "prompt")] + [(i, name) for i in layers for name in SITE_NAMES[2:]]
     assert model.embeddings.site is next(find_sites(model)).module
 
 

@@ -26,6 +26,7 @@ MIXED = {  # method -> the two configs a mixed batch runs side by side
     "compacter": ("compacter[reduction_factor=2]", "compacter++[reduction_factor=4]"),
     "unipelt": ("unipelt", "unipelt"),
     "seq_bn_inv": ("seq_bn_inv", "double_seq_bn_inv"),
+    "prompt": ("prompt_tuning[prompt_length=2]", "prompt_tuning[prompt_length=4, combine='prefix_after_bos']"),
 }
 
 
@@ -347,11 +348,15 @@ def test_the_setup_cannot_change_inside_a_forward():
     (Average("inv", "inv2"), ValueError, "Average cannot compose invertible adapters"),
     (Average("a", "l"), ValueError, r"\['l'\] have no module there while the other children have"),
     (Fuse("a", "b"), ValueError, "has no fusion layer"),
+    (Stack("t", "t2"), ValueError, "Stack cannot compose prompt-tuning adapters"),
+    (Split("t", "t2", splits=[3, 3]), ValueError, "Split cannot compose prompt-tuning adapters"),
+    (Average("t", "t2"), ValueError, "Average cannot compose prompt-tuning adapters"),
 ])
 def test_a_composition_that_cannot_run_is_refused_and_nothing_changes(setup, error, message):
     model = with_adapters("bert", {"a": "seq_bn", "b": "seq_bn", "l": "lora", "m": "lora",
                                    "p": "prefix_tuning", "q": "prefix_tuning", "inv": "seq_bn_inv",
-                                   "inv2": "seq_bn_inv"})
+                                   "inv2": "seq_bn_inv", "t": "prompt_tuning[prompt_length=2]",
+                                   "t2": "prompt_tuning[prompt_length=3]"})
     batch = inputs(model)
     out = run(model, "a", batch)
     with pytest.raises(error, match=message):

@@ -87,8 +87,10 @@ def test_to_dict_from_dict_round_trips_through_json(config):
 EVERY_CLASS = [
     *(config_class(leave_out=[1]) for config_class in sorted(
         {getattr(peftcore, name) for name in peftcore.__all__ if name.endswith("Config")} - {
-            peftcore.BnConfig, peftcore.AdapterFusionConfig, peftcore.MAMConfig, peftcore.UniPELTConfig},
+            peftcore.BnConfig, peftcore.AdapterFusionConfig, peftcore.MAMConfig, peftcore.UniPELTConfig,
+            peftcore.PromptTuningConfig},
         key=lambda config_class: config_class.__name__)),
+    peftcore.PromptTuningConfig(prompt_length=3, combine="prefix_after_bos"),  # one prompt for the whole model
     BnConfig(mh_adapter=True, output_adapter=False, reduction_factor={"0": 4, "default": 8}, non_linearity="gelu"),
     ConfigUnion(LoRAConfig(r=2), SeqBnConfig(non_linearity="tanh")),
     peftcore.MAMConfig(),

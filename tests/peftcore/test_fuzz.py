@@ -14,7 +14,16 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peftcore import BnConfig, CompacterConfig, IA3Config, LoRAConfig, PrefixTuningConfig, SeqBnConfig, SeqBnInvConfig
+from peftcore import (
+    BnConfig,
+    CompacterConfig,
+    IA3Config,
+    LoRAConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    SeqBnConfig,
+    SeqBnInvConfig,
+)
 from peftcore.configs import ADAPTER_CONFIG_MAP, AdapterConfigBase, ConfigUnion, members, parse
 from peftcore.methods.activations import NAMES as ACTIVATION_NAMES
 from tests.archs import ARCHS, TINY, tiny_model
@@ -86,6 +95,14 @@ def prefix_configs(draw: st.DrawFn) -> PrefixTuningConfig:
 
 
 @st.composite
+def prompt_configs(draw: st.DrawFn) -> PromptTuningConfig:
+    return PromptTuningConfig(prompt_length=draw(st.integers(1, 12)),
+                              combine=draw(st.sampled_from(["prefix", "prefix_after_bos"])),
+                              random_uniform_scale=draw(st.floats(0.01, 2)),
+                              init_weights_seed=draw(st.none() | st.integers(0, 2**31 - 1)))
+
+
+@st.composite
 def union_configs(draw: st.DrawFn) -> ConfigUnion:
     """Two or three methods at different sites: prefix + bottleneck + LoRA/(IA)^3 in any subset, or a bottleneck
     after attention with another after the FFN."""
@@ -100,7 +117,8 @@ def union_configs(draw: st.DrawFn) -> ConfigUnion:
 
 
 presets = st.sampled_from(sorted(ADAPTER_CONFIG_MAP)).map(lambda name: small(ADAPTER_CONFIG_MAP[name]))
-configs = st.one_of(presets, bottleneck_configs(), linear_configs(), prefix_configs(), union_configs())
+configs = st.one_of(presets, bottleneck_configs(), linear_configs(), prefix_configs(), union_configs(),
+                    prompt_configs())
 archs = st.sampled_from(sorted(ARCHS))  # in this order the ci profile draws the examples it always has
 
 
@@ -213,6 +231,12 @@ INVALID_FIELDS = [
     (PrefixTuningConfig, "non_linearity", not_an_activation),
     (PrefixTuningConfig, "dropout", not_probability),
     (PrefixTuningConfig, "leave_out", not_layer_list),
+    (PromptTuningConfig, "prompt_length", not_positive_int),
+    (PromptTuningConfig, "prompt_init", not_one_of("random_uniform", "from_string")),
+    (PromptTuningConfig, "prompt_init_text", st.integers() | st.floats() | st.lists(text, max_size=2)),
+    (PromptTuningConfig, "random_uniform_scale", not_positive_number),
+    (PromptTuningConfig, "combine", not_one_of("prefix", "prefix_after_bos")),
+    (PromptTuningConfig, "init_weights_seed", st.floats() | text),
 ]
 
 
@@ -227,7 +251,8 @@ def test_an_invalid_field_value_is_refused_naming_the_field(config_class, field,
             build()
 
 
-field_names = {f.name for cls in (BnConfig, LoRAConfig, PrefixTuningConfig) for f in dataclasses.fields(cls)}
+field_names = {f.name for cls in (BnConfig, LoRAConfig, PrefixTuningConfig, PromptTuningConfig)
+               for f in dataclasses.fields(cls)}
 
 
 @given(name=st.sampled_from(sorted(ADAPTER_CONFIG_MAP)),

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftcore.sites import SITE_NAMES, EmbeddingSite, PrefixSite, ResidualSite, SiteLinear, find_sites
+from peftcore.sites import SITE_NAMES, EmbeddingSite, PrefixSite, PromptSite, ResidualSite, SiteLinear, find_sites
 from tests.archs import ARCHS, tiny_model
 
 
@@ -19,8 +19,8 @@ def test_every_model_exposes_exactly_the_site_names(arch):
     model = tiny_model(arch)
     counts = Counter(site.name for site in find_sites(model))
     assert set(counts) == set(SITE_NAMES)
-    assert counts["embeddings"] == 1
-    assert all(counts[name] == len(model.layers) for name in SITE_NAMES if name != "embeddings")
+    assert counts["embeddings"] == counts["prompt"] == 1
+    assert all(counts[name] == len(model.layers) for name in SITE_NAMES if name not in ("embeddings", "prompt"))
     assert len(model.layers) == getattr(model.config, "num_distinct_layers", model.config.num_hidden_layers)
 
 
@@ -39,13 +39,15 @@ def test_empty_site_linear_is_exactly_nn_linear():
     assert list(site.state_dict()) == ["weight", "bias"]
 
 
-def test_empty_residual_prefix_and_embedding_sites_are_identities():
+def test_empty_residual_prefix_embedding_and_prompt_sites_are_identities():
     h, residual, norm = torch.randn(2, 3, 4), torch.randn(2, 3, 4), nn.LayerNorm(4)
     assert torch.equal(ResidualSite(norm)(h, residual), norm(h + residual))
     assert torch.equal(ResidualSite(None)(h, residual), h + residual)
     k, v, mask = torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4), torch.zeros(2, 1, 1, 3)
     assert all(a is b for a, b in zip(PrefixSite()(k, v, mask, torch.randn(2, 3, 4)), (k, v, mask), strict=True))
     assert EmbeddingSite()(h) is h and EmbeddingSite().inverse(h) is h
+    mask = torch.ones(2, 3)
+    assert PromptSite()(h, mask) == (h, mask, None)
 
 
 def test_a_plug_receives_input_and_base_output_and_is_not_registered():
@@ -80,10 +82,11 @@ class TinyTransformer(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(10, width)
         self.site = EmbeddingSite()
+        self.prompt = PromptSite()
         self.layers = nn.ModuleList(TinyBlock(width) for _ in range(depth))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.site(self.embed(ids))
+        x, _, _ = self.prompt(self.site(self.embed(ids)), None)
         for layer in self.layers:
             x = layer(x)
         return x
@@ -92,7 +95,7 @@ class TinyTransformer(nn.Module):
 def test_a_custom_model_built_from_site_classes_has_every_site():
     model = TinyTransformer()
     counts = Counter(site.name for site in find_sites(model))
-    assert counts == Counter({"embeddings": 1, **{name: 2 for name in SITE_NAMES[1:]}})
+    assert counts == Counter({"embeddings": 1, "prompt": 1, **{name: 2 for name in SITE_NAMES[2:]}})
     assert model(torch.tensor([[1, 2, 3]])).shape == (1, 3, 8)
 
 
