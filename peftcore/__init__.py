@@ -1,6 +1,6 @@
 """peftcore: parameter-efficient fine-tuning methods that plug into the sites of Transformer encoders."""
 
-from peftcore.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
+from peftcore.composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split, Stack
 from peftcore.configs import ADAPTER_CONFIG_MAP, DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, ConfigUnion
 from peftcore.fusion import AdapterFusionConfig
 from peftcore.methods import (
@@ -15,6 +15,8 @@ from peftcore.methods import (
     IA3Config,
     LoRAConfig,
     MAMConfig,
+    MTLLoRAConfig,
+    MultiTaskConfig,
     ParallelConfig,
     ParBnConfig,
     PfeifferConfig,
@@ -51,6 +53,9 @@ __all__ = [
     "IA3Config",
     "LoRAConfig",
     "MAMConfig",
+    "MTLLoRAConfig",
+    "MultiTask",
+    "MultiTaskConfig",
     "ParBnConfig",
     "Parallel",
     "ParallelConfig",

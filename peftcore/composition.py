@@ -1,4 +1,5 @@
-"""Adapter composition: the blocks (Stack, Fuse, Split, BatchSplit, Parallel, Average) and their nesting rules.
+"""Adapter composition: the blocks (Stack, Fuse, Split, BatchSplit, Parallel, Average, MultiTask) and their nesting
+rules.
 
 A setup is a tree of blocks over adapter names. ``set_active_adapters`` parses it once and compiles it (plugs.py),
 for every site, into one closure that runs the adapters present there in the tree's order; nothing is looked up
@@ -10,6 +11,7 @@ during forward.
     BatchSplit(a, b, batch_sizes=[m, n])   each adapter takes a slice of the batch
     Parallel(a, b)                  the batch is replicated; branch i runs adapter i and its head
     Average(a, b, weights=[u, w])   the weighted average of the adapters' outputs
+    MultiTask(a, b)                 row i runs the adapter of its task: forward(..., task_ids=[0, 1, 1] or names)
 
 Semantics and nesting rules are AdapterHub's (``adapters.composition`` 1.3.0), with its defects fixed; a test shows
 each difference: Stack adds LoRA updates (AdapterHub multiplies the low-rank maps); Average weighs once (AdapterHub
@@ -21,6 +23,7 @@ first invertible adapter of a setup).
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -135,6 +138,25 @@ class Parallel(Block):
         return len(self.children)
 
 
+class MultiTask(Block):
+    """Each row of the batch runs the child of its task, given per forward as ``task_ids`` (child indices or adapter
+    names): the rows are grouped by task and run as a BatchSplit, then put back in order (AdapterHub's)."""
+
+
+def with_task_sizes(block: str | Block, counts: Sequence[int]) -> str | Block:
+    """``block`` with each MultiTask replaced by the BatchSplit of its children over ``counts`` rows per task: what
+    it runs on a batch whose rows are sorted by task. Every task id is below each MultiTask's width (forward.py
+    checks), so the counts past it are zeros."""
+    if isinstance(block, str):
+        return block
+    children = tuple(with_task_sizes(child, counts) for child in block)
+    if isinstance(block, MultiTask):
+        return BatchSplit(*children, batch_sizes=list(counts[:len(children)]))
+    rebuilt = copy.copy(block)
+    rebuilt.children = children
+    return rebuilt
+
+
 class Average(Block):
     """The weighted average of the children's outputs; weights default to equal and are normalised to sum 1."""
 
@@ -160,14 +182,15 @@ def normalized(weights: Sequence[float], normalize: bool = True) -> tuple[float,
     return tuple(w / total for w in weights)
 
 
-# which blocks each block may hold (AdapterHub's ALLOWED_NESTINGS, without MultiTask)
+# which blocks each block may hold (AdapterHub's ALLOWED_NESTINGS)
 ALLOWED_NESTINGS: dict[type[Block], tuple[type, ...]] = {
-    Stack: (str, Fuse, Split, Parallel, BatchSplit, Average),
+    Stack: (str, Fuse, Split, Parallel, BatchSplit, Average, MultiTask),
     Fuse: (str, Stack),
     Split: (str, Split, Stack, BatchSplit, Average),
     Parallel: (str, Stack, BatchSplit, Average),
     BatchSplit: (str, Stack, Split, BatchSplit, Average),
     Average: (str, Stack, Split, BatchSplit),
+    MultiTask: (str, Stack, Average, Fuse),
 }
 
 
@@ -235,7 +258,8 @@ def spans(block: Block, size: int) -> list[slice]:
     return [slice(start, end) for start, end in itertools.pairwise(bounds)]
 
 
-BLOCKS: dict[str, type[Block]] = {cls.__name__: cls for cls in (Stack, Fuse, Split, BatchSplit, Parallel, Average)}
+BLOCKS: dict[str, type[Block]] = {cls.__name__: cls for cls in (Stack, Fuse, Split, BatchSplit, Parallel, Average,
+                                                                  MultiTask)}
 
 
 def to_json(block: Block | str) -> dict[str, Any] | str:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from peftcore import placement
-from peftcore.composition import BASE, BatchSplit, Block, Parallel, spans
+from peftcore.composition import BASE, BatchSplit, Block, MultiTask, Parallel, spans, walk, with_task_sizes
 from peftcore.context import AdapterSetup, current_setup, head_names
 from peftcore.host import AdapterHost
 from peftcore.setup import Plan, compile_plan, guard
@@ -28,9 +28,11 @@ MIXED_PLANS_KEPT = 32  # groupings whose plans a model keeps (serving sees a few
 
 
 def run(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any], gates: bool = False,
-        fusions: bool = False, adapter_names: Sequence[str | None] | None = None) -> Any:
+        fusions: bool = False, adapter_names: Sequence[str | None] | None = None,
+        task_ids: Tensor | Sequence[int | str] | None = None) -> Any:
     """``encode`` under the active setup, or with one adapter per example (``adapter_names``); with gate values
-    (``gates``) and fusion attentions (``fusions``) attached to each output when asked.
+    (``gates``) and fusion attentions (``fusions``) attached to each output when asked. ``task_ids`` give each
+    example's task for the setup's MultiTask blocks.
 
     Returns one output (a ``Parallel`` setup's copies of the batch in it one after the other), or one per branch for
     a ``Parallel`` or ``BatchSplit`` whose branches have heads.
@@ -40,13 +42,13 @@ def run(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict
     kwargs, labels = split_labels(kwargs)
     context = None if torch.compiler.is_compiling() or adapter_names is not None else current_setup()
     if context is None:
-        return with_losses(host, run_setup(host, encode, args, kwargs, gates, fusions, adapter_names), labels,
-                           kwargs, adapter_names)
+        return with_losses(host, run_setup(host, encode, args, kwargs, gates, fusions, adapter_names, task_ids),
+                           labels, kwargs, adapter_names)
     with guard(host).changing():
         plan, head = context_plan(host, context)
         with swapped(host, plan, head):
-            return with_losses(host, run_setup(host, encode, args, kwargs, gates, fusions, None), labels, kwargs,
-                               None)
+            return with_losses(host, run_setup(host, encode, args, kwargs, gates, fusions, None, task_ids), labels,
+                               kwargs, None)
 
 
 def with_losses(host: AdapterHost, outputs: Any, labels: Tensor | None, kwargs: dict[str, Any],
@@ -60,16 +62,20 @@ def with_losses(host: AdapterHost, outputs: Any, labels: Tensor | None, kwargs: 
 
 
 def run_setup(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any], gates: bool,
-              fusions: bool, adapter_names: Sequence[str | None] | None) -> Any:
-    if adapter_names is None and not (gates or fusions):
+              fusions: bool, adapter_names: Sequence[str | None] | None,
+              task_ids: Tensor | Sequence[int | str] | None) -> Any:
+    order = task_order(host.plan.setup, task_ids, adapter_names, args, kwargs)
+    if adapter_names is None and order is None and not (gates or fusions):
         with nullcontext() if torch.compiler.is_compiling() else guard(host).running():
             return run_plan(host, host.plan, encode, args, kwargs)
     with guard(host).changing(), host.recorder.collecting(gates, fusions) as (scores, attentions):
-        if adapter_names is None:
+        if adapter_names is not None:
+            outputs = mixed_batch(host, encode, args, kwargs, adapter_names)
+        elif order is not None:
+            outputs = run_in_order(host, task_plan(host, order.counts), encode, args, kwargs, order.rows)
+        else:
             with guard(host).running():
                 outputs = run_plan(host, host.plan, encode, args, kwargs)
-        else:
-            outputs = mixed_batch(host, encode, args, kwargs, adapter_names)
     for out in outputs if isinstance(outputs, list) else (outputs,):
         out.adapter_gating_scores, out.adapter_fusion_attentions = scores, attentions
     return outputs
@@ -126,9 +132,15 @@ def mixed_batch(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwar
                          "(or None) per example.")
     groups = list(dict.fromkeys(names))
     index = torch.tensor([groups.index(name) for name in names])
-    order = torch.argsort(index, stable=True)
-    permuted = bool((order != torch.arange(rows)).any())
     plan = mixed_plan(host, tuple(groups), tuple(torch.bincount(index, minlength=len(groups)).tolist()))
+    return run_in_order(host, plan, encode, args, kwargs, torch.argsort(index, stable=True))
+
+
+def run_in_order(host: AdapterHost, plan: Plan, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any],
+                 order: Tensor) -> Any:
+    """``encode`` under ``plan`` (a BatchSplit over groups of rows) on the batch's rows taken in ``order``, each
+    slice through its own head where the plan has heads per slice; the output comes back in the caller's order."""
+    permuted = bool((order != torch.arange(len(order))).any())
     if permuted:
         args, kwargs = reorder_batch(args, kwargs, order)
     with swapped(host, plan, host._active_head), guard(host).running():
@@ -194,6 +206,85 @@ def mixed_plan(host: AdapterHost, groups: tuple[str, ...], sizes: tuple[int, ...
         return compile_plan(host, setup, branch_heads=heads, token_wise=False)
 
     return kept_plan(host, (groups, sizes), compile_grouping)
+
+
+class TaskOrder(NamedTuple):
+    """A MultiTask forward's rows: the batch's row indices sorted by task (stable), and the rows of each task."""
+
+    rows: Tensor
+    counts: tuple[int, ...]
+
+
+def task_order(setup: Block | None, task_ids: Tensor | Sequence[int | str] | None,
+               adapter_names: Sequence[str | None] | None, args: tuple, kwargs: dict[str, Any]) -> TaskOrder | None:
+    """Where the setup's MultiTask blocks send each row, from ``task_ids`` (one per example: an index into each
+    MultiTask's children, or a child's adapter name, as AdapterHub takes them); None without MultiTask. Checked
+    before anything runs."""
+    blocks = [block for block in walk(setup) if isinstance(block, MultiTask)]
+    if task_ids is None:
+        if blocks:
+            raise ValueError(f"the active setup {setup!r} holds a MultiTask block, which needs each example's task: "
+                             "pass task_ids= to the forward (one adapter index or name per example).")
+        return None
+    if adapter_names is not None:
+        raise ValueError("task_ids and adapter_names both choose each example's adapters; pass only one of them.")
+    if not blocks:
+        raise ValueError(f"task_ids given, but the active setup {setup!r} has no MultiTask block; activate "
+                         "MultiTask(...) (set_active_adapters or AdapterSetup), or leave task_ids out.")
+    if setup.parallel_channels > 1:
+        raise ValueError(f"{setup!r} replicates the batch, so task_ids cannot name one task per example; run the "
+                         "MultiTask setup without Parallel.")
+    ids = task_indices(blocks, task_ids, batch_rows_of(args, kwargs))
+    counts = torch.bincount(ids, minlength=max(len(block) for block in blocks))
+    return TaskOrder(torch.argsort(ids, stable=True), tuple(counts.tolist()))
+
+
+def task_indices(blocks: list[MultiTask], task_ids: Tensor | Sequence[int | str], rows: int) -> Tensor:
+    """``task_ids`` as a (rows,) tensor of child indices valid in every MultiTask block; a clear error otherwise."""
+    if isinstance(task_ids, Tensor):
+        if task_ids.is_floating_point() or task_ids.is_complex() or task_ids.dtype == torch.bool:
+            raise ValueError(f"task_ids are {task_ids.dtype}; pass integer task indices (torch.long) or adapter "
+                             "names.")
+        ids = task_ids.detach().to("cpu", torch.long)
+    elif isinstance(task_ids, Sequence) and not isinstance(task_ids, str) and all(
+            isinstance(task, str) for task in task_ids) and len(task_ids):
+        ids = torch.tensor(named_tasks(blocks, task_ids))
+    elif isinstance(task_ids, Sequence) and not isinstance(task_ids, str) and all(
+            isinstance(task, int) and not isinstance(task, bool) for task in task_ids):
+        ids = torch.tensor(list(task_ids), dtype=torch.long)
+    else:
+        raise TypeError(f"task_ids must be a tensor of task indices or a list of indices or of adapter names, got "
+                        f"{task_ids!r}.")
+    if ids.shape != (rows,):
+        raise ValueError(f"task_ids has shape {tuple(ids.shape)}, the batch has {rows} rows; give one task per "
+                         "example.")
+    width = min(len(block) for block in blocks)
+    if rows and (ids.min() < 0 or ids.max() >= width):
+        raise ValueError(f"task_ids {ids.tolist()} are out of range: the MultiTask block has {width} tasks, "
+                         f"indices 0..{width - 1}.")
+    return ids
+
+
+def named_tasks(blocks: list[MultiTask], names: Sequence[str]) -> list[int]:
+    """Adapter names as indices of the MultiTask children they name; every MultiTask must order them alike."""
+    indices = None
+    for block in blocks:
+        unknown = sorted({name for name in names if name not in block.children})
+        if unknown:
+            raise ValueError(f"task_ids name {unknown}, which {block!r} does not hold; name its children.")
+        these = [block.children.index(name) for name in names]
+        if indices is not None and these != indices:
+            raise ValueError(f"the setup's MultiTask blocks order the tasks {names} differently; pass task "
+                             "indices instead of names.")
+        indices = these
+    return indices
+
+
+def task_plan(host: AdapterHost, counts: tuple[int, ...]) -> Plan:
+    """The plan of the active setup on a batch sorted by task: each MultiTask a BatchSplit over ``counts``, run
+    padded (the tasks are batch rows, which packing would merge); compiled once per ``counts``."""
+    return kept_plan(host, ("tasks", counts), lambda: compile_plan(
+        host, with_task_sizes(host.plan.setup, counts), host.plan.branch_heads, token_wise=False))
 
 
 def mixed_heads(host: AdapterHost, out: Any, setup: BatchSplit) -> None:

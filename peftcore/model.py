@@ -242,12 +242,14 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
 
     def run_adapters(self, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any],
                      output_adapter_gating_scores: bool = False, output_adapter_fusion_attentions: bool = False,
-                     adapter_names: Sequence[str | None] | None = None) -> Any:
+                     adapter_names: Sequence[str | None] | None = None,
+                     task_ids: Tensor | Sequence[int | str] | None = None) -> Any:
         """Run the model's ``encode`` on ``args`` and ``kwargs`` under the active setup, or with one adapter per example
-        (``adapter_names``, None: the plain model), attaching gate values (``output_adapter_gating_scores``) and
-        fusion attentions (``output_adapter_fusion_attentions``) to the output when asked (forward.py)."""
+        (``adapter_names``, None: the plain model; ``task_ids``: each example's task in a MultiTask setup), attaching
+        gate values (``output_adapter_gating_scores``) and fusion attentions (``output_adapter_fusion_attentions``) to
+        the output when asked (forward.py)."""
         return forward.run(self, encode, args, kwargs, output_adapter_gating_scores,
-                           output_adapter_fusion_attentions, adapter_names)
+                           output_adapter_fusion_attentions, adapter_names, task_ids)
 
     def unpadded(self) -> bool:
         """Whether this forward may run a padded batch on its real tokens only: ``unpad`` is on, the running setup

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftcore.composition import Average, BatchSplit, Block, Fuse, Parallel, Split, Stack, spans
+from peftcore.composition import Average, BatchSplit, Block, Fuse, MultiTask, Parallel, Split, Stack, spans
 from peftcore.sites import EmbeddingSite, PrefixSite, ResidualSite, SiteLinear
 
 Modules = dict[str, nn.Module]  # the adapters attached at one site (merged ones left out), by name
@@ -226,7 +226,7 @@ def prefix(block: str | Block, modules: Modules, site: str) -> Callable | None:
         return None
     if isinstance(block, Stack):  # each prefix is prepended in turn: [P_last, ..., P_first, K]
         return present[0] if len(present) == 1 else partial(prefix_stack, present)
-    if isinstance(block, BatchSplit | Parallel):
+    if isinstance(block, BatchSplit | Parallel | MultiTask):
         return partial(prefix_slicewise, block, compiled)
     raise unsupported(block, site, "prefix-tuning", ": every position attends to the same prefix keys")
 
@@ -278,7 +278,7 @@ def embedding(block: str | Block, modules: Modules, site: str) -> tuple[Callable
             return present[0]
         forwards, inverses = zip(*present, strict=True)
         return partial(chain, forwards), partial(chain, inverses[::-1])
-    if isinstance(block, BatchSplit | Parallel | Split):
+    if isinstance(block, BatchSplit | Parallel | Split | MultiTask):
         return (partial(slicewise, block, [None if pair is None else pair[0] for pair in compiled]),
                 partial(slicewise, block, [None if pair is None else pair[1] for pair in compiled]))
     raise unsupported(block, site, "invertible", ": an averaged or fused transform has no inverse for the LM head")

@@ -12,6 +12,8 @@ from peftcore.methods import (
     IA3Config,
     LoRAConfig,
     MAMConfig,
+    MTLLoRAConfig,
+    MultiTaskConfig,
     ParBnConfig,
     PrefixTuningConfig,
     SeqBnConfig,
@@ -30,3 +32,4 @@ __all__ = ["ADAPTERFUSION_CONFIG_MAP", "ADAPTER_CONFIG_MAP", "DEFAULT_ADAPTERFUS
            "ConfigUnion", "DoubleSeqBnConfig", "DoubleSeqBnInvConfig", "IA3Config", "LoRAConfig", "MAMConfig",
            "ModelAdaptersConfig", "ParBnConfig", "PrefixTuningConfig", "SeqBnConfig", "SeqBnInvConfig",
            "UniPELTConfig"]
+__all__ += ["MTLLoRAConfig", "MultiTaskConfig"]
