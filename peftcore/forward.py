@@ -218,19 +218,17 @@ class TaskOrder(NamedTuple):
 def task_order(setup: Block | None, task_ids: Tensor | Sequence[int | str] | None,
                adapter_names: Sequence[str | None] | None, args: tuple, kwargs: dict[str, Any]) -> TaskOrder | None:
     """Where the setup's MultiTask blocks send each row, from ``task_ids`` (one per example: an index into each
-    MultiTask's children, or a child's adapter name, as AdapterHub takes them); None without MultiTask. Checked
+    MultiTask's children, or a child's adapter name, as AdapterHub takes them); None without MultiTask, where
+    ``task_ids`` are ignored, as in AdapterHub (a trainer's batches carry them whatever setup is active). Checked
     before anything runs."""
     blocks = [block for block in walk(setup) if isinstance(block, MultiTask)]
-    if task_ids is None:
-        if blocks:
-            raise ValueError(f"the active setup {setup!r} holds a MultiTask block, which needs each example's task: "
-                             "pass task_ids= to the forward (one adapter index or name per example).")
+    if not blocks:
         return None
+    if task_ids is None:
+        raise ValueError(f"the active setup {setup!r} holds a MultiTask block, which needs each example's task: "
+                         "pass task_ids= to the forward (one adapter index or name per example).")
     if adapter_names is not None:
         raise ValueError("task_ids and adapter_names both choose each example's adapters; pass only one of them.")
-    if not blocks:
-        raise ValueError(f"task_ids given, but the active setup {setup!r} has no MultiTask block; activate "
-                         "MultiTask(...) (set_active_adapters or AdapterSetup), or leave task_ids out.")
     if setup.parallel_channels > 1:
         raise ValueError(f"{setup!r} replicates the batch, so task_ids cannot name one task per example; run the "
                          "MultiTask setup without Parallel.")

@@ -31,11 +31,12 @@ from peftcore.methods.base import Method
 from peftcore.model_heads import HeadsMixin
 from peftcore.recording import Recorder
 from peftcore.setup import Plan, compile_plan, guard
+from peftcore.sharing import SharingMixin, check_unshared
 from peftcore.sites import Site, find_sites
 from peftcore.views import ViewsMixin
 
 
-class AdapterModelMixin(HeadsMixin, ViewsMixin):
+class AdapterModelMixin(HeadsMixin, ViewsMixin, SharingMixin):
     """Adapter methods for an ``nn.Module`` built with sites; call ``init_adapters()`` in its ``__init__``."""
 
     adapter_file_format: ClassVar[str] = "peftcore"  # what save_adapter, save_head, ... write unless told
@@ -76,6 +77,7 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
         if name in self.merged_adapters():
             raise ValueError(f"adapter {name!r} is merged into the weights; reset_adapter({name!r}) before "
                              "replacing it.")
+        check_unshared(self, name)
         built = placement.build(self, config)
         fusion.check_replacement(self, name, built.placed)
         if name in self.adapter_configs:
@@ -97,6 +99,7 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
         fused = [fusion_name for fusion_name, names in self.fused_adapters.items() if name in names]
         if fused:
             raise ValueError(f"adapter {name!r} is fused in {fused}; delete_adapter_fusion({fused[0]!r}) first.")
+        check_unshared(self, name)
         if alone:
             self.set_active_adapters(None)
         placement.remove(self, name)
