@@ -231,3 +231,17 @@ def test_sharing_is_validated_first_and_refuses_what_adapterhub_refuses():
         model.share_parameters(["c", "x"], name="a,b")
     with pytest.raises(ValueError, match="no sharing group"):
         model.unshare_parameters(["a", "c"])
+
+
+def test_adapterhubs_merge_breaks_the_weight_and_ours_equals_the_unmerged_forward(adapterhub_trained, tmp_path):
+    directory, theirs, ids, mask = adapterhub_trained("bert", MTL)
+    ours = from_pretrained(directory).eval()
+    ours.load_adapter(tmp_path / "a", set_active=True)
+    with torch.no_grad():
+        unmerged = ours(input_ids=ids, attention_mask=mask).last_hidden_state
+        ours.merge_adapter("a")
+        assert_parity(ours(input_ids=ids, attention_mask=mask).last_hidden_state, unmerged, mask=mask)
+        theirs.merge_adapter("a")  # AdapterHub folds the (n, out, r) up-projections in as they are
+        assert theirs.encoder.layer[0].attention.self.query.weight.dim() == 3
+        with pytest.raises(RuntimeError, match="2 dimensions"):
+            theirs(input_ids=ids, attention_mask=mask)
