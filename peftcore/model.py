@@ -377,6 +377,7 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin, SharingMixin):
         (A by |w|, B by w; Zhang et al., 2023) and ``"lora_delta_w_svd"`` (the weighted sum of the updates
         s·B·A, cut to rank ``svd_rank`` by SVD). ``overwrite_ok`` and ``set_active`` as in ``add_adapter``.
         """
+        check_unshared(self, adapter_name)
         merging.average(self, adapter_name, adapter_list, weights, normalize_weights, overwrite_ok, combine_strategy,
                         svd_rank)
         self._replug_or_activate(adapter_name if set_active else None)

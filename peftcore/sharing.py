@@ -55,7 +55,7 @@ def check_unshared(host: AdapterHost, name: str) -> None:
         raise ValueError(f"adapter {name!r} shares parameters (group {groups[0]!r}); unshare_parameters first.")
 
 
-def share(host: AdapterHost, names: list[str], group: str, reference: str) -> None:
+def share(host: AdapterHost, names: list[str], group: str, reference: str | None) -> None:
     """Tie the shareable tensors of adapters ``names`` to copies of ``reference``'s, as group ``group``."""
     if not names:
         raise ValueError("share_parameters needs at least one adapter name.")
@@ -122,7 +122,8 @@ class SharingMixin:
         tensors (MTL-LoRA: A and B), starting from those of ``reference_adapter_name`` (default: the first), as the
         group ``name`` (default: the names joined by commas)."""
         names = as_names(adapter_names)
-        share(self, names, ",".join(names) if name is None else name, reference_adapter_name or names[0])
+        reference = reference_adapter_name or next(iter(names), None)
+        share(self, names, ",".join(names) if name is None else name, reference)
 
     @mutation
     def unshare_parameters(self, adapter_names: MultiTask | Sequence[str] | str, name: str | None = None) -> None:
