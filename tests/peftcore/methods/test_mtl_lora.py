@@ -221,12 +221,16 @@ def test_sharing_is_validated_first_and_refuses_what_adapterhub_refuses():
         model.share_parameters(["a", "b"], reference_adapter_name="c")
     with pytest.raises(ValueError, match="No configuration"):
         model.share_parameters(["a", "nope"])
+    with pytest.raises(ValueError, match="at least one"):
+        model.share_parameters([])
     assert model.state_dict().keys() == state.keys()
     assert all(len(site.module.shared_parameters) == 0 for site in model.sites_found if hasattr(site.module,
                                                                                                  "shared_parameters"))
     model.share_parameters(["a", "b"])
-    with pytest.raises(ValueError, match="unshare_parameters first"):
-        model.delete_adapter("a")
+    for replace in (lambda: model.delete_adapter("a"), lambda: model.add_adapter("a", MTL, overwrite_ok=True),
+                    lambda: model.average_adapter("a", ["c", "x"], overwrite_ok=True)):
+        with pytest.raises(ValueError, match="unshare_parameters first"):
+            replace()
     with pytest.raises(ValueError, match="exists"):
         model.share_parameters(["c", "x"], name="a,b")
     with pytest.raises(ValueError, match="no sharing group"):
