@@ -249,3 +249,18 @@ def test_adapterhubs_merge_breaks_the_weight_and_ours_equals_the_unmerged_forwar
         assert theirs.encoder.layer[0].attention.self.query.weight.dim() == 3
         with pytest.raises(RuntimeError, match="2 dimensions"):
             theirs(input_ids=ids, attention_mask=mask)
+
+
+def test_a_multitask_setup_saves_and_loads_in_adapterhubs_setup_files_both_ways(hf_checkpoint, tmp_path):
+    directory, _ = reference(hf_checkpoint, "bert")
+    ours = from_pretrained(directory)
+    for task in TASKS:
+        ours.add_adapter(task, "mtl_lora")
+    ours.save_adapter_setup(tmp_path / "ours", MultiTask(*TASKS), format="adapterhub")
+    theirs = tf.BertModel.from_pretrained(directory)
+    adapters.init(theirs)
+    assert theirs.load_adapter_setup(str(tmp_path / "ours"), set_active=True)[0] == adapters.MultiTask(*TASKS)
+    theirs.save_adapter_setup(str(tmp_path / "theirs"), adapters.MultiTask(*TASKS))
+    again = from_pretrained(directory)
+    assert again.load_adapter_setup(tmp_path / "theirs", set_active=True)[0] == MultiTask(*TASKS)
+    assert again.active_adapters == MultiTask(*TASKS)
