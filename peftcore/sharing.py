@@ -35,7 +35,7 @@ def as_names(adapter_names: MultiTask | Sequence[str] | str) -> list[str]:
 def members(site: SiteLinear, shared: nn.ParameterDict) -> list[Method]:
     """The modules at ``site`` that hold the group ``shared``'s tensors."""
     return [module for module in site.adapters.values()
-            if any(module._parameters.get(key) is tensor for key, tensor in shared.items())]
+            if any(getattr(module, key, None) is tensor for key, tensor in shared.items())]
 
 
 def groups_of(host: AdapterHost, name: str) -> set[str]:

@@ -69,8 +69,8 @@ class MTLLoRA(LinearMethod):
 
     A is (r, in), B is (n, out, r), Λ the task-specific matrix, w the (n,) mixing weights and τ
     ``weights_sharpness``; s = alpha / r, or the UniPELT gate when gated. The n up-projections enter linearly, so
-    they are mixed before they are applied: one (out, r) matrix, the same numbers as AdapterHub's n separate
-    products. Merging folds s · B̄ Λᵀ A into the weight (one task's adapter: the update is linear in x).
+    they are mixed before they are applied: one (out, r) matrix instead of AdapterHub's n products of the batch, the
+    same sum. Merging folds s · B̄ Λᵀ A into the weight (one task's adapter: the update is linear in x).
     """
 
     title = "MTL-LoRA"
