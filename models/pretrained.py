@@ -51,10 +51,11 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
 
     def forward(self, *args: Any, output_adapter_gating_scores: bool = False,
                 output_adapter_fusion_attentions: bool = False, adapter_names: list[str | None] | None = None,
-                **kwargs: Any) -> EncoderOutput | list[EncoderOutput]:
+                task_ids: Tensor | list[int | str] | None = None, **kwargs: Any) -> EncoderOutput | list[EncoderOutput]:
         """The model's ``encode`` (see there for the inputs) under the active adapter setup.
 
-        ``adapter_names`` names one adapter per example (None: the plain model) for a mixed batch;
+        ``adapter_names`` names one adapter per example (None: the plain model) for a mixed batch; ``task_ids``
+        gives each example's task (index or adapter name) for a MultiTask setup;
         ``output_adapter_gating_scores`` / ``output_adapter_fusion_attentions`` also return UniPELT gate values and
         AdapterFusion attentions. A Parallel setup whose branches have heads returns one output per branch (without:
         one output, the batch's copies one after the other, as AdapterHub).
@@ -62,7 +63,7 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         the output's ``loss``: that of the head whose logits it carries (``head_loss`` for the model's own head).
         """
         return self.run_adapters(self.encode, args, kwargs, output_adapter_gating_scores,
-                                 output_adapter_fusion_attentions, adapter_names)
+                                 output_adapter_fusion_attentions, adapter_names, task_ids)
 
     def build_head(self) -> nn.Module | None:
         """The configured head, tied to the word embeddings when it is a masked-LM head and the config says so."""

@@ -1,6 +1,6 @@
 """peftcore: parameter-efficient fine-tuning methods that plug into the sites of Transformer encoders."""
 
-from peftcore.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
+from peftcore.composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split, Stack
 from peftcore.configs import ADAPTER_CONFIG_MAP, DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, ConfigUnion
 from peftcore.fusion import AdapterFusionConfig
 from peftcore.methods import (
@@ -16,6 +16,7 @@ from peftcore.methods import (
     IA3Config,
     LoRAConfig,
     MAMConfig,
+    MTLLoRAConfig,
     ParallelConfig,
     ParBnConfig,
     PfeifferConfig,
@@ -54,6 +55,8 @@ __all__ = [
     "IA3Config",
     "LoRAConfig",
     "MAMConfig",
+    "MTLLoRAConfig",
+    "MultiTask",
     "ParBnConfig",
     "Parallel",
     "ParallelConfig",

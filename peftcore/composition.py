@@ -1,4 +1,5 @@
-"""Adapter composition: the blocks (Stack, Fuse, Split, BatchSplit, Parallel, Average) and their nesting rules.
+"""Adapter composition: the blocks (Stack, Fuse, Split, BatchSplit, Parallel, Average, MultiTask) and their nesting
+rules.
 
 A setup is a tree of blocks over adapter names. ``set_active_adapters`` parses it once and compiles it (plugs.py),
 for every site, into one closure that runs the adapters present there in the tree's order; nothing is looked up
@@ -10,6 +11,7 @@ during forward.
     BatchSplit(a, b, batch_sizes=[m, n])   each adapter takes a slice of the batch
     Parallel(a, b)                  the batch is replicated; branch i runs adapter i and its head
     Average(a, b, weights=[u, w])   the weighted average of the adapters' outputs
+    MultiTask(a, b)                 row i runs the adapter of its task: forward(..., task_ids=[0, 1, 1] or names)
 
 Semantics and nesting rules are AdapterHub's (``adapters.composition`` 1.3.0), with its defects fixed; a test shows
 each difference: Stack adds LoRA updates (AdapterHub multiplies the low-rank maps); Average weighs once (AdapterHub
@@ -21,9 +23,13 @@ first invertible adapter of a setup).
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
 
 BASE = "__base__"  # the name mixed batches give rows that run the model without any adapter
 
@@ -135,6 +141,25 @@ class Parallel(Block):
         return len(self.children)
 
 
+class MultiTask(Block):
+    """Each row of the batch runs the child of its task, given per forward as ``task_ids`` (child indices or adapter
+    names): the rows are grouped by task and run as a BatchSplit, then put back in order (AdapterHub's)."""
+
+
+def with_task_sizes(block: str | Block, counts: Sequence[int]) -> str | Block:
+    """``block`` with each MultiTask replaced by the BatchSplit of its children over ``counts`` rows per task: what
+    it runs on a batch whose rows are sorted by task. Every task id is below each MultiTask's width (forward.py
+    checks), so the counts past it are zeros."""
+    if isinstance(block, str):
+        return block
+    children = tuple(with_task_sizes(child, counts) for child in block)
+    if isinstance(block, MultiTask):
+        return BatchSplit(*children, batch_sizes=list(counts[:len(children)]))
+    rebuilt = copy.copy(block)
+    rebuilt.children = children
+    return rebuilt
+
+
 class Average(Block):
     """The weighted average of the children's outputs; weights default to equal and are normalised to sum 1."""
 
@@ -160,14 +185,15 @@ def normalized(weights: Sequence[float], normalize: bool = True) -> tuple[float,
     return tuple(w / total for w in weights)
 
 
-# which blocks each block may hold (AdapterHub's ALLOWED_NESTINGS, without MultiTask)
+# which blocks each block may hold (AdapterHub's ALLOWED_NESTINGS)
 ALLOWED_NESTINGS: dict[type[Block], tuple[type, ...]] = {
-    Stack: (str, Fuse, Split, Parallel, BatchSplit, Average),
+    Stack: (str, Fuse, Split, Parallel, BatchSplit, Average, MultiTask),
     Fuse: (str, Stack),
     Split: (str, Split, Stack, BatchSplit, Average),
     Parallel: (str, Stack, BatchSplit, Average),
     BatchSplit: (str, Stack, Split, BatchSplit, Average),
     Average: (str, Stack, Split, BatchSplit),
+    MultiTask: (str, Stack, Average, Fuse),
 }
 
 
@@ -235,7 +261,8 @@ def spans(block: Block, size: int) -> list[slice]:
     return [slice(start, end) for start, end in itertools.pairwise(bounds)]
 
 
-BLOCKS: dict[str, type[Block]] = {cls.__name__: cls for cls in (Stack, Fuse, Split, BatchSplit, Parallel, Average)}
+BLOCKS: dict[str, type[Block]] = {cls.__name__: cls for cls in (Stack, Fuse, Split, BatchSplit, Parallel, Average,
+                                                                  MultiTask)}
 
 
 def to_json(block: Block | str) -> dict[str, Any] | str:
@@ -293,3 +320,72 @@ def head_setup(block: Block) -> str | Block | None:
         return BatchSplit(*lasts, batch_sizes=final.batch_sizes)
     return None
 
+
+class TaskOrder(NamedTuple):
+    """A MultiTask forward's rows: the batch's row indices sorted by task (stable), and the rows of each task."""
+
+    rows: Tensor
+    counts: tuple[int, ...]
+
+
+def task_order(setup: Block | None, task_ids: Tensor | Sequence[int | str] | None,
+               adapter_names: Sequence[str | None] | None, rows: int) -> TaskOrder | None:
+    """Where the setup's MultiTask blocks send each of a batch's ``rows``, from ``task_ids`` (one per example: an
+    index into each MultiTask's children, or a child's adapter name, as AdapterHub takes them); None without
+    MultiTask, where ``task_ids`` are ignored, as in AdapterHub (a trainer's batches carry them whatever setup is
+    active). Checked before anything runs."""
+    blocks = [block for block in walk(setup) if isinstance(block, MultiTask)]
+    if not blocks:
+        return None
+    if task_ids is None:
+        raise ValueError(f"the active setup {setup!r} holds a MultiTask block, which needs each example's task: "
+                         "pass task_ids= to the forward (one adapter index or name per example).")
+    if adapter_names is not None:
+        raise ValueError("task_ids and adapter_names both choose each example's adapters; pass only one of them.")
+    if setup.parallel_channels > 1:
+        raise ValueError(f"{setup!r} replicates the batch, so task_ids cannot name one task per example; run the "
+                         "MultiTask setup without Parallel.")
+    ids = task_indices(blocks, task_ids, rows)
+    counts = torch.bincount(ids, minlength=max(len(block) for block in blocks))
+    return TaskOrder(torch.argsort(ids, stable=True), tuple(counts.tolist()))
+
+
+def task_indices(blocks: list[MultiTask], task_ids: Tensor | Sequence[int | str], rows: int) -> Tensor:
+    """``task_ids`` as a (rows,) tensor of child indices valid in every MultiTask block; a clear error otherwise."""
+    if isinstance(task_ids, Tensor):
+        if task_ids.is_floating_point() or task_ids.is_complex() or task_ids.dtype == torch.bool:
+            raise ValueError(f"task_ids are {task_ids.dtype}; pass integer task indices (torch.long) or adapter "
+                             "names.")
+        ids = task_ids.detach().to("cpu", torch.long)
+    elif isinstance(task_ids, Sequence) and not isinstance(task_ids, str) and all(
+            isinstance(task, str) for task in task_ids) and len(task_ids):
+        ids = torch.tensor(named_tasks(blocks, task_ids))
+    elif isinstance(task_ids, Sequence) and not isinstance(task_ids, str) and all(
+            isinstance(task, int) and not isinstance(task, bool) for task in task_ids):
+        ids = torch.tensor(list(task_ids), dtype=torch.long)
+    else:
+        raise TypeError(f"task_ids must be a tensor of task indices or a list of indices or of adapter names, got "
+                        f"{task_ids!r}.")
+    if ids.shape != (rows,):
+        raise ValueError(f"task_ids has shape {tuple(ids.shape)}, the batch has {rows} rows; give one task per "
+                         "example.")
+    width = min(len(block) for block in blocks)
+    if rows and (ids.min() < 0 or ids.max() >= width):
+        raise ValueError(f"task_ids {ids.tolist()} are out of range: the MultiTask block has {width} tasks, "
+                         f"indices 0..{width - 1}.")
+    return ids
+
+
+def named_tasks(blocks: list[MultiTask], names: Sequence[str]) -> list[int]:
+    """Adapter names as indices of the MultiTask children they name; every MultiTask must order them alike."""
+    indices = None
+    for block in blocks:
+        unknown = sorted({name for name in names if name not in block.children})
+        if unknown:
+            raise ValueError(f"task_ids name {unknown}, which {block!r} does not hold; name its children.")
+        these = [block.children.index(name) for name in names]
+        if indices is not None and these != indices:
+            raise ValueError(f"the setup's MultiTask blocks order the tasks {names} differently; pass task "
+                             "indices instead of names.")
+        indices = these
+    return indices

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from peftcore import placement
-from peftcore.composition import BASE, BatchSplit, Block, Parallel, spans
+from peftcore.composition import BASE, BatchSplit, Block, Parallel, spans, task_order, with_task_sizes
 from peftcore.context import AdapterSetup, current_setup, head_names
 from peftcore.head_types import AdapterHead, BiaffineParsingHead
 from peftcore.heads import INPUT_ARGS
@@ -32,9 +32,11 @@ MIXED_PLANS_KEPT = 32  # groupings whose plans a model keeps (serving sees a few
 
 
 def run(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any], gates: bool = False,
-        fusions: bool = False, adapter_names: Sequence[str | None] | None = None) -> Any:
+        fusions: bool = False, adapter_names: Sequence[str | None] | None = None,
+        task_ids: Tensor | Sequence[int | str] | None = None) -> Any:
     """``encode`` under the active setup, or with one adapter per example (``adapter_names``); with gate values
-    (``gates``) and fusion attentions (``fusions``) attached to each output when asked.
+    (``gates``) and fusion attentions (``fusions``) attached to each output when asked. ``task_ids`` give each
+    example's task for the setup's MultiTask blocks.
 
     Returns one output (a ``Parallel`` setup's copies of the batch in it one after the other), or one per branch for
     a ``Parallel`` or ``BatchSplit`` whose branches have heads.
@@ -46,12 +48,13 @@ def run(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict
     kwargs, inputs = split_head_inputs(kwargs)
     context = None if torch.compiler.is_compiling() or adapter_names is not None else current_setup()
     if context is None:
-        outputs = at_input_positions(run_setup(host, encode, args, kwargs, gates, fusions, adapter_names, inputs))
+        outputs = at_input_positions(run_setup(host, encode, args, kwargs, gates, fusions, adapter_names, task_ids,
+                                                     inputs))
         return with_losses(host, outputs, labels, kwargs, adapter_names)
     with guard(host).changing():
         plan, head = context_plan(host, context)
         with swapped(host, plan, head):
-            outputs = at_input_positions(run_setup(host, encode, args, kwargs, gates, fusions, None, inputs))
+            outputs = at_input_positions(run_setup(host, encode, args, kwargs, gates, fusions, None, task_ids, inputs))
             return with_losses(host, outputs, labels, kwargs, None)
 
 
@@ -92,19 +95,24 @@ def with_losses(host: AdapterHost, outputs: Any, labels: Tensor | None, kwargs: 
 
 
 def run_setup(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any], gates: bool,
-              fusions: bool, adapter_names: Sequence[str | None] | None, inputs: dict[str, Tensor]) -> Any:
-    if adapter_names is None and not (gates or fusions):
+              fusions: bool, adapter_names: Sequence[str | None] | None,
+              task_ids: Tensor | Sequence[int | str] | None, inputs: dict[str, Tensor]) -> Any:
+    order = task_order(host.plan.setup, task_ids, adapter_names, batch_rows_of(args, kwargs))
+    if adapter_names is None and order is None and not (gates or fusions):
         with nullcontext() if torch.compiler.is_compiling() else guard(host).running():
             return run_plan(host, host.plan, encode, args, kwargs, inputs)
+    if inputs and (adapter_names is not None or order is not None):
+        rows = "adapter_names" if adapter_names is not None else "task_ids"
+        raise ValueError(f"{sorted(inputs)} with {rows}: a batch regrouped by rows runs heads that read only the "
+                         "encoder's output; run a parsing head's adapter with AdapterSetup instead.")
     with guard(host).changing(), host.recorder.collecting(gates, fusions) as (scores, attentions):
-        if adapter_names is None:
+        if adapter_names is not None:
+            outputs = mixed_batch(host, encode, args, kwargs, adapter_names)
+        elif order is not None:
+            outputs = run_in_order(host, task_plan(host, order.counts), encode, args, kwargs, order.rows)
+        else:
             with guard(host).running():
                 outputs = run_plan(host, host.plan, encode, args, kwargs, inputs)
-        else:
-            if inputs:
-                raise ValueError(f"{sorted(inputs)} with adapter_names: a mixed batch runs heads that read only the "
-                                 "encoder's output; run a parsing head's adapter with AdapterSetup instead.")
-            outputs = mixed_batch(host, encode, args, kwargs, adapter_names)
     for out in outputs if isinstance(outputs, list) else (outputs,):
         out.adapter_gating_scores, out.adapter_fusion_attentions = scores, attentions
     return outputs
@@ -202,9 +210,15 @@ def mixed_batch(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwar
                          "(or None) per example.")
     groups = list(dict.fromkeys(names))
     index = torch.tensor([groups.index(name) for name in names])
-    order = torch.argsort(index, stable=True)
-    permuted = bool((order != torch.arange(rows)).any())
     plan = mixed_plan(host, tuple(groups), tuple(torch.bincount(index, minlength=len(groups)).tolist()))
+    return run_in_order(host, plan, encode, args, kwargs, torch.argsort(index, stable=True))
+
+
+def run_in_order(host: AdapterHost, plan: Plan, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any],
+                 order: Tensor) -> Any:
+    """``encode`` under ``plan`` (a BatchSplit over groups of rows) on the batch's rows taken in ``order``, each
+    slice through its own head where the plan has heads per slice; the output comes back in the caller's order."""
+    permuted = bool((order != torch.arange(len(order))).any())
     if permuted:
         args, kwargs = reorder_batch(args, kwargs, order)
     with swapped(host, plan, host._active_head), guard(host).running():
@@ -270,6 +284,13 @@ def mixed_plan(host: AdapterHost, groups: tuple[str, ...], sizes: tuple[int, ...
         return compile_plan(host, setup, branch_heads=heads, token_wise=False)
 
     return kept_plan(host, (groups, sizes), compile_grouping)
+
+
+def task_plan(host: AdapterHost, counts: tuple[int, ...]) -> Plan:
+    """The plan of the active setup on a batch sorted by task: each MultiTask a BatchSplit over ``counts``, run
+    padded (the tasks are batch rows, which packing would merge); compiled once per ``counts``."""
+    return kept_plan(host, ("tasks", counts), lambda: compile_plan(
+        host, with_task_sizes(host.plan.setup, counts), host.plan.branch_heads, token_wise=False))
 
 
 def mixed_heads(host: AdapterHost, out: Any, setup: BatchSplit) -> None:

@@ -31,11 +31,12 @@ from peftcore.methods.base import Method
 from peftcore.model_heads import HeadsMixin
 from peftcore.recording import Recorder
 from peftcore.setup import Plan, compile_plan, guard
+from peftcore.sharing import SharingMixin, check_unshared
 from peftcore.sites import Site, find_sites
 from peftcore.views import ViewsMixin
 
 
-class AdapterModelMixin(HeadsMixin, ViewsMixin):
+class AdapterModelMixin(HeadsMixin, ViewsMixin, SharingMixin):
     """Adapter methods for an ``nn.Module`` built with sites; call ``init_adapters()`` in its ``__init__``."""
 
     adapter_file_format: ClassVar[str] = "peftcore"  # what save_adapter, save_head, ... write unless told
@@ -76,6 +77,7 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
         if name in self.merged_adapters():
             raise ValueError(f"adapter {name!r} is merged into the weights; reset_adapter({name!r}) before "
                              "replacing it.")
+        check_unshared(self, name)
         built = placement.build(self, config)
         placement.initialise(built)
         fusion.check_replacement(self, name, built.placed)
@@ -98,6 +100,7 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
         fused = [fusion_name for fusion_name, names in self.fused_adapters.items() if name in names]
         if fused:
             raise ValueError(f"adapter {name!r} is fused in {fused}; delete_adapter_fusion({fused[0]!r}) first.")
+        check_unshared(self, name)
         if alone:
             self.set_active_adapters(None)
         placement.remove(self, name)
@@ -255,12 +258,14 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
 
     def run_adapters(self, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any],
                      output_adapter_gating_scores: bool = False, output_adapter_fusion_attentions: bool = False,
-                     adapter_names: Sequence[str | None] | None = None) -> Any:
+                     adapter_names: Sequence[str | None] | None = None,
+                     task_ids: Tensor | Sequence[int | str] | None = None) -> Any:
         """Run the model's ``encode`` on ``args`` and ``kwargs`` under the active setup, or with one adapter per example
-        (``adapter_names``, None: the plain model), attaching gate values (``output_adapter_gating_scores``) and
-        fusion attentions (``output_adapter_fusion_attentions``) to the output when asked (forward.py)."""
+        (``adapter_names``, None: the plain model; ``task_ids``: each example's task in a MultiTask setup), attaching
+        gate values (``output_adapter_gating_scores``) and fusion attentions (``output_adapter_fusion_attentions``) to
+        the output when asked (forward.py)."""
         return forward.run(self, encode, args, kwargs, output_adapter_gating_scores,
-                           output_adapter_fusion_attentions, adapter_names)
+                           output_adapter_fusion_attentions, adapter_names, task_ids)
 
     def unpadded(self) -> bool:
         """Whether this forward may run a padded batch on its real tokens only: ``unpad`` is on, the running setup
@@ -386,6 +391,7 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
         (A by |w|, B by w; Zhang et al., 2023) and ``"lora_delta_w_svd"`` (the weighted sum of the updates
         s·B·A, cut to rank ``svd_rank`` by SVD). ``overwrite_ok`` and ``set_active`` as in ``add_adapter``.
         """
+        check_unshared(self, adapter_name)
         merging.average(self, adapter_name, adapter_list, weights, normalize_weights, overwrite_ok, combine_strategy,
                         svd_rank)
         self._replug_or_activate(adapter_name if set_active else None)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftcore.composition import Average, BatchSplit, Block, Fuse, Parallel, Split, Stack, spans
+from peftcore.composition import Average, BatchSplit, Block, Fuse, MultiTask, Parallel, Split, Stack, spans
 from peftcore.sites import EmbeddingSite, PrefixSite, PromptSite, ResidualSite, SiteLinear
 
 Modules = dict[str, nn.Module]  # the adapters attached at one site (merged ones left out), by name
@@ -228,7 +228,7 @@ def prefix(block: str | Block, modules: Modules, site: str) -> Callable | None:
         return None
     if isinstance(block, Stack):  # each prefix is prepended in turn: [P_last, ..., P_first, K]
         return present[0] if len(present) == 1 else partial(prefix_stack, present)
-    if isinstance(block, BatchSplit | Parallel):
+    if isinstance(block, BatchSplit | Parallel | MultiTask):
         return partial(prefix_slicewise, block, compiled)
     raise unsupported(block, site, "prefix-tuning", ": every position attends to the same prefix keys")
 
@@ -280,7 +280,7 @@ def embedding(block: str | Block, modules: Modules, site: str) -> tuple[Callable
             return present[0]
         forwards, inverses = zip(*present, strict=True)
         return partial(chain, forwards), partial(chain, inverses[::-1])
-    if isinstance(block, BatchSplit | Parallel | Split):
+    if isinstance(block, BatchSplit | Parallel | Split | MultiTask):
         return (partial(slicewise, block, [None if pair is None else pair[0] for pair in compiled]),
                 partial(slicewise, block, [None if pair is None else pair[1] for pair in compiled]))
     raise unsupported(block, site, "invertible", ": an averaged or fused transform has no inverse for the LM head")
@@ -304,7 +304,7 @@ def prompt(block: str | Block, modules: Modules, site: str) -> Callable | None:
             raise unsupported(block, site, "prompt-tuning", ": a sequence takes one prompt; stack one prompt-tuning "
                               "adapter with adapters of other methods")
         return present[0]
-    if isinstance(block, BatchSplit | Parallel):
+    if isinstance(block, BatchSplit | Parallel | MultiTask):
         return partial(prompt_slicewise, block, compiled)
     raise unsupported(block, site, "prompt-tuning", ": a prompt is inserted into the whole sequence of a row")
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from peftcore import placement
-from peftcore.composition import BASE, BatchSplit, Block, Parallel, Split, Stack, walk
+from peftcore.composition import BASE, BatchSplit, Block, MultiTask, Parallel, Split, Stack, walk
 from peftcore.host import AdapterHost
 from peftcore.plugs import site_plugs
 
@@ -76,7 +76,7 @@ def is_token_wise(host: AdapterHost, setup: Block | None) -> bool:
     token-wise (``Method.token_wise``) and no block splits by position or batch row."""
     if setup is None:
         return True
-    if any(isinstance(b, (Split, BatchSplit, Parallel)) for b in walk(setup)):
+    if any(isinstance(b, (Split, BatchSplit, Parallel, MultiTask)) for b in walk(setup)):
         return False
     return all(module.token_wise for name in setup.flatten() if name != BASE
                for *_, module in placement.iter_adapters(host, name))

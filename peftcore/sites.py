@@ -78,10 +78,13 @@ class SiteLinear(nn.Linear):
     """``nn.Linear`` that LoRA and (IA)^3 plug into. Exactly ``nn.Linear`` while nothing is active.
 
     ``plug(x, y)`` receives the layer input and the base output ``W x + b`` and returns the adapted output.
+    ``shared_parameters`` holds the tensors that adapters here share (``share_parameters``), by group name; it comes
+    first, so that ``named_parameters`` names a shared tensor there, as AdapterHub's LoRA layers do.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__(in_features, out_features, bias)
+        self.shared_parameters = nn.ModuleDict()
         self.adapters = nn.ModuleDict()
         self.plug: Callable[[Tensor, Tensor], Tensor] | None = None
 

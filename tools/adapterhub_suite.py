@@ -30,19 +30,17 @@ import pytest
 
 MISSING = {  # module of AdapterHub's package -> names peftcore.adapters lacks -> why
     "adapters": {name: "issue 19 (methods not built yet)" for name in (
-        "DoRAConfig", "DvoRAConfig", "VeraConfig", "LoReftConfig", "NoReftConfig", "DiReftConfig", "ReftConfig",
-        "MTLLoRAConfig", "MultiTaskConfig", "AdapterPlusConfig")}
+        "DoRAConfig", "DvoRAConfig", "VeraConfig", "LoReftConfig", "NoReftConfig", "DiReftConfig", "ReftConfig")}
     | {"AdapterTrainer": "a transformers Trainer subclass; peftcore trains with peftcore.training.Trainer",
        "AdapterModelInterface": "plugin interface for transformers models; peftcore runs its own encoders",
        "get_adapter_config_hash": "AdapterHub Hub lookups (its Hub is not used by peftcore)",
        "T5AdapterModel": "encoder-decoder models (peftcore runs encoders)"},
-    "adapters.composition": {"MultiTask": "issue 19 (MultiTask block)"},
     "adapters.heads": {name: "decoder and task heads peftcore does not build (encoders only; PredictionHead serves "
                              "classification, tagging and question answering)"
                        for name in ("CausalLMHead", "Seq2SeqLMHead", "ClassificationHead", "TaggingHead",
                                     "QuestionAnsweringHead", "MultiLabelClassificationHead")},
     "adapters.heads.language_modeling": {"CausalLMHead": "decoder heads (encoders only)"},
-    "adapters.configuration.adapter_config": {"MTLLoRAConfig": "issue 19"},
+    "adapters.configuration.adapter_config": {},
     "adapters.methods.lora": {"LoRALayer": "AdapterHub's layer wrapper class; peftcore's LoRA plugs into sites"},
     "adapters.models.auto.adapter_model": {},
     "adapters.trainer": {"AdapterTrainer": "a transformers Trainer subclass; peftcore trains with its Trainer",
@@ -56,7 +54,6 @@ API_TESTS = [
     *(f"tests/test_misc/test_adapter_{name}.py" for name in ("composition", "config", "fusion_config", "safetensors",
                                                              "save_id2label")),
 ]
-ARCHITECTURES = {"MTLLoRAConfig": "mtl_lora"}  # AdapterHub's config.architecture, which names generated tests
 OURS = {"adapters.models.auto.adapter_model": "peftcore.adapters.models",
         "adapters.configuration.adapter_config": "peftcore.adapters.configuration",
         "adapters.heads.language_modeling": "peftcore.adapters.heads"}
@@ -70,7 +67,7 @@ def placeholder(name: str, why: str) -> type:
         raise NotImplementedError(f"peftcore.adapters has no {name}: {why}.")
 
     return type(name, (), {"__init__": lambda self, *args, **kwargs: None, "__getattr__": refuse,
-                           "architecture": ARCHITECTURES.get(name, name.removesuffix("Config").lower()),
+                           "architecture": name.removesuffix("Config").lower(),
                            "__module__": "adapters (not in peftcore)"})
 
 

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar
+
+from torch import nn
 
 from peftcore.models import MODEL_CLASSES, PretrainedEncoder
 from peftcore.models.convert import read_config
+from peftcore.sites import SiteLinear
 
 # transformers' task classes that have a counterpart here
 STATIC_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForMaskedLM",
@@ -57,6 +61,11 @@ class AdapterHubModel:
                           f"{report['unexpected_keys']}; pass strict=True to refuse such a file.", stacklevel=2)
         return name
 
+    def apply_to_adapter_layers(self, fn: Callable[[int, AdapterLayer], Any]) -> None:
+        """AdapterHub's: ``fn(layer index, layer)`` for every site (layer -1: the embeddings)."""
+        for site in self.sites_found:
+            fn(-1 if site.layer is None else site.layer, AdapterLayer(site.module))
+
     def load_adapter_fusion(self, path: str | os.PathLike, *args: Any, use_safetensors: bool = False,
                             **kwargs: Any) -> str:
         return super().load_adapter_fusion(path, *args, **kwargs)
@@ -65,6 +74,15 @@ class AdapterHubModel:
                   overwrite_ok: bool = True, **kwargs: Any) -> str:
         """The core's ``load_head``, replacing a head of the same name as AdapterHub does (``overwrite_ok``)."""
         return super().load_head(path, *args, overwrite_ok=overwrite_ok, **kwargs)
+
+
+class AdapterLayer:
+    """A site seen as AdapterHub's adapter layer: its adapters by name (``adapter_modules``) and the tensors they
+    share there (``shared_parameters``, by group)."""
+
+    def __init__(self, site: nn.Module) -> None:
+        self.adapter_modules = site.adapters
+        self.shared_parameters = site.shared_parameters if isinstance(site, SiteLinear) else nn.ModuleDict()
 
 
 def adapterhub_class(base: type[PretrainedEncoder], name: str, head: str | None) -> type[PretrainedEncoder]:

@@ -5,7 +5,7 @@ method available; ``METHODS`` lists every registered module class, each declarin
 (``config_class``) and, through ``sites(config, layer)``, where a config places it.
 """
 
-from peftcore.methods.base import METHODS, Method, ModelShape, methods_for, register_method
+from peftcore.methods.base import METHODS, Method, ModelShape, MultiTaskConfig, methods_for, register_method
 from peftcore.methods.bottleneck import (
     AdapterConfig,
     AdapterPlusConfig,
@@ -31,6 +31,7 @@ from peftcore.methods.invertible import (
     SeqBnInvConfig,
 )
 from peftcore.methods.lora import LoRA, LoRAConfig
+from peftcore.methods.mtl_lora import MTLLoRA, MTLLoRAConfig
 from peftcore.methods.phm import PHMLinear, PHMShared
 from peftcore.methods.prefix import PrefixTuning, PrefixTuningConfig
 from peftcore.methods.prompt import PromptTuning, PromptTuningConfig
@@ -53,8 +54,11 @@ __all__ = [
     "LoRA",
     "LoRAConfig",
     "MAMConfig",
+    "MTLLoRA",
+    "MTLLoRAConfig",
     "Method",
     "ModelShape",
+    "MultiTaskConfig",
     "NICECoupling",
     "PHMLinear",
     "PHMShared",

@@ -69,6 +69,11 @@ def linear_average(target: nn.Module, sources: Sequence[nn.Module], weights: Seq
             tensor.copy_(sum(w * state[key] for w, state in zip(weights, states, strict=True)))
 
 
+class MultiTaskConfig(AdapterConfigBase):
+    """Marks the configs of multi-task methods (AdapterHub's MultiTaskConfig): adapters of one such config, one per
+    task, may tie their ``Method.shareable`` tensors together with ``share_parameters``."""
+
+
 class Method(nn.Module):
     """Base of every PEFT method module: one module per site it sits at, built from one config class.
 
@@ -81,6 +86,7 @@ class Method(nn.Module):
 
     config_class: ClassVar[type[AdapterConfigBase]]
     shared_key: ClassVar[str | None] = None
+    shareable: ClassVar[tuple[str, ...]] = ()  # parameters share_parameters ties across adapters (MultiTaskConfig)
     title: ClassVar[str]  # the method's name in messages; the class name unless set
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -204,5 +210,10 @@ def register_method(method: type[Method], presets: Mapping[str, AdapterConfigBas
 
 def methods_for(config: object) -> list[type[Method]]:
     """The method classes a (member) config builds modules of: several for one config class (a bottleneck config
-    with an invertible adapter; LoRA and (IA)^3 share LoRAConfig), each deciding by ``sites`` where it sits."""
-    return [method for method in METHODS if isinstance(config, method.config_class)]
+    with an invertible adapter; LoRA and (IA)^3 share LoRAConfig), each deciding by ``sites`` where it sits. A config
+    class with methods of its own is served by them alone, not by those of its base classes (MTLLoRAConfig is a
+    LoRAConfig, but builds no LoRA)."""
+    matching = [method for method in METHODS if isinstance(config, method.config_class)]
+    return [method for method in matching
+            if not any(issubclass(other.config_class, method.config_class) and other.config_class is not
+                       method.config_class for other in matching)]

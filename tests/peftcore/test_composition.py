@@ -518,3 +518,14 @@ def test_a_compiled_model_runs_compositions_and_mixed_batches_as_eager():
         names = ["a", None, "p"]
         assert_parity(compiled(**batch, adapter_names=names).last_hidden_state,
                       model(**batch, adapter_names=names).last_hidden_state, mask=mask)
+
+
+def test_the_nesting_rules_are_adapterhubs_every_block_included():
+    import adapters.composition
+
+    from peftcore.composition import ALLOWED_NESTINGS
+
+    def by_name(rules: dict) -> dict[str, set[str]]:
+        return {block.__name__: {allowed.__name__ for allowed in children} for block, children in rules.items()}
+
+    assert by_name(ALLOWED_NESTINGS) == by_name(adapters.composition.ALLOWED_NESTINGS)

@@ -1,7 +1,8 @@
 """Property tests (hypothesis) over the whole config space: any valid config of any method, or union of methods,
 builds on a tiny model of every architecture, trains with finite outputs and gradients, reloads bit-exactly from
-disk and (LoRA, (IA)^3) merges and resets exactly; any invalid config is refused with an error that names the
-offending field, before a tensor is built. The examples drawn come from the profile in tests/conftest.py."""
+disk and (LoRA, (IA)^3, MTL-LoRA) merges and resets exactly; a MultiTask setup runs every row as its task's adapter
+alone; any invalid config is refused with an error that names the offending field, before a tensor is built. The
+examples drawn come from the profile in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from peftcore import (
     CompacterConfig,
     IA3Config,
     LoRAConfig,
+    MTLLoRAConfig,
+    MultiTask,
     PrefixTuningConfig,
     PromptTuningConfig,
     SeqBnConfig,
@@ -87,6 +90,15 @@ def linear_configs(draw: st.DrawFn, ia3: bool | None = None, gating: bool = True
 
 
 @st.composite
+def mtl_lora_configs(draw: st.DrawFn, gating: bool = True) -> MTLLoRAConfig:
+    """MTL-LoRA on any sites LoRA takes, with 1-3 up-projections and either task matrix."""
+    lora = draw(linear_configs(ia3=False, gating=gating))
+    return MTLLoRAConfig(**{f.name: getattr(lora, f.name) for f in dataclasses.fields(lora)},
+                         n_up_projection=draw(st.integers(1, 3)), weights_sharpness=draw(st.sampled_from([0.05, 1.0])),
+                         task_specific_matrix_type=draw(st.sampled_from(["singular_values", "linear"])))
+
+
+@st.composite
 def prefix_configs(draw: st.DrawFn) -> PrefixTuningConfig:
     return PrefixTuningConfig(flat=draw(st.booleans()), prefix_length=draw(st.integers(1, 12)),
                               bottleneck_size=draw(st.integers(1, 48)), non_linearity=draw(activation),
@@ -118,7 +130,7 @@ def union_configs(draw: st.DrawFn) -> ConfigUnion:
 
 presets = st.sampled_from(sorted(ADAPTER_CONFIG_MAP)).map(lambda name: small(ADAPTER_CONFIG_MAP[name]))
 configs = st.one_of(presets, bottleneck_configs(), linear_configs(), prefix_configs(), union_configs(),
-                    prompt_configs())
+                    prompt_configs(), mtl_lora_configs())
 archs = st.sampled_from(sorted(ARCHS))  # in this order the ci profile draws the examples it always has
 
 
@@ -149,7 +161,7 @@ def test_any_valid_config_reloads_bit_exactly(config, arch):
     assert torch.equal(hidden(fresh, inputs(fresh)), hidden(model, inputs(model)))
 
 
-@given(config=linear_configs(gating=False), arch=archs)
+@given(config=linear_configs(gating=False) | mtl_lora_configs(gating=False), arch=archs)
 def test_merge_then_reset_restores_weights_exactly_and_merged_outputs_equal_unmerged(config, arch):
     model = tiny_model(arch)
     model.add_adapter("a", config, set_active=True)
@@ -162,6 +174,21 @@ def test_merge_then_reset_restores_weights_exactly_and_merged_outputs_equal_unme
     model.reset_adapter("a")
     assert same_tensors(model.base_state_dict(), base)
     assert torch.equal(hidden(model, batch), unmerged)
+
+
+@given(config=mtl_lora_configs(), arch=archs, tasks=st.lists(st.integers(0, 2), min_size=3, max_size=3))
+def test_a_multitask_batch_runs_every_row_as_its_tasks_adapter_alone(config, arch, tasks):
+    model = tiny_model(arch)
+    for name in "abc":
+        model.add_adapter(name, config)
+        randomize(model, name, scale=0.1)
+    batch = inputs(model)
+    model.set_active_adapters(MultiTask("a", "b", "c"))
+    together = hidden(model, {**batch, "task_ids": torch.tensor(tasks)})
+    for row, task in enumerate(tasks):
+        model.set_active_adapters("abc"[task])
+        alone = hidden(model, {key: value[row:row + 1] for key, value in batch.items()})
+        torch.testing.assert_close(together[row:row + 1], alone, rtol=0, atol=1e-5)
 
 
 # ---- invalid configs ----------------------------------------------------------------------------------------
@@ -226,6 +253,10 @@ INVALID_FIELDS = [
     (LoRAConfig, "vera_d", st.floats()),
     (LoRAConfig, "dtype", st.just("float16")),
     (IA3Config, "r", st.integers(2)),
+    (MTLLoRAConfig, "n_up_projection", not_positive_int),
+    (MTLLoRAConfig, "task_specific_matrix_type", not_one_of("singular_values", "linear")),
+    (MTLLoRAConfig, "weights_sharpness", not_positive_number),
+    (MTLLoRAConfig, "composition_mode", st.just("scale")),
     (PrefixTuningConfig, "prefix_length", not_positive_int),
     (PrefixTuningConfig, "bottleneck_size", not_positive_int),
     (PrefixTuningConfig, "non_linearity", not_an_activation),
@@ -251,7 +282,7 @@ def test_an_invalid_field_value_is_refused_naming_the_field(config_class, field,
             build()
 
 
-field_names = {f.name for cls in (BnConfig, LoRAConfig, PrefixTuningConfig, PromptTuningConfig)
+field_names = {f.name for cls in (BnConfig, LoRAConfig, PrefixTuningConfig, PromptTuningConfig, MTLLoRAConfig)
                for f in dataclasses.fields(cls)}
 
 

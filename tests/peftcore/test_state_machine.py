@@ -2,7 +2,8 @@
 that must fail, with the model checked against what the sequence did after every step:
 
 - a call that raised changed nothing (every tensor, the adapters, heads, setup and plugs are as before);
-- the adapters, merged adapters, active setup and head, and adapter_summary()'s rows are what the sequence made;
+- the adapters, merged adapters, sharing group, active setup and head, and adapter_summary()'s rows are what the
+  sequence made;
 - with nothing merged, the base weights are the original ones, bit for bit (reset undoes any merge sequence);
 - at the end of each sequence, the model's output equals that of a fresh model rebuilt from its full save
   (format="peftcore").
@@ -21,6 +22,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from peftcore import sharing
 from peftcore.composition import Stack
 from tests.archs import ARCHS, inputs, tiny_model
 from tests.peftcore.test_io import assert_unchanged, fingerprint
@@ -28,7 +30,7 @@ from tests.peftcore.test_io import assert_unchanged, fingerprint
 NAMES = st.sampled_from(["a", "b", "x.y"])  # few names, so calls meet the same adapters; the last is never valid
 CONFIGS = st.sampled_from(["seq_bn", "double_seq_bn", "par_bn", "lora", "lora[output_lora=True]", "ia3",
                            "prefix_tuning[prefix_length=2, bottleneck_size=8]", "compacter[reduction_factor=8]",
-                           "seq_bn_inv", "unipelt"])
+                           "seq_bn_inv", "unipelt", "mtl_lora"])
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 EXAMPLES, STEPS = {"ci": (30, 20), "long": (300, 60)}[PROFILE]  # sequences, calls per sequence
 
@@ -46,6 +48,7 @@ class ModelCalls(RuleBasedStateMachine):
         self.heads: set[str] = set()
         self.merged: set[str] = set()
         self.active = None
+        self.shared: set[str] = set()  # the adapters of sharing group "g"
         self.directory = Path(tempfile.mkdtemp())
 
     def attempt(self, call) -> bool:
@@ -61,7 +64,7 @@ class ModelCalls(RuleBasedStateMachine):
     @rule(name=NAMES, config=CONFIGS, overwrite=st.booleans())
     def add_adapter(self, name: str, config: str, overwrite: bool) -> None:
         if self.attempt(lambda: self.model.add_adapter(name, config, overwrite_ok=overwrite)):
-            assert name not in self.adapters or overwrite
+            assert (name not in self.adapters or overwrite) and name not in self.shared
             self.adapters[name] = config
 
     @rule(name=NAMES)
@@ -69,6 +72,7 @@ class ModelCalls(RuleBasedStateMachine):
         alone = self.active == Stack(name)
         if self.attempt(lambda: self.model.delete_adapter(name)):
             assert name not in self.merged and (alone or name not in (self.active.flatten() if self.active else ()))
+            assert name not in self.shared
             del self.adapters[name]
             self.active = None if alone else self.active
 
@@ -93,7 +97,24 @@ class ModelCalls(RuleBasedStateMachine):
     @rule(name=NAMES, sources=st.lists(NAMES, min_size=1, max_size=2))
     def average_adapter(self, name: str, sources: list[str]) -> None:
         if self.attempt(lambda: self.model.average_adapter(name, sources, overwrite_ok=True)):
+            assert name not in self.shared
             self.adapters[name] = self.adapters[sources[0]]
+
+    @rule(extra=st.one_of(st.none(), NAMES))
+    def share_parameters(self, extra: str | None) -> None:
+        """The MTL-LoRA adapters the model has (the group AdapterHub's users make), and another name or none."""
+        names = [name for name, config in self.adapters.items() if config == "mtl_lora"]
+        names += [extra] if extra is not None and extra not in names else []
+        if self.attempt(lambda: self.model.share_parameters(names, name="g")):
+            assert not self.shared and all(self.adapters[name] == "mtl_lora" for name in names)
+            assert not set(names) & self.merged
+            self.shared = set(names)
+
+    @rule()
+    def unshare_parameters(self) -> None:
+        if self.attempt(lambda: self.model.unshare_parameters([], name="g")):
+            assert self.shared
+            self.shared = set()
 
     @rule(name=NAMES, labels=st.integers(min_value=-1, max_value=3))
     def add_head(self, name: str, labels: int) -> None:
@@ -121,6 +142,7 @@ class ModelCalls(RuleBasedStateMachine):
         assert dict(sorted(self.model.adapter_configs.items())).keys() == dict(sorted(self.adapters.items())).keys()
         assert set(self.model.heads) == self.heads
         assert self.model.merged_adapters() == self.merged
+        assert {name for name in self.adapters if sharing.groups_of(self.model, name)} == self.shared
         assert self.model.active_adapters == self.active
         rows = [row["name"] for row in self.model.adapter_summary(as_dict=True)]
         assert set(rows) - {"Full model"} >= set(self.adapters)

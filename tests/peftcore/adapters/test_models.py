@@ -142,3 +142,22 @@ def test_loading_a_head_over_one_of_its_name_replaces_it_as_adapterhub_does(tmp_
         model.heads["tags"][1].weight.zero_()
     assert model.load_head(tmp_path) == "tags"
     assert model.get_labels("tags") == ["O", "B", "I"] and model.heads["tags"][1].weight.abs().sum() > 0
+
+
+def test_adapter_layers_show_each_sites_adapters_and_the_tensors_they_share_as_adapterhubs_do():
+    model = adapters.BertAdapterModel(hf_config())
+    for task in "abc":
+        model.add_adapter(task, adapters.MTLLoRAConfig())
+    model.share_parameters(adapter_names=adapters.MultiTask("a", "b", "c"), name="shared")
+    seen = []
+
+    def look(layer_index: int, layer: adapters.models.AdapterLayer) -> None:
+        for task in "abc":
+            if task in layer.adapter_modules:
+                assert layer.adapter_modules[task].lora_A is layer.shared_parameters["shared"]["lora_A"]
+                seen.append(layer_index)
+
+    model.apply_to_adapter_layers(look)
+    assert sorted(set(seen)) == list(range(BERT["num_hidden_layers"]))
+    shared = [name for name, _ in model.named_parameters() if ".shared_parameters.shared." in name]
+    assert shared and all(name.endswith(("lora_A", "lora_B")) for name in shared)  # AdapterHub's names for them

@@ -11,7 +11,7 @@ import torch
 import transformers as tf
 
 from peftcore import LoRAConfig, PromptTuningConfig
-from peftcore.composition import Average, BatchSplit, Fuse, Split, Stack
+from peftcore.composition import Average, BatchSplit, Fuse, MultiTask, Split, Stack
 from peftcore.models import BertModel, Tokenizer
 from tests.archs import ADAPTERHUB_ARCHS, ARCHS, BERT_FAMILY, inputs, reference, tiny_model
 from tests.parity import assert_parity, padded_batch
@@ -255,3 +255,21 @@ def test_a_model_without_the_prompt_site_says_so():
     model.prompt = torch.nn.Identity()  # a researcher's model built without one
     with pytest.raises(ValueError, match=r"no \['prompt'\] site"):
         model.add_adapter("p", "prompt_tuning")
+
+
+def test_a_multitask_block_gives_each_row_its_tasks_prompt_as_alone():
+    model = tiny_model("bert")
+    for name, config in (("p", "prompt_tuning[prompt_length=3]"), ("q", "prompt_tuning[prompt_length=5]"),
+                         ("l", "lora")):
+        model.add_adapter(name, config)
+    with torch.no_grad():
+        for parameter in model.adapter_parameters("l"):
+            parameter.normal_(0.0, 0.3)
+    ids, mask = padded_batch(model.config.vocab_size, 0, lengths=(6, 4, 6, 5))
+    model.set_active_adapters(MultiTask("p", "q", "l"))
+    with torch.no_grad():
+        together = model(input_ids=ids, attention_mask=mask, task_ids=["q", "p", "l", "q"]).last_hidden_state
+        for row, task in enumerate(["q", "p", "l", "q"]):
+            model.set_active_adapters(task)
+            alone = model(input_ids=ids[row:row + 1], attention_mask=mask[row:row + 1]).last_hidden_state
+            assert_parity(together[row:row + 1], alone, mask=mask[row:row + 1])
