@@ -8,8 +8,10 @@ from peftcore.methods import (
     BnConfig,
     CompacterConfig,
     CompacterPlusPlusConfig,
+    DoRAConfig,
     DoubleSeqBnConfig,
     DoubleSeqBnInvConfig,
+    DvoRAConfig,
     HoulsbyConfig,
     HoulsbyInvConfig,
     IA3Config,
@@ -23,6 +25,7 @@ from peftcore.methods import (
     SeqBnConfig,
     SeqBnInvConfig,
     UniPELTConfig,
+    VeraConfig,
 )
 from peftcore.model import AdapterModelMixin
 from peftcore.sites import SITE_NAMES, find_sites
@@ -43,8 +46,10 @@ __all__ = [
     "CompacterConfig",
     "CompacterPlusPlusConfig",
     "ConfigUnion",
+    "DoRAConfig",
     "DoubleSeqBnConfig",
     "DoubleSeqBnInvConfig",
+    "DvoRAConfig",
     "Fuse",
     "HoulsbyConfig",
     "HoulsbyInvConfig",
@@ -62,5 +67,6 @@ __all__ = [
     "Split",
     "Stack",
     "UniPELTConfig",
+    "VeraConfig",
     "find_sites",
 ]

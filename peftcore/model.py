@@ -208,7 +208,7 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
         self.train()
         self.freeze_model(True)
         for name in names:
-            for parameter in placement.parameters(self, name):
+            for parameter in placement.trainable(self, name):
                 parameter.requires_grad_(True)
             if name in self.heads:
                 heads.train(self, name)

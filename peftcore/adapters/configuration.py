@@ -7,8 +7,10 @@ from peftcore.methods import (
     BnConfig,
     CompacterConfig,
     CompacterPlusPlusConfig,
+    DoRAConfig,
     DoubleSeqBnConfig,
     DoubleSeqBnInvConfig,
+    DvoRAConfig,
     IA3Config,
     LoRAConfig,
     MAMConfig,
@@ -17,6 +19,7 @@ from peftcore.methods import (
     SeqBnConfig,
     SeqBnInvConfig,
     UniPELTConfig,
+    VeraConfig,
 )
 from peftcore.views import AdaptersConfig
 
@@ -27,6 +30,7 @@ DEFAULT_ADAPTERFUSION_CONFIG = "dynamic"
 
 __all__ = ["ADAPTERFUSION_CONFIG_MAP", "ADAPTER_CONFIG_MAP", "DEFAULT_ADAPTERFUSION_CONFIG", "DEFAULT_ADAPTER_CONFIG",
            "AdapterConfig", "AdapterFusionConfig", "BnConfig", "CompacterConfig", "CompacterPlusPlusConfig",
-           "ConfigUnion", "DoubleSeqBnConfig", "DoubleSeqBnInvConfig", "IA3Config", "LoRAConfig", "MAMConfig",
+           "ConfigUnion", "DoRAConfig", "DoubleSeqBnConfig", "DoubleSeqBnInvConfig", "DvoRAConfig", "IA3Config",
+           "LoRAConfig", "MAMConfig",
            "ModelAdaptersConfig", "ParBnConfig", "PrefixTuningConfig", "SeqBnConfig", "SeqBnInvConfig",
-           "UniPELTConfig"]
+           "UniPELTConfig", "VeraConfig"]

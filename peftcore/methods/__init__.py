@@ -20,6 +20,7 @@ from peftcore.methods.bottleneck import (
     SeqBnConfig,
 )
 from peftcore.methods.combinations import MAMConfig, UniPELTConfig
+from peftcore.methods.dora import DoRA, DoRAConfig, DVoRA, DvoRAConfig
 from peftcore.methods.ia3 import IA3, IA3Config
 from peftcore.methods.invertible import (
     DoubleSeqBnInvConfig,
@@ -32,6 +33,7 @@ from peftcore.methods.invertible import (
 from peftcore.methods.lora import LoRA, LoRAConfig
 from peftcore.methods.phm import PHMLinear, PHMShared
 from peftcore.methods.prefix import PrefixTuning, PrefixTuningConfig
+from peftcore.methods.vera import Vera, VeraConfig
 
 __all__ = [
     "IA3",
@@ -41,8 +43,12 @@ __all__ = [
     "Bottleneck",
     "CompacterConfig",
     "CompacterPlusPlusConfig",
+    "DVoRA",
+    "DoRA",
+    "DoRAConfig",
     "DoubleSeqBnConfig",
     "DoubleSeqBnInvConfig",
+    "DvoRAConfig",
     "GLOWCoupling",
     "HoulsbyConfig",
     "HoulsbyInvConfig",
@@ -64,6 +70,8 @@ __all__ = [
     "SeqBnConfig",
     "SeqBnInvConfig",
     "UniPELTConfig",
+    "Vera",
+    "VeraConfig",
     "methods_for",
     "register_method",
 ]

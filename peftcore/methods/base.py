@@ -81,6 +81,7 @@ class Method(nn.Module):
 
     config_class: ClassVar[type[AdapterConfigBase]]
     shared_key: ClassVar[str | None] = None
+    trains_shared: ClassVar[bool] = True  # False: the shared module stays fixed (VeRA's random A, B) in train_adapter
     title: ClassVar[str]  # the method's name in messages; the class name unless set
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -161,6 +162,17 @@ class Method(nn.Module):
         return (key,)
 
     @classmethod
+    def from_adapterhub(cls, config: Any, state: dict[str, Tensor]) -> Any:
+        """This method's part ``config`` of an AdapterHub file as the file's tensors ``state`` (our keys) show it,
+        those tensors rewritten in place where ours stores them otherwise; by default both as they are."""
+        return config
+
+    @classmethod
+    def to_adapterhub(cls, config: Any, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``state`` (our keys) with this method's tensors in AdapterHub's form; by default as it is."""
+        return state
+
+    @classmethod
     def is_adapterhub_copy(cls, key: str) -> bool:
         """Whether an AdapterHub key (base-model prefix removed) is a redundant copy that loading skips."""
         return False
@@ -169,6 +181,12 @@ class Method(nn.Module):
 
     peft_type: ClassVar[str | None] = None  # PEFT's name for this method; None: PEFT has none we convert
     peft_suffixes: ClassVar[tuple[str, ...]] = ()  # the tensors PEFT keeps per targeted module; () for prompts
+    peft_shared: ClassVar[tuple[str, ...]] = ()  # PEFT's keys of tensors the whole model shares (VeRA's projections)
+
+    @classmethod
+    def reads_peft(cls, raw: Mapping[str, Any]) -> bool:
+        """Whether a PEFT file's config ``raw`` is this method's (by default: its ``peft_type``)."""
+        return cls.peft_type is not None and raw.get("peft_type") == cls.peft_type
 
     @classmethod
     def from_peft(cls, file: PeftFile) -> tuple[AdapterConfigBase, dict[str, Tensor]]:
