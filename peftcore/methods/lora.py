@@ -97,6 +97,12 @@ class LoRAConfig(AdapterConfigBase):
         object.__setattr__(self, "leave_out", check_leave_out(name, self.leave_out))
         check_seed(name, self.init_weights_seed)
 
+    def to_dict(self) -> dict[str, Any]:
+        """AdapterHub's fields, and ours (``OWN_FIELDS``) only where they differ from their default, so an adapter
+        AdapterHub can express saves exactly AdapterHub's dict."""
+        return {key: value for key, value in super().to_dict().items()
+                if key not in OWN_FIELDS or value != OWN_FIELDS[key]}
+
     @property
     def is_vera(self) -> bool:
         """Whether this config is VeRA's: vera_d and vera_b set (AdapterHub's test is a float in either)."""
@@ -130,6 +136,9 @@ class LoRAConfig(AdapterConfigBase):
             raise ValueError(f"{name}: VeRA shares one random A (r, hidden) and B (hidden, r) across layers, so it "
                              "adapts the attention matrices only (AdapterHub's shared matrices fail there too); set "
                              "intermediate_lora=False and output_lora=False.")
+
+
+OWN_FIELDS = {"vera_dense": False, "dora_variant": "adapterhub"}  # LoRAConfig's fields AdapterHub lacks, by default
 
 
 def linear_sites(config: LoRAConfig, layer: int | None) -> tuple[str, ...]:

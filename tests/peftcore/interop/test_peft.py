@@ -176,7 +176,7 @@ def edited(source, target, config_changes=None, drop=()):
 REFUSALS = [  # (config changes, tensors dropped, message)
     (dict(bias="all"), (), "bias='all'"),
     (dict(bias="lora_only"), (), "bias='lora_only'"),
-    (dict(use_dora=True), (), "use_dora=True"),
+    (dict(use_dora=True), (), "needs lora_magnitude_vector"),
     (dict(fan_in_fan_out=True), (), "fan_in_fan_out"),
     (dict(init_lora_weights="pissa"), (), "rewrites the base weights"),
     (dict(peft_type="LOHA"), (), "'LOHA' is not available"),
