@@ -18,7 +18,7 @@ The module keeps a reference to its linear (``self.linear``, not a submodule): t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftcore.methods.base import Method, ModelShape, PeftFile, register_method
+from peftcore.methods.base import Method, ModelShape, PeftFile, linear_average, register_method
 from peftcore.methods.lora import (
     LoRA,
     LoRAConfig,
@@ -61,6 +61,10 @@ class Decomposition(LowRankUpdate):
     """The magnitude and the rescaled forward, over the low-rank update of the class it is mixed before."""
 
     average_strategies = ("linear",)  # AdapterHub's other two strategies fail on the magnitude
+
+    def average_from(self, sources: Sequence[Method], weights: Sequence[float], strategy: str) -> None:
+        """Every tensor, the magnitude included, by its weight (AdapterHub's linear averaging)."""
+        linear_average(self, sources, weights)
 
     @classmethod
     def build(cls, config: LoRAConfig, site: Site, shape: ModelShape, shared: nn.Module | None) -> Decomposition:

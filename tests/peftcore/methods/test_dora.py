@@ -119,6 +119,9 @@ def test_dora_averages_linearly_only():
     model = tiny_model("bert")
     model.add_adapter("a", "dora")
     model.add_adapter("b", "dora")
+    with torch.no_grad():
+        for parameter in model.adapter_parameters("b"):
+            parameter.add_(torch.randn_like(parameter) * 0.1)
     with pytest.raises(ValueError, match="combine_strategy='lora_delta_w_svd' is not available"):
         model.average_adapter("c", ["a", "b"], combine_strategy="lora_delta_w_svd", svd_rank=2)
     model.average_adapter("c", ["a", "b"], weights=[0.3, 0.7])
