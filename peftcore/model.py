@@ -112,7 +112,8 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin):
         return placement.state(self, name)
 
     def adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
-        """Adapter ``name``'s parameters, those its modules share included: what ``train_adapter`` unfreezes."""
+        """Adapter ``name``'s parameters, those its modules share included: what ``train_adapter`` unfreezes, but
+        for shared modules that stay fixed (VeRA's random projections)."""
         return placement.parameters(self, name)
 
     def get_input_embeddings(self) -> nn.Module:
