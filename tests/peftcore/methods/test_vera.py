@@ -148,6 +148,19 @@ def test_configs_that_are_not_vera_are_refused_clearly(fields, message):
         LoRAConfig(**fields)
 
 
+def test_adapterhub_vera_on_a_feed_forward_linear_crashes_at_the_forward_and_ours_refuses_the_config():
+    """AdapterHub sizes the shared projections by the first linear (hidden x hidden); the intermediate's (96, 96)
+    vera_B cannot multiply its (64, r) B."""
+    theirs = tf.BertModel(tf.BertConfig(**SMALL)).eval()
+    adapters.init(theirs)
+    theirs.add_adapter("a", config="vera[intermediate_lora=True]")
+    theirs.set_active_adapters("a")
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
+        theirs(input_ids=torch.randint(3, 100, (2, 5)))
+    with pytest.raises(ValueError, match="attention matrices only"):
+        tiny_model("bert").add_adapter("a", "vera[intermediate_lora=True]")
+
+
 # ---- HuggingFace PEFT's VeRA files ---------------------------------------------------------------------------------
 
 def peft_vera(directory, **fields):
