@@ -118,7 +118,8 @@ class Method(nn.Module):
 
     def merge_refusal(self) -> str | None:
         """Why this module cannot be folded into its site's weights, or None when ``merge_into`` can."""
-        return f"a {type(self).__name__} adds computation that no weight can hold; only LoRA and (IA)^3 adapters merge"
+        return (f"a {type(self).__name__} adds computation that no weight can hold; only LoRA and (IA)^3 adapters "
+                "(DoRA and VeRA included) merge")
 
     def merge_into(self, site: nn.Module) -> None:
         raise ValueError(self.merge_refusal())
