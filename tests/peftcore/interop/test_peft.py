@@ -218,7 +218,7 @@ def test_peft_default_ia3_is_refused_naming_the_feedforward_and_siteless_modules
 
 
 @pytest.mark.parametrize("arch, config, message", [
-    ("bert", "seq_bn", "LoRA or .IA.\\^3"),
+    ("bert", "seq_bn", "LoRA or VeRA or DoRA or .IA.\\^3"),
     ("bert", "lora[use_gating=True]", "gated"),
     ("deberta", "ia3", "q_bias/v_bias"),  # PEFT's vector on the fused in_proj would not scale DeBERTa's q/v biases
 ])
