@@ -9,8 +9,10 @@ from peftcore.methods import (
     BnConfig,
     CompacterConfig,
     CompacterPlusPlusConfig,
+    DoRAConfig,
     DoubleSeqBnConfig,
     DoubleSeqBnInvConfig,
+    DvoRAConfig,
     HoulsbyConfig,
     HoulsbyInvConfig,
     IA3Config,
@@ -26,6 +28,7 @@ from peftcore.methods import (
     SeqBnConfig,
     SeqBnInvConfig,
     UniPELTConfig,
+    VeraConfig,
 )
 from peftcore.model import AdapterModelMixin
 from peftcore.sites import SITE_NAMES, find_sites
@@ -47,8 +50,10 @@ __all__ = [
     "CompacterConfig",
     "CompacterPlusPlusConfig",
     "ConfigUnion",
+    "DoRAConfig",
     "DoubleSeqBnConfig",
     "DoubleSeqBnInvConfig",
+    "DvoRAConfig",
     "Fuse",
     "HoulsbyConfig",
     "HoulsbyInvConfig",
@@ -69,5 +74,6 @@ __all__ = [
     "Split",
     "Stack",
     "UniPELTConfig",
+    "VeraConfig",
     "find_sites",
 ]

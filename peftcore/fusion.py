@@ -228,7 +228,7 @@ def train(host: AdapterHost, block: Block, unfreeze_adapters: bool) -> None:
             fusion.requires_grad_(True)
     if unfreeze_adapters:
         for name in block.flatten():
-            for parameter in placement.parameters(host, name):
+            for parameter in placement.trainable(host, name):
                 parameter.requires_grad_(True)
 
 

@@ -104,7 +104,9 @@ def averaged_config(host: AdapterHost, config: AdapterConfigBase, strategy: str,
     methods = [method for _, member_methods in placed for method in member_methods]
     offered = [s for s in methods[0].average_strategies if all(s in m.average_strategies for m in methods)]
     if strategy not in offered:
-        raise ValueError(f"combine_strategy={strategy!r} is not available for {type(config).__name__}; use "
+        titles = " and ".join(dict.fromkeys(method.title for method in methods))
+        only = f"{titles} only supports {offered[0]} averaging: " if len(offered) == 1 else ""  # AdapterHub's words
+        raise ValueError(f"{only}combine_strategy={strategy!r} is not available for {type(config).__name__}; use "
                          f"{'one of ' + str(tuple(offered)) if len(offered) > 1 else offered[0]}.")
     changed = []
     for member, member_methods in placed:

@@ -116,7 +116,8 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin, SharingMixin):
         return placement.state(self, name)
 
     def adapter_parameters(self, name: str) -> Iterator[nn.Parameter]:
-        """Adapter ``name``'s parameters, those its modules share included: what ``train_adapter`` unfreezes."""
+        """Adapter ``name``'s parameters, those its modules share included: what ``train_adapter`` unfreezes, but
+        for shared modules that stay fixed (VeRA's random projections)."""
         return placement.parameters(self, name)
 
     def get_input_embeddings(self) -> nn.Module:
@@ -216,7 +217,7 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin, SharingMixin):
         self.train()
         self.freeze_model(True)
         for name in names:
-            for parameter in placement.parameters(self, name):
+            for parameter in placement.trainable(self, name):
                 parameter.requires_grad_(True)
             if name in self.heads:
                 heads.train(self, name)

@@ -197,6 +197,16 @@ def parameters(host: AdapterHost, name: str) -> Iterator[nn.Parameter]:
         yield from host.shared_parameters[name].parameters()
 
 
+def trainable(host: AdapterHost, name: str) -> Iterator[nn.Parameter]:
+    """Adapter ``name``'s parameters that train: all but those of shared modules its methods keep fixed
+    (``Method.trains_shared``)."""
+    fixed = {method.shared_key for member in members(host.adapter_configs[name]) for method in methods_for(member)
+             if not method.trains_shared}
+    shared = host.shared_parameters[name].items() if name in host.shared_parameters else ()
+    skipped = {id(p) for key, module in shared if key in fixed for p in module.parameters()}
+    return (p for p in parameters(host, name) if id(p) not in skipped)
+
+
 def embedding_site(host: AdapterHost) -> nn.Module:
     """The site after the embeddings, where invertible adapters sit."""
     return next(site.module for site in host.sites_found if isinstance(site.module, EmbeddingSite))

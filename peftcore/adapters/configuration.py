@@ -8,8 +8,10 @@ from peftcore.methods import (
     BnConfig,
     CompacterConfig,
     CompacterPlusPlusConfig,
+    DoRAConfig,
     DoubleSeqBnConfig,
     DoubleSeqBnInvConfig,
+    DvoRAConfig,
     IA3Config,
     LoRAConfig,
     MAMConfig,
@@ -21,6 +23,7 @@ from peftcore.methods import (
     SeqBnConfig,
     SeqBnInvConfig,
     UniPELTConfig,
+    VeraConfig,
 )
 from peftcore.views import AdaptersConfig
 
@@ -41,8 +44,10 @@ __all__ = [
     "CompacterConfig",
     "CompacterPlusPlusConfig",
     "ConfigUnion",
+    "DoRAConfig",
     "DoubleSeqBnConfig",
     "DoubleSeqBnInvConfig",
+    "DvoRAConfig",
     "IA3Config",
     "LoRAConfig",
     "MAMConfig",
@@ -55,4 +60,5 @@ __all__ = [
     "SeqBnConfig",
     "SeqBnInvConfig",
     "UniPELTConfig",
+    "VeraConfig",
 ]

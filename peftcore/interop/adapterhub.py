@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from peftcore import fusion, io, placement
-from peftcore.configs import AdapterConfigBase, members
+from peftcore.configs import AdapterConfigBase, ConfigUnion, members
 from peftcore.host import AdapterHost
 from peftcore.interop.saved import SavedAdapter, SavedFusion, SavedHead
 from peftcore.methods import methods_for
@@ -94,8 +94,9 @@ def read(directory: Path, raw: Mapping[str, Any], with_head: bool, host: Adapter
     copies = [method for member in members(config) for method in methods_for(member)]
     theirs = {key: t for key, t in theirs.items() if not any(method.is_adapterhub_copy(key) for method in copies)}
     pairs = key_pairs(host, config, name)
-    saved = SavedAdapter(name, config, {pairs.get(key, key): t for key, t in theirs.items()}, raw.get("model_type"),
-                         raw.get("hidden_size"))
+    state = {pairs.get(key, key): t for key, t in theirs.items()}
+    config = as_ours(config, state)
+    saved = SavedAdapter(name, config, state, raw.get("model_type"), raw.get("hidden_size"))
     if with_head and (directory / HEAD_CONFIG).is_file():
         head_raw = io.read_json(directory / HEAD_CONFIG)
         if head_raw.get("config") is None:  # a transformers head (BertForMaskedLM's cls.*): the model's own head
@@ -104,6 +105,17 @@ def read(directory: Path, raw: Mapping[str, Any], with_head: bool, host: Adapter
         head = read_head(directory, head_raw, name)
         saved.head_config, saved.head_state = head.config, head.state
     return saved
+
+
+def as_ours(config: AdapterConfigBase, state: dict[str, Tensor]) -> AdapterConfigBase:
+    """The config that an AdapterHub file's tensors ``state`` (our keys) load into, ``state`` converted in place to
+    our form (``Method.from_adapterhub``: VeRA's diagonal matrices become vectors)."""
+    converted = []
+    for member in members(config):
+        for method in methods_for(member):
+            member = method.from_adapterhub(member, state)
+        converted.append(member)
+    return ConfigUnion(*converted) if isinstance(config, ConfigUnion) else converted[0]
 
 
 def read_head(directory: Path, raw: Mapping[str, Any] | None = None, name: str | None = None) -> SavedHead:
@@ -131,6 +143,9 @@ def save(host: AdapterHost, directory: str | os.PathLike, name: str, with_head: 
     placement.check_known(host, name)
     config = host.adapter_configs[name]
     ours = placement.state(host, name)
+    for member in members(config):
+        for method in methods_for(member):
+            ours = method.to_adapterhub(member, ours)
     state = {their: ours[our] for their, our in key_pairs(host, config, name).items()}
     with io.atomic_directory_write(directory, replaces=(*WEIGHTS, *HEAD_FILES)) as scratch:
         io.write_json(scratch / CONFIG_FILE, {"config": config.to_dict(), **described(host, name)})

@@ -99,7 +99,7 @@ def is_targeted(raw: Mapping[str, Any], key: str) -> bool:
 def read(directory: Path, raw: Mapping[str, Any], with_head: bool, host: AdapterHost) -> SavedAdapter:
     """A PEFT directory as a SavedAdapter in our key names; anything we cannot express exactly is refused here."""
     where = directory / CONFIG_FILE
-    method = next((method for method in METHODS if method.peft_type == raw["peft_type"]), None)
+    method = next((method for method in METHODS if method.reads_peft(raw)), None)
     if method is None:
         known = sorted({method.peft_type for method in METHODS if method.peft_type})
         raise ValueError(f"{where}: PEFT method {raw['peft_type']!r} is not available in peftcore; it reads "
@@ -133,7 +133,7 @@ def module_file(where: Path, raw: Mapping[str, Any], tensors: Mapping[str, Tenso
         raise ValueError(f"{where}: target_modules={targets!r}; a saved PEFT adapter names its modules (a list or a "
                          "regex). 'all-linear' also adapts attention output projections, which have no site here.")
     adapter_keys = {key for key in tensors if key.endswith(suffixes)}
-    outside = sorted(key for key in tensors if not key.startswith(ROOT))
+    outside = sorted(key for key in tensors if not key.startswith(ROOT) and key not in method.peft_shared)
     if outside or not adapter_keys:
         raise ValueError(f"{where}: expected {raw['peft_type']} tensors named 'base_model.model.<module>"
                          f"{suffixes[0]}'; found {outside[:5] or sorted(tensors)[:5]}.")
@@ -143,7 +143,8 @@ def module_file(where: Path, raw: Mapping[str, Any], tensors: Mapping[str, Tenso
     check_placement(where, targeted, {strip_suffix(key, suffixes) for key in names}, host)
     site_paths = {(site.layer, site.name): site.path for site in host.sites_found}
     tensors = {key.removeprefix(ROOT): t for key, t in tensors.items()}
-    rest = {key: t for key, t in tensors.items() if strip_suffix(key, suffixes) == key}
+    rest = {key: t for key, t in tensors.items()
+            if strip_suffix(key, suffixes) == key and key not in method.peft_shared}
     return PeftFile(where, raw, tensors, targeted, site_paths, placement.model_shape(host)), rest
 
 
@@ -226,11 +227,12 @@ def save(host: AdapterHost, directory: str | os.PathLike, name: str, with_head: 
     placed: dict[str, dict[str, nn.Module]] = {}  # HF module path -> {site: our module}
     for site, module in ours:
         placed.setdefault(by_site[site.layer, site.name].path, {})[site.name] = module
+    writer = next(iter(kinds))
     try:
-        fields, method_state = next(iter(kinds)).to_peft(config, placed, modules)
+        fields, method_state = writer.to_peft(config, placed, modules)
     except ValueError as error:
         raise ValueError(f"adapter {name!r} cannot be saved for PEFT: {error}") from error
-    state = {ROOT + key: tensor for key, tensor in method_state.items()}
+    state = {key if key in writer.peft_shared else ROOT + key: tensor for key, tensor in method_state.items()}
     saved_modules: list[str] = []
     if with_head and task_head in TASK_TYPES:
         inverse = {ours: hf for hf, ours in host.hf_head_keys().items() if ours}

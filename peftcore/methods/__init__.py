@@ -21,6 +21,7 @@ from peftcore.methods.bottleneck import (
     SeqBnConfig,
 )
 from peftcore.methods.combinations import MAMConfig, UniPELTConfig
+from peftcore.methods.dora import DoRA, DoRAConfig, DVoRA, DvoRAConfig
 from peftcore.methods.ia3 import IA3, IA3Config
 from peftcore.methods.invertible import (
     DoubleSeqBnInvConfig,
@@ -35,6 +36,7 @@ from peftcore.methods.mtl_lora import MTLLoRA, MTLLoRAConfig
 from peftcore.methods.phm import PHMLinear, PHMShared
 from peftcore.methods.prefix import PrefixTuning, PrefixTuningConfig
 from peftcore.methods.prompt import PromptTuning, PromptTuningConfig
+from peftcore.methods.vera import Vera, VeraConfig
 
 __all__ = [
     "IA3",
@@ -45,8 +47,12 @@ __all__ = [
     "Bottleneck",
     "CompacterConfig",
     "CompacterPlusPlusConfig",
+    "DVoRA",
+    "DoRA",
+    "DoRAConfig",
     "DoubleSeqBnConfig",
     "DoubleSeqBnInvConfig",
+    "DvoRAConfig",
     "GLOWCoupling",
     "HoulsbyConfig",
     "HoulsbyInvConfig",
@@ -73,6 +79,8 @@ __all__ = [
     "SeqBnConfig",
     "SeqBnInvConfig",
     "UniPELTConfig",
+    "Vera",
+    "VeraConfig",
     "methods_for",
     "register_method",
 ]

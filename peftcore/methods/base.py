@@ -87,6 +87,7 @@ class Method(nn.Module):
     config_class: ClassVar[type[AdapterConfigBase]]
     shared_key: ClassVar[str | None] = None
     shareable: ClassVar[tuple[str, ...]] = ()  # parameters share_parameters ties across adapters (MultiTaskConfig)
+    trains_shared: ClassVar[bool] = True  # False: the shared module stays fixed (VeRA's random A, B) in train_adapter
     title: ClassVar[str]  # the method's name in messages; the class name unless set
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -127,7 +128,8 @@ class Method(nn.Module):
 
     def merge_refusal(self) -> str | None:
         """Why this module cannot be folded into its site's weights, or None when ``merge_into`` can."""
-        return f"a {type(self).__name__} adds computation that no weight can hold; only LoRA and (IA)^3 adapters merge"
+        return (f"a {type(self).__name__} adds computation that no weight can hold; only LoRA and (IA)^3 adapters "
+                "(DoRA and VeRA included) merge")
 
     def merge_into(self, site: nn.Module) -> None:
         raise ValueError(self.merge_refusal())
@@ -171,6 +173,17 @@ class Method(nn.Module):
         return (key,)
 
     @classmethod
+    def from_adapterhub(cls, config: Any, state: dict[str, Tensor]) -> Any:
+        """This method's part ``config`` of an AdapterHub file as the file's tensors ``state`` (our keys) show it,
+        those tensors rewritten in place where ours stores them otherwise; by default both as they are."""
+        return config
+
+    @classmethod
+    def to_adapterhub(cls, config: Any, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``state`` (our keys) with this method's tensors in AdapterHub's form; by default as it is."""
+        return state
+
+    @classmethod
     def is_adapterhub_copy(cls, key: str) -> bool:
         """Whether an AdapterHub key (base-model prefix removed) is a redundant copy that loading skips."""
         return False
@@ -179,6 +192,12 @@ class Method(nn.Module):
 
     peft_type: ClassVar[str | None] = None  # PEFT's name for this method; None: PEFT has none we convert
     peft_suffixes: ClassVar[tuple[str, ...]] = ()  # the tensors PEFT keeps per targeted module; () for prompts
+    peft_shared: ClassVar[tuple[str, ...]] = ()  # PEFT's keys of tensors the whole model shares (VeRA's projections)
+
+    @classmethod
+    def reads_peft(cls, raw: Mapping[str, Any]) -> bool:
+        """Whether a PEFT file's config ``raw`` is this method's (by default: its ``peft_type``)."""
+        return cls.peft_type is not None and raw.get("peft_type") == cls.peft_type
 
     @classmethod
     def from_peft(cls, file: PeftFile) -> tuple[AdapterConfigBase, dict[str, Tensor]]:

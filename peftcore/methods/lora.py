@@ -40,8 +40,13 @@ class LoRAConfig(AdapterConfigBase):
     """LoRA (Hu et al., 2021, https://arxiv.org/abs/2106.09685): AdapterHub's LoRAConfig, field for field.
 
     ``selfattn_lora`` adapts the attention matrices in ``attn_matrices`` ("q", "k", "v"); ``intermediate_lora`` and
-    ``output_lora`` the two feed-forward linears. ``composition_mode="scale"`` is (IA)^3. DoRA and VeRA fields are
-    accepted at their defaults only.
+    ``output_lora`` the two feed-forward linears. ``composition_mode="scale"`` is (IA)^3; ``vera_d`` and ``vera_b``
+    (both set) make it VeRA (vera.py) and ``use_dora`` DoRA (dora.py), both VeRA and DoRA DVoRA.
+
+    Two fields are ours, each naming which of two definitions an adapter follows, so that every file gives the
+    outputs of the library that wrote it: ``vera_dense`` keeps AdapterHub 1.3.0's dense VeRA scaling matrices instead
+    of the published vectors (vera.py), ``dora_variant`` says whose DoRA forward to run, "adapterhub" or "peft"
+    (dora.py).
     """
 
     architecture: ClassVar[str | None] = "lora"
@@ -61,10 +66,12 @@ class LoRAConfig(AdapterConfigBase):
     vera_d: float | None = None
     vera_b: float | None = None
     dtype: str | None = None
+    vera_dense: bool = False
+    dora_variant: str = "adapterhub"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for flag in ("selfattn_lora", "intermediate_lora", "output_lora", "use_gating", "use_dora"):
+        for flag in ("selfattn_lora", "intermediate_lora", "output_lora", "use_gating", "use_dora", "vera_dense"):
             check_type(name, flag, getattr(self, flag), bool, "True or False")
         check_type(name, "r", self.r, int, "a positive int")
         if self.r <= 0:
@@ -77,13 +84,11 @@ class LoRAConfig(AdapterConfigBase):
             check_in(name, "attn_matrices", matrix, ("q", "k", "v"))
         check_distinct(name, "attn_matrices", self.attn_matrices)
         check_in(name, "composition_mode", self.composition_mode, ("add", "scale"))
-        check_in(name, "init_weights", self.init_weights, ("lora", "bert", "ia3"))
+        check_in(name, "init_weights", self.init_weights, ("lora", "bert", "ia3", "vera"))
         if self.composition_mode == "scale" and (self.r != 1 or self.dropout):
             raise ValueError(f"{name}: composition_mode='scale' ((IA)^3) needs r=1 and dropout=0, got r={self.r}, "
                              f"dropout={self.dropout}.")
-        if self.use_dora or self.vera_d is not None or self.vera_b is not None:
-            raise ValueError(f"{name}: DoRA (use_dora) and VeRA (vera_d, vera_b) are not available; leave them at "
-                             "their defaults.")
+        self.check_variants()
         if self.dtype is not None:
             raise ValueError(f"{name}.dtype={self.dtype!r}: LoRA weights follow the model's dtype; leave dtype=None.")
         if not (self.selfattn_lora and self.attn_matrices) and not self.intermediate_lora and not self.output_lora:
@@ -91,6 +96,49 @@ class LoRAConfig(AdapterConfigBase):
                              "output_lora.")
         object.__setattr__(self, "leave_out", check_leave_out(name, self.leave_out))
         check_seed(name, self.init_weights_seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """AdapterHub's fields, and ours (``OWN_FIELDS``) only where they differ from their default, so an adapter
+        AdapterHub can express saves exactly AdapterHub's dict."""
+        return {key: value for key, value in super().to_dict().items()
+                if key not in OWN_FIELDS or value != OWN_FIELDS[key]}
+
+    @property
+    def is_vera(self) -> bool:
+        """Whether this config is VeRA's: vera_d and vera_b set (AdapterHub's test is a float in either)."""
+        return self.vera_d is not None
+
+    def check_variants(self) -> None:
+        """The VeRA and DoRA fields: each pair set together, and only on the additive composition."""
+        name = type(self).__name__
+        for field_name in ("vera_d", "vera_b"):
+            value = getattr(self, field_name)
+            if value is not None:
+                check_type(name, field_name, value, (int, float), "a number or None")
+                if not math.isfinite(value):
+                    raise ValueError(f"{name}.{field_name} must be a finite number, got {value}.")
+                object.__setattr__(self, field_name, float(value))
+        if (self.vera_d is None) != (self.vera_b is None):
+            raise ValueError(f"{name}: VeRA needs both vera_d and vera_b (VeraConfig: 0.1 and 0.0), got "
+                             f"vera_d={self.vera_d}, vera_b={self.vera_b}; set both, or neither for LoRA.")
+        check_in(name, "dora_variant", self.dora_variant, ("adapterhub", "peft"))
+        if self.composition_mode == "scale" and (self.use_dora or self.is_vera or self.init_weights == "vera"):
+            raise ValueError(f"{name}: composition_mode='scale' ((IA)^3) has no DoRA or VeRA form; leave use_dora, "
+                             "vera_d, vera_b and init_weights='vera' to LoRA.")
+        if self.vera_dense and not self.is_vera:
+            raise ValueError(f"{name}.vera_dense=True applies to VeRA (vera_d and vera_b set); leave it False.")
+        if self.dora_variant != "adapterhub" and not self.use_dora:
+            raise ValueError(f"{name}.dora_variant={self.dora_variant!r} applies to DoRA (use_dora=True); leave it "
+                             "'adapterhub'.")
+        if self.dora_variant == "peft" and self.use_gating:
+            raise ValueError(f"{name}: PEFT's DoRA (dora_variant='peft') has no gate; set use_gating=False.")
+        if self.is_vera and (self.intermediate_lora or self.output_lora):
+            raise ValueError(f"{name}: VeRA shares one random A (r, hidden) and B (hidden, r) across layers, so it "
+                             "adapts the attention matrices only (AdapterHub's shared matrices fail there too); set "
+                             "intermediate_lora=False and output_lora=False.")
+
+
+OWN_FIELDS = {"vera_dense": False, "dora_variant": "adapterhub"}  # LoRAConfig's fields AdapterHub lacks, by default
 
 
 def linear_sites(config: LoRAConfig, layer: int | None) -> tuple[str, ...]:
@@ -103,14 +151,20 @@ def linear_sites(config: LoRAConfig, layer: int | None) -> tuple[str, ...]:
 
 
 class LinearMethod(Method):
-    """What LoRA and (IA)^3 share: their sites, the optional UniPELT gate, and merge/reset on a SiteLinear."""
+    """What LoRA and its variants and (IA)^3 share: their sites, the optional UniPELT gate, and merge/reset on a
+    SiteLinear. Several classes serve LoRAConfig; each says by ``serves`` which configs are its own."""
 
     config_class = LoRAConfig
     composition_mode: str
 
     @classmethod
+    def serves(cls, config: LoRAConfig) -> bool:
+        """Whether ``config`` builds this class's modules: the plain forms by default (no VeRA, no DoRA)."""
+        return config.composition_mode == cls.composition_mode and not config.is_vera and not config.use_dora
+
+    @classmethod
     def sites(cls, config: LoRAConfig, layer: int | None) -> tuple[str, ...]:
-        return linear_sites(config, layer) if config.composition_mode == cls.composition_mode else ()
+        return linear_sites(config, layer) if cls.serves(config) else ()
 
     @classmethod
     def build(cls, config: LoRAConfig, site: Site, shape: ModelShape, shared: nn.Module | None) -> LinearMethod:
@@ -163,13 +217,44 @@ class LinearMethod(Method):
         raise NotImplementedError
 
 
-class LoRA(LinearMethod):
-    """y = W x + b + s · B A dropout(x), with s = alpha / r, or s = gate(x) when gated (AdapterHub ignores alpha then).
-
-    A is (r, in) and B is (out, r); the "lora" init (Kaiming-uniform A, zero B) starts as the identity.
-    """
+class LowRankUpdate(LinearMethod):
+    """What LoRA and VeRA share: y = W x + b + s · ΔW dropout(x), with s = alpha / r, or s = gate(x) when gated
+    (AdapterHub ignores alpha then); a subclass gives ΔW x (``update``) and ΔW (``delta_weight``)."""
 
     composition_mode = "add"
+
+    def __init__(self, config: LoRAConfig, in_features: int) -> None:
+        super().__init__(config, in_features)
+        self.scaling = config.alpha / config.r
+        self.dropout = nn.Dropout(config.dropout)
+
+    def update(self, x: Tensor) -> Tensor:
+        """ΔW x, unscaled."""
+        raise NotImplementedError
+
+    def delta_weight(self) -> Tensor:
+        """ΔW (out, in), unscaled."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        delta = self.update(self.dropout(x))
+        if self.gate is not None:
+            return y + delta * self.gate(x)
+        return y.add(delta, alpha=self.scaling)  # one fused pass, no scaled copy of delta
+
+    def fold(self, linear: SiteLinear) -> None:
+        linear.weight += self.scaling * self.delta_weight()
+
+    @property
+    def update_scale(self) -> float:
+        """The factor on ΔW: alpha / r, or 1 when a gate scales the update instead."""
+        return 1.0 if self.gate is not None else self.scaling
+
+
+class LoRA(LowRankUpdate):
+    """ΔW = B A: A is (r, in) and B is (out, r); the "lora" init (Kaiming-uniform A, zero B) starts as the identity.
+    """
+
     peft_type = "LORA"
     peft_suffixes = (".lora_A.weight", ".lora_B.weight")
 
@@ -177,8 +262,6 @@ class LoRA(LinearMethod):
         super().__init__(config, in_features)
         self.lora_A = nn.Parameter(torch.zeros(config.r, in_features))
         self.lora_B = nn.Parameter(torch.zeros(out_features, config.r))
-        self.scaling = config.alpha / config.r
-        self.dropout = nn.Dropout(config.dropout)
         generator = init_generator(config.init_weights_seed)
         with torch.no_grad():
             if config.init_weights == "lora":
@@ -186,23 +269,22 @@ class LoRA(LinearMethod):
             elif config.init_weights == "bert":
                 nn.init.normal_(self.lora_A, std=0.02, generator=generator)
                 nn.init.normal_(self.lora_B, std=0.02, generator=generator)
+            elif config.init_weights == "vera":  # AdapterHub's: both Kaiming-uniform with a = 0
+                nn.init.kaiming_uniform_(self.lora_A, generator=generator)
+                nn.init.kaiming_uniform_(self.lora_B, generator=generator)
             else:  # "ia3": ones, as AdapterHub allows
                 nn.init.ones_(self.lora_A)
                 nn.init.ones_(self.lora_B)
 
-    def forward(self, x: Tensor, y: Tensor) -> Tensor:
-        delta = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)  # (B, T, R) -> (B, T, out)
-        if self.gate is not None:
-            return y + delta * self.gate(x)
-        return y.add(delta, alpha=self.scaling)  # one fused pass, no scaled copy of delta
+    def update(self, x: Tensor) -> Tensor:
+        return F.linear(F.linear(x, self.lora_A), self.lora_B)  # (B, T, R) -> (B, T, out)
 
-    def fold(self, linear: SiteLinear) -> None:
-        linear.weight += self.scaling * (self.lora_B @ self.lora_A)
+    def delta_weight(self) -> Tensor:
+        return self.lora_B @ self.lora_A
 
-    @property
-    def update_scale(self) -> float:
-        """The factor on B·A: alpha / r, or 1 when a gate scales the update instead."""
-        return 1.0 if self.gate is not None else self.scaling
+    @classmethod
+    def reads_peft(cls, raw: Mapping[str, Any]) -> bool:
+        return super().reads_peft(raw) and not raw.get("use_dora")  # DoRA's files are DoRA's (dora.py)
 
     @classmethod
     def from_peft(cls, file: PeftFile) -> tuple[LoRAConfig, dict[str, Tensor]]:
@@ -278,13 +360,14 @@ def refuse_gated_peft(config: LoRAConfig) -> None:
         raise ValueError("it is gated (use_gating=True); PEFT has no gated LoRA/(IA)^3.")
 
 
-def check_peft_options(file: PeftFile) -> None:
-    """Refuse a PEFT LoRA/(IA)^3 file whose options peftcore cannot express, naming them."""
+def check_peft_options(file: PeftFile, allowed: tuple[str, ...] = ()) -> None:
+    """Refuse a PEFT LoRA/(IA)^3 file whose options peftcore cannot express (but those ``allowed``), naming them."""
     raw = file.raw
     if raw.get("bias", "none") != "none":
         raise ValueError(f"{file.where}: bias={raw['bias']!r} trains base-model biases, which peftcore keeps out of "
                          "adapters; only bias='none' adapters load.")
-    used = [f"{option}={raw[option]!r} ({what})" for option, what in REFUSED_PEFT_OPTIONS.items() if raw.get(option)]
+    used = [f"{option}={raw[option]!r} ({what})" for option, what in REFUSED_PEFT_OPTIONS.items()
+            if raw.get(option) and option not in allowed]
     if used:
         raise ValueError(f"{file.where}: peftcore's LoRA has no equivalent of {', '.join(used)}; only plain "
                          "LoRA/(IA)^3 adapters load.")
@@ -320,9 +403,11 @@ def pattern_value(patterns: Mapping[str, Any], key: str, default: Any) -> Any:
     return default
 
 
-def lora_from_peft(file: PeftFile) -> tuple[LoRAConfig, dict[str, Tensor]]:
+def lora_from_peft(file: PeftFile, config_class: type[LoRAConfig] = LoRAConfig,
+                   **fields: Any) -> tuple[LoRAConfig, dict[str, Tensor]]:
     """Our lora_A/lora_B per site: one rank (the largest, zero-padded: padded rows and columns stay zero in
-    training) and one alpha (other modules' scalings folded into their B); rsLoRA's alpha / sqrt(r) likewise."""
+    training) and one alpha (other modules' scalings folded into their B); rsLoRA's alpha / sqrt(r) likewise.
+    ``fields`` go to the config (of ``config_class``)."""
     raw = file.raw
     ranks, scalings = {}, {}
     for path in file.targeted:
@@ -334,8 +419,8 @@ def lora_from_peft(file: PeftFile) -> tuple[LoRAConfig, dict[str, Tensor]]:
     scaling = next(iter(scalings.values())) if uniform else raw["lora_alpha"] / (
         math.sqrt(raw["r"]) if raw.get("use_rslora") else raw["r"])
     alpha = scaling * r
-    config = config_for_sites(file, LoRAConfig, r=r, alpha=int(alpha) if float(alpha).is_integer() else alpha,
-                              dropout=raw.get("lora_dropout", 0.0))
+    config = config_for_sites(file, config_class, r=r, alpha=int(alpha) if float(alpha).is_integer() else alpha,
+                              dropout=raw.get("lora_dropout", 0.0), **fields)
     if len(set(ranks.values())) > 1:
         warnings.warn(f"{file.where}: ranks differ between modules ({sorted(set(ranks.values()))}); smaller ranks "
                       f"are padded with zeros to r={r} (same outputs, more parameters).", stacklevel=5)

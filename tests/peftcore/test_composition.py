@@ -20,6 +20,8 @@ from tests.peftcore.test_model import assert_same_state, hidden, inputs, snapsho
 MIXED = {  # method -> the two configs a mixed batch runs side by side
     "lora": ("lora", "lora[r=4, intermediate_lora=True]"),
     "ia3": ("ia3", "ia3[output_lora=True]"),
+    "dora": ("dora", "dora[r=4, output_lora=True, dora_variant='peft']"),
+    "vera": ("vera", "dvora[r=4]"),
     "seq_bn": ("seq_bn", "seq_bn[reduction_factor=4]"),
     "par_bn": ("par_bn", "par_bn[reduction_factor=4]"),
     "prefix": ("prefix_tuning[prefix_length=3]", "prefix_tuning[prefix_length=5]"),  # keys padded per row

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from peftcore import (
     BnConfig,
     CompacterConfig,
+    DoRAConfig,
     IA3Config,
     LoRAConfig,
     MTLLoRAConfig,
@@ -26,6 +27,7 @@ from peftcore import (
     PromptTuningConfig,
     SeqBnConfig,
     SeqBnInvConfig,
+    VeraConfig,
 )
 from peftcore.configs import ADAPTER_CONFIG_MAP, AdapterConfigBase, ConfigUnion, members, parse
 from peftcore.methods.activations import NAMES as ACTIVATION_NAMES
@@ -74,19 +76,26 @@ def bottleneck_configs(draw: st.DrawFn) -> BnConfig:
 
 @st.composite
 def linear_configs(draw: st.DrawFn, ia3: bool | None = None, gating: bool = True) -> LoRAConfig:
-    """LoRA (composition "add") or (IA)^3 ("scale") on any non-empty choice of the five linear sites."""
+    """LoRA, DoRA, VeRA or DVoRA (composition "add") or (IA)^3 ("scale") on any non-empty choice of the five linear
+    sites (VeRA's: of the attention matrices)."""
     ia3 = draw(st.booleans()) if ia3 is None else ia3
-    matrices = tuple(draw(st.lists(st.sampled_from("qkv"), unique=True, max_size=3)))
-    intermediate, output = draw(st.booleans()), draw(st.booleans())
+    vera = not ia3 and draw(st.booleans())
+    matrices = tuple(draw(st.lists(st.sampled_from("qkv"), unique=True, min_size=vera, max_size=3)))
+    intermediate, output = (False, False) if vera else (draw(st.booleans()), draw(st.booleans()))
     if not matrices and not (intermediate or output):
         intermediate = True
     common = dict(attn_matrices=matrices, selfattn_lora=bool(matrices), intermediate_lora=intermediate,
                   output_lora=output, leave_out=draw(leave_out), alpha=draw(st.sampled_from([0.5, 1, 8, 16])),
-                  init_weights=draw(st.sampled_from(["lora", "bert", "ia3"])),
+                  init_weights=draw(st.sampled_from(["lora", "bert", "ia3"] + ["vera"] * (not ia3))),
                   use_gating=draw(st.booleans()) if gating else False, init_weights_seed=draw(st.none() | st.just(3)))
     if ia3:
         return IA3Config(**common)
-    return LoRAConfig(r=draw(st.integers(1, 40)), dropout=draw(small_rate), **common)  # r may exceed the width
+    dora = draw(st.booleans())
+    variants = dict(use_dora=dora, dora_variant=draw(st.sampled_from(["adapterhub", "peft"])) if dora and not
+                    common["use_gating"] else "adapterhub")
+    if vera:
+        variants.update(vera_d=draw(st.floats(-1, 1)), vera_b=draw(st.floats(-1, 1)), vera_dense=draw(st.booleans()))
+    return LoRAConfig(r=draw(st.integers(1, 40)), dropout=draw(small_rate), **common, **variants)  # r may exceed width
 
 
 @st.composite
@@ -249,8 +258,12 @@ INVALID_FIELDS = [
     (LoRAConfig, "composition_mode", not_one_of("add", "scale")),
     (LoRAConfig, "init_weights", not_one_of("lora", "bert", "ia3")),
     (LoRAConfig, "leave_out", not_layer_list),
-    (LoRAConfig, "use_dora", st.just(True)),
-    (LoRAConfig, "vera_d", st.floats()),
+    (LoRAConfig, "vera_d", st.floats()),  # without vera_b
+    (LoRAConfig, "vera_dense", st.just(True)),  # without VeRA
+    (VeraConfig, "vera_b", st.sampled_from([None, float("nan"), float("inf"), -float("inf"), "0.1", True])),
+    (VeraConfig, "intermediate_lora", st.just(True)),
+    (DoRAConfig, "dora_variant", not_one_of("adapterhub", "peft")),
+    (IA3Config, "use_dora", st.just(True)),
     (LoRAConfig, "dtype", st.just("float16")),
     (IA3Config, "r", st.integers(2)),
     (MTLLoRAConfig, "n_up_projection", not_positive_int),

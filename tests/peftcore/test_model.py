@@ -435,7 +435,8 @@ def test_a_saved_seq_bn_adapter_for_roberta_base_is_under_4_mb(roberta_base_shap
 
 # ---- unpadded execution -------------------------------------------------------------------------------------------
 
-TOKEN_WISE = ["lora[intermediate_lora=True, output_lora=True]", "ia3", "seq_bn", "double_seq_bn", "par_bn",
+TOKEN_WISE = ["lora[intermediate_lora=True, output_lora=True]", "ia3", "dora[output_lora=True]", "dvora",
+              "seq_bn", "double_seq_bn", "par_bn",
               "scaled_par_bn", "compacter[reduction_factor=4]", "compacter++[reduction_factor=4]", "prefix_tuning",
               "prefix_tuning_flat", "double_seq_bn_inv",
               "mam"]

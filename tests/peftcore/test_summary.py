@@ -24,7 +24,7 @@ CONFIGS = ["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn", "seq_bn_inv", "
            "double_seq_bn[reduction_factor={'0': 4, 'default': 16}, leave_out=[11]]",
            "par_bn[use_gating=True, init_weights='houlsby']",
            "seq_bn[inv_adapter='glow', inv_adapter_reduction_factor=4]",
-           "compacter", "compacter++", "prefix_tuning", "prefix_tuning_flat", "lora", "ia3", "mam", "unipelt",
+           "compacter", "compacter++", "prefix_tuning", "prefix_tuning_flat", "lora", "ia3", "dora", "mam", "unipelt",
            "lora[r=4, attn_matrices=['q', 'k', 'v'], intermediate_lora=True, output_lora=True, use_gating=True]",
            "prompt_tuning[prompt_length=20]", "mtl_lora",
            "mtl_lora[n_up_projection=3, r=4, intermediate_lora=True, output_lora=True, use_gating=True]"]
@@ -95,3 +95,32 @@ def test_printed_summary_equals_adapterhubs_character_for_character(base_size_pa
     table = ours.adapter_summary()
     assert table == theirs.adapter_summary()
     assert f"{adapter_name('houlsby'):<25}bottleneck        1,789,056" in table
+
+
+@pytest.fixture(scope="module")
+def vera_rows():
+    """AdapterHub's and our summary rows at roberta-base shape for VeRA and DVoRA, ours also with vera_dense."""
+    arch = ARCHS["roberta"]
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        theirs, ours = arch.hf[None](arch.hf_config("base")), arch.model(arch.config("base"))
+        adapters.init(theirs)
+        for config in ("vera", "dvora"):
+            theirs.add_adapter(config, config=config)
+            ours.add_adapter(config, config)
+            ours.add_adapter(f"{config}_dense", f"{config}[vera_dense=True]")
+    return tuple({row["name"]: row["#param"] for row in rows} for rows in (theirs.adapter_summary(as_dict=True),
+                                                                          ours.adapter_summary(as_dict=True)))
+
+
+@pytest.mark.parametrize("config", ["vera", "dvora"])
+def test_vera_counts_the_published_vectors_where_adapterhub_counts_dense_matrices(vera_rows, config):
+    """AdapterHub trains vera_D (r, r) and vera_B (out, out) per linear (12 layers x query, value at roberta-base:
+    14.2M for VeRA, more than LoRA's 295k); ours the vectors d (r,) and b (out,), and AdapterHub's count with
+    vera_dense=True. Both count the shared frozen A (r, 768) and B (768, r), as AdapterHub does."""
+    theirs, ours = vera_rows
+    linears, r, width = 24, 8, 768
+    shared, magnitude = 2 * r * width, width if config == "dvora" else 0
+    assert theirs[config] == linears * (r * r + width * width + magnitude) + shared
+    assert ours[config] == linears * (r + width + magnitude) + shared
+    assert ours[f"{config}_dense"] == theirs[config]

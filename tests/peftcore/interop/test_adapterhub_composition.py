@@ -450,6 +450,7 @@ AVERAGING = {
     "prefix-linear": ("prefix_tuning[prefix_length=4]", "linear", [0.3, 0.7], None),
     "lora-negate_b": ("lora", "lora_linear_only_negate_b", [1.0, -0.4], None),
     "lora-svd": ("lora[r=4, alpha=8]", "lora_delta_w_svd", [0.3, 0.7], 4),
+    "dora-linear": ("dora[alpha=16]", "linear", [0.3, 0.7], None),
 }
 AVERAGING_CASES = cases({"bert": list(AVERAGING), "roberta": list(AVERAGING),
                          "deberta-v2": ["prefix-linear", "lora-negate_b"], "vit": ["seq_bn-linear", "lora-negate_b"]})
@@ -501,3 +502,15 @@ def test_adapterhub_refuses_svd_averaging_on_deberta_v2_and_ours_gives_the_weigh
 
 def test_adapterhub_is_imported_at_the_version_these_tests_pin():
     assert adapters.__version__ == "1.3.0"
+
+
+def test_dora_batch_split_of_adapterhub_rescales_every_row_by_the_last_adapter_and_ours_runs_each_slice_alone(pair):
+    """AdapterHub composes the low-rank updates, then applies the *last* adapter's magnitude and norm to the whole
+    batch, so the rows of "a" get b's rescaling; ours runs each slice as if alone."""
+    models = pair("bert", {"a": "dora[alpha=16]", "b": "dora[alpha=16]"})
+    block = BatchSplit("a", "b", batch_sizes=[1, 2])
+    ours, theirs = models.hidden(block, theirs_of(block))
+    alone = sliced_alone(models.ours, models.inputs, ["a", "b"], [1, 2])
+    assert_parity(ours, alone)
+    assert_parity(sliced_alone(models.theirs, models.inputs, ["a", "b"], [1, 2]), alone)
+    assert (theirs - alone)[:1].abs().max() > 1e-3 and (theirs - alone)[1:].abs().max() < 1e-5

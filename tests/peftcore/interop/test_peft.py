@@ -176,7 +176,7 @@ def edited(source, target, config_changes=None, drop=()):
 REFUSALS = [  # (config changes, tensors dropped, message)
     (dict(bias="all"), (), "bias='all'"),
     (dict(bias="lora_only"), (), "bias='lora_only'"),
-    (dict(use_dora=True), (), "use_dora=True"),
+    (dict(use_dora=True), (), "needs lora_magnitude_vector"),
     (dict(fan_in_fan_out=True), (), "fan_in_fan_out"),
     (dict(init_lora_weights="pissa"), (), "rewrites the base weights"),
     (dict(peft_type="LOHA"), (), "'LOHA' is not available"),
@@ -218,7 +218,7 @@ def test_peft_default_ia3_is_refused_naming_the_feedforward_and_siteless_modules
 
 
 @pytest.mark.parametrize("arch, config, message", [
-    ("bert", "seq_bn", "LoRA or .IA.\\^3"),
+    ("bert", "seq_bn", "LoRA or VeRA or DoRA or .IA.\\^3"),
     ("bert", "lora[use_gating=True]", "gated"),
     ("deberta", "ia3", "q_bias/v_bias"),  # PEFT's vector on the fused in_proj would not scale DeBERTa's q/v biases
 ])

@@ -107,7 +107,8 @@ def test_merge_and_reset_misuse_fails_clearly_and_changes_nothing(model):
     for call, message in [(lambda: model.merge_adapter("a"), "merged already"),
                           (lambda: model.merge_adapter("b"), "one merged adapter per weight"),
                           (lambda: model.merge_adapter("gated"), "gated"),
-                          (lambda: model.merge_adapter("bottleneck"), "only LoRA and .IA.\\^3 adapters merge"),
+                          (lambda: model.merge_adapter("bottleneck"),
+                           "only LoRA and .IA.\\^3 adapters .DoRA and VeRA included. merge"),
                           (lambda: model.delete_adapter("a"), "reset_adapter"),
                           (lambda: model.train_adapter("a"), "merged into the weights")]:
         with pytest.raises(ValueError, match=message):
