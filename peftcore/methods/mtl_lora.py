@@ -42,6 +42,9 @@ class MTLLoRAConfig(LoRAConfig, MultiTaskConfig):
             raise ValueError(f"{name}.n_up_projection must be a positive int, got {self.n_up_projection}.")
         check_in(name, "task_specific_matrix_type", self.task_specific_matrix_type, ("singular_values", "linear"))
         check_positive_number(name, "weights_sharpness", self.weights_sharpness)
+        if self.use_dora or self.is_vera:
+            raise ValueError(f"{name} with use_dora={self.use_dora}, vera_d={self.vera_d}: MTL-LoRA has no DoRA or "
+                             "VeRA form; leave use_dora False and vera_d, vera_b None.")
         if self.composition_mode != "add":
             raise ValueError(f"{name}.composition_mode={self.composition_mode!r}: MTL-LoRA adds its update; leave "
                              "composition_mode='add'.")
@@ -89,7 +92,7 @@ class MTLLoRA(LinearMethod):
         self.dropout = nn.Dropout(config.dropout)
         generator = init_generator(config.init_weights_seed)
         with torch.no_grad():  # AdapterHub's: B starts at zero but for "bert"; "ia3" has A ones and B zero
-            if config.init_weights == "lora":
+            if config.init_weights in ("lora", "vera"):  # "vera": LoRA's kaiming A, and MTL-LoRA's zero B
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=generator)
             elif config.init_weights == "bert":
                 nn.init.normal_(self.lora_A, std=0.02, generator=generator)

@@ -75,11 +75,11 @@ def bottleneck_configs(draw: st.DrawFn) -> BnConfig:
 
 
 @st.composite
-def linear_configs(draw: st.DrawFn, ia3: bool | None = None, gating: bool = True) -> LoRAConfig:
-    """LoRA, DoRA, VeRA or DVoRA (composition "add") or (IA)^3 ("scale") on any non-empty choice of the five linear
-    sites (VeRA's: of the attention matrices)."""
+def linear_configs(draw: st.DrawFn, ia3: bool | None = None, gating: bool = True, variants: bool = True) -> LoRAConfig:
+    """LoRA, DoRA, VeRA or DVoRA (composition "add"; only LoRA without ``variants``) or (IA)^3 ("scale") on any
+    non-empty choice of the five linear sites (VeRA's: of the attention matrices)."""
     ia3 = draw(st.booleans()) if ia3 is None else ia3
-    vera = not ia3 and draw(st.booleans())
+    vera = not ia3 and variants and draw(st.booleans())
     matrices = tuple(draw(st.lists(st.sampled_from("qkv"), unique=True, min_size=vera, max_size=3)))
     intermediate, output = (False, False) if vera else (draw(st.booleans()), draw(st.booleans()))
     if not matrices and not (intermediate or output):
@@ -90,7 +90,7 @@ def linear_configs(draw: st.DrawFn, ia3: bool | None = None, gating: bool = True
                   use_gating=draw(st.booleans()) if gating else False, init_weights_seed=draw(st.none() | st.just(3)))
     if ia3:
         return IA3Config(**common)
-    dora = draw(st.booleans())
+    dora = variants and draw(st.booleans())
     variants = dict(use_dora=dora, dora_variant=draw(st.sampled_from(["adapterhub", "peft"])) if dora and not
                     common["use_gating"] else "adapterhub")
     if vera:
@@ -101,7 +101,7 @@ def linear_configs(draw: st.DrawFn, ia3: bool | None = None, gating: bool = True
 @st.composite
 def mtl_lora_configs(draw: st.DrawFn, gating: bool = True) -> MTLLoRAConfig:
     """MTL-LoRA on any sites LoRA takes, with 1-3 up-projections and either task matrix."""
-    lora = draw(linear_configs(ia3=False, gating=gating))
+    lora = draw(linear_configs(ia3=False, gating=gating, variants=False))
     return MTLLoRAConfig(**{f.name: getattr(lora, f.name) for f in dataclasses.fields(lora)},
                          n_up_projection=draw(st.integers(1, 3)), weights_sharpness=draw(st.sampled_from([0.05, 1.0])),
                          task_specific_matrix_type=draw(st.sampled_from(["singular_values", "linear"])))
@@ -270,6 +270,7 @@ INVALID_FIELDS = [
     (MTLLoRAConfig, "task_specific_matrix_type", not_one_of("singular_values", "linear")),
     (MTLLoRAConfig, "weights_sharpness", not_positive_number),
     (MTLLoRAConfig, "composition_mode", st.just("scale")),
+    (MTLLoRAConfig, "use_dora", st.just(True)),  # MTL-LoRA has no DoRA form (nor a VeRA one)
     (PrefixTuningConfig, "prefix_length", not_positive_int),
     (PrefixTuningConfig, "bottleneck_size", not_positive_int),
     (PrefixTuningConfig, "non_linearity", not_an_activation),
