@@ -32,6 +32,7 @@ from peftcore.methods.invertible import (
 from peftcore.methods.lora import LoRA, LoRAConfig
 from peftcore.methods.phm import PHMLinear, PHMShared
 from peftcore.methods.prefix import PrefixTuning, PrefixTuningConfig
+from peftcore.methods.reft import DiReftConfig, LoReftConfig, NoReftConfig, Reft, ReftConfig
 
 __all__ = [
     "IA3",
@@ -41,6 +42,7 @@ __all__ = [
     "Bottleneck",
     "CompacterConfig",
     "CompacterPlusPlusConfig",
+    "DiReftConfig",
     "DoubleSeqBnConfig",
     "DoubleSeqBnInvConfig",
     "GLOWCoupling",
@@ -49,10 +51,12 @@ __all__ = [
     "IA3Config",
     "LoRA",
     "LoRAConfig",
+    "LoReftConfig",
     "MAMConfig",
     "Method",
     "ModelShape",
     "NICECoupling",
+    "NoReftConfig",
     "PHMLinear",
     "PHMShared",
     "ParBnConfig",
@@ -61,6 +65,8 @@ __all__ = [
     "PfeifferInvConfig",
     "PrefixTuning",
     "PrefixTuningConfig",
+    "Reft",
+    "ReftConfig",
     "SeqBnConfig",
     "SeqBnInvConfig",
     "UniPELTConfig",

@@ -165,6 +165,17 @@ class Method(nn.Module):
         """Whether an AdapterHub key (base-model prefix removed) is a redundant copy that loading skips."""
         return False
 
+    @classmethod
+    def from_adapterhub(cls, config: Any, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """An AdapterHub file's tensors (its keys, base-model prefix removed) with this method's values converted
+        where its layout stores them otherwise than ours, still under AdapterHub's names; unchanged by default."""
+        return tensors
+
+    @classmethod
+    def to_adapterhub(cls, config: Any, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Our tensors under AdapterHub's names as its file must hold them (``from_adapterhub``'s inverse)."""
+        return tensors
+
     # ---- HuggingFace PEFT's file layout ----------------------------------------------------------------------
 
     peft_type: ClassVar[str | None] = None  # PEFT's name for this method; None: PEFT has none we convert

@@ -24,6 +24,7 @@ CONFIGS = ["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn", "seq_bn_inv", "
            "par_bn[use_gating=True, init_weights='houlsby']",
            "seq_bn[inv_adapter='glow', inv_adapter_reduction_factor=4]",
            "compacter", "compacter++", "prefix_tuning", "prefix_tuning_flat", "lora", "ia3", "mam", "unipelt",
+           "loreft", "noreft", "direft", "loreft[suffix_positions=2, tied_weights=True, layers=[0, 3]]",
            "lora[r=4, attn_matrices=['q', 'k', 'v'], intermediate_lora=True, output_lora=True, use_gating=True]"]
 
 
