@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from peftcore import fusion, io, placement
-from peftcore.configs import AdapterConfigBase, members
+from peftcore.configs import AdapterConfigBase, ConfigUnion, members
 from peftcore.host import AdapterHost
 from peftcore.interop.saved import SavedAdapter, SavedFusion, SavedHead
 from peftcore.methods import methods_for
@@ -134,9 +134,12 @@ def save(host: AdapterHost, directory: str | os.PathLike, name: str, with_head: 
     config = host.adapter_configs[name]
     ours = placement.state(host, name)
     state = {their: ours[our] for their, our in key_pairs(host, config, name).items()}
+    written = []
     for member in members(config):
         for method in methods_for(member):
-            state = method.to_adapterhub(member, state)
+            member, state = method.to_adapterhub(member, state)
+        written.append(member)
+    config = ConfigUnion(*written) if isinstance(config, ConfigUnion) else written[0]
     with io.atomic_directory_write(directory, replaces=(*WEIGHTS, *HEAD_FILES)) as scratch:
         io.write_json(scratch / CONFIG_FILE, {"config": config.to_dict(), **described(host, name)})
         write_tensors(scratch, WEIGHTS, state, safetensors)

@@ -172,9 +172,10 @@ class Method(nn.Module):
         return tensors
 
     @classmethod
-    def to_adapterhub(cls, config: Any, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Our tensors under AdapterHub's names as its file must hold them (``from_adapterhub``'s inverse)."""
-        return tensors
+    def to_adapterhub(cls, config: Any, tensors: dict[str, Tensor]) -> tuple[Any, dict[str, Tensor]]:
+        """The config and our tensors (under AdapterHub's names) as AdapterHub's file must state them for AdapterHub
+        to compute what ours does (``from_adapterhub``'s inverse); unchanged by default. Raises where it cannot."""
+        return config, tensors
 
     # ---- HuggingFace PEFT's file layout ----------------------------------------------------------------------
 

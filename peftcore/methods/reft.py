@@ -272,16 +272,31 @@ class Reft(Method):
         return converted
 
     @classmethod
-    def to_adapterhub(cls, config: ReftConfig, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Each orthogonal projection with the identity as its ``base``, and its reflectors' diagonal entries their
-        signs (exactly -1, 0 or 1), so AdapterHub's parametrization computes our matrix."""
+    def to_adapterhub(cls, config: ReftConfig, tensors: dict[str, Tensor]) -> tuple[ReftConfig, dict[str, Tensor]]:
+        """Each orthogonal projection with the identity as its ``base`` and its reflectors' diagonal entries their
+        signs (exactly -1, 0 or 1), so AdapterHub's parametrization computes our matrix. AdapterHub subtracts the
+        projection in every ReFT it loads, whatever the file says: a DiReFT goes as the LoReFT-form adapter with
+        ``W + R`` for ``W``, the same map where the source is linear (non_linearity None or "linear"); refused
+        otherwise."""
         converted = dict(tensors)
         for key in [key for key in tensors if key.endswith(ORIGINAL)]:
             reflectors = tensors[key].detach().clone()
             reflectors.diagonal().copy_(reflectors.diagonal().sign())
             converted[key] = reflectors
             converted[key.removesuffix(ORIGINAL) + BASE] = torch.eye(reflectors.shape[1], dtype=reflectors.dtype)
-        return converted
+        if config.subtract_projection:
+            return config, converted
+        if config.non_linearity is not None and config.non_linearity.lower() != "linear":
+            raise ValueError(f"AdapterHub reloads every ReFT adapter with subtract_projection=True (its config drops "
+                             f"the field); this one has subtract_projection=False and non_linearity="
+                             f"{config.non_linearity!r}, which no such adapter equals. Save it with "
+                             "format='peftcore'.")
+        for key in [key for key in tensors if key.endswith("learned_source.weight")]:
+            unit = key.removesuffix("learned_source.weight")
+            projection = (householder_rows(converted[f"{unit}projection.{ORIGINAL}"]) if config.orthogonality
+                          else tensors[unit + "projection.weight"])
+            converted[key] = tensors[key].detach() + projection.detach().to(tensors[key].dtype)
+        return config.replace(subtract_projection=True), converted
 
 
 ORIGINAL = "parametrizations.weight.original"
