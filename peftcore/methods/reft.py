@@ -21,8 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from peftcore.configs import AdapterConfigBase, check_distinct, check_in, check_probability, check_seed, check_type
+from peftcore.methods.activations import check_activation, non_linearity
 from peftcore.methods.base import Method, ModelShape, init_generator, register_method
-from peftcore.sites import ACTIVATIONS, Site
+from peftcore.sites import Site
 
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 
@@ -72,8 +73,7 @@ class ReftConfig(AdapterConfigBase):
             check_type(name, flag, getattr(self, flag), bool, "True or False")
         check_probability(name, "dropout", self.dropout)
         if self.non_linearity is not None:
-            check_type(name, "non_linearity", self.non_linearity, str, "an activation name or None")
-            check_in(name, "non_linearity", self.non_linearity.lower(), tuple(ACTIVATIONS))
+            check_activation(name, "non_linearity", self.non_linearity)
         check_in(name, "dtype", self.dtype, (None, *DTYPES))
         check_seed(name, self.init_weights_seed)
         if not self.output_reft or not (self.prefix_positions or self.suffix_positions) or self.layers == ():
@@ -168,15 +168,15 @@ class ReftUnit(nn.Module):
                                                 torch.bfloat16) else projection.weight.detach())
                            if config.orthogonality else projection)
         self.subtract_projection = config.subtract_projection
-        self.act = ACTIVATIONS[config.non_linearity.lower()] if config.non_linearity else None
+        self.non_linearity = non_linearity(config.non_linearity) if config.non_linearity else None
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.to(self.learned_source.weight.dtype)
         R = self.projection.weight.to(x.dtype)  # (r, h)
         source = self.learned_source(x)  # (n, r)
-        if self.act is not None:
-            source = self.act(source)
+        if self.non_linearity is not None:
+            source = self.non_linearity(source)
         if self.subtract_projection:
             source = source - x @ R.mT
         return self.dropout(x + source @ R)  # (n, h)
@@ -221,6 +221,9 @@ class Reft(Method):
         return cls(config, shape.hidden_size)
 
     def __init__(self, config: ReftConfig, hidden_size: int) -> None:
+        if config.orthogonality and config.r > hidden_size:
+            raise ValueError(f"ReftConfig.r={config.r} exceeds the hidden size {hidden_size}: a projection with "
+                             "orthonormal rows has at most that many; lower r, or set orthogonality=False.")
         super().__init__()
         self.config = config
         # AdapterHub reseeds before each unit: seeded units start equal
