@@ -25,7 +25,8 @@ from torch import nn
 from benchmarks import harness
 from peftcore import models
 
-METHODS = ("lora", "ia3", "seq_bn", "compacter", "prefix_tuning", "mam", "unipelt")
+METHODS = ("lora", "ia3", "seq_bn", "compacter", "prefix_tuning", "mam", "unipelt",
+           "loreft")
 ARCHS = ("bert", "roberta", "deberta_v2", "deberta", "vit", "xlm_roberta", "camembert", "electra", "distilbert",
          "albert")
 VARLEN = (16, 128)  # variable-length batches: each example's length uniform in this range, padded to the batch max
