@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from peftcore import BatchSplit, Fuse, LoReftConfig, Split, Stack
+from peftcore import Average, BatchSplit, Fuse, LoReftConfig, Parallel, Split, Stack
 from peftcore.methods.reft import householder_rows
 from peftcore.models.layers import Padding
 from tests.archs import ADAPTERHUB_ARCHS, ARCHS, BERT_FAMILY, inputs, reference, tiny_model
@@ -214,7 +214,23 @@ def test_stacked_interventions_apply_in_turn_and_a_batch_split_gives_each_row_it
         assert_parity(mixed, torch.cat([b(plain, padding)[:1], a(plain, padding)[1:2], plain[2:]]))
 
 
-@pytest.mark.parametrize("setup", [Split("a", "b", splits=[6, 6]), Fuse("a", "b")])
+def test_parallel_runs_each_branch_as_if_alone():
+    model = tiny_model("bert")
+    for name in ("a", "b"):
+        model.add_adapter(name, "loreft[suffix_positions=2]")
+        model.add_classification_head(name, num_labels=2)
+    ids, mask = padded_batch(model.config.vocab_size, 0)
+    with torch.no_grad():
+        model.set_active_adapters(Parallel("a", "b"))
+        branches = model(input_ids=ids, attention_mask=mask)
+        for name, out in zip("ab", branches, strict=True):
+            model.set_active_adapters(name)
+            alone = model(input_ids=ids, attention_mask=mask)
+            assert_parity(out.last_hidden_state, alone.last_hidden_state, mask=mask)
+            assert_parity(out.logits, alone.logits)
+
+
+@pytest.mark.parametrize("setup", [Split("a", "b", splits=[6, 6]), Fuse("a", "b"), Average("a", "b")])
 def test_blocks_that_cut_rows_or_fuse_are_refused_clearly(setup):
     model = tiny_model("bert")
     for name in ("a", "b"):
