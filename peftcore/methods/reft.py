@@ -236,7 +236,7 @@ class Reft(Method):
         offsets = torch.arange(max(prefix, suffix), device=x.device)
         p, s = offsets[:prefix], offsets[:suffix]
         first = lengths[:, None] - suffix + s  # (B, S): the suffix's positions within each row
-        in_prefix = (p < lengths[:, None]) & (p < lengths[:, None] - suffix)  # (B, P): not overwritten by the suffix
+        in_prefix = p < lengths[:, None] - suffix  # (B, P): in the row and not overwritten by the suffix
         prefix_index = (starts[:, None] + p)[in_prefix]
         suffix_index = (starts[:, None] + first)[first >= 0]
         flat = x.flatten(0, 1)  # (B*T, C), or (N, C) packed

@@ -71,6 +71,22 @@ def test_an_orthogonal_projection_loads_from_adapterhub_and_back_on_every_archit
         assert torch.allclose(R @ R.T, torch.eye(2), atol=1e-6)
 
 
+@pytest.mark.parametrize("config", ["loreft[init_weights_seed=5]", "direft[init_weights_seed=5, tied_weights=True]"])
+def test_a_seeded_adapter_starts_with_adapterhubs_weights(hf_checkpoint, config):
+    directory, model = reference(hf_checkpoint, "bert")
+    theirs = type(model).from_pretrained(directory)
+    adapters.init(theirs)
+    theirs.add_adapter("a", config=config)
+    ours = ARCHS["bert"].model.from_pretrained(directory)
+    ours.add_adapter("a", config)
+    for layer, their_layer in zip(ours.layers, theirs.encoder.layer, strict=True):
+        their_units = their_layer.reft_layer.refts["a"].units
+        for unit, their_unit in zip(layer.output.adapters["a"].units, their_units, strict=True):
+            assert_parity(unit.learned_source.weight, their_unit.learned_source.weight, atol=0)
+            assert_parity(unit.learned_source.bias, their_unit.learned_source.bias, atol=0)
+            assert_parity(unit.projection.weight, their_unit.projection.weight, atol=1e-6)
+
+
 def test_adapterhub_runs_reft_dropout_in_an_eval_model_until_eval_is_called_again(hf_checkpoint):
     """adapters.init builds each layer's ReftLayer in training mode, and adapters added later follow it: on a model
     put in eval mode first, AdapterHub's ReFT drops out at inference. Ours follows the model's mode."""
