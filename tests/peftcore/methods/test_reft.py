@@ -282,6 +282,15 @@ def test_bad_configs_are_refused_naming_the_field(fields, message):
         LoReftConfig(**fields)
 
 
+@pytest.mark.parametrize(("config", "message"), [("loreft[r=33]", "exceeds the hidden size 32"),
+                                                 ("loreft[layers=[0, 5]]", r"layer\(s\) \[5\]")])
+def test_what_the_model_cannot_hold_is_refused_and_the_model_is_unchanged(config, message):
+    model = tiny_model("bert")
+    with pytest.raises(ValueError, match=message):
+        model.add_adapter("a", config)
+    assert not model.adapter_configs and not any(layer.output.adapters for layer in model.layers)
+
+
 def test_configs_follow_adapterhub_field_for_field():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
