@@ -80,6 +80,14 @@ class ReftConfig(AdapterConfigBase):
             raise ValueError(f"{name} intervenes nowhere: it needs output_reft=True, some layers and "
                              "prefix_positions or suffix_positions above 0.")
 
+    def to_dict(self) -> dict[str, Any]:
+        """AdapterHub's dict, which has no ``subtract_projection`` (it reads as True), plus the field where it is
+        False: AdapterHub's dict loses it there."""
+        data = super().to_dict()
+        if self.subtract_projection:
+            del data["subtract_projection"]
+        return data
+
     def check_layers(self, num_layers: int) -> None:
         too_deep = [i for i in self.layers if i >= num_layers] if self.layers != "all" else []
         if too_deep:

@@ -297,7 +297,7 @@ def test_configs_follow_adapterhub_field_for_field():
         for name in ("loreft", "noreft", "direft"):
             theirs = adapters.AdapterConfig.load(name).to_dict()
             ours = adapters_config_of(name)
-            assert {**theirs, "subtract_projection": name != "direft"} == ours
+            assert {**theirs, **({"subtract_projection": False} if name == "direft" else {})} == ours
 
 
 def adapters_config_of(name: str) -> dict:
