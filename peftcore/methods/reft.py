@@ -20,12 +20,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from peftcore.configs import AdapterConfigBase, check_distinct, check_in, check_probability, check_seed, check_type
+from peftcore.configs import AdapterConfigBase, check_distinct, check_probability, check_seed, check_type
 from peftcore.methods.activations import check_activation, non_linearity
 from peftcore.methods.base import Method, ModelShape, init_generator, register_method
 from peftcore.sites import Site
-
-DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +72,9 @@ class ReftConfig(AdapterConfigBase):
         check_probability(name, "dropout", self.dropout)
         if self.non_linearity is not None:
             check_activation(name, "non_linearity", self.non_linearity)
-        check_in(name, "dtype", self.dtype, (None, *DTYPES))
+        if self.dtype is not None:
+            raise ValueError(f"{name}.dtype={self.dtype!r}: ReFT weights follow the model's dtype (an orthogonal "
+                             "projection is computed in float32 at least); leave dtype=None.")
         check_seed(name, self.init_weights_seed)
         if not self.output_reft or not (self.prefix_positions or self.suffix_positions) or self.layers == ():
             raise ValueError(f"{name} intervenes nowhere: it needs output_reft=True, some layers and "
@@ -153,7 +153,9 @@ class OrthogonalProjection(nn.Module):
 
     @property
     def weight(self) -> Tensor:
-        return householder_rows(self.original)
+        """(r, h), in float32 at least: torch has no half-precision Householder product (AdapterHub keeps the
+        projection in float32 for the same reason)."""
+        return householder_rows(self.original.to(torch.promote_types(self.original.dtype, torch.float32)))
 
 
 class ReftUnit(nn.Module):
@@ -162,25 +164,20 @@ class ReftUnit(nn.Module):
 
     def __init__(self, config: ReftConfig, hidden_size: int, generator: torch.Generator | None) -> None:
         super().__init__()
-        dtype = getattr(torch, config.dtype) if config.dtype else None
-        self.learned_source = nn.Linear(hidden_size, config.r, dtype=dtype)
-        projection = nn.Linear(hidden_size, config.r, bias=False, dtype=dtype)
+        self.learned_source = nn.Linear(hidden_size, config.r)
+        projection = nn.Linear(hidden_size, config.r, bias=False)
         with torch.no_grad():  # nn.Linear's own initialisation, drawn in AdapterHub's order from the seeded generator
             for linear in (self.learned_source, projection):
                 nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)
                 if linear.bias is not None:
                     bound = 1 / math.sqrt(hidden_size)
                     nn.init.uniform_(linear.bias, -bound, bound, generator=generator)
-        # orthogonality needs float32 at least, as in AdapterHub
-        self.projection = (OrthogonalProjection(projection.weight.detach().float() if dtype in (torch.float16,
-                                                torch.bfloat16) else projection.weight.detach())
-                           if config.orthogonality else projection)
+        self.projection = OrthogonalProjection(projection.weight.detach()) if config.orthogonality else projection
         self.subtract_projection = config.subtract_projection
         self.non_linearity = non_linearity(config.non_linearity) if config.non_linearity else None
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.to(self.learned_source.weight.dtype)
         R = self.projection.weight.to(x.dtype)  # (r, h)
         source = self.learned_source(x)  # (n, r)
         if self.non_linearity is not None:
@@ -253,7 +250,7 @@ class Reft(Method):
             new = self.units[0](flat[index])
         else:
             new = torch.cat([self.units[0](flat[prefix_index]), self.units[1](flat[suffix_index])])
-        return flat.index_copy(0, index, new.to(flat.dtype)).view_as(x)
+        return flat.index_copy(0, index, new).view_as(x)
 
     def merge_refusal(self) -> str | None:
         return ("a ReFT intervention edits chosen positions of each layer's output, which no weight can hold; only "

@@ -262,6 +262,19 @@ def test_merge_is_refused_with_the_reason():
         model.merge_adapter("a")
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_interventions_follow_the_models_dtype(dtype):
+    """AdapterHub's ``dtype`` field builds the units in a dtype of their own, which its forward then fails on unless
+    the model has it; ours follow the model's (dtype=None, as LoRA's), an orthogonal projection computed in float32
+    at least, as AdapterHub keeps it."""
+    model = tiny_model("bert").to(dtype)
+    model.add_adapter("a", "loreft[suffix_positions=2]", set_active=True)
+    assert all(p.dtype == dtype for p in model.adapter_parameters("a"))
+    ids, mask = padded_batch(model.config.vocab_size, 0)
+    out = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert out.dtype == dtype and out.isfinite().all()
+
+
 def test_householder_rows_are_orthonormal_and_a_zero_diagonal_entry_zeroes_its_row():
     reflectors = torch.randn(3, 10)
     R = householder_rows(reflectors)
@@ -275,7 +288,7 @@ def test_householder_rows_are_orthonormal_and_a_zero_diagonal_entry_zeroes_its_r
     (dict(layers=[0, 0]), "more than once"),
     (dict(r=0), "positive"),
     (dict(non_linearity="swishy"), "not supported"),
-    (dict(dtype="int8"), "not supported"),
+    (dict(dtype="float16"), "follow the model's dtype"),
 ])
 def test_bad_configs_are_refused_naming_the_field(fields, message):
     with pytest.raises((ValueError, TypeError), match=message):
