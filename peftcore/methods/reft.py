@@ -3,8 +3,9 @@ each layer's output at the first and last real tokens of every row, at the ``out
 
 Numerically equal to AdapterHub's ``adapters.methods.reft.ReftModule`` (LoReFT, NoReFT, DiReFT), whose files it reads
 and writes. Two differences, both where AdapterHub loses information:
-- ``subtract_projection`` is a config field here, saved with the adapter; AdapterHub's is a class attribute its
-  ``to_dict`` drops, so a DiReFT it saves reloads subtracting the projection, with other outputs.
+- ``subtract_projection`` is a config field here, saved with the adapter where it is False; AdapterHub's is a class
+  attribute that its ``to_dict`` and its loading drop, so a DiReFT reloads there subtracting the projection, with
+  other outputs. In AdapterHub's layout ours writes a DiReFT as the LoReFT-form adapter that equals it.
 - an orthogonal projection is parametrized by Householder reflectors alone, an (r, h) tensor (torch's
   ``orthogonal(..., use_trivialization=False)``); AdapterHub's torch parametrization also keeps an (h, h) ``base``
   buffer per unit, which its files carry (57 MB for a BERT-base LoReFT). Loading folds that buffer into the
