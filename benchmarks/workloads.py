@@ -26,7 +26,7 @@ from benchmarks import harness
 from peftcore import models
 
 METHODS = ("lora", "ia3", "seq_bn", "compacter", "prefix_tuning", "mam", "unipelt", "prompt_tuning", "mtl_lora",
-           "vera", "dora", "dvora")
+           "vera", "dora", "dvora", "loreft")
 ARCHS = ("bert", "roberta", "deberta_v2", "deberta", "vit", "xlm_roberta", "camembert", "electra", "distilbert",
          "albert")
 VARLEN = (16, 128)  # variable-length batches: each example's length uniform in this range, padded to the batch max

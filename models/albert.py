@@ -104,7 +104,7 @@ class AlbertLayer(EncoderLayer):
         h, probs = self.attn(x, padding, output_attentions)
         x = self.attn.residual(self.dropout(h), x)  # site attn.residual
         x = self.ffn.residual(self.ffn(x), x)  # site ffn.residual
-        return x, probs
+        return self.output(x, padding), probs  # site output
 
 
 class AlbertModel(PretrainedEncoder):

@@ -39,7 +39,7 @@ from peftcore.models.layers import (
     split_heads,
 )
 from peftcore.models.pretrained import PretrainedEncoder
-from peftcore.sites import EmbeddingSite, PrefixSite, ResidualSite, SiteLinear
+from peftcore.sites import EmbeddingSite, OutputSite, PrefixSite, ResidualSite, SiteLinear
 
 POS_ATT_TYPES = ("c2p", "p2c")
 
@@ -235,13 +235,14 @@ class DebertaLayer(nn.Module):
         self.ffn = FeedForward(C, config.intermediate_size, config.hidden_act,
                                nn.LayerNorm(C, eps=config.layer_norm_eps))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.output = OutputSite()  # site output
 
     def forward(self, x: Tensor, padding: Padding, output_attentions: bool = False,
                 relative: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
         h, probs = self.attn(x, padding, relative, output_attentions)
         x = self.attn.residual(self.dropout(h), x)  # site attn.residual
         x = self.ffn.residual(self.dropout(self.ffn(x)), x)  # site ffn.residual
-        return x, probs
+        return self.output(x, padding), probs  # site output
 
 
 class ContextPoolerHead(nn.Module):

@@ -107,7 +107,7 @@ class DistilBertLayer(EncoderLayer):
         h, probs = self.attn(x, padding, output_attentions)
         x = self.attn.residual(h, x)  # site attn.residual
         x = self.ffn.residual(self.dropout(self.ffn(x)), x)  # site ffn.residual
-        return x, probs
+        return self.output(x, padding), probs  # site output
 
 
 class DistilBertClassificationHead(nn.Module):

@@ -24,6 +24,7 @@ from peftcore.sites import (
     PROBLEM_TYPES,
     EmbeddingSite,
     MaskedLMHead,
+    OutputSite,
     PrefixSite,
     PromptSite,
     ResidualSite,
@@ -275,12 +276,13 @@ class EncoderLayer(nn.Module):
                                   nn.LayerNorm(C, eps=eps))
         self.ffn = FeedForward(C, config.intermediate_size, config.hidden_act, nn.LayerNorm(C, eps=eps))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.output = OutputSite()  # site output
 
     def forward(self, x: Tensor, padding: Padding, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
         h, probs = self.attn(x, padding, output_attentions)
         x = self.attn.residual(self.dropout(h), x)  # site attn.residual
         x = self.ffn.residual(self.dropout(self.ffn(x)), x)  # site ffn.residual
-        return x, probs
+        return self.output(x, padding), probs  # site output
 
 
 class PreNormLayer(nn.Module):
@@ -295,12 +297,13 @@ class PreNormLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(C, eps=eps)
         self.ffn = FeedForward(C, config.intermediate_size, config.hidden_act, None)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.output = OutputSite()  # site output
 
     def forward(self, x: Tensor, padding: Padding, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
         h, probs = self.attn(self.attn_norm(x), padding, output_attentions)
         x = self.attn.residual(self.dropout(h), x)  # site attn.residual
         x = self.ffn.residual(self.dropout(self.ffn(self.ffn_norm(x))), x)  # site ffn.residual
-        return x, probs
+        return self.output(x, padding), probs  # site output
 
 
 class Pooler(nn.Module):

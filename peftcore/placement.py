@@ -26,7 +26,7 @@ FORBIDDEN_IN_NAMES = set(".,/\\") | {chr(code) for code in (*range(32), 127)}  #
 LOCATIONS = {  # our site -> AdapterHub's location key for the modules there (its get_adapter's inner keys)
     "embeddings": "invertible", "prompt": "prompt", "attn.q": "selfattn", "attn.k": "selfattn", "attn.v": "selfattn",
     "attn.prefix": "self", "attn.residual": "mh_adapter", "ffn.intermediate": "intermediate", "ffn.output": "output",
-    "ffn.residual": "output_adapter",
+    "ffn.residual": "output_adapter", "output": "output_reft",
 }
 
 

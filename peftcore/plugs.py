@@ -6,6 +6,7 @@ offers at each kind of site:
     residual sites (ResidualSite): forward(h, x, norm) -> out, and pre/body/post to interleave with others
                                    (bottleneck adapters; AdapterFusion reads their up-projections)
     prefix sites (PrefixSite):     forward(k, v, mask, x) -> (k, v, mask)   prefix tuning
+    output sites (OutputSite):     forward(x, padding) -> x                  ReFT
     the embedding site:            forward(x) and inverse(x)                   invertible adapters
     the prompt site (PromptSite):  forward(x, attention_mask, project) -> (x, attention_mask, positions)
                                                                                prompt tuning
@@ -18,6 +19,7 @@ residual adapters are composed, the plug runs their pre/body/post steps, which n
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial, reduce
 from typing import NamedTuple
 
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftcore.composition import Average, BatchSplit, Block, Fuse, MultiTask, Parallel, Split, Stack, spans
-from peftcore.sites import EmbeddingSite, PrefixSite, PromptSite, ResidualSite, SiteLinear
+from peftcore.sites import EmbeddingSite, OutputSite, PrefixSite, PromptSite, ResidualSite, SiteLinear
 
 Modules = dict[str, nn.Module]  # the adapters attached at one site (merged ones left out), by name
 
@@ -266,6 +268,34 @@ def prefix_slicewise(block: Block, functions: list[Callable | None], k: Tensor, 
     return torch.cat(keys), torch.cat(values), torch.cat(masks)
 
 
+# ---- output sites (ReFT): x = plug(x, padding) ------------------------------------------------------------------
+
+def output(block: str | Block, modules: Modules, site: str) -> Callable | None:
+    if isinstance(block, str):
+        return modules[block].__call__ if block in modules else None
+    compiled = [output(child, modules, site) for child in block]
+    present = [fn for fn in compiled if fn is not None]
+    if not present:
+        return None
+    if isinstance(block, Stack):  # each intervention on the previous one's output
+        return present[0] if len(present) == 1 else partial(output_stack, present)
+    if isinstance(block, BatchSplit | Parallel | MultiTask):
+        return partial(output_slicewise, block, compiled)
+    raise unsupported(block, site, "ReFT", ": an intervention edits chosen positions of whole rows")
+
+
+def output_stack(functions: list[Callable], x: Tensor, padding: object) -> Tensor:
+    return reduce(lambda out, fn: fn(out, padding), functions, x)
+
+
+def output_slicewise(block: Block, functions: list[Callable | None], x: Tensor, padding: object) -> Tensor:
+    """Each slice of the batch's rows through its own intervention; these blocks run padded, (B, T, C)."""
+    mask = padding.attention_mask
+    return torch.cat([x[span] if fn is None else fn(x[span], replace(padding, attention_mask=None if mask is None
+                                                                        else mask[span]))
+                      for fn, span in zip(functions, spans(block, x.shape[0]), strict=True)])
+
+
 # ---- the embedding site (invertible adapters): x = plug(x), and inverse_plug before an LM head --------------------
 
 def embedding(block: str | Block, modules: Modules, site: str) -> tuple[Callable, Callable] | None:
@@ -350,6 +380,8 @@ def site_plugs(module: nn.Module, setup: Block | None, skip: set[str], path: str
         plugs["plug"] = prefix(setup, modules, path)
     elif isinstance(module, PromptSite):
         plugs["plug"] = prompt(setup, modules, path)
+    elif isinstance(module, OutputSite):
+        plugs["plug"] = output(setup, modules, path)
     elif isinstance(module, EmbeddingSite):
         pair = embedding(setup, modules, path)
         if pair is not None:

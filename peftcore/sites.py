@@ -11,9 +11,18 @@ closure into ``plug``. Nothing is looked up during forward: an empty site costs 
 ``plug`` is never an ``nn.Module`` (it would register its tensors a second time).
 
 To give your own model sites, build it from these classes (``SiteLinear`` for q/k/v and the FFN
-linears, ``ResidualSite`` for each residual-plus-norm, ``PrefixSite`` in attention, one
-``EmbeddingSite`` after the embeddings and one ``PromptSite`` after that) under the attribute names of ``SITE_NAMES``,
-with the layers in a ``layers`` ``nn.ModuleList``. ``find_sites`` then finds them.
+linears, ``ResidualSite`` for each residual-plus-norm, ``PrefixSite`` in attention, ``OutputSite`` on each
+layer's output, one ``EmbeddingSite`` after the embeddings and one ``PromptSite`` after that) under the attribute names
+of ``SITE_NAMES``, with the layers in a ``layers`` ``nn.ModuleList``. ``find_sites`` then finds them.
+
+| site | where | who plugs in |
+| --- | --- | --- |
+| ``embeddings`` | the embedding output, and its inverse before an LM head | invertible adapters |
+| ``prompt`` | after the embeddings: inserts positions into the sequence | prompt tuning |
+| ``attn.{q,k,v}``, ``ffn.{intermediate,output}`` | the linears | LoRA, (IA)^3 and their variants |
+| ``attn.prefix`` | keys and values inside self-attention | prefix tuning |
+| ``attn.residual``, ``ffn.residual`` | each residual-plus-norm | bottleneck adapters, AdapterFusion |
+| ``output`` | the layer's output, with the batch's padding | ReFT |
 """
 
 from __future__ import annotations
@@ -71,6 +80,7 @@ SITE_NAMES = (
     "ffn.intermediate",
     "ffn.output",
     "ffn.residual",
+    "output",
 )
 
 
@@ -128,6 +138,23 @@ class PrefixSite(nn.Module):
 
     def forward(self, k: Tensor, v: Tensor, mask: Tensor | None, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         return (k, v, mask) if self.plug is None else self.plug(k, v, mask, x)
+
+
+class OutputSite(nn.Module):
+    """``x, padding -> x`` on a layer's output, the identity while empty; ReFT intervenes here on chosen positions.
+
+    x is ``(B, T, C)``, or the packed real tokens ``(1, N, C)`` when the batch runs unpadded; ``padding`` is the
+    layers' ``Padding`` (models/layers.py), from which a plug reads each row's real tokens: its ``attention_mask``
+    ``(B, T)`` (None: every token is real) and, packed, each row's count of tokens, ``lengths``, in a run.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.adapters = nn.ModuleDict()
+        self.plug: Callable[[Tensor, Any], Tensor] | None = None
+
+    def forward(self, x: Tensor, padding: Any) -> Tensor:
+        return x if self.plug is None else self.plug(x, padding)
 
 
 class EmbeddingSite(nn.Module):
@@ -280,7 +307,7 @@ def flatten_choices(args: tuple, kwargs: dict[str, Any], choices: int | None) ->
     return tuple(flat(value) for value in args), {key: flat(value) for key, value in kwargs.items()}, shape[1]
 
 
-SITE_CLASSES = (SiteLinear, ResidualSite, PrefixSite, EmbeddingSite, PromptSite)
+SITE_CLASSES = (SiteLinear, ResidualSite, PrefixSite, OutputSite, EmbeddingSite, PromptSite)
 OUTER_SITES = {EmbeddingSite: "embeddings", PromptSite: "prompt"}  # the sites outside the layers, once per model
 
 

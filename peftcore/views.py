@@ -14,8 +14,9 @@ from peftcore import placement
 from peftcore.configs import AdapterConfigBase
 from peftcore.host import AdapterHost
 
+# AdapterHub's method types -> a config of that type
 METHOD_TYPES = {"bottleneck": "seq_bn", "invertible": "seq_bn_inv", "lora": "lora", "ia3": "ia3",
-                "prefix_tuning": "prefix_tuning"}  # AdapterHub's method types -> a config of that type
+                "prefix_tuning": "prefix_tuning", "reft": "loreft"}
 
 
 class ViewsMixin:

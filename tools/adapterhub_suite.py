@@ -11,12 +11,11 @@ from a Python environment with its test dependencies (transformers, datasets, py
 classes of the BERT and RoBERTa test modules and five files of ``tests/test_misc``); ``--nodes FILE`` runs the
 pytest node ids listed in FILE, one per line (e.g. those of the selection that AdapterHub itself passes).
 
-AdapterHub's test modules import, at module level, names of methods peftcore does not have yet (issue 19: prompt
-tuning, ReFT, VeRA, DoRA, MTL-LoRA, MultiTask) and of things it will not have (causal-LM heads, the
-transformers-based ``AdapterTrainer``). Without them no test of those modules could even be collected, so this
-runner stands each in with a class whose instances raise ``NotImplementedError`` naming what is missing when
-used: the tests that use one fail, and say why. The list is below; every other name comes from
-``peftcore.adapters`` unchanged.
+AdapterHub's test modules import, at module level, names of things peftcore does not have (causal-LM and
+seq2seq heads, the transformers-based ``AdapterTrainer``, the plugin interface). Without them no test of those
+modules could even be collected, so this runner stands each in with a class whose instances raise
+``NotImplementedError`` naming what is missing when used: the tests that use one fail, and say why. The list is
+below; every other name comes from ``peftcore.adapters`` unchanged.
 """
 
 from __future__ import annotations
@@ -29,12 +28,10 @@ import types
 import pytest
 
 MISSING = {  # module of AdapterHub's package -> names peftcore.adapters lacks -> why
-    "adapters": {name: "issue 19 (methods not built yet)" for name in (
-        "LoReftConfig", "NoReftConfig", "DiReftConfig", "ReftConfig")}
-    | {"AdapterTrainer": "a transformers Trainer subclass; peftcore trains with peftcore.training.Trainer",
-       "AdapterModelInterface": "plugin interface for transformers models; peftcore runs its own encoders",
-       "get_adapter_config_hash": "AdapterHub Hub lookups (its Hub is not used by peftcore)",
-       "T5AdapterModel": "encoder-decoder models (peftcore runs encoders)"},
+    "adapters": {"AdapterTrainer": "a transformers Trainer subclass; peftcore trains with peftcore.training.Trainer",
+                 "AdapterModelInterface": "plugin interface for transformers models; peftcore runs its own encoders",
+                 "get_adapter_config_hash": "AdapterHub Hub lookups (its Hub is not used by peftcore)",
+                 "T5AdapterModel": "encoder-decoder models (peftcore runs encoders)"},
     "adapters.heads": {name: "decoder and task heads peftcore does not build (encoders only; PredictionHead serves "
                              "classification, tagging and question answering)"
                        for name in ("CausalLMHead", "Seq2SeqLMHead", "ClassificationHead", "TaggingHead",

@@ -103,6 +103,7 @@ BERT = Architecture(
         "ffn.intermediate": "encoder.layer.{i}.intermediate.dense",
         "ffn.output": "encoder.layer.{i}.output.dense",
         "ffn.residual": "encoder.layer.{i}.output",
+        "output": "encoder.layer.{i}.reft_layer",
     },
     required_values={"position_embedding_type": "absolute", "is_decoder": False, "add_cross_attention": False},
 )
@@ -267,6 +268,7 @@ DEBERTA_SITE_PATHS = {
     "ffn.intermediate": f"{LAYER}.intermediate.dense",
     "ffn.output": f"{LAYER}.output.dense",
     "ffn.residual": f"{LAYER}.output",
+    "output": f"{LAYER}.reft_layer",
 }
 
 # DeBERTa's base models have no pooler. Every field transformers reads for DeBERTa is a config field of ours,
@@ -368,6 +370,7 @@ VIT = Architecture(
         "ffn.intermediate": "encoder.layer.{i}.intermediate.dense",
         "ffn.output": "encoder.layer.{i}.output.dense",
         "ffn.residual": "encoder.layer.{i}.output.output_adapters",
+        "output": "encoder.layer.{i}.reft_layer",
     },
     required_values={"pooler_act": "tanh"},
 )
@@ -426,6 +429,7 @@ DISTILBERT = Architecture(
         "ffn.intermediate": f"{DISTILBERT_LAYER}.ffn.lin1",
         "ffn.output": f"{DISTILBERT_LAYER}.ffn.lin2",
         "ffn.residual": f"{DISTILBERT_LAYER}.output_adapters",
+        "output": f"{DISTILBERT_LAYER}.reft_layer",
     },
     shared_paths={"prefix": "prefix_tuning.prefix_tunings.{name}.self"},  # its prefix layer's location is "self"
     config_renames={
@@ -516,6 +520,7 @@ ALBERT = Architecture(
         "ffn.intermediate": f"{ALBERT_LAYER}.ffn",
         "ffn.output": f"{ALBERT_LAYER}.ffn_output",
         "ffn.residual": f"{ALBERT_LAYER}.output_adapters",
+        "output": f"{ALBERT_LAYER}.reft_layer",
     },
     config_renames={"classifier_dropout_prob": "classifier_dropout"},  # ours: EncoderConfig's classifier_dropout
     required_values={"position_embedding_type": "absolute"},

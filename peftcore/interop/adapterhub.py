@@ -91,8 +91,10 @@ def read(directory: Path, raw: Mapping[str, Any], with_head: bool, host: Adapter
     if not isinstance(name, str):
         raise ValueError(f"{directory / CONFIG_FILE} has no adapter name.")
     theirs = {key.removeprefix(host.hf_prefix): t for key, t in io.read_tensors(directory, WEIGHTS).items()}
-    copies = [method for member in members(config) for method in methods_for(member)]
-    theirs = {key: t for key, t in theirs.items() if not any(method.is_adapterhub_copy(key) for method in copies)}
+    owners = [(member, method) for member in members(config) for method in methods_for(member)]
+    theirs = {key: t for key, t in theirs.items() if not any(method.is_adapterhub_copy(key) for _, method in owners)}
+    for member, method in owners:
+        theirs = method.read_adapterhub_tensors(member, theirs)
     pairs = key_pairs(host, config, name)
     state = {pairs.get(key, key): t for key, t in theirs.items()}
     config = as_ours(config, state)
@@ -147,6 +149,12 @@ def save(host: AdapterHost, directory: str | os.PathLike, name: str, with_head: 
         for method in methods_for(member):
             ours = method.to_adapterhub(member, ours)
     state = {their: ours[our] for their, our in key_pairs(host, config, name).items()}
+    written = []
+    for member in members(config):
+        for method in methods_for(member):
+            member, state = method.write_adapterhub_tensors(member, state)
+        written.append(member)
+    config = ConfigUnion(*written) if isinstance(config, ConfigUnion) else written[0]
     with io.atomic_directory_write(directory, replaces=(*WEIGHTS, *HEAD_FILES)) as scratch:
         io.write_json(scratch / CONFIG_FILE, {"config": config.to_dict(), **described(host, name)})
         write_tensors(scratch, WEIGHTS, state, safetensors)

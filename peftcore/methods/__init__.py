@@ -36,6 +36,7 @@ from peftcore.methods.mtl_lora import MTLLoRA, MTLLoRAConfig
 from peftcore.methods.phm import PHMLinear, PHMShared
 from peftcore.methods.prefix import PrefixTuning, PrefixTuningConfig
 from peftcore.methods.prompt import PromptTuning, PromptTuningConfig
+from peftcore.methods.reft import DiReftConfig, LoReftConfig, NoReftConfig, Reft, ReftConfig
 from peftcore.methods.vera import Vera, VeraConfig
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "CompacterConfig",
     "CompacterPlusPlusConfig",
     "DVoRA",
+    "DiReftConfig",
     "DoRA",
     "DoRAConfig",
     "DoubleSeqBnConfig",
@@ -59,6 +61,7 @@ __all__ = [
     "IA3Config",
     "LoRA",
     "LoRAConfig",
+    "LoReftConfig",
     "MAMConfig",
     "MTLLoRA",
     "MTLLoRAConfig",
@@ -66,6 +69,7 @@ __all__ = [
     "ModelShape",
     "MultiTaskConfig",
     "NICECoupling",
+    "NoReftConfig",
     "PHMLinear",
     "PHMShared",
     "ParBnConfig",
@@ -76,6 +80,8 @@ __all__ = [
     "PrefixTuningConfig",
     "PromptTuning",
     "PromptTuningConfig",
+    "Reft",
+    "ReftConfig",
     "SeqBnConfig",
     "SeqBnInvConfig",
     "UniPELTConfig",

@@ -188,6 +188,20 @@ class Method(nn.Module):
         """Whether an AdapterHub key (base-model prefix removed) is a redundant copy that loading skips."""
         return False
 
+    @classmethod
+    def read_adapterhub_tensors(cls, config: Any, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """An AdapterHub file's tensors (its keys, base-model prefix removed) with this method's values converted
+        where its layout stores them otherwise than ours, before they take our names: for what AdapterHub keeps that
+        ours has no key for (ReFT's ``base``); unchanged by default. ``from_adapterhub`` follows, on our keys."""
+        return tensors
+
+    @classmethod
+    def write_adapterhub_tensors(cls, config: Any, tensors: dict[str, Tensor]) -> tuple[Any, dict[str, Tensor]]:
+        """The config and our tensors, under AdapterHub's names, as AdapterHub's file must state them for AdapterHub
+        to compute what ours does (``read_adapterhub_tensors``' inverse); unchanged by default. Raises where it
+        cannot."""
+        return config, tensors
+
     # ---- HuggingFace PEFT's file layout ----------------------------------------------------------------------
 
     peft_type: ClassVar[str | None] = None  # PEFT's name for this method; None: PEFT has none we convert

@@ -21,10 +21,12 @@ from peftcore import (
     DoRAConfig,
     IA3Config,
     LoRAConfig,
+    LoReftConfig,
     MTLLoRAConfig,
     MultiTask,
     PrefixTuningConfig,
     PromptTuningConfig,
+    ReftConfig,
     SeqBnConfig,
     SeqBnInvConfig,
     VeraConfig,
@@ -124,6 +126,18 @@ def prompt_configs(draw: st.DrawFn) -> PromptTuningConfig:
 
 
 @st.composite
+def reft_configs(draw: st.DrawFn) -> ReftConfig:
+    """Interventions on any layers and positions (more than a short row has), tied or not, any projection."""
+    prefix, suffix = draw(st.integers(0, 5)), draw(st.integers(0, 5))
+    prefix = prefix if prefix or suffix else 1
+    return ReftConfig(layers=draw(st.sampled_from(["all", (0,), (1,)])), prefix_positions=prefix,
+                      suffix_positions=suffix, r=draw(st.integers(1, HIDDEN)), orthogonality=draw(st.booleans()),
+                      tied_weights=draw(st.booleans()), subtract_projection=draw(st.booleans()),
+                      dropout=draw(small_rate), non_linearity=draw(st.none() | activation),
+                      init_weights_seed=draw(st.none() | st.just(3)))
+
+
+@st.composite
 def union_configs(draw: st.DrawFn) -> ConfigUnion:
     """Two or three methods at different sites: prefix + bottleneck + LoRA/(IA)^3 in any subset, or a bottleneck
     after attention with another after the FFN."""
@@ -132,13 +146,15 @@ def union_configs(draw: st.DrawFn) -> ConfigUnion:
         first, second = draw(bottleneck), draw(bottleneck)
         return ConfigUnion(first.replace(mh_adapter=True, output_adapter=False),
                            second.replace(mh_adapter=False, output_adapter=True, inv_adapter=None))
-    members = draw(st.lists(st.sampled_from(["prefix", "bottleneck", "linear"]), min_size=2, max_size=3, unique=True))
-    strategies = {"prefix": prefix_configs(), "bottleneck": bottleneck, "linear": linear_configs()}
+    members = draw(st.lists(st.sampled_from(["prefix", "bottleneck", "linear", "reft"]), min_size=2, max_size=3,
+                            unique=True))
+    strategies = {"prefix": prefix_configs(), "bottleneck": bottleneck, "linear": linear_configs(),
+                  "reft": reft_configs()}
     return ConfigUnion(*(draw(strategies[member]) for member in members))
 
 
 presets = st.sampled_from(sorted(ADAPTER_CONFIG_MAP)).map(lambda name: small(ADAPTER_CONFIG_MAP[name]))
-configs = st.one_of(presets, bottleneck_configs(), linear_configs(), prefix_configs(), union_configs(),
+configs = st.one_of(presets, bottleneck_configs(), linear_configs(), prefix_configs(), reft_configs(), union_configs(),
                     prompt_configs(), mtl_lora_configs())
 archs = st.sampled_from(sorted(ARCHS))  # in this order the ci profile draws the examples it always has
 
@@ -282,6 +298,14 @@ INVALID_FIELDS = [
     (PromptTuningConfig, "random_uniform_scale", not_positive_number),
     (PromptTuningConfig, "combine", not_one_of("prefix", "prefix_after_bos")),
     (PromptTuningConfig, "init_weights_seed", st.floats() | text),
+    *[(LoReftConfig, name, not_bool) for name in flags(ReftConfig)],
+    (LoReftConfig, "layers", not_layer_list.filter(lambda value: value != "all")),
+    (LoReftConfig, "prefix_positions", st.one_of(st.integers(max_value=-1), st.floats(), text, st.none())),
+    (LoReftConfig, "suffix_positions", st.one_of(st.integers(max_value=-1), st.floats(), text, st.none())),
+    (LoReftConfig, "r", not_positive_int),
+    (LoReftConfig, "dropout", not_probability),
+    (LoReftConfig, "non_linearity", not_an_activation.filter(lambda value: value is not None)),
+    (LoReftConfig, "dtype", st.just("float16")),
 ]
 
 
@@ -296,7 +320,8 @@ def test_an_invalid_field_value_is_refused_naming_the_field(config_class, field,
             build()
 
 
-field_names = {f.name for cls in (BnConfig, LoRAConfig, PrefixTuningConfig, PromptTuningConfig, MTLLoRAConfig)
+field_names = {f.name for cls in (BnConfig, LoRAConfig, PrefixTuningConfig, PromptTuningConfig, MTLLoRAConfig,
+                                  ReftConfig)
                for f in dataclasses.fields(cls)}
 
 

@@ -10,7 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from peftcore.sites import SITE_NAMES, EmbeddingSite, PrefixSite, PromptSite, ResidualSite, SiteLinear, find_sites
+from peftcore.models.layers import Padding
+from peftcore.sites import (
+    SITE_NAMES,
+    EmbeddingSite,
+    OutputSite,
+    PrefixSite,
+    PromptSite,
+    ResidualSite,
+    SiteLinear,
+    find_sites,
+)
 from tests.archs import ARCHS, tiny_model
 
 
@@ -69,12 +79,14 @@ class TinyBlock(nn.Module):
         self.ffn = nn.Module()
         self.ffn.intermediate, self.ffn.output = SiteLinear(width, 2 * width), SiteLinear(2 * width, width)
         self.ffn.residual = ResidualSite(nn.LayerNorm(width))
+        self.output = OutputSite()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = (proj(x)[:, None] for proj in (self.attn.q, self.attn.k, self.attn.v))
         k, v, mask = self.attn.prefix(k, v, torch.zeros(x.shape[0], 1, 1, x.shape[1]), x)
         x = self.attn.residual(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)[:, 0], x)
-        return self.ffn.residual(self.ffn.output(F.gelu(self.ffn.intermediate(x))), x)
+        x = self.ffn.residual(self.ffn.output(F.gelu(self.ffn.intermediate(x))), x)
+        return self.output(x, Padding())  # no padding: every token is real
 
 
 class TinyTransformer(nn.Module):

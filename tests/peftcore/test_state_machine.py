@@ -30,7 +30,8 @@ from tests.peftcore.test_io import assert_unchanged, fingerprint
 NAMES = st.sampled_from(["a", "b", "x.y"])  # few names, so calls meet the same adapters; the last is never valid
 CONFIGS = st.sampled_from(["seq_bn", "double_seq_bn", "par_bn", "lora", "lora[output_lora=True]", "ia3",
                            "prefix_tuning[prefix_length=2, bottleneck_size=8]", "compacter[reduction_factor=8]",
-                           "seq_bn_inv", "unipelt", "mtl_lora"])
+                           "seq_bn_inv", "unipelt", "mtl_lora",
+                           "loreft[suffix_positions=1]"])
 PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "ci")
 EXAMPLES, STEPS = {"ci": (30, 20), "long": (300, 60)}[PROFILE]  # sequences, calls per sequence
 

@@ -26,6 +26,7 @@ CONFIGS = ["seq_bn", "double_seq_bn", "par_bn", "scaled_par_bn", "seq_bn_inv", "
            "seq_bn[inv_adapter='glow', inv_adapter_reduction_factor=4]",
            "compacter", "compacter++", "prefix_tuning", "prefix_tuning_flat", "lora", "ia3", "dora", "mam", "unipelt",
            "lora[r=4, attn_matrices=['q', 'k', 'v'], intermediate_lora=True, output_lora=True, use_gating=True]",
+           "loreft", "noreft", "direft", "loreft[suffix_positions=2, tied_weights=True, layers=[0, 3]]",
            "prompt_tuning[prompt_length=20]", "mtl_lora",
            "mtl_lora[n_up_projection=3, r=4, intermediate_lora=True, output_lora=True, use_gating=True]"]
 

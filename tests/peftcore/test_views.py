@@ -44,7 +44,7 @@ def test_invertible_adapters_by_name_and_the_active_ones():
 
 @pytest.mark.parametrize(("kind", "supported"), [
     ("bottleneck", True), ("invertible", True), ("lora", True), ("ia3", True), ("prefix_tuning", True),
-    ("prompt_tuning", True), ("reft", False), (SeqBnConfig(), True), (LoRAConfig(leave_out=[0]), True),
+    ("prompt_tuning", True), ("reft", True), (SeqBnConfig(), True), (LoRAConfig(leave_out=[0]), True),
     (LoRAConfig(leave_out=[0, 1]), False)])  # a config that places nothing on this model cannot be added
 def test_supports_adapter_names_the_methods_this_model_takes(kind, supported):
     model = tiny_model()
