@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -329,11 +329,11 @@ class TaskOrder(NamedTuple):
 
 
 def task_order(setup: Block | None, task_ids: Tensor | Sequence[int | str] | None,
-               adapter_names: Sequence[str | None] | None, rows: int) -> TaskOrder | None:
-    """Where the setup's MultiTask blocks send each of a batch's ``rows``, from ``task_ids`` (one per example: an
-    index into each MultiTask's children, or a child's adapter name, as AdapterHub takes them); None without
-    MultiTask, where ``task_ids`` are ignored, as in AdapterHub (a trainer's batches carry them whatever setup is
-    active). Checked before anything runs."""
+               adapter_names: Sequence[str | None] | None, rows: Callable[[], int]) -> TaskOrder | None:
+    """Where the setup's MultiTask blocks send each of a batch's rows (``rows()`` counts them, asked only where there
+    is a MultiTask), from ``task_ids`` (one per example: an index into each MultiTask's children, or a child's
+    adapter name, as AdapterHub takes them); None without MultiTask, where ``task_ids`` are ignored, as in
+    AdapterHub (a trainer's batches carry them whatever setup is active). Checked before anything runs."""
     blocks = [block for block in walk(setup) if isinstance(block, MultiTask)]
     if not blocks:
         return None
@@ -345,7 +345,7 @@ def task_order(setup: Block | None, task_ids: Tensor | Sequence[int | str] | Non
     if setup.parallel_channels > 1:
         raise ValueError(f"{setup!r} replicates the batch, so task_ids cannot name one task per example; run the "
                          "MultiTask setup without Parallel.")
-    ids = task_indices(blocks, task_ids, rows)
+    ids = task_indices(blocks, task_ids, rows())
     counts = torch.bincount(ids, minlength=max(len(block) for block in blocks))
     return TaskOrder(torch.argsort(ids, stable=True), tuple(counts.tolist()))
 

@@ -97,7 +97,7 @@ def with_losses(host: AdapterHost, outputs: Any, labels: Tensor | None, kwargs: 
 def run_setup(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict[str, Any], gates: bool,
               fusions: bool, adapter_names: Sequence[str | None] | None,
               task_ids: Tensor | Sequence[int | str] | None, inputs: dict[str, Tensor]) -> Any:
-    order = task_order(host.plan.setup, task_ids, adapter_names, batch_rows_of(args, kwargs))
+    order = task_order(host.plan.setup, task_ids, adapter_names, lambda: batch_rows_of(args, kwargs))
     if adapter_names is None and order is None and not (gates or fusions):
         with nullcontext() if torch.compiler.is_compiling() else guard(host).running():
             return run_plan(host, host.plan, encode, args, kwargs, inputs)

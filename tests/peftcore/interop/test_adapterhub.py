@@ -67,7 +67,8 @@ SUBSET = ["seq_bn", "double_seq_bn", "scaled_par_bn", "seq_bn[ln_before=True, us
           "prefix_tuning[prefix_length=4, bottleneck_size=16]", "mam",
           "unipelt",
           "dora[attn_matrices=['q', 'k', 'v'], intermediate_lora=True, alpha=16]",
-          "dvora[init_weights_seed=3]"]  # AdapterHub saves no VeRA projections: seeded, they are drawn again
+          "dvora[init_weights_seed=3]",  # AdapterHub saves no VeRA projections: seeded, they are drawn again
+          "mtl_lora[attn_matrices=['q', 'k', 'v'], n_up_projection=2]"]  # one task's adapter: no MultiTask needed
 # with SUBSET, each method family at least once: what the registry's newer text models run
 # (Compacter's bottleneck 64 // 8 takes phm_dim 4; AdapterHub drops a shared phm rule when it saves from a bare model,
 # tests/peftcore/methods/test_phm.py)
