@@ -136,16 +136,22 @@ def test_parsing_head_trained_by_adapterhub_with_an_adapter_gives_its_scores_in_
     assert_same_parse(forward(ours, inputs, "a"), forward(theirs, inputs, "a"))
 
 
-def test_parallel_adapters_with_multiple_choice_heads_give_adapterhubs_branch_outputs(models, tmp_path):
-    theirs, ours = models("bert")
+def parallel_heads(theirs, ours, add_head: str, tmp_path, **head_args) -> None:
+    """Adapters a and b, each with an AdapterHub head (``add_<add_head>_head``) and random weights, saved by
+    AdapterHub and loaded into ours; Parallel(a, b) active in both."""
     for name in ("a", "b"):
         theirs.add_adapter(name, config="seq_bn")
-        theirs.add_multiple_choice_head(name, num_choices=2)
+        getattr(theirs, f"add_{add_head}_head")(name, **head_args)
         randomized(theirs, name)
         theirs.save_adapter(str(tmp_path / name), name)
         ours.load_adapter(tmp_path / name)
     theirs.set_active_adapters(ah.Parallel("a", "b"))
     ours.set_active_adapters(Parallel("a", "b"))
+
+
+def test_parallel_adapters_with_multiple_choice_heads_give_adapterhubs_branch_outputs(models, tmp_path):
+    theirs, ours = models("bert")
+    parallel_heads(theirs, ours, "multiple_choice", tmp_path, num_choices=2)
     inputs = {**choice_inputs("bert"), "labels": torch.tensor([1, 0, 1])}
     with torch.no_grad():
         got, expected = ours(**inputs), theirs(**inputs)
@@ -157,14 +163,7 @@ def test_parallel_adapters_with_multiple_choice_heads_give_adapterhubs_branch_ou
 
 def test_parallel_adapters_with_parsing_heads_give_adapterhubs_branch_outputs(models, tmp_path):
     theirs, ours = models("roberta")
-    for name in ("a", "b"):
-        theirs.add_adapter(name, config="seq_bn")
-        theirs.add_dependency_parsing_head(name, num_labels=3)
-        randomized(theirs, name)
-        theirs.save_adapter(str(tmp_path / name), name)
-        ours.load_adapter(tmp_path / name)
-    theirs.set_active_adapters(ah.Parallel("a", "b"))
-    ours.set_active_adapters(Parallel("a", "b"))
+    parallel_heads(theirs, ours, "dependency_parsing", tmp_path, num_labels=3)
     inputs = parse_inputs("roberta", ours.config.pad_token_id)
     with torch.no_grad():
         got, expected = ours(**inputs), theirs(**inputs)

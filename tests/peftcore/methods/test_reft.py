@@ -14,7 +14,7 @@ from peftcore import Average, BatchSplit, Fuse, LoReftConfig, Parallel, Split, S
 from peftcore.methods.reft import householder_rows
 from peftcore.models.layers import Padding
 from tests.archs import ADAPTERHUB_ARCHS, ARCHS, BERT_FAMILY, inputs, reference, tiny_model
-from tests.conftest import SMALL
+from tests.conftest import SMALL, train_three_steps
 from tests.parity import assert_adapterhub_round_trip, assert_parity, padded_batch
 
 TRAINED = [
@@ -110,11 +110,7 @@ def test_adapterhub_loreft_collapses_under_weight_decay_ours_keeps_orthonormal_r
     ours = ARCHS["bert"].model.from_pretrained(directory)
     ours.add_adapter("a", "loreft")
     ours.train_adapter("a")
-    optimizer = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(3):
-        ours(input_ids=ids, attention_mask=mask).last_hidden_state.pow(2).mean().backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    train_three_steps(ours, ids, mask)
     for unit in units(ours):
         R = unit.projection.weight
         assert torch.allclose(R @ R.T, torch.eye(1), atol=1e-6)
