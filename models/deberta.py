@@ -216,13 +216,21 @@ class DisentangledAttention(nn.Module):
         index = index.expand(B, H, T, T)
         bias = 0.0
         if self.c2p:
-            pk = split_heads((self.k if self.share_att_key else self.pos_k)(rel), H)  # (1, H, 2S, D)
+            pk = split_heads(self.project_positions(self.k, self.pos_k, rel, B), H)  # (1 or B, H, 2S, D)
             bias = bias + torch.gather(q @ pk.transpose(-1, -2), -1, index)  # (B, H, T, T): q_i · pk[δ(i, j)]
         if self.p2c:
-            pq = split_heads((self.q if self.share_att_key else self.pos_q)(rel), H)  # (1, H, 2S, D)
+            pq = split_heads(self.project_positions(self.q, self.pos_q, rel, B), H)  # (1 or B, H, 2S, D)
             by_key = torch.gather(k @ pq.transpose(-1, -2), -1, index.transpose(-1, -2))  # (B, H, T_k, T_q)
             bias = bias + by_key.transpose(-1, -2)  # (B, H, T, T): k_j · pq[δ(i, j)]
         return bias / self.scale
+
+
+    def project_positions(self, shared: SiteLinear, own: nn.Linear | None, rel: Tensor, rows: int) -> Tensor:
+        """The relative embeddings (1, 2S, C) through the position projection: its ``own`` linear, or under
+        ``share_att_key`` the ``shared`` q or k, per batch row where adapters there differ by row."""
+        if not self.share_att_key:
+            return own(rel)
+        return shared(rel.expand(rows, -1, -1) if shared.splits_rows else rel)
 
 
 class DebertaLayer(nn.Module):

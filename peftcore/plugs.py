@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftcore.composition import Average, BatchSplit, Block, Fuse, MultiTask, Parallel, Split, Stack, spans
+from peftcore.composition import Average, BatchSplit, Block, Fuse, MultiTask, Parallel, Split, Stack, spans, walk
 from peftcore.sites import EmbeddingSite, OutputSite, PrefixSite, PromptSite, ResidualSite, SiteLinear
 
 Modules = dict[str, nn.Module]  # the adapters attached at one site (merged ones left out), by name
@@ -364,16 +364,21 @@ def prompt_slicewise(block: Block, functions: list[Callable | None], x: Tensor, 
 
 # ---- every site ----------------------------------------------------------------------------------------------------
 
-def site_plugs(module: nn.Module, setup: Block | None, skip: set[str], path: str) -> dict[str, Callable | None]:
-    """The plugs a site runs for ``setup``; adapters in ``skip`` (merged into the weights) are left out."""
+def site_plugs(module: nn.Module, setup: Block | None, skip: set[str], path: str) -> dict[str, Callable | bool | None]:
+    """The plugs a site runs for ``setup`` (and, for a linear site, whether its plug splits the batch's rows);
+    adapters in ``skip`` (merged into the weights) are left out."""
     modules = {name: m for name, m in module.adapters.items() if name not in skip}
-    plugs: dict[str, Callable | None] = {"plug": None}
+    plugs: dict[str, Callable | bool | None] = {"plug": None}
     if isinstance(module, EmbeddingSite):
         plugs["inverse_plug"] = None
+    if isinstance(module, SiteLinear):
+        plugs["splits_rows"] = False
     if setup is None or not modules:
         return plugs
     if isinstance(module, SiteLinear):
         plugs["plug"] = linear(setup, modules, path)
+        plugs["splits_rows"] = plugs["plug"] is not None and any(
+            isinstance(block, BatchSplit | Parallel | MultiTask) for block in walk(setup))
     elif isinstance(module, ResidualSite):
         plugs["plug"] = residual(setup, modules, module.fusions, path)
     elif isinstance(module, PrefixSite):

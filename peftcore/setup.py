@@ -24,7 +24,7 @@ from peftcore.composition import BASE, BatchSplit, Block, MultiTask, Parallel, S
 from peftcore.host import AdapterHost
 from peftcore.plugs import site_plugs
 
-Plugs = tuple[tuple[nn.Module, str, Callable | None], ...]  # (site module, plug attribute, plug)
+Plugs = tuple[tuple[nn.Module, str, Callable | bool | None], ...]  # (site module, plug attribute, plug)
 
 
 @dataclass(frozen=True)

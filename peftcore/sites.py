@@ -88,8 +88,11 @@ class SiteLinear(nn.Linear):
     """``nn.Linear`` that LoRA and (IA)^3 plug into. Exactly ``nn.Linear`` while nothing is active.
 
     ``plug(x, y)`` receives the layer input and the base output ``W x + b`` and returns the adapted output.
-    ``shared_parameters`` holds the tensors that adapters here share (``share_parameters``), by group name; it comes
-    first, so that ``named_parameters`` names a shared tensor there, as AdapterHub's LoRA layers do.
+    ``splits_rows`` says that the plug runs different adapters on different batch rows (BatchSplit, Parallel,
+    MultiTask, mixed batches): a caller passing one row for the whole batch (DeBERTa's relative embeddings)
+    expands it to the batch first. ``shared_parameters`` holds the tensors that adapters here share
+    (``share_parameters``), by group name; it comes first, so that ``named_parameters`` names a shared tensor there,
+    as AdapterHub's LoRA layers do.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
@@ -97,6 +100,7 @@ class SiteLinear(nn.Linear):
         self.shared_parameters = nn.ModuleDict()
         self.adapters = nn.ModuleDict()
         self.plug: Callable[[Tensor, Tensor], Tensor] | None = None
+        self.splits_rows = False
 
     def forward(self, x: Tensor) -> Tensor:
         y = F.linear(x, self.weight, self.bias)

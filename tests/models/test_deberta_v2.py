@@ -6,6 +6,7 @@ import pytest
 import torch
 import transformers as tf
 
+from peftcore.composition import Parallel
 from peftcore.models.convert.keymap import ConversionError
 from peftcore.models.deberta_v2 import DebertaV2Model
 from peftcore.sites import SITE_NAMES, find_sites
@@ -116,6 +117,30 @@ def test_share_att_key_runs_the_position_projections_through_the_q_and_k_sites()
     run(model, ids, mask)
     tokens = (1, sum(LENGTHS), SMALL["hidden_size"])  # the real tokens, packed
     assert calls == [tokens, (1, 2 * 8, SMALL["hidden_size"])]  # tokens, then 2 × 8 buckets
+
+
+def test_adapters_that_differ_by_row_project_the_shared_key_positions_per_row():
+    """Under share_att_key the relative embeddings, one set for the batch, go through q and k; where a mixed batch
+    or Parallel runs other adapters there on other rows, each row's positions take its own adapter."""
+    model = DebertaV2Model(DEBERTA_V2.config("plain", **V3)).eval()
+    model.add_adapter("a", "lora[attn_matrices=['q', 'k', 'v']]")
+    model.add_adapter("b", "lora[attn_matrices=['q', 'k']]")
+    with torch.no_grad():
+        for name in ("a", "b"):
+            for parameter in model.adapter_parameters(name):
+                parameter.normal_(0.0, 0.3)
+    ids, mask = padded_batch(SMALL["vocab_size"], 0, LENGTHS)
+    alone = {}
+    for name in ("a", None, "b"):
+        model.set_active_adapters(name)
+        alone[name] = run(model, ids, mask).last_hidden_state
+    mixed = run(model, ids, mask, adapter_names=["a", None, "b"]).last_hidden_state
+    for row, name in enumerate(["a", None, "b"]):
+        assert_parity(mixed[row:row + 1], alone[name][row:row + 1], mask=mask[row:row + 1])
+    model.set_active_adapters(Parallel("a", "b"))
+    copies = run(model, ids, mask).last_hidden_state
+    assert_parity(copies[:3], alone["a"], mask=mask)
+    assert_parity(copies[3:], alone["b"], mask=mask)
 
 
 def test_a_deberta_v1_checkpoint_is_refused_naming_its_model_type(hf_checkpoint):
