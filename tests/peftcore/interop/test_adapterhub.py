@@ -67,7 +67,8 @@ SUBSET = ["seq_bn", "double_seq_bn", "scaled_par_bn", "seq_bn[ln_before=True, us
           "prefix_tuning[prefix_length=4, bottleneck_size=16]", "mam",
           "unipelt",
           "dora[attn_matrices=['q', 'k', 'v'], intermediate_lora=True, alpha=16]",
-          "dvora[init_weights_seed=3]",  # AdapterHub saves no VeRA projections: seeded, they are drawn again
+          "vera[init_weights_seed=3]", "dvora[init_weights_seed=3]",  # AdapterHub saves no VeRA projections:
+          # seeded, they are drawn again
           "mtl_lora[attn_matrices=['q', 'k', 'v'], n_up_projection=2]"]  # one task's adapter: no MultiTask needed
 # with SUBSET, each method family at least once: what the registry's newer text models run
 # (Compacter's bottleneck 64 // 8 takes phm_dim 4; AdapterHub drops a shared phm rule when it saves from a bare model,
@@ -87,7 +88,8 @@ CASES = [pytest.param(arch, config, id=f"{arch}-{config}") for arch in ADAPTERHU
 # AdapterPlus has no config name; its 96 would leave no unit at these widths, and AdapterHub's stochastic depth needs
 # torchvision (ours does not; test_bottleneck.py tests it)
 ADAPTER_PLUS = adapters.AdapterPlusConfig(reduction_factor=8, stochastic_depth=0.0)
-CASES += [pytest.param(arch, ADAPTER_PLUS, id=f"{arch}-AdapterPlusConfig") for arch in ("bert", "roberta", "vit")]
+CASES += [pytest.param(arch, ADAPTER_PLUS, id=f"{arch}-AdapterPlusConfig")
+          for arch in ("bert", "roberta", "deberta-v2", "vit")]
 
 # flexible heads: (AdapterHub's add_*_head, its kwargs, the adapter trained with it)
 HEADS = {
