@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftcore.composition import Average, BatchSplit, Block, Fuse, MultiTask, Parallel, Split, Stack, spans, walk
+from peftcore.composition import Average, BatchSplit, Block, Fuse, Parallel, Split, Stack, spans, walk
 from peftcore.sites import EmbeddingSite, OutputSite, PrefixSite, PromptSite, ResidualSite, SiteLinear
 
 Modules = dict[str, nn.Module]  # the adapters attached at one site (merged ones left out), by name
@@ -230,7 +230,7 @@ def prefix(block: str | Block, modules: Modules, site: str) -> Callable | None:
         return None
     if isinstance(block, Stack):  # each prefix is prepended in turn: [P_last, ..., P_first, K]
         return present[0] if len(present) == 1 else partial(prefix_stack, present)
-    if isinstance(block, BatchSplit | Parallel | MultiTask):
+    if isinstance(block, BatchSplit | Parallel):
         return partial(prefix_slicewise, block, compiled)
     raise unsupported(block, site, "prefix-tuning", ": every position attends to the same prefix keys")
 
@@ -279,7 +279,7 @@ def output(block: str | Block, modules: Modules, site: str) -> Callable | None:
         return None
     if isinstance(block, Stack):  # each intervention on the previous one's output
         return present[0] if len(present) == 1 else partial(output_stack, present)
-    if isinstance(block, BatchSplit | Parallel | MultiTask):
+    if isinstance(block, BatchSplit | Parallel):
         return partial(output_slicewise, block, compiled)
     raise unsupported(block, site, "ReFT", ": an intervention edits chosen positions of whole rows")
 
@@ -310,7 +310,7 @@ def embedding(block: str | Block, modules: Modules, site: str) -> tuple[Callable
             return present[0]
         forwards, inverses = zip(*present, strict=True)
         return partial(chain, forwards), partial(chain, inverses[::-1])
-    if isinstance(block, BatchSplit | Parallel | Split | MultiTask):
+    if isinstance(block, BatchSplit | Parallel | Split):
         return (partial(slicewise, block, [None if pair is None else pair[0] for pair in compiled]),
                 partial(slicewise, block, [None if pair is None else pair[1] for pair in compiled]))
     raise unsupported(block, site, "invertible", ": an averaged or fused transform has no inverse for the LM head")
@@ -334,7 +334,7 @@ def prompt(block: str | Block, modules: Modules, site: str) -> Callable | None:
             raise unsupported(block, site, "prompt-tuning", ": a sequence takes one prompt; stack one prompt-tuning "
                               "adapter with adapters of other methods")
         return present[0]
-    if isinstance(block, BatchSplit | Parallel | MultiTask):
+    if isinstance(block, BatchSplit | Parallel):
         return partial(prompt_slicewise, block, compiled)
     raise unsupported(block, site, "prompt-tuning", ": a prompt is inserted into the whole sequence of a row")
 
@@ -378,7 +378,7 @@ def site_plugs(module: nn.Module, setup: Block | None, skip: set[str], path: str
     if isinstance(module, SiteLinear):
         plugs["plug"] = linear(setup, modules, path)
         plugs["splits_rows"] = plugs["plug"] is not None and any(
-            isinstance(block, BatchSplit | Parallel | MultiTask) for block in walk(setup))
+            isinstance(block, BatchSplit | Parallel) for block in walk(setup))
     elif isinstance(module, ResidualSite):
         plugs["plug"] = residual(setup, modules, module.fusions, path)
     elif isinstance(module, PrefixSite):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from peftcore import placement
-from peftcore.composition import BASE, BatchSplit, Block, MultiTask, Parallel, Split, Stack, walk
+from peftcore.composition import BASE, BatchSplit, Block, Parallel, Split, Stack, walk, with_task_sizes
 from peftcore.host import AdapterHost
 from peftcore.plugs import site_plugs
 
@@ -64,11 +64,19 @@ def compile_plan(host: AdapterHost, setup: Block | None, branch_heads: Block | N
         if composed and skip_layers:
             raise ValueError(f"adapters {composed} are merged into the weights of every layer, so no layer can skip "
                              "them; reset_adapter() before skip_layers.")
+    runs = as_batch_splits(setup)
     plugs = tuple((site.module, attribute, plug) for site in host.sites_found
-                  for attribute, plug in site_plugs(site.module, None if site.layer in skip_layers else setup, merged,
+                  for attribute, plug in site_plugs(site.module, None if site.layer in skip_layers else runs, merged,
                                                     site.path).items())
-    return Plan(setup, plugs, branch_heads, is_token_wise(host, setup) if token_wise is None else token_wise,
+    return Plan(setup, plugs, branch_heads, is_token_wise(host, runs) if token_wise is None else token_wise,
                 skip_layers=skip_layers)
+
+
+def as_batch_splits(setup: Block | None) -> Block | None:
+    """``setup`` as its sites run it: each MultiTask a BatchSplit over the rows of its tasks. The forward runs it on
+    each batch's task counts (forward.task_plan); the active plan holds one row per task, so that activating checks
+    what every site will run."""
+    return None if setup is None else with_task_sizes(setup, [1] * len(setup.flatten()))
 
 
 def is_token_wise(host: AdapterHost, setup: Block | None) -> bool:
@@ -76,7 +84,7 @@ def is_token_wise(host: AdapterHost, setup: Block | None) -> bool:
     token-wise (``Method.token_wise``) and no block splits by position or batch row."""
     if setup is None:
         return True
-    if any(isinstance(b, (Split, BatchSplit, Parallel, MultiTask)) for b in walk(setup)):
+    if any(isinstance(b, (Split, BatchSplit, Parallel)) for b in walk(setup)):
         return False
     return all(module.token_wise for name in setup.flatten() if name != BASE
                for *_, module in placement.iter_adapters(host, name))
