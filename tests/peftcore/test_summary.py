@@ -10,6 +10,8 @@ with 250,002 tokens) and electra-base-discriminator's (BERT's, its embeddings as
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
+from typing import Any
 
 import adapters
 import pytest
@@ -35,17 +37,25 @@ def adapter_name(config: str) -> str:
     return f"adapter_{CONFIGS.index(config)}"
 
 
+def base_size_models(arch: str, added: Iterable[tuple[str, Any, Any]]) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """AdapterHub's and our model of ``arch`` at its base shapes, on the meta device, with each adapter of ``added``
+    (name, AdapterHub's config or None for ours alone, our config)."""
+    entry = ARCHS[arch]
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.simplefilter("ignore")
+        theirs, ours = entry.hf[None](entry.hf_config("base")), entry.model(entry.config("base"))
+        adapters.init(theirs)
+        for name, their_config, our_config in added:
+            if their_config is not None:
+                theirs.add_adapter(name, config=their_config)
+            ours.add_adapter(name, our_config)
+    return theirs, ours
+
+
 @pytest.fixture(scope="module", params=BASE_SIZED)
 def base_size_pair(request):
     """AdapterHub's and our base-size model, built once per architecture, with every config of CONFIGS added."""
-    arch = ARCHS[request.param]
-    with warnings.catch_warnings(), torch.device("meta"):
-        warnings.simplefilter("ignore")
-        theirs, ours = arch.hf[None](arch.hf_config("base")), arch.model(arch.config("base"))
-        adapters.init(theirs)
-        for config in CONFIGS:
-            theirs.add_adapter(adapter_name(config), config=config)
-            ours.add_adapter(adapter_name(config), config)
+    theirs, ours = base_size_models(request.param, [(adapter_name(config), config, config) for config in CONFIGS])
     assert all(p.is_meta for p in ours.parameters())  # AdapterHub's PHM layers allocate real tensors regardless
     return theirs, ours
 
@@ -69,13 +79,9 @@ def test_adapter_parameter_count_equals_adapterhubs(summary_rows, config):
 
 
 def test_adapterplus_parameter_count_at_roberta_base_equals_adapterhubs():
-    arch = ARCHS["roberta"]
-    with warnings.catch_warnings(), torch.device("meta"):
-        warnings.simplefilter("ignore")
-        theirs, ours = arch.hf[None](arch.hf_config("base")), arch.model(arch.config("base"))
-        adapters.init(theirs)
-        theirs.add_adapter("a", config=adapters.AdapterPlusConfig(stochastic_depth=0.0))  # theirs needs torchvision
-        ours.add_adapter("a", AdapterPlusConfig())
+    # AdapterHub's stochastic depth needs torchvision; it changes no count
+    theirs, ours = base_size_models("roberta", [("a", adapters.AdapterPlusConfig(stochastic_depth=0.0),
+                                                 AdapterPlusConfig())])
     assert ours.adapter_summary(as_dict=True)[0] == theirs.adapter_summary(as_dict=True)[0]
 
 
@@ -101,15 +107,8 @@ def test_printed_summary_equals_adapterhubs_character_for_character(base_size_pa
 @pytest.fixture(scope="module")
 def vera_rows():
     """AdapterHub's and our summary rows at roberta-base shape for VeRA and DVoRA, ours also with vera_dense."""
-    arch = ARCHS["roberta"]
-    with warnings.catch_warnings(), torch.device("meta"):
-        warnings.simplefilter("ignore")
-        theirs, ours = arch.hf[None](arch.hf_config("base")), arch.model(arch.config("base"))
-        adapters.init(theirs)
-        for config in ("vera", "dvora"):
-            theirs.add_adapter(config, config=config)
-            ours.add_adapter(config, config)
-            ours.add_adapter(f"{config}_dense", f"{config}[vera_dense=True]")
+    theirs, ours = base_size_models("roberta", [entry for config in ("vera", "dvora") for entry in (
+        (config, config, config), (f"{config}_dense", None, f"{config}[vera_dense=True]"))])
     return tuple({row["name"]: row["#param"] for row in rows} for rows in (theirs.adapter_summary(as_dict=True),
                                                                           ours.adapter_summary(as_dict=True)))
 
