@@ -4,7 +4,8 @@ seeds, and DistributedDataParallel when ``torch.distributed`` is initialised (``
 FSDP2's ``fully_shard`` (for models that do not fit one device) is trained as it is, without DDP.
 
 Data are lists of examples (dicts of equal-length 1-D tensors) or any ``Sequence``; ``collate`` pads a batch.
-The loss is the active adapter head's ``loss(logits, labels, attention_mask)``.
+The loss is the active adapter head's ``loss(logits, labels, attention_mask)``, or a ``loss_fn`` given (contrastive
+embedding losses compare several forwards). Training a fusion adds AdapterHub's fusion regulariser to the loss.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule
 
 from peftcore import io
-from peftcore.interop import read_adapter
+from peftcore.composition import Fuse
+from peftcore.interop import ours, read_adapter
 
 Batch = dict[str, Tensor]
 RUN_ONLY = ("eval_every", "checkpoint_every", "checkpoint_dir")  # settings a resumed run may change
@@ -175,17 +177,23 @@ class Trainer:
     reported as such (``TrainResult.was_finished``) without training.
 
     ``model`` holds adapter ``adapter`` and, for the loss, a head of the same name; ``config`` holds the
-    hyper-parameters. ``train_data`` are examples (dicts of 1-D tensors, with ``"labels"``) indexed by position, which
-    ``collate_fn`` turns into batches (default: ``collate``, padding with 0). ``evaluate``, if given, is called as
-    ``evaluate(model) -> {metric: value}`` in eval mode without gradients after every epoch (or every
-    ``config.eval_every`` steps), and each result is shown as a line of the progress display, which ``progress``
-    turns on (on standard error, rank 0 only).
+    hyper-parameters. Where ``adapter`` names a fusion (``add_adapter_fusion(..., name=adapter)``), its fusion
+    layers and head train and the adapters it fuses stay frozen (``train_adapter_fusion``), and the fusion
+    regulariser (``fusion_regularization_loss``) is added to each step's loss. ``train_data`` are examples (dicts of
+    1-D tensors, with ``"labels"``) indexed by position, which ``collate_fn`` turns into batches (default:
+    ``collate``, padding with 0). ``evaluate``, if given, is called as ``evaluate(model) -> {metric: value}`` in
+    eval mode without gradients after every epoch (or every ``config.eval_every`` steps), and each result is shown
+    as a line of the progress display, which ``progress`` turns on (on standard error, rank 0 only).
+    ``loss_fn(model, batch) -> loss``, if given, replaces the head's loss (``peftcore.embeddings.EmbeddingLoss``);
+    it runs under the same autocast.
     """
 
     def __init__(self, model: nn.Module, adapter: str, config: TrainingConfig, train_data: Sequence[Batch],
                  evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-                 collate_fn: Callable[[Sequence[Batch]], Batch] = collate, progress: bool = True) -> None:
-        self.model, self.adapter, self.config = model, adapter, config
+                 collate_fn: Callable[[Sequence[Batch]], Batch] = collate, progress: bool = True,
+                 loss_fn: Callable[[nn.Module, Batch], Tensor] | None = None) -> None:
+        self.model, self.adapter, self.config, self.loss_fn = model, adapter, config, loss_fn
+        self.is_fusion = adapter in model.fusion_configs
         self.train_data, self.evaluate, self.collate_fn, self.progress = train_data, evaluate, collate_fn, progress
         self.rank, self.world = rank_and_world()
         if config.batch_size % (self.world * config.gradient_accumulation):
@@ -196,7 +204,12 @@ class Trainer:
             raise ValueError(f"{len(train_data)} training examples make no full batch of {config.batch_size}; "
                              f"lower the batch size to {len(train_data)} or less.")
         torch.manual_seed(config.seed)
-        model.train_adapter(adapter)
+        if self.is_fusion:
+            if adapter in model.heads:
+                model.active_head = adapter
+            model.train_adapter_fusion(self.setup())
+        else:
+            model.train_adapter(adapter)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in self.parameters if p.dim() > 1]
         no_decay = [p for p in self.parameters if p.dim() <= 1]
@@ -215,6 +228,10 @@ class Trainer:
             # the skipped layers' adapters without gradients
             self.network = nn.parallel.DistributedDataParallel(model, find_unused_parameters=config.adapter_drop)
 
+    def setup(self) -> str | Fuse:
+        """What trains: the adapter, or the fusion of the adapters it fuses."""
+        return Fuse(*self.model.fused_adapters[self.adapter], name=self.adapter) if self.is_fusion else self.adapter
+
     def batches(self, epoch: int) -> Iterator[list[Batch]]:
         """This process's share of each global batch of ``epoch``, as micro-batches; the order depends only on the
         seed and ``epoch``."""
@@ -231,15 +248,23 @@ class Trainer:
         if self.config.adapter_drop:
             layers = len(self.model.layers)
             skipped = random.Random(f"adapter_drop {self.config.seed} {self.step}").randrange(layers) if training else 0
-            self.model.set_active_adapters(self.adapter, skip_layers=range(skipped))
+            self.model.set_active_adapters(self.setup(), skip_layers=range(skipped))
 
     def loss(self, batch: Batch) -> Tensor:
-        """The adapter head's loss on ``batch``, whose ``"labels"`` it pops; the forward runs under bf16 autocast if
-        ``config.bf16``."""
-        labels = batch.pop("labels")
-        with torch.autocast(device_type=labels.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
-            logits = self.network(**batch).logits
-        return self.model.heads[self.adapter].loss(logits.float(), labels, batch.get("attention_mask"))
+        """The adapter head's loss on ``batch``, whose ``"labels"`` it pops (or ``loss_fn``'s), plus the fusion
+        regulariser when a fusion trains; the forward runs under bf16 autocast if ``config.bf16``."""
+        device = next(iter(batch.values())).device
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            if self.loss_fn is not None:
+                loss = self.loss_fn(self.network, batch).float()
+            else:
+                labels = batch.pop("labels")
+                logits = self.network(**batch).logits
+                loss = self.model.heads[self.adapter].loss(logits.float(), labels, batch.get("attention_mask"))
+        # AdapterHub back-propagates the regulariser after the optimizer step (adapters/trainer.py:261), so it acts a
+        # step late and unclipped; here it is part of the step's loss
+        regulariser = self.model.fusion_regularization_loss() if self.is_fusion else None
+        return loss if regulariser is None else loss + regulariser
 
     def fit(self) -> TrainResult:
         """Train to the last step (resuming from ``config.checkpoint_dir`` when it holds this run) and return what
@@ -318,7 +343,9 @@ class Trainer:
         head = self.model.heads[self.adapter].config if self.adapter in self.model.heads else None
         training = {key: value for key, value in asdict(self.config).items() if key not in RUN_ONLY}
         data = {"examples": len(self.train_data), "sha256": digest.hexdigest()}
-        adapter = self.model.adapter_configs[self.adapter].to_dict()
+        adapter = ({"fusion": self.model.fusion_configs[self.adapter].to_dict(),
+                    "fuses": list(self.model.fused_adapters[self.adapter])} if self.is_fusion
+                   else self.model.adapter_configs[self.adapter].to_dict())
         self.run_fingerprint = json.loads(json.dumps({"training": training, "adapter": adapter, "head": head,
                                                       "data": data}))
         return self.run_fingerprint
@@ -333,7 +360,11 @@ class Trainer:
         progress = {"step": self.step, "total_steps": self.total_steps, "fingerprint": self.fingerprint(),
                     "losses": result.losses, "evaluations": result.evaluations}
         with io.atomic_directory_write(self.config.checkpoint_dir) as scratch:
-            self.model.save_adapter(scratch / "adapter", self.adapter)
+            if self.is_fusion:
+                self.model.save_adapter_fusion(scratch / "adapter", self.adapter,
+                                               with_head=self.adapter in self.model.heads)
+            else:
+                self.model.save_adapter(scratch / "adapter", self.adapter)
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
                        scratch / STATE_FILE)
             io.write_json(scratch / PROGRESS_FILE, progress)
@@ -347,22 +378,26 @@ class Trainer:
             return TrainResult(steps=0, seconds=0.0)
         progress = io.read_json(directory / PROGRESS_FILE)
         self.check_same_run(directory, progress)
-        saved = read_adapter(self.model, directory / "adapter", with_head=True)
-        expected = self.model.adapter_state(self.adapter)
-        head = self.model.heads[self.adapter].state_dict() if saved.head_state else {}
-        problems = io.tensor_problems(saved.state, expected)
+        if self.is_fusion:
+            fusion = ours.read_fusion(directory / "adapter", with_head=True)
+            state, head_state = fusion.state, fusion.head.state if fusion.head else None
+            expected = self.model.fusion_state(self.adapter)
+        else:
+            saved = read_adapter(self.model, directory / "adapter", with_head=True)
+            state, head_state, expected = saved.state, saved.head_state, self.model.adapter_state(self.adapter)
+        head = self.model.heads[self.adapter].state_dict() if head_state else {}
+        problems = io.tensor_problems(state, expected)
         problems += [(f"head {title}", entries) for title, entries in
-                     io.tensor_problems(saved.head_state or {}, {k: t for k, t in head.items()
-                                                                 if k in (saved.head_state or {})})]
+                     io.tensor_problems(head_state or {}, {k: t for k, t in head.items() if k in (head_state or {})})]
         if any(entries for _, entries in problems):
             raise ValueError(io.problem_report(
                 f"the checkpoint in {directory} does not fit adapter {self.adapter!r}:", problems,
                 "Delete it, or choose another checkpoint_dir, to start afresh."))
         with torch.no_grad():
             for key, tensor in expected.items():
-                tensor.copy_(saved.state[key])
-            if saved.head_state:
-                self.model.heads[self.adapter].load_state_dict(saved.head_state, strict=False)  # tied decoder: kept
+                tensor.copy_(state[key])
+            if head_state:
+                self.model.heads[self.adapter].load_state_dict(head_state, strict=False)  # tied decoder: kept
         state = torch.load(directory / STATE_FILE, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
