@@ -26,8 +26,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule
 
-from peftcore import io
-from peftcore.composition import Fuse
+from peftcore import heads, io
+from peftcore.composition import Block, Fuse, parse_setup
 from peftcore.interop import ours, read_adapter
 
 Batch = dict[str, Tensor]
@@ -185,15 +185,24 @@ class Trainer:
     eval mode without gradients after every epoch (or every ``config.eval_every`` steps), and each result is shown
     as a line of the progress display, which ``progress`` turns on (on standard error, rank 0 only).
     ``loss_fn(model, batch) -> loss``, if given, replaces the head's loss (``peftcore.embeddings.EmbeddingLoss``);
-    it runs under the same autocast.
+    it runs under the same autocast. ``setup`` (a composition holding ``adapter``) is what runs while only ``adapter``
+    trains (MAD-X: ``Stack("lang", "task")``). Where ``adapter`` names a head without an adapter, that head trains
+    alone on the frozen model (a probe), without checkpoints.
     """
 
     def __init__(self, model: nn.Module, adapter: str, config: TrainingConfig, train_data: Sequence[Batch],
                  evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
                  collate_fn: Callable[[Sequence[Batch]], Batch] = collate, progress: bool = True,
-                 loss_fn: Callable[[nn.Module, Batch], Tensor] | None = None) -> None:
+                 loss_fn: Callable[[nn.Module, Batch], Tensor] | None = None, setup: Block | None = None) -> None:
         self.model, self.adapter, self.config, self.loss_fn = model, adapter, config, loss_fn
         self.is_fusion = adapter in model.fusion_configs
+        self.is_head = adapter not in model.adapter_configs and not self.is_fusion  # a head alone: a frozen model's
+        if self.is_head and config.checkpoint_dir:
+            raise ValueError(f"{adapter!r} is a head without an adapter; checkpoints hold adapters: train without "
+                             "checkpoint_dir.")
+        self.training_setup = parse_setup(setup) if setup is not None else None
+        if self.training_setup is not None and adapter not in self.training_setup.flatten():
+            raise ValueError(f"the setup {self.training_setup!r} does not run adapter {adapter!r}, which is to train.")
         self.train_data, self.evaluate, self.collate_fn, self.progress = train_data, evaluate, collate_fn, progress
         self.rank, self.world = rank_and_world()
         if config.batch_size % (self.world * config.gradient_accumulation):
@@ -208,8 +217,20 @@ class Trainer:
             if adapter in model.heads:
                 model.active_head = adapter
             model.train_adapter_fusion(self.setup())
+        elif self.is_head:
+            if adapter not in model.heads:
+                raise KeyError(f"no adapter, fusion or head named {adapter!r}; this model has adapters "
+                               f"{sorted(model.adapter_configs)}, fusions {sorted(model.fusion_configs)} and heads "
+                               f"{sorted(model.heads)}.")
+            model.set_active_adapters(None)
+            model.active_head = adapter
+            model.train()
+            model.freeze_model(True)
+            heads.train(model, adapter)
         else:
             model.train_adapter(adapter)
+            if self.training_setup is not None:  # e.g. MAD-X: Stack(language, task), only the task adapter trains
+                model.set_active_adapters(self.training_setup)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in self.parameters if p.dim() > 1]
         no_decay = [p for p in self.parameters if p.dim() <= 1]
@@ -228,9 +249,12 @@ class Trainer:
             # the skipped layers' adapters without gradients
             self.network = nn.parallel.DistributedDataParallel(model, find_unused_parameters=config.adapter_drop)
 
-    def setup(self) -> str | Fuse:
-        """What trains: the adapter, or the fusion of the adapters it fuses."""
-        return Fuse(*self.model.fused_adapters[self.adapter], name=self.adapter) if self.is_fusion else self.adapter
+    def setup(self) -> str | Block | None:
+        """What runs while training: the setup given, the adapter, the fusion of the adapters it fuses, or none (a
+        head alone)."""
+        if self.is_fusion:
+            return Fuse(*self.model.fused_adapters[self.adapter], name=self.adapter)
+        return None if self.is_head else self.training_setup or self.adapter
 
     def batches(self, epoch: int) -> Iterator[list[Batch]]:
         """This process's share of each global batch of ``epoch``, as micro-batches; the order depends only on the
@@ -345,7 +369,7 @@ class Trainer:
         data = {"examples": len(self.train_data), "sha256": digest.hexdigest()}
         adapter = ({"fusion": self.model.fusion_configs[self.adapter].to_dict(),
                     "fuses": list(self.model.fused_adapters[self.adapter])} if self.is_fusion
-                   else self.model.adapter_configs[self.adapter].to_dict())
+                   else None if self.is_head else self.model.adapter_configs[self.adapter].to_dict())
         self.run_fingerprint = json.loads(json.dumps({"training": training, "adapter": adapter, "head": head,
                                                       "data": data}))
         return self.run_fingerprint
