@@ -183,11 +183,11 @@ class Trainer:
     1-D tensors, with ``"labels"``) indexed by position, which ``collate_fn`` turns into batches (default:
     ``collate``, padding with 0). ``evaluate``, if given, is called as ``evaluate(model) -> {metric: value}`` in
     eval mode without gradients after every epoch (or every ``config.eval_every`` steps), and each result is shown
-    as a line of the progress display, which ``progress`` turns on (on standard error, rank 0 only).
-    ``loss_fn(model, batch) -> loss``, if given, replaces the head's loss (``peftcore.embeddings.EmbeddingLoss``);
-    it runs under the same autocast. ``setup`` (a composition holding ``adapter``) is what runs while only ``adapter``
-    trains (MAD-X: ``Stack("lang", "task")``). Where ``adapter`` names a head without an adapter, that head trains
-    alone on the frozen model (a probe), without checkpoints.
+    as a line of the progress display, which ``progress`` turns on (on standard error, rank 0 only). ``loss_fn``,
+    called as ``loss_fn(model, batch) -> loss`` if given, replaces the head's loss
+    (``peftcore.embeddings.EmbeddingLoss``); it runs under the same autocast. ``setup`` (a composition holding
+    ``adapter``) is what runs while only ``adapter`` trains (MAD-X: ``Stack("lang", "task")``). Where ``adapter``
+    names a head without an adapter, that head trains alone on the frozen model (a probe), without checkpoints.
     """
 
     def __init__(self, model: nn.Module, adapter: str, config: TrainingConfig, train_data: Sequence[Batch],
