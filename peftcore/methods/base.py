@@ -154,6 +154,28 @@ class Method(nn.Module):
         """Fill this (new) module from the same module of each averaged adapter; "linear" averages every tensor."""
         linear_average(self, sources, weights)
 
+    # ---- weighted merging into a new adapter (merge_adapters: PEFT's add_weighted_adapter) ----------------------
+
+    weighted_strategies: ClassVar[tuple[str, ...]] = ()  # methods/task_arithmetic.py names them; () for none
+
+    def weighted_refusal(self) -> str | None:
+        """Why this module cannot take part in ``merge_adapters`` though its class offers strategies, or None."""
+        return None
+
+    @classmethod
+    def weighted_config(cls, configs: Sequence[Any], weighting: Any, shape: ModelShape) -> Any:
+        """The config of the adapter ``merge_adapters`` builds from adapters of ``configs`` by ``weighting``
+        (task_arithmetic.Weighting); by default they must agree up to dropout and initialisation, and it is theirs."""
+        if any(config.essentials() != configs[0].essentials() for config in configs):
+            raise ValueError(f"{cls.title} adapters of different configs cannot be merged; merge adapters of one "
+                             "config (up to dropout and initialisation).")
+        return configs[0]
+
+    def weighted_from(self, sources: Sequence[Method], weights: Sequence[float], weighting: Any) -> None:
+        """Fill this (new) module from the same module of each merged adapter; by default every tensor is the
+        weighted sum of the sources' (PEFT's (IA)^3 ``linear``: Σ wᵢ·lᵢ, unnormalised)."""
+        linear_average(self, sources, weights)
+
     # ---- ejecting a reparameterisation ----------------------------------------------------------------------
 
     @classmethod
