@@ -14,8 +14,7 @@ from peftcore import fusion, merging, placement
 from peftcore.changes import mutation
 from peftcore.composition import Stack
 from peftcore.host import AdapterHost
-from peftcore.methods.base import Method
-from peftcore.methods.task_arithmetic import Weighting
+from peftcore.methods.base import Method, Weighting
 from peftcore.setup import compile_plan
 from peftcore.sharing import check_unshared
 from peftcore.sites import Site

@@ -150,7 +150,8 @@ def test_pruning_strategies_act_on_updates_exactly(pair, method, options, same_d
 
 def test_dare_keeps_density_of_entries_rescaled():
     """DARE on one update: about ``density`` of the entries kept, each divided by density (expectation kept)."""
-    from peftcore.methods.task_arithmetic import Weighting, combined
+    from peftcore.methods.base import Weighting
+    from peftcore.methods.task_arithmetic import combined
 
     delta = torch.randn(64, 64, generator=torch.Generator().manual_seed(1))
     weighting = Weighting("dare_linear", density=0.25, generator=torch.Generator().manual_seed(2))
