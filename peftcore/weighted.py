@@ -99,7 +99,8 @@ def unload(host: AdapterHost, placed: list[tuple[Site, Method]]) -> None:
     merging.merge(placed)
     for name in list(host.fusion_configs):
         fusion.remove(host, name)
-    for name in list(host.adapter_configs):
+    merged = placement.merged(host)
+    for name in sorted(host.adapter_configs, key=lambda name: name not in merged):  # the folded ones first
         placement.remove(host, name)
 
 
