@@ -148,6 +148,20 @@ def test_pruning_strategies_act_on_updates_exactly(pair, method, options, same_d
     assert ours.adapter_configs[name].r == HIDDEN
 
 
+def test_a_merged_adapter_saves_for_peft_with_its_outputs(pair, hf_checkpoint, tmp_path):
+    """The merged adapter is a plain LoRA (alpha = r): PEFT loads it with ours, the full-rank ``ties`` one too."""
+    ours, _, batch = pair
+    ours.merge_adapters("to_peft", ["a", "c"], [0.7, -0.4], method="ties", density=0.5)
+    ours.save_adapter(tmp_path / "merged", "to_peft", format="peft")
+    directory, _ = hf_checkpoint(tf.BertModel, tf.BertConfig(**SIZE))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peft.PeftModel.from_pretrained(tf.BertModel.from_pretrained(directory), tmp_path / "merged").eval()
+    with torch.no_grad():
+        expected = theirs(**batch).last_hidden_state
+    assert_parity(run_ours(ours, "to_peft", batch), expected, mask=batch["attention_mask"])
+
+
 def test_dare_keeps_density_of_entries_rescaled():
     """DARE on one update: about ``density`` of the entries kept, each divided by density (expectation kept)."""
     from peftcore.methods.base import Weighting
