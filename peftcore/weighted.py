@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from peftcore import fusion, merging, placement
 from peftcore.changes import mutation
 from peftcore.composition import Stack
+from peftcore.configs import check_seed
 from peftcore.host import AdapterHost
-from peftcore.methods.base import Method, Weighting
+from peftcore.methods.base import Method, Weighting, init_generator
 from peftcore.setup import compile_plan
 from peftcore.sharing import check_unshared
 from peftcore.sites import Site
@@ -110,16 +111,19 @@ class WeightedMixin:
     @mutation
     def merge_adapters(self, new_name: str, names: Sequence[str], weights: Sequence[float], method: str = "linear",
                        svd_rank: int | None = None, svd_clamp: float | None = None, svd_full_matrices: bool = True,
-                       density: float | None = None, majority_sign_method: str = "total", overwrite_ok: bool = False,
-                       set_active: bool = False) -> None:
+                       density: float | None = None, majority_sign_method: str = "total", seed: int | None = None,
+                       overwrite_ok: bool = False, set_active: bool = False) -> None:
         """A new adapter ``new_name`` from adapters ``names``, weighted by ``weights`` (negative ones subtract; not
         normalised), by one of HF PEFT's ``add_weighted_adapter`` strategies (``method``, its ``combination_type``):
         ``linear``/``cat`` (exact Σ wᵢ·ΔWᵢ), ``svd``, ``ties``, ``dare_linear``, ``dare_ties``, ``magnitude_prune`` and
         their ``*_svd`` forms; ``svd_rank`` (default: the largest r), ``svd_clamp``, ``svd_full_matrices``,
-        ``density`` and ``majority_sign_method`` as PEFT's. DARE draws from the global RNG (seed it with
-        ``torch.manual_seed``). LoRA offers every strategy, (IA)^3 ``linear``; methods/task_arithmetic.py says where
-        ours differs from PEFT's. ``overwrite_ok`` and ``set_active`` as in ``add_adapter``."""
-        weighting = Weighting(method, svd_rank, svd_clamp, svd_full_matrices, density, majority_sign_method)
+        ``density`` and ``majority_sign_method`` as PEFT's. DARE draws its masks from the global RNG, as PEFT, or
+        from a private generator seeded with ``seed``. LoRA offers every strategy, (IA)^3 ``linear``;
+        methods/task_arithmetic.py says where ours differs from PEFT's. ``overwrite_ok`` and ``set_active`` as in
+        ``add_adapter``."""
+        check_seed("merge_adapters", seed)
+        weighting = Weighting(method, svd_rank, svd_clamp, svd_full_matrices, density, majority_sign_method,
+                              init_generator(seed))
         merge_adapters(self, new_name, names, weights, weighting, overwrite_ok)
         self._replug_or_activate(new_name if set_active else None)
 
