@@ -224,7 +224,7 @@ class Method(nn.Module):
 
     # ---- weighted merging into a new adapter (merge_adapters: PEFT's add_weighted_adapter) ----------------------
 
-    weighted_strategies: ClassVar[tuple[str, ...]] = ()  # methods/task_arithmetic.py names them; () for none
+    weighted_strategies: ClassVar[tuple[str, ...]] = ()  # those of STRATEGIES it offers; () for none
 
     def weighted_refusal(self) -> str | None:
         """Why this module cannot take part in ``merge_adapters`` though its class offers strategies, or None."""
@@ -232,8 +232,8 @@ class Method(nn.Module):
 
     @classmethod
     def weighted_config(cls, configs: Sequence[Any], weighting: Weighting, shape: ModelShape) -> Any:
-        """The config of the adapter ``merge_adapters`` builds from adapters of ``configs`` by ``weighting``
-        ; by default they must agree up to dropout and initialisation, and it is theirs."""
+        """The config of the adapter ``merge_adapters`` builds from adapters of ``configs`` by ``weighting``; by
+        default they must agree up to dropout and initialisation, and it is theirs."""
         if any(config.essentials() != configs[0].essentials() for config in configs):
             raise ValueError(f"{cls.title} adapters of different configs cannot be merged; merge adapters of one "
                              "config (up to dropout and initialisation).")
