@@ -1,6 +1,6 @@
-"""The ``peftcore`` command: convert checkpoints, describe them, embed sentences, fine-tune and compare adapters, and
-predict with a trained one. One file per command (checkpoints.py holds convert, info and embed); this one holds the
-command line.
+"""The ``peftcore`` command: convert checkpoints, describe them, embed sentences, fine-tune and compare adapters,
+predict with a trained one, and merge one into a checkpoint. One file per command (checkpoints.py holds convert, info
+and embed); this one holds the command line.
 
 The only package of peftcore that sees the ``models`` package.
 """
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import peftcore
 from peftcore import training
-from peftcore.cli import checkpoints, compare, finetune, predict
+from peftcore.cli import checkpoints, compare, finetune, merge, predict
 from peftcore.cli.checkpoints import MINILM
 
 
@@ -70,6 +70,15 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("destination", help="directory to write (created if missing); tokenizer files are copied")
     command.add_argument("--to", choices=("hf", "peftcore"), help="target format; default: the other one")
     command.add_argument("--overwrite", action="store_true", help="write into a destination that is not empty")
+    command = add("merge", "fold an adapter into a checkpoint's weights: a plain HF checkpoint", merge.merge,
+                  "Load checkpoint BASE and the LoRA or (IA)^3 adapter in ADAPTER (peftcore's, AdapterHub's or HF "
+                  "PEFT's directory), fold the adapter into the weights and write OUT: an HF checkpoint (config.json, "
+                  "model.safetensors, BASE's tokenizer files) that transformers loads with the adapter's outputs. "
+                  "Adapter heads are not written; BASE's own head is.")
+    command.add_argument("base", metavar="BASE", help="checkpoint directory (HF layout or peftcore's)")
+    command.add_argument("adapter", metavar="ADAPTER", help="adapter directory")
+    command.add_argument("out", metavar="OUT", help="directory to write (created if missing)")
+    command.add_argument("--overwrite", action="store_true", help="write into an OUT that is not empty")
     command = add("info", "architecture, sizes and parameter count of a checkpoint", checkpoints.info)
     command.add_argument("directory", help="checkpoint directory")
     command = add("embed", "sentence embeddings (mean-pooled, normalised) and their cosine similarities",

@@ -44,6 +44,7 @@ class IA3(LinearMethod):
     composition_mode = "scale"
     peft_type = "IA3"
     peft_suffixes = (".ia3_l",)
+    weighted_strategies = ("linear",)  # PEFT's (IA)^3 add_weighted_adapter: Σ wᵢ·lᵢ
 
     def __init__(self, config: LoRAConfig, in_features: int, out_features: int) -> None:
         super().__init__(config, in_features)

@@ -32,6 +32,7 @@ from peftcore.configs import (
 )
 from peftcore.methods.base import Method, ModelShape, PeftFile, init_generator, linear_average, register_method
 from peftcore.methods.gating import Gate
+from peftcore.methods.task_arithmetic import WeightedLowRank
 from peftcore.sites import Site, SiteLinear
 
 
@@ -251,8 +252,9 @@ class LowRankUpdate(LinearMethod):
         return 1.0 if self.gate is not None else self.scaling
 
 
-class LoRA(LowRankUpdate):
+class LoRA(WeightedLowRank, LowRankUpdate):
     """ΔW = B A: A is (r, in) and B is (out, r); the "lora" init (Kaiming-uniform A, zero B) starts as the identity.
+    ``merge_adapters`` strategies: task_arithmetic.py.
     """
 
     peft_type = "LORA"
