@@ -308,6 +308,7 @@ class LoRA(LowRankUpdate):
 
     peft_type = "LORA"
     peft_suffixes = (".lora_A.weight", ".lora_B.weight")
+    loraplus_b = ("lora_B",)
 
     @classmethod
     def build(cls, config: LoRAConfig, site: Site, shape: ModelShape, shared: nn.Module | None) -> LoRA:
