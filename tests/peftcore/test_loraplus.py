@@ -36,9 +36,10 @@ def test_loraplus_steps_as_peft_does(hf_checkpoint, arch, tmp_path):
     optimizers = (create_loraplus_optimizer(theirs, torch.optim.AdamW, lr=1e-2, loraplus_lr_ratio=16,
                                             loraplus_weight_decay=0.1),
                   torch.optim.AdamW(loraplus_param_groups(ours, lr=1e-2, ratio=16, weight_decay=0.1)))
-    groups = [[(g["lr"], g["weight_decay"], len(g["params"])) for g in o.param_groups if g["params"]] for o in optimizers]
+    groups = [[(g["lr"], g["weight_decay"], len(g["params"])) for g in optimizer.param_groups if g["params"]]
+              for optimizer in optimizers]
     assert groups[0] == groups[1]
-    for model, optimizer in zip((theirs, ours), optimizers):
+    for model, optimizer in zip((theirs, ours), optimizers, strict=True):
         for _ in range(3):  # eval mode: no dropout, so both see the same function
             model.eval()(**batch).logits.pow(2).mean().backward()
             optimizer.step()

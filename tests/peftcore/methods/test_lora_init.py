@@ -26,8 +26,9 @@ def peft_initial_factors(hf_checkpoint, init: str) -> dict:
     model = type(cached).from_pretrained(directory)  # a copy: PEFT's PiSSA/OLoRA rewrite the base weights in place
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, lora_alpha=3, init_lora_weights=init,
-                                                             target_modules=["query", "value", "attention.output.dense"]))
+        config = peft.LoraConfig(r=2, lora_alpha=3, init_lora_weights=init,
+                                 target_modules=["query", "value", "attention.output.dense"])
+        wrapped = peft.get_peft_model(model, config)
     factors = {}
     for name, module in wrapped.named_modules():
         if hasattr(module, "lora_A") and "default" in module.lora_A:
@@ -62,7 +63,8 @@ def test_pissa_fast_svd_approximates_the_top_singular_subspace_from_its_own_seed
     weight += 1e-3 * torch.randn(48, 32, generator=generator)
     exact = initial_factors("pissa", weight, 4, 0.5, None)
     fast = initial_factors("pissa_niter_8", weight, 4, 0.5, 1)
-    assert all(torch.equal(a, b) for a, b in zip(fast, initial_factors("pissa_niter_8", weight, 4, 0.5, 1)))
+    again = initial_factors("pissa_niter_8", weight, 4, 0.5, 1)
+    assert all(torch.equal(a, b) for a, b in zip(fast, again, strict=True))
     state = torch.random.get_rng_state()
     initial_factors("pissa_niter_2", weight, 4, 0.5, 7)
     assert torch.equal(torch.random.get_rng_state(), state)  # a seed never touches the global RNG
