@@ -11,7 +11,7 @@ import peft
 import pytest
 import torch
 
-from peftcore import LoRAConfig
+from peftcore import IA3Config, LoRAConfig
 from peftcore.methods.lora_init import initial_factors
 from tests import archs
 from tests.archs import ARCHS
@@ -152,3 +152,20 @@ def test_adapterhub_export_of_what_adapterhub_lacks_is_refused(tmp_path):
     with pytest.raises(ValueError, match="AdapterHub's LoRA has no.*'o': the attention output"):
         model.save_adapter(tmp_path / "a", "a", format="adapterhub")
     assert not (tmp_path / "a").exists()
+
+
+def test_ia3_on_inputs_merges_into_the_weight_columns_exactly():
+    model = archs.tiny_model("bert")
+    base = {key: t.clone() for key, t in model.state_dict().items()}
+    model.add_adapter("a", IA3Config(attn_matrices=("k", "v", "o"), intermediate_lora=False, output_lora=True,
+                                     input_scaled=("attn.out", "ffn.output"), alpha=2), set_active=True)
+    assert model.layers[0].ffn.output.adapters["a"].lora_B.shape == (model.config.intermediate_size, 1)
+    batch = archs.inputs(model.config)
+    with torch.no_grad():
+        for parameter in model.adapter_parameters("a"):
+            parameter.add_(torch.randn_like(parameter) * 0.1)
+        adapted = model(**batch).last_hidden_state
+        model.merge_adapter("a")
+        assert_parity(model(**batch).last_hidden_state, adapted)
+        model.reset_adapter("a")
+    assert all(torch.equal(model.state_dict()[key], t) for key, t in base.items() if key in model.state_dict())
