@@ -362,7 +362,6 @@ class LoRA(LowRankUpdate):
             return self.lora_B @ self.lora_A - self.lora_B0 @ self.lora_A0
         return self.lora_B @ self.lora_A
 
-
     @classmethod
     def reads_peft(cls, raw: Mapping[str, Any]) -> bool:
         return super().reads_peft(raw) and not raw.get("use_dora")  # DoRA's files are DoRA's (dora.py)
@@ -394,12 +393,12 @@ class LoRA(LowRankUpdate):
     def average_from(self, sources: Sequence[LoRA], weights: Sequence[float], strategy: str) -> None:
         """linear: A and B by w; negate_b: A by |w|, B by w (Zhang et al., 2023); delta_w_svd: the weighted sum of
         the updates s·B·A, cut to this adapter's rank by SVD (its scaling folded into B). A gate averages by w."""
-        pairs = list(zip(weights, sources, strict=True))
-        if self.gate is not None:
-            linear_average(self.gate, [source.gate for source in sources], weights)
         if any(source.lora_A0 is not None for source in sources):
             raise ValueError("PiSSA/OLoRA adapters (ΔW = B A - B0 A0) cannot be averaged here; save them for PEFT "
                              "(a plain LoRA of rank 2r), load that and average it.")
+        pairs = list(zip(weights, sources, strict=True))
+        if self.gate is not None:
+            linear_average(self.gate, [source.gate for source in sources], weights)
         with torch.no_grad():
             if strategy != "lora_delta_w_svd":
                 negate_b = strategy == "lora_linear_only_negate_b"
