@@ -11,10 +11,11 @@ import torch
 from peft.optimizers import create_loraplus_optimizer
 
 from peftcore.loraplus import loraplus_param_groups
-from peftcore.training import TrainingConfig
+from peftcore.training import Trainer, TrainingConfig
 from tests import archs
 from tests.archs import ARCHS
 from tests.parity import assert_parity
+from tests.peftcore.test_training import fresh_model, toy_data
 
 
 @pytest.mark.parametrize("arch", ["bert", "roberta"])
@@ -48,6 +49,12 @@ def test_loraplus_steps_as_peft_does(hf_checkpoint, arch, tmp_path):
         assert_parity(ours(**batch).logits, theirs(**batch).logits)
 
 
-def test_trainer_ratio_must_be_positive():
+def test_trainer_steps_b_at_the_ratio_and_refuses_a_bad_one():
+    model = fresh_model()
+    config = TrainingConfig(epochs=1, batch_size=16, learning_rate=1e-3, warmup_ratio=0.0, loraplus_lr_ratio=16)
+    trainer = Trainer(model, "a", config, toy_data(), progress=False)
+    b = {id(p) for name, p in model.named_parameters() if name.endswith("lora_B")}
+    rates = {group["lr"] for group in trainer.optimizer.param_groups for p in group["params"] if id(p) in b}
+    assert b and rates == {1e-3 * 16}
     with pytest.raises(ValueError, match="loraplus_lr_ratio must be positive"):
         TrainingConfig(loraplus_lr_ratio=0)
