@@ -38,6 +38,8 @@ def add_training_arguments(command: argparse.ArgumentParser, out: str) -> None:
     command.add_argument("--epochs", type=int, default=4, help="passes over the training split")
     command.add_argument("--batch-size", type=int, default=32, help="examples per optimizer step")
     command.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, linear warm-up and decay)")
+    command.add_argument("--loraplus-lr-ratio", type=float, metavar="RATIO", help="LoRA+: train each LoRA's B at "
+                         "RATIO times the learning rate (PEFT's parameter groups; e.g. 16); default: one rate")
     command.add_argument("--max-length", type=int, metavar="N", help="tokens kept per text; longer texts are cut and "
                          "counted; default: as many as the longest text has, up to the model's limit")
     command.add_argument("--seed", type=int, default=0, help="seed of the data split, the data order and the "

@@ -156,6 +156,7 @@ class Method(nn.Module):
     shared_key: ClassVar[str | None] = None
     shareable: ClassVar[tuple[str, ...]] = ()  # parameters share_parameters ties across adapters (MultiTaskConfig)
     trains_shared: ClassVar[bool] = True  # False: the shared module stays fixed (VeRA's random A, B) in train_adapter
+    loraplus_b: ClassVar[tuple[str, ...]] = ()  # parameters LoRA+ trains at its higher rate (peftcore/loraplus.py)
     title: ClassVar[str]  # the method's name in messages; the class name unless set
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

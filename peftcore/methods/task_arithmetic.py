@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from peftcore.methods.base import STRATEGIES, Weighting
+from peftcore.methods.lora_init import is_base_changing
 
 
 def concatenated(updates: Sequence[tuple[Tensor, Tensor]], weights: Sequence[float]) -> tuple[Tensor, Tensor]:
@@ -99,9 +100,18 @@ def merged_update(updates: Sequence[tuple[Tensor, Tensor]], weights: Sequence[fl
     return factorised(merged, rank if weighting.is_svd else min(merged.shape), weighting)
 
 
+FOLDED = ("r", "alpha", "rank_pattern", "alpha_pattern", "use_rslora", "init_weights", "init_weights_seed")
+
+
+def update_rank(config: Any) -> int:
+    """The largest rank of ``config``'s update at any site: B0 A0 doubles a PiSSA/OLoRA update's."""
+    rank = max(config.r, *config.rank_pattern.values())
+    return 2 * rank if is_base_changing(config.init_weights) else rank
+
+
 class WeightedLowRank:
     """``merge_adapters`` for LoRA (mixed into ``LoRA`` before its base): every strategy, on modules with
-    ``lora_A`` (R, in), ``lora_B`` (out, R), ``update_scale`` and ``scaling``. The new adapter's alpha is its r, and
+    ``factors()`` (B (out, R), A (R, in)), ``update_scale`` and ``scaling``. The new adapter's alpha is its r, and
     each source's scaling is folded into the merged B, so the sources may differ in r and alpha."""
 
     weighted_strategies = STRATEGIES
@@ -116,13 +126,12 @@ class WeightedLowRank:
         """r: Σ rᵢ (``linear``, ``cat``), ``svd_rank`` or the largest rᵢ (SVD strategies), the hidden size, which is
         min(out, in) at every linear site (the pruning strategies, exact); the sources must sit at the same sites
         with the same options but r and alpha."""
-        fixed = [{key: value for key, value in config.essentials().items() if key not in ("r", "alpha")}
-                 for config in configs]
+        fixed = [{key: value for key, value in config.essentials().items() if key not in FOLDED} for config in configs]
         if any(options != fixed[0] for options in fixed):
             differing = sorted(key for key in fixed[0] if any(options.get(key) != fixed[0][key] for options in fixed))
-            raise ValueError(f"LoRA adapters merge when they sit at the same sites with the same options (r and alpha "
-                             f"may differ); these differ in {differing}.")
-        ranks = [config.r for config in configs]
+            raise ValueError(f"LoRA adapters merge when they sit at the same sites with the same options (r, alpha, "
+                             f"their patterns, rsLoRA and the init may differ); these differ in {differing}.")
+        ranks = [update_rank(config) for config in configs]
         if weighting.concatenates:
             rank = sum(ranks)
         else:
@@ -130,11 +139,13 @@ class WeightedLowRank:
             if rank > shape.hidden_size:
                 raise ValueError(f"svd_rank={rank} exceeds the rank a weight update of this model can have "
                                  f"({shape.hidden_size}, its hidden size); choose a smaller svd_rank.")
-        return configs[0].replace(r=rank, alpha=rank)
+        return configs[0].replace(r=rank, alpha=rank, rank_pattern={}, alpha_pattern={}, use_rslora=False,
+                                  init_weights="lora")
 
     def weighted_from(self, sources: Sequence[Any], weights: Sequence[float], weighting: Weighting) -> None:
         dtype = torch.promote_types(self.lora_A.dtype, torch.float32)  # PEFT merges half weights in float32 too
-        updates = [(source.update_scale * source.lora_B.to(dtype), source.lora_A.to(dtype)) for source in sources]
+        updates = [(source.update_scale * B.to(dtype), A.to(dtype))
+                   for source, (B, A) in zip(sources, (source.factors() for source in sources), strict=True)]
         with torch.no_grad():
             B, A = merged_update(updates, weights, weighting, self.lora_A.shape[0])
             rank = A.shape[0]  # at most this adapter's r; the rest stays zero
