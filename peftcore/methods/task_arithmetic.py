@@ -105,7 +105,7 @@ FOLDED = ("r", "alpha", "rank_pattern", "alpha_pattern", "use_rslora", "init_wei
 
 def update_rank(config: Any) -> int:
     """The largest rank of ``config``'s update at any site: B0 A0 doubles a PiSSA/OLoRA update's."""
-    rank = max(config.r, *config.rank_pattern.values())
+    rank = max([config.r, *config.rank_pattern.values()])
     return 2 * rank if is_base_changing(config.init_weights) else rank
 
 
