@@ -31,6 +31,8 @@ from peftcore.methods.invertible import (
     PfeifferInvConfig,
     SeqBnInvConfig,
 )
+from peftcore.methods.loha import LoHa, LoHaConfig
+from peftcore.methods.lokr import LoKr, LoKrConfig
 from peftcore.methods.lora import LoRA, LoRAConfig
 from peftcore.methods.mtl_lora import MTLLoRA, MTLLoRAConfig
 from peftcore.methods.phm import PHMLinear, PHMShared
@@ -59,6 +61,10 @@ __all__ = [
     "HoulsbyConfig",
     "HoulsbyInvConfig",
     "IA3Config",
+    "LoHa",
+    "LoHaConfig",
+    "LoKr",
+    "LoKrConfig",
     "LoRA",
     "LoRAConfig",
     "LoReftConfig",
