@@ -4,6 +4,7 @@ from peftcore.composition import Average, BatchSplit, Fuse, MultiTask, Parallel,
 from peftcore.configs import ADAPTER_CONFIG_MAP, DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, ConfigUnion
 from peftcore.fusion import AdapterFusionConfig
 from peftcore.methods import (
+    AdaLoraConfig,
     AdapterConfig,
     AdapterPlusConfig,
     BnConfig,
@@ -45,6 +46,7 @@ __all__ = [
     "ADAPTER_CONFIG_MAP",
     "DEFAULT_ADAPTER_CONFIG",
     "SITE_NAMES",
+    "AdaLoraConfig",
     "AdapterConfig",
     "AdapterConfigBase",
     "AdapterFusionConfig",

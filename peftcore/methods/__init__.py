@@ -5,6 +5,7 @@ method available; ``METHODS`` lists every registered module class, each declarin
 (``config_class``) and, through ``sites(config, layer)``, where a config places it.
 """
 
+from peftcore.methods.adalora import AdaLoRA, AdaLoraConfig
 from peftcore.methods.base import METHODS, Method, ModelShape, MultiTaskConfig, methods_for, register_method
 from peftcore.methods.bottleneck import (
     AdapterConfig,
@@ -44,6 +45,8 @@ from peftcore.methods.vera import Vera, VeraConfig
 __all__ = [
     "IA3",
     "METHODS",
+    "AdaLoRA",
+    "AdaLoraConfig",
     "AdapterConfig",
     "AdapterPlusConfig",
     "BnConfig",

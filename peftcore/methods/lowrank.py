@@ -108,17 +108,12 @@ class LycorisConfig(LinearSitesConfig):
                 if key not in ("rank_dropout", "module_dropout", "init_weights_seed")}
 
 
-class Lycoris(LinearMethod):
-    """y = W x + b + F.linear(x, s · ΔW) with s = alpha / r; a subclass gives ΔW, unscaled (``delta_weight``).
-
-    In training, ``module_dropout`` skips the update (PEFT draws ``torch.rand(1)`` per linear and step) and
-    ``rank_dropout`` multiplies ΔW's rows by a Bernoulli mask (PEFT's ``torch.rand(out) > p``), divided by its mean
-    when the method rescales (``rescales_rank_dropout``).
-    """
+class LinearSitesMethod(LinearMethod):
+    """A method of its own config class on LoRA's linear sites, with LoRA's exact merge/reset (lora.py), no gate and
+    no AdapterHub form."""
 
     composition_mode = "add"
     adapterhub_container = None
-    peft_names: ClassVar[tuple[str, ...]]  # every tensor a module may hold, under PEFT's names (ours too)
 
     @classmethod
     def serves(cls, config: Any) -> bool:
@@ -129,8 +124,23 @@ class Lycoris(LinearMethod):
         return linear_sites(config, layer)
 
     @classmethod
-    def build(cls, config: Any, site: Site, shape: ModelShape, shared: nn.Module | None) -> Lycoris:
+    def build(cls, config: Any, site: Site, shape: ModelShape, shared: nn.Module | None) -> LinearSitesMethod:
         return cls(config, site.module.in_features, site.module.out_features)
+
+    @classmethod
+    def to_adapterhub(cls, config: Any, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        raise ValueError(f"{cls.title} adapters have no AdapterHub equivalent; save with format='peftcore' or 'peft'.")
+
+
+class Lycoris(LinearSitesMethod):
+    """y = W x + b + F.linear(x, s · ΔW) with s = alpha / r; a subclass gives ΔW, unscaled (``delta_weight``).
+
+    In training, ``module_dropout`` skips the update (PEFT draws ``torch.rand(1)`` per linear and step) and
+    ``rank_dropout`` multiplies ΔW's rows by a Bernoulli mask (PEFT's ``torch.rand(out) > p``), divided by its mean
+    when the method rescales (``rescales_rank_dropout``).
+    """
+
+    peft_names: ClassVar[tuple[str, ...]]  # every tensor a module may hold, under PEFT's names (ours too)
 
     def __init__(self, config: LycorisConfig, in_features: int) -> None:
         super().__init__(config, in_features)
@@ -158,10 +168,6 @@ class Lycoris(LinearMethod):
 
     def fold(self, linear: SiteLinear) -> None:
         linear.weight += self.delta_weight() * self.scaling
-
-    @classmethod
-    def to_adapterhub(cls, config: Any, state: dict[str, Tensor]) -> dict[str, Tensor]:
-        raise ValueError(f"{cls.title} adapters have no AdapterHub equivalent; save with format='peftcore' or 'peft'.")
 
     # ---- HuggingFace PEFT's files --------------------------------------------------------------------------------
 
