@@ -135,7 +135,7 @@ class LinearSitesMethod(LinearMethod):
 class Lycoris(LinearSitesMethod):
     """y = W x + b + F.linear(x, s · ΔW) with s = alpha / r; a subclass gives ΔW, unscaled (``delta_weight``).
 
-    In training, ``module_dropout`` skips the update (PEFT draws ``torch.rand(1)`` per linear and step) and
+    In training, ``module_dropout`` skips the update (PEFT draws ``torch.rand(1)`` per linear and forward) and
     ``rank_dropout`` multiplies ΔW's rows by a Bernoulli mask (PEFT's ``torch.rand(out) > p``), divided by its mean
     when the method rescales (``rescales_rank_dropout``).
     """
@@ -156,7 +156,8 @@ class Lycoris(LinearSitesMethod):
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         config = self.config
-        if self.training and config.module_dropout and not torch.rand(1) > config.module_dropout:
+        # PEFT draws for module dropout in every training forward, even at p = 0: so do we, and random streams agree
+        if self.training and not torch.rand(1) > config.module_dropout:
             return y
         weight = self.delta_weight() * self.scaling  # (out, in)
         if self.training and config.rank_dropout:
