@@ -409,8 +409,8 @@ class Trainer:
 
 
 def training_callbacks(model: nn.Module, adapter: str, total_steps: int) -> list[TrainingCallback]:
-    """What the methods of adapter ``adapter`` ask of a run of ``total_steps`` steps (``Method.training_callback``:
-    AdaLoRA's rank allocator)."""
+    """What the methods of adapter ``adapter`` of ``model`` ask of a training run of ``total_steps`` optimizer steps
+    beside the optimizer step (``Method.training_callback``: AdaLoRA's regulariser and rank allocator)."""
     placed = placement.placed(model, adapter)
     callbacks = []
     for member in members(model.adapter_configs[adapter]):
