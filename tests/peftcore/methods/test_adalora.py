@@ -149,3 +149,36 @@ def test_saving_for_peft_needs_total_step_and_averaging_is_refused(tmp_path):
     model.add_adapter("b", "adalora[init_r=2, target_r=1]")
     with pytest.raises(ValueError, match="not averaged"):
         model.average_adapter("c", ["a", "b"])
+
+
+def test_a_resumed_run_allocates_as_an_uninterrupted_one(tmp_path):
+    """The allocator's smoothed scores travel in the Trainer's checkpoints, so an interrupted run resumes to the same
+    scores, ranks and weights."""
+    from tests.peftcore.test_training import adapter_weights, fresh_model, toy_data
+
+    adalora = "adalora[init_r=4, target_r=2, tinit=1]"  # 8 steps, masks from step 2 on
+    config = TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-2, checkpoint_every=1, eval_every=1,
+                            checkpoint_dir=str(tmp_path / "run"))
+    straight = fresh_model(adalora)
+    uninterrupted = Trainer(straight, "a", TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-2), toy_data(),
+                            progress=False)
+    uninterrupted.fit()
+
+    def crash_at_step_5(model):
+        if trainer.step == 5:
+            raise KeyboardInterrupt
+        return {}
+
+    trainer = Trainer(fresh_model(adalora), "a", config, toy_data(), evaluate=crash_at_step_5, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    resumed = fresh_model(adalora)
+    trainer = Trainer(resumed, "a", config, toy_data(), progress=False)
+    assert trainer.fit().steps == 8
+    expected = adapter_weights(straight)
+    for key, tensor in adapter_weights(resumed).items():
+        torch.testing.assert_close(tensor, expected[key], atol=1e-6, rtol=0)
+    (theirs,), (ours,) = uninterrupted.callbacks, trainer.callbacks
+    for then, now in zip(theirs.uncertainties, ours.uncertainties, strict=True):
+        for name, tensor in now.items():
+            torch.testing.assert_close(tensor, then[name], atol=1e-9, rtol=1e-5)
