@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from peftcore.configs import check_in, check_probability, check_type
+from peftcore.configs import check_in, check_positive_number, check_probability, check_type
 from peftcore.methods.adalora_allocator import RankAllocator
 from peftcore.methods.base import Method, PeftFile, TrainingCallback, init_generator, register_method
 from peftcore.methods.lora import LORA_DEFAULTS, check_peft_options, config_for_sites
@@ -59,7 +59,7 @@ class AdaLoraConfig(LinearSitesConfig):
         check_rank(name, "target_r", self.target_r)
         if self.target_r > self.init_r:
             raise ValueError(f"{name}.target_r={self.target_r} exceeds init_r={self.init_r}; the budget only falls.")
-        check_type(name, "alpha", self.alpha, (int, float), "a number")
+        check_positive_number(name, "alpha", self.alpha)  # PEFT scales by the rank instead at alpha <= 0
         check_probability(name, "dropout", self.dropout)
         for field in ("tinit", "tfinal"):
             check_type(name, field, getattr(self, field), int, "a non-negative int")

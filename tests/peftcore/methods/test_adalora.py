@@ -13,6 +13,7 @@ import torch
 import transformers as tf
 
 from peftcore import AdaLoraConfig
+from peftcore.methods.adalora import PEFT_NAMES
 from peftcore.training import Trainer, TrainingConfig
 from tests import archs
 from tests.archs import ARCHS
@@ -126,6 +127,12 @@ def test_peft_files_load_with_peft_outputs_both_ways_and_merge_exactly(hf_checkp
         assert_parity(ours(**batch).logits, before)
         ours.reset_adapter("a")
     assert all(torch.equal(t, weights[key]) for key, t in ours.state_dict().items())
+
+
+def test_defaults_are_pefts():
+    theirs = peft.AdaLoraConfig(total_step=1)
+    assert {field: getattr(AdaLoraConfig(), field) for field in PEFT_NAMES if field != "total_step"} == \
+        {field: getattr(theirs, peft_field) for field, peft_field in PEFT_NAMES.items() if field != "total_step"}
 
 
 @pytest.mark.parametrize("fields, message", [

@@ -77,6 +77,12 @@ def test_rank_and_module_dropout_draw_as_peft_in_training(hf_checkpoint, tmp_pat
     assert (outputs[0] - outputs[1]).abs().max() > 1e-3  # the draws matter
 
 
+def test_defaults_are_pefts():
+    fields = ("r", "alpha", "rank_dropout", "module_dropout", "init_weights", "use_effective_conv2d")
+    assert {field: getattr(LoHaConfig(), field) for field in fields} == \
+        {field: getattr(peft.LoHaConfig(), field) for field in fields}
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(use_effective_conv2d=True), "convolutions"),
     (dict(init_weights="lycoris"), "init_weights"),

@@ -45,6 +45,13 @@ def test_ranks_that_change_the_factors_between_modules_are_refused(hf_checkpoint
     assert not ours.adapter_configs
 
 
+def test_defaults_are_pefts():
+    fields = ("r", "alpha", "rank_dropout", "module_dropout", "init_weights", "use_effective_conv2d",
+              "decompose_both", "decompose_factor", "rank_dropout_scale")
+    assert {field: getattr(LoKrConfig(), field) for field in fields} == \
+        {field: getattr(peft.LoKrConfig(), field) for field in fields}
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(decompose_factor=0), "decompose_factor"),
     (dict(init_weights="gaussian"), "init_weights"),
