@@ -117,6 +117,8 @@ EVERY_CLASS = [
 def test_from_dict_on_the_configs_class_gives_an_equal_config_of_that_class(config):
     again = type(config).from_dict(json.loads(json.dumps(config.to_dict())))
     assert type(again) is type(config) and again == config
+    if config.architecture in PEFT_ONLY:
+        return  # HF PEFT's methods: AdapterHub has no such class
     theirs = getattr(adapters, type(config).__name__).from_dict(config.to_dict())  # AdapterHub reads it the same
     assert {**theirs.to_dict(), **LOST_BY_ADAPTERHUB.get(type(config).__name__, {})} == config.to_dict()
 
