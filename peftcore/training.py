@@ -14,21 +14,25 @@ import hashlib
 import json
 import os
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule
 
-from peftcore import heads, io
+from peftcore import heads, io, placement
 from peftcore.composition import Block, Fuse, parse_setup
+from peftcore.configs import members
 from peftcore.interop import ours, read_adapter
+from peftcore.loraplus import loraplus_param_groups
+from peftcore.methods import methods_for
+from peftcore.methods.base import TrainingCallback
+from peftcore.progress import ProgressLine
 
 Batch = dict[str, Tensor]
 RUN_ONLY = ("eval_every", "checkpoint_every", "checkpoint_dir")  # settings a resumed run may change
@@ -50,6 +54,8 @@ class TrainingConfig:
     model's random draws (dropout) and the data order. ``adapter_drop`` trains robust to AdapterDrop (Rücklé et al.,
     2021): each step skips the adapters of the first k layers, k drawn uniformly from 0 to the layer count - 1 (by
     ``seed`` and the step, so a resumed run draws the same); evaluation and the trained model run every layer.
+    ``loraplus_lr_ratio`` trains each LoRA's B at that multiple of the learning rate (LoRA+, PEFT's parameter groups:
+    peftcore/loraplus.py); None: one rate.
     """
 
     epochs: int = 3
@@ -65,6 +71,7 @@ class TrainingConfig:
     checkpoint_dir: str | None = None
     seed: int = 0
     adapter_drop: bool = False
+    loraplus_lr_ratio: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "gradient_accumulation"):
@@ -75,6 +82,9 @@ class TrainingConfig:
             raise ValueError(f"TrainingConfig.learning_rate must be positive, got {self.learning_rate!r}.")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"TrainingConfig.warmup_ratio must lie in [0, 1), got {self.warmup_ratio!r}.")
+        if self.loraplus_lr_ratio is not None and not self.loraplus_lr_ratio > 0:
+            raise ValueError(f"TrainingConfig.loraplus_lr_ratio must be positive or None, got "
+                             f"{self.loraplus_lr_ratio!r}.")
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ValueError("TrainingConfig.checkpoint_every needs checkpoint_dir.")
 
@@ -110,46 +120,6 @@ def collate(examples: Sequence[Batch], pad_values: Mapping[str, int] | None = No
         else:
             batch[key] = nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=pad_values.get(key, 0))
     return batch
-
-
-class ProgressLine:
-    """One self-overwriting line: step, loss, throughput, ETA (tqdm or rich are not needed); ``note`` writes a line
-    that stays (an evaluation) above it. Where the stream is not a terminal, a line every tenth of the run.
-
-    ``total`` is the step at which the run ends, ``first`` the step this run starts from (a resumed run's throughput
-    and ETA count only its own steps); the line goes to ``stream`` (standard error by default).
-    """
-
-    def __init__(self, total: int, stream: TextIO | None = None, first: int = 0) -> None:
-        self.total, self.first, self.start = total, first, time.perf_counter()
-        self.stream = stream or sys.stderr
-        self.interactive = self.stream.isatty()
-        self.line = ""  # the progress line on screen (interactive only)
-
-    def update(self, step: int, loss: float, examples: int) -> None:
-        """Show ``step`` (of ``total``) with its ``loss``; ``examples`` is how many this run has trained on."""
-        elapsed = time.perf_counter() - self.start
-        done = step - self.first
-        eta = elapsed / done * (self.total - step) if done else 0.0
-        line = (f"step {step}/{self.total}  loss {loss:.4f}  {examples / max(elapsed, 1e-9):.0f} examples/s  "
-                f"eta {eta:.0f}s")
-        if self.interactive:
-            self.line = line.ljust(78)
-            self.stream.write("\r" + self.line)
-        elif step == self.total or step % max(1, self.total // 10) == 0:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def note(self, text: str) -> None:
-        """Write ``text`` as a line that stays above the progress line (which a terminal shows again below it)."""
-        self.stream.write(("\r" + text.ljust(78) + "\n" + self.line) if self.interactive else text + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        """End a terminal's progress line, so that what is written next starts on a line of its own."""
-        if self.interactive and self.line:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def init_distributed_from_env() -> None:
@@ -234,13 +204,16 @@ class Trainer:
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in self.parameters if p.dim() > 1]
         no_decay = [p for p in self.parameters if p.dim() <= 1]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
+        groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if config.loraplus_lr_ratio is not None:
+            groups = loraplus_param_groups(model, config.learning_rate, config.loraplus_lr_ratio, config.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
         self.total_steps = self.steps_per_epoch * config.epochs
         warmup = int(self.total_steps * config.warmup_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: (step + 1) / (warmup + 1) if step < warmup
             else max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup)))
+        self.callbacks = [] if self.is_fusion or self.is_head else training_callbacks(model, adapter, self.total_steps)
         self.step = 0
         self.run_fingerprint: dict[str, Any] | None = None  # computed on first use: the data are hashed once
         self.network = model
@@ -276,7 +249,8 @@ class Trainer:
 
     def loss(self, batch: Batch) -> Tensor:
         """The adapter head's loss on ``batch``, whose ``"labels"`` it pops (or ``loss_fn``'s), plus the fusion
-        regulariser when a fusion trains; the forward runs under bf16 autocast if ``config.bf16``."""
+        regulariser when a fusion trains and the methods' (AdaLoRA's); the forward runs under bf16 autocast if
+        ``config.bf16``."""
         device = next(iter(batch.values())).device
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
             if self.loss_fn is not None:
@@ -288,7 +262,8 @@ class Trainer:
         # AdapterHub back-propagates the regulariser after the optimizer step (adapters/trainer.py:261), so it acts a
         # step late and unclipped; here it is part of the step's loss
         regulariser = self.model.fusion_regularization_loss() if self.is_fusion else None
-        return loss if regulariser is None else loss + regulariser
+        loss = loss if regulariser is None else loss + regulariser
+        return sum((callback.regularisation() for callback in self.callbacks), loss)
 
     def fit(self) -> TrainResult:
         """Train to the last step (resuming from ``config.checkpoint_dir`` when it holds this run) and return what
@@ -316,6 +291,8 @@ class Trainer:
                     nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
                 self.optimizer.step()
                 self.scheduler.step()
+                for callback in self.callbacks:
+                    callback.after_step(self.step)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 result.losses.append(total)
@@ -389,8 +366,8 @@ class Trainer:
                                                with_head=self.adapter in self.model.heads)
             else:
                 self.model.save_adapter(scratch / "adapter", self.adapter)
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                       scratch / STATE_FILE)
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "callbacks": [callback.state_dict() for callback in self.callbacks]}, scratch / STATE_FILE)
             io.write_json(scratch / PROGRESS_FILE, progress)
 
     def resume(self) -> TrainResult:
@@ -425,6 +402,8 @@ class Trainer:
         state = torch.load(directory / STATE_FILE, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        for callback, callback_state in zip(self.callbacks, state.get("callbacks", []), strict=False):
+            callback.load_state_dict(callback_state)
         self.step = int(progress["step"])
         return TrainResult(steps=self.step, seconds=0.0, losses=list(progress.get("losses", [])),
                            evaluations=list(progress.get("evaluations", [])), resumed_from=self.step)
@@ -456,6 +435,19 @@ class Trainer:
                              + "".join(f"  {line}\n" for line in differences)
                              + "Delete it, or choose another checkpoint_dir, to start afresh; or rerun with the "
                                "settings it was made with.")
+
+
+def training_callbacks(model: nn.Module, adapter: str, total_steps: int) -> list[TrainingCallback]:
+    """What the methods of adapter ``adapter`` of ``model`` ask of a training run of ``total_steps`` optimizer steps
+    beside the optimizer step (``Method.training_callback``: AdaLoRA's regulariser and rank allocator)."""
+    placed = placement.placed(model, adapter)
+    callbacks = []
+    for member in members(model.adapter_configs[adapter]):
+        for method in methods_for(member):
+            callback = method.training_callback(member, [m for _, m in placed if type(m) is method], total_steps)
+            if callback is not None:
+                callbacks.append(callback)
+    return callbacks
 
 
 def changed_fields(then: Any, now: Any, path: str = "") -> list[str]:
