@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from peftcore.models.dropout import Dropout
 from peftcore.sites import (
     ACTIVATIONS,
     PROBLEM_TYPES,
@@ -167,7 +168,7 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(config.max_position_embeddings, E)
         self.token_type = nn.Embedding(config.type_vocab_size, E)
         self.norm = nn.LayerNorm(E, eps=config.layer_norm_eps) if norm else nn.Identity()
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.site = EmbeddingSite(E)  # site embeddings
         self.proj = nn.Linear(E, C) if E != C else None
 
@@ -275,7 +276,7 @@ class EncoderLayer(nn.Module):
         self.attn = SelfAttention(C, config.num_attention_heads, config.attention_probs_dropout_prob,
                                   nn.LayerNorm(C, eps=eps))
         self.ffn = FeedForward(C, config.intermediate_size, config.hidden_act, nn.LayerNorm(C, eps=eps))
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.output = OutputSite()  # site output
 
     def forward(self, x: Tensor, padding: Padding, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -296,7 +297,7 @@ class PreNormLayer(nn.Module):
         self.attn = SelfAttention(C, config.num_attention_heads, config.attention_probs_dropout_prob, None, qkv_bias)
         self.ffn_norm = nn.LayerNorm(C, eps=eps)
         self.ffn = FeedForward(C, config.intermediate_size, config.hidden_act, None)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.output = OutputSite()  # site output
 
     def forward(self, x: Tensor, padding: Padding, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -329,7 +330,7 @@ class PooledClassificationHead(nn.Module):
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.dropout = Dropout(config.classifier_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, x: Tensor, pooled: Tensor | None) -> Tensor:
@@ -345,7 +346,7 @@ class FirstTokenClassificationHead(nn.Module):
 
     def __init__(self, config: EncoderConfig, activation: str = "tanh") -> None:
         super().__init__()
-        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.dropout = Dropout(config.classifier_dropout_prob)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.act = ACTIVATIONS[activation]
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
@@ -360,7 +361,7 @@ class TokenClassificationHead(nn.Module):
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.dropout = Dropout(config.classifier_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, x: Tensor, pooled: Tensor | None) -> Tensor:
