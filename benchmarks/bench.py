@@ -12,7 +12,9 @@ Workloads (--only): floor (matmul rate, FLOP floor), forward (every architecture
 method vs AdapterHub, with HF frozen / head-only / full and our frozen step as references), inference (LoRA and IA3,
 unmerged and merged, vs our plain forward), mixed (mixed-adapter batch vs a loop, once the model takes
 adapter_names), memory (peak RSS of a train step, one fresh process per contender), load (checkpoint conversion
-and adapter load), varlen (lengths uniform in 16..128, padded), compile (needs --compile).
+and adapter load), varlen (lengths uniform in 16..128, padded), compile (needs --compile); kernels.py's: dropout (bit
+mask against bernoulli_ in our frozen step), attention (each strategy over packed rows), unpad (unpadded against
+padded over length distributions), frozen_varlen (our frozen step against transformers' on variable lengths).
 On CUDA the run uses bf16 unless --dtype says otherwise, and memory is the allocator's peak.
 """
 
@@ -33,9 +35,10 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch
 
-from benchmarks import harness, workloads
+from benchmarks import harness, kernels, workloads
 
-WORKLOADS = ("floor", "forward", "train", "inference", "mixed", "memory", "load", "varlen", "compile")
+WORKLOADS = ("floor", "forward", "train", "inference", "mixed", "memory", "load", "varlen", "compile", "dropout",
+             "attention", "unpad", "frozen_varlen")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -116,6 +119,10 @@ def run_workloads(args: argparse.Namespace, b: workloads.Bench, chosen: list[str
         "load": lambda: workloads.loading(b),
         "varlen": lambda: workloads.varlen(b, methods, args.varlen_batches),
         "compile": lambda: workloads.compiled(b),
+        "dropout": lambda: kernels.dropout_step(b),
+        "attention": lambda: kernels.attention_strategies(b),
+        "unpad": lambda: kernels.unpadded_against_padded(b, args.varlen_batches),
+        "frozen_varlen": lambda: kernels.frozen_varlen(b, args.varlen_batches),
     }
     for workload in WORKLOADS:
         if workload in chosen:
