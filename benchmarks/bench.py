@@ -50,6 +50,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", choices=WORKLOADS, help="workloads to run (default: all but compile)")
     parser.add_argument("--methods", nargs="+", choices=workloads.METHODS, default=workloads.METHODS)
     parser.add_argument("--compile", action="store_true", help="also run the torch.compile workload")
+    parser.add_argument("--lengths", nargs="+", choices=workloads.LENGTHS, default=tuple(workloads.LENGTHS),
+                        help="length distributions of the unpad workload")
     parser.add_argument("--varlen-batches", type=int, default=4, help="batches per variable-length repetition")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, help="default: bf16 on CUDA, fp32 on CPU")
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else torch.bfloat16 if device.type == "cuda" else torch.float32
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="peftcore-bench-"))
-    b = workloads.Bench(args.shape, device, dtype, args.repeats, root, args.threads)
+    b = workloads.Bench(args.shape, device, dtype, args.repeats, root, args.threads, lengths=tuple(args.lengths))
     if args.memory_child:
         print(json.dumps(workloads.memory_child(b, args.memory_child, args.method)))
         return

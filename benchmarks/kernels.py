@@ -38,6 +38,21 @@ def real_token_floor(b: Bench, batches: list[dict], passes: int) -> float:
     return passes * flops / (b.floor["matmul_gflops"] * 1e9)
 
 
+def floor_contender(b: Bench, seconds_at_floor: float) -> Callable[[], None]:
+    """The matmuls of the floor's shape that make up ``seconds_at_floor`` at the measured rate: timed interleaved
+    with a workload, so that the ratio to the floor sees the same machine load as the workload."""
+    layers, tokens = b.spec["layers"], b.spec["batch"] * b.spec["length"]
+    a = torch.randn(tokens, layers["hidden_size"], device=b.device, dtype=b.dtype)
+    w = torch.randn(layers["hidden_size"], layers["intermediate_size"], device=b.device, dtype=b.dtype)
+    count = max(1, round(seconds_at_floor * b.floor["matmul_gflops"] * 1e9 / (2 * a.shape[0] * a.shape[1]
+                                                                               * w.shape[1])))
+
+    def run() -> None:
+        for _ in range(count):
+            a @ w
+    return run
+
+
 def with_torch_dropout(step: Callable[[], None]) -> Callable[[], None]:
     """``step`` with our models' dropout calling ``F.dropout`` (its CPU ``bernoulli_`` mask) instead of bits."""
     def run() -> None:
@@ -66,9 +81,10 @@ def dropout_step(b: Bench) -> None:
     """Our frozen-base train step with the bit-mask dropout against the same step with torch's dropout."""
     batch = [b.inputs("roberta")]
     step = train_step(b, build_trainee(b, "ours frozen", None), batch)
-    notes = {"floor_frozen_step_s": b.floor["frozen_step_s"]} if b.floor else {}
-    b.add("frozen step, dropout mask", b.measure({"bit mask": step, "torch bernoulli_": with_torch_dropout(step)}),
-          "torch bernoulli_", **notes)
+    contenders = {"bit mask": step, "torch bernoulli_": with_torch_dropout(step)}
+    if b.floor:
+        contenders["FLOP floor"] = floor_contender(b, b.floor["frozen_step_s"])
+    b.add("frozen step, dropout mask", b.measure(contenders), "torch bernoulli_", "FLOP floor" if b.floor else None)
 
 
 def attention_strategies(b: Bench, batch_sizes: tuple[int, ...] = (8, 32)) -> None:
@@ -97,6 +113,8 @@ def unpadded_against_padded(b: Bench, count: int) -> None:
     """Ours unpadded against ours padded (``unpad=False``) on batches of each length distribution: forward, and the
     LoRA train step; each row notes its real-token FLOP floor."""
     for name, (low, high) in LENGTHS.items():
+        if name not in b.lengths:
+            continue
         for rows in sorted({b.spec["batch"], 32}):
             batches = length_batches(b, low, high, count, rows)
             padded = ours(b).eval()
@@ -124,6 +142,8 @@ def frozen_varlen(b: Bench, count: int) -> None:
     batches = length_batches(b, low, high, count)
     models: dict[str, nn.Module] = {name: build_trainee(b, name, None)
                                     for name in ("ours frozen", "transformers frozen")}
-    notes = {"lengths": f"{low}..{high}", "floor_frozen_step_s": real_token_floor(b, batches, 2)} if b.floor else {}
-    b.add("varlen frozen step", b.measure({name: train_step(b, model, batches) for name, model in models.items()}),
-          "transformers frozen", **notes)
+    contenders = {name: train_step(b, model, batches) for name, model in models.items()}
+    if b.floor:
+        contenders["real-token FLOP floor"] = floor_contender(b, real_token_floor(b, batches, 2))
+    b.add("varlen frozen step", b.measure(contenders), "transformers frozen",
+          "real-token FLOP floor" if b.floor else None, lengths=f"{low}..{high}")

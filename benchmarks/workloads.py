@@ -43,7 +43,8 @@ LENGTHS = {"1..8": (1, 8), "3..8": (3, 8), "8..64": (8, 64), "16..128": (16, 128
 # attention: each example's length uniform in the range
 VOCAB = {"bert": 30522, "roberta": 50265, "deberta_v2": 128100, "deberta": 50265,  # the base checkpoints' sizes
          "xlm_roberta": 250002, "camembert": 32005, "electra": 30522, "distilbert": 30522, "albert": 30000}
-ELECTRA = {"small": dict(embedding_size=128), "base": dict(embedding_size=768)}  # electra-small's (< hidden), base's
+ELECTRA = {"small": dict(embedding_size=128), "base": dict(embedding_size=768),  # electra-small's (< hidden), base's
+           "minilm": dict(embedding_size=384)}
 ALBERT = dict(embedding_size=128)  # albert-base-v2's: one layer, shared by every pass; its gelu_new and no dropout
 DEBERTA_V3 = dict(relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=256, max_relative_positions=-1,
                   norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False, type_vocab_size=0,
@@ -64,6 +65,7 @@ class Bench:
     threads: int
     rows: list[dict] = field(default_factory=list)
     floor: dict = field(default_factory=dict)
+    lengths: tuple[str, ...] = tuple(LENGTHS)  # the length distributions of the unpad workload
     cleanliness: dict = field(default_factory=dict)
 
     @property
