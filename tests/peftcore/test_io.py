@@ -312,11 +312,11 @@ def test_a_pickle_carrying_code_is_refused_without_running_it(target, tmp_path):
 def test_an_unsupported_hf_peft_method_is_refused_clearly(target, tmp_path):
     directory = tmp_path / "peft"
     directory.mkdir()
-    (directory / "adapter_config.json").write_text(json.dumps({"peft_type": "LOHA", "r": 8}))
-    save_file({"base_model.model.encoder.layer.0.attention.self.query.hada_w1_a": torch.zeros(32, 8)},
+    (directory / "adapter_config.json").write_text(json.dumps({"peft_type": "OFT", "r": 8}))
+    save_file({"base_model.model.encoder.layer.0.attention.self.query.oft_R.weight": torch.zeros(32, 8)},
               directory / "adapter_model.safetensors")
     before = fingerprint(target)
-    with pytest.raises(ValueError, match="PEFT method 'LOHA' is not available in peftcore"):
+    with pytest.raises(ValueError, match="PEFT method 'OFT' is not available in peftcore"):
         target.load_adapter(directory)
     assert_unchanged(target, before)
 
