@@ -47,6 +47,7 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
             raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}.")
         self.config = config
         self.norm: nn.Module | None = None  # a final LayerNorm on the last hidden state: pre-LN models (ViT) set one
+        self.gradient_checkpointing = False  # recompute each layer in the backward pass (gradient_checkpointing_enable)
         self.init_adapters()
 
     def forward(self, *args: Any, output_adapter_gating_scores: bool = False,
@@ -137,8 +138,10 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
         h = padding.pack(x)  # (1, N, C) when unpadded
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for index, (layer, returned) in enumerate(self.layer_schedule()):
-            h, probs = layer(h, padding, output_attentions, **layer_context)
+            run = partial(self.run_checkpointed, layer) if checkpointing else layer
+            h, probs = run(h, padding, output_attentions, **layer_context)
             if index == 0:
                 h = self.first_layer_output(x, h, padding)
             if output_hidden_states and returned:
@@ -149,6 +152,30 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         out = self.finish(last if self.norm is None else self.norm(last), hidden_states, attentions)
         out.token_positions = token_positions
         return out
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Mapping[str, Any] | None = None) -> None:
+        """Keep only each layer's input in training forwards and recompute the layer in the backward pass: activation
+        memory of one layer instead of all, for about one more forward of time (transformers' method of that name).
+
+        The recomputation runs ``torch.utils.checkpoint`` without reentrance, with the RNG state of the forward (the
+        same dropout masks) and under the adapter setup that forward ran (``run_checkpointed``), so the gradients are
+        those without checkpointing. ``gradient_checkpointing_kwargs`` is transformers' argument: only
+        ``use_reentrant=False`` (or nothing) is accepted.
+        """
+        kwargs = dict(gradient_checkpointing_kwargs or {})
+        if kwargs.pop("use_reentrant", False) or kwargs:
+            raise ValueError(f"gradient_checkpointing_kwargs={gradient_checkpointing_kwargs!r}: peftcore checkpoints "
+                             "without reentrance always (use_reentrant=False); pass nothing.")
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Keep every layer's activations for the backward pass again (the default)."""
+        self.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether training forwards recompute each layer in the backward pass (transformers' name)."""
+        return self.gradient_checkpointing
 
     def layer_schedule(self) -> Iterable[tuple[nn.Module, bool]]:
         """The layers in the order they run, each with whether its output is one of the hidden states a forward

@@ -45,6 +45,8 @@ def add_training_arguments(command: argparse.ArgumentParser, out: str) -> None:
     command.add_argument("--bf16", action="store_true", help="run forward passes under bf16 autocast (default: fp32)")
     command.add_argument("--adapter-drop", action="store_true", help="train robust to AdapterDrop: each step skips the "
                          "adapters of a random number of first layers (default: every layer runs)")
+    command.add_argument("--gradient-checkpointing", action="store_true", help="recompute each layer in the backward "
+                         "pass: the same gradients in less memory, for about a third more time per step")
     command.add_argument("--out", metavar="DIR", default=out, help="where each adapter is saved, in DIR/NAME with "
                          "its head" + (" (and the tables and chart)" if out == "out/compare" else ""))
     command.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint into DIR/NAME after every epoch, "
