@@ -222,7 +222,8 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         if shape[1] > max_length:
             raise ValueError(f"sequence length {shape[1]} exceeds the {max_length} positions this model has "
                              f"(max_position_embeddings={self.config.max_position_embeddings}); truncate the input.")
-        if not torch.compiler.is_compiling():  # each check reads a value back from the device
+        if not (torch.compiler.is_compiling() or torch.jit.is_tracing()):  # each check reads a value back from the
+            # device; a trace (ONNX export) would record the values of its example
             config = self.config
             for name, tensor, size, hint in (
                     ("input_ids", input_ids, config.vocab_size, "was the text tokenized for another model?"),
