@@ -269,7 +269,7 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin, SharingMixin):
                            output_adapter_fusion_attentions, adapter_names, task_ids)
 
     def run_checkpointed(self, layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        """``layer(*args, **kwargs)``, recomputed in the backward pass under the setup of this forward (forward.py)."""
+        """Run ``layer`` on the arguments, recomputed in the backward pass under this forward's setup (forward.py)."""
         return forward.run_checkpointed(self, layer, args, kwargs)
 
     def unpadded(self) -> bool:

@@ -16,6 +16,8 @@ from tests.peftcore.test_io import randomize
 from tests.peftcore.test_model import inputs
 from tests.peftcore.test_numerics import METHODS, small
 
+MORE_METHODS = ["dora", "vera", "dvora", "mtl_lora", "loreft", "direft", "noreft", "prompt_tuning"]  # the presets
+# that the numerics tests leave out
 DROPOUT = dict(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
 
 
@@ -56,7 +58,7 @@ def assert_same_gradients(model: nn.Module, batch: dict[str, Tensor], **kwargs) 
         torch.testing.assert_close(got[name], grad, atol=1e-5, rtol=0, msg=lambda m, n=name: f"{n}: {m}")
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [*METHODS, *MORE_METHODS])
 def test_every_method_has_the_gradients_of_the_plain_backward_pass(method):
     model = training("bert", method)
     assert_same_gradients(model, inputs(model))
