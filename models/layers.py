@@ -84,7 +84,8 @@ def check_positive(owner: str, **fields: int) -> None:
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
     """'B T (H D) -> B H T D'"""
-    return x.view(*x.shape[:-1], num_heads, -1).transpose(1, 2)  # not unflatten: an ONNX trace keeps B and T dynamic
+    return x.view(*x.shape[:-1], num_heads, x.shape[-1] // num_heads).transpose(1, 2)  # not unflatten: an ONNX
+    # trace keeps B and T dynamic
 
 
 def merge_heads(x: Tensor) -> Tensor:
