@@ -83,9 +83,8 @@ def check_positive(owner: str, **fields: int) -> None:
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
-    """'B T (H D) -> B H T D'"""
-    return x.view(*x.shape[:-1], num_heads, x.shape[-1] // num_heads).transpose(1, 2)  # not unflatten: an ONNX
-    # trace keeps B and T dynamic
+    """'B T (H D) -> B H T D' (a view, not unflatten, whose sizes an ONNX trace would freeze)"""
+    return x.view(*x.shape[:-1], num_heads, x.shape[-1] // num_heads).transpose(1, 2)
 
 
 def merge_heads(x: Tensor) -> Tensor:
