@@ -23,7 +23,7 @@ import transformers as tf
 from torch import nn
 
 from benchmarks import harness
-from peftcore import models
+from peftcore import LoRAConfig, models
 
 METHODS = ("lora", "ia3", "seq_bn", "compacter", "prefix_tuning", "mam", "unipelt", "prompt_tuning", "mtl_lora",
            "vera", "dora", "dvora", "loreft")
@@ -36,10 +36,15 @@ SHAPES = {
                   vocab_size=1000, batch=8, length=64, image=dict(image_size=64, patch_size=8)),
     "base": dict(layers=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
                  vocab_size=None, batch=8, length=128, image=dict(image_size=224, patch_size=16)),  # roberta-base
+    "minilm": dict(layers=dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+                   vocab_size=None, batch=32, length=64, image=dict(image_size=224, patch_size=16)),  # MiniLM-L6
 }
+LENGTHS = {"1..8": (1, 8), "3..8": (3, 8), "8..64": (8, 64), "16..128": (16, 128), "1..128": (1, 128)}  # unpad,
+# attention: each example's length uniform in the range
 VOCAB = {"bert": 30522, "roberta": 50265, "deberta_v2": 128100, "deberta": 50265,  # the base checkpoints' sizes
          "xlm_roberta": 250002, "camembert": 32005, "electra": 30522, "distilbert": 30522, "albert": 30000}
-ELECTRA = {"small": dict(embedding_size=128), "base": dict(embedding_size=768)}  # electra-small's (< hidden), base's
+ELECTRA = {"small": dict(embedding_size=128), "base": dict(embedding_size=768),  # electra-small's (< hidden), base's
+           "minilm": dict(embedding_size=384)}
 ALBERT = dict(embedding_size=128)  # albert-base-v2's: one layer, shared by every pass; its gelu_new and no dropout
 DEBERTA_V3 = dict(relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=256, max_relative_positions=-1,
                   norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False, type_vocab_size=0,
@@ -60,6 +65,7 @@ class Bench:
     threads: int
     rows: list[dict] = field(default_factory=list)
     floor: dict = field(default_factory=dict)
+    lengths: tuple[str, ...] = tuple(LENGTHS)  # the length distributions of the unpad workload
     cleanliness: dict = field(default_factory=dict)
 
     @property
@@ -150,14 +156,16 @@ def require_input_grads(embeddings: nn.Module) -> None:
     embeddings.register_forward_hook(lambda module, args, out: out.requires_grad_(True))
 
 
-def build_trainee(b: Bench, contender: str, method: str | None) -> nn.Module:
+def build_trainee(b: Bench, contender: str, method: str | LoRAConfig | None) -> nn.Module:
     """A RoBERTa with a 2-label classification head, in train mode, with only what ``contender`` trains trainable.
 
     ours / adapterhub: adapter ``method`` and its head; ``* frozen``: the encoder frozen, the head trainable,
     gradients flowing back through the encoder to its input; ``transformers head-only``: the same without
     those gradients (backward stops at the head); ``transformers full``: everything trainable; peft: PEFT's LoRA
-    with AdapterHub's defaults (r=8, alpha=8 on query and value). A contender ending in `` checkpointed`` is that
-    contender with gradient checkpointing (non-reentrant, as ours always is).
+    with AdapterHub's defaults (r=8, alpha=8 on query and value); ``peft all-linear``: the same on every linear of
+    the layers (``target_modules="all-linear"``; the classifier is PEFT's modules_to_save).
+    A contender ending in `` checkpointed`` is that contender with gradient checkpointing (non-reentrant, as ours
+    always is).
     """
     checkpointed = contender.endswith(" checkpointed")
     contender = contender.removesuffix(" checkpointed")
@@ -181,13 +189,13 @@ def build_trainee(b: Bench, contender: str, method: str | None) -> nn.Module:
             model.freeze_model(True)
             model.heads["h"].requires_grad_(True)
             require_input_grads(model.embeddings)
-        elif contender == "peft":
+        elif contender.startswith("peft"):
             import peft
 
             model = peft.get_peft_model(
                 tf.AutoModelForSequenceClassification.from_pretrained(directory, num_labels=2),
                 peft.LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=8, lora_dropout=0.0,
-                                target_modules=["query", "value"]))
+                                target_modules="all-linear" if contender == "peft all-linear" else ["query", "value"]))
         else:
             model = tf.AutoModelForSequenceClassification.from_pretrained(directory, num_labels=2)
             if contender in ("transformers frozen", "transformers head-only"):
@@ -262,6 +270,79 @@ def train(b: Bench, methods: tuple[str, ...]) -> None:
         names = ("ours", "adapterhub", "ours frozen") + (("peft",) if method == "lora" else ())
         steps = {name: train_step(b, build_trainee(b, name, method), batch) for name in names}
         b.add(f"train step {method}", b.measure(steps), "adapterhub", "ours frozen")
+    if "lora" in methods:  # every linear of the layers: ours target="all-linear" against PEFT's "all-linear"
+        all_linear = LoRAConfig(target="all-linear")
+        steps = {"ours": train_step(b, build_trainee(b, "ours", all_linear), batch),
+                 "peft all-linear": train_step(b, build_trainee(b, "peft all-linear", None), batch),
+                 "ours frozen": train_step(b, build_trainee(b, "ours frozen", None), batch)}
+        b.add("train step lora all-linear", b.measure(steps), "peft all-linear", "ours frozen")
+
+
+# PEFT's methods that AdapterHub lacks, as peft configures them and as ours, on RoBERTa's query and value
+PEFT_ONLY = {
+    "loha": ("loha", lambda peft: peft.LoHaConfig(r=8, alpha=8, target_modules=["query", "value"],
+                                                  task_type="SEQ_CLS")),
+    "lokr": ("lokr", lambda peft: peft.LoKrConfig(r=8, alpha=8, target_modules=["query", "value"],
+                                                  task_type="SEQ_CLS")),
+    "adalora": ("adalora[init_r=12, target_r=8, total_step=1000000]",  # budgeting phase: ranks allocated every step
+                lambda peft: peft.AdaLoraConfig(init_r=12, target_r=8, total_step=1000000, task_type="SEQ_CLS",
+                                                target_modules=["query", "value"])),
+}
+
+
+def peft_only_step(b: Bench, contender: str, method: str, batches: list[dict]) -> Callable[[], None]:
+    """A train step as ``train_step``'s for a method of ``PEFT_ONLY``, with the method's work around the optimizer
+    step: ours with our Trainer's callbacks (AdaLoRA's regulariser and allocator), PEFT's with the regulariser it adds
+    to a loss from labels and its ``update_and_allocate``."""
+    ours_config, peft_config = PEFT_ONLY[method]
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if contender == "ours":
+            from peftcore.training import training_callbacks
+
+            model = models.from_pretrained(b.checkpoint("roberta"))
+            model.add_adapter("a", ours_config)
+            model.add_classification_head("a", num_labels=2)
+            model.train_adapter("a")
+            callbacks = training_callbacks(model, "a", 1000000)
+
+            def loss(batch: dict, target: torch.Tensor) -> torch.Tensor:
+                task = F.cross_entropy(model(**batch).logits.float(), target)
+                return sum((callback.regularisation() for callback in callbacks), task)
+
+            def after(step: int) -> None:
+                for callback in callbacks:
+                    callback.after_step(step)
+        else:
+            import peft
+
+            model = peft.get_peft_model(tf.AutoModelForSequenceClassification.from_pretrained(
+                b.checkpoint("roberta"), num_labels=2), peft_config(peft))
+
+            def loss(batch: dict, target: torch.Tensor) -> torch.Tensor:
+                return model(**batch, labels=target).loss
+
+            after = model.base_model.update_and_allocate if method == "adalora" else (lambda step: None)
+    model = b.place(model).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    labels, count = [b.labels(batch) for batch in batches], [0]
+
+    def step() -> None:
+        for batch, target in zip(batches, labels, strict=True):
+            loss(batch, target).float().backward()
+            optimizer.step()
+            after(count[0])
+            count[0] += 1
+            optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def peft_methods(b: Bench) -> None:
+    """Train steps of LoHa, LoKr and AdaLoRA (allocation and regulariser included), ours against PEFT's."""
+    batch = [b.inputs("roberta")]
+    for method in PEFT_ONLY:
+        steps = {name: peft_only_step(b, name, method, batch) for name in ("ours", "peft")}
+        b.add(f"train step {method}", b.measure(steps), "peft")
 
 
 def inference(b: Bench) -> None:

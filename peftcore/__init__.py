@@ -5,6 +5,7 @@ from peftcore.configs import ADAPTER_CONFIG_MAP, DEFAULT_ADAPTER_CONFIG, Adapter
 from peftcore.export import export_onnx
 from peftcore.fusion import AdapterFusionConfig
 from peftcore.methods import (
+    AdaLoraConfig,
     AdapterConfig,
     AdapterPlusConfig,
     BnConfig,
@@ -18,6 +19,8 @@ from peftcore.methods import (
     HoulsbyConfig,
     HoulsbyInvConfig,
     IA3Config,
+    LoHaConfig,
+    LoKrConfig,
     LoRAConfig,
     LoReftConfig,
     MAMConfig,
@@ -44,6 +47,7 @@ __all__ = [
     "ADAPTER_CONFIG_MAP",
     "DEFAULT_ADAPTER_CONFIG",
     "SITE_NAMES",
+    "AdaLoraConfig",
     "AdapterConfig",
     "AdapterConfigBase",
     "AdapterFusionConfig",
@@ -64,6 +68,8 @@ __all__ = [
     "HoulsbyConfig",
     "HoulsbyInvConfig",
     "IA3Config",
+    "LoHaConfig",
+    "LoKrConfig",
     "LoRAConfig",
     "LoReftConfig",
     "MAMConfig",

