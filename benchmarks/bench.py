@@ -11,7 +11,8 @@ that row) and the ratio of each contender to the row's reference and to a second
 Workloads (--only): floor (matmul rate, FLOP floor), forward (every architecture vs transformers), train (every
 method vs AdapterHub, with HF frozen / head-only / full and our frozen step as references), inference (LoRA and IA3,
 unmerged and merged, vs our plain forward), mixed (mixed-adapter batch vs a loop, once the model takes
-adapter_names), memory (peak RSS of a train step, one fresh process per contender), load (checkpoint conversion
+adapter_names), memory (peak RSS of a train step, one fresh process per contender), checkpointing (train step
+time and peak memory with and without gradient checkpointing), load (checkpoint conversion
 and adapter load), varlen (lengths uniform in 16..128, padded), compile (needs --compile); kernels.py's: dropout (bit
 mask against bernoulli_ in our frozen step), attention (each strategy over packed rows), unpad (unpadded against
 padded over length distributions), frozen_varlen (our frozen step against transformers' on variable lengths).
@@ -37,8 +38,8 @@ import torch
 
 from benchmarks import harness, kernels, workloads
 
-WORKLOADS = ("floor", "forward", "train", "peft_methods", "inference", "mixed", "memory", "load", "varlen", "compile",
-             "dropout", "attention", "unpad", "frozen_varlen")
+WORKLOADS = ("floor", "forward", "train", "peft_methods", "inference", "mixed", "memory", "checkpointing", "load",
+             "varlen", "compile", "dropout", "attention", "unpad", "frozen_varlen")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -119,6 +120,7 @@ def run_workloads(args: argparse.Namespace, b: workloads.Bench, chosen: list[str
         "inference": lambda: workloads.inference(b),
         "mixed": lambda: workloads.mixed(b),
         "memory": lambda: workloads.memory(b, methods, child),
+        "checkpointing": lambda: workloads.checkpointing(b, methods, child),
         "load": lambda: workloads.loading(b),
         "varlen": lambda: workloads.varlen(b, methods, args.varlen_batches),
         "compile": lambda: workloads.compiled(b),

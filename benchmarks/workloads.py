@@ -164,7 +164,11 @@ def build_trainee(b: Bench, contender: str, method: str | LoRAConfig | None) -> 
     those gradients (backward stops at the head); ``transformers full``: everything trainable; peft: PEFT's LoRA
     with AdapterHub's defaults (r=8, alpha=8 on query and value); ``peft all-linear``: the same on every linear of
     the layers (``target_modules="all-linear"``; the classifier is PEFT's modules_to_save).
+    A contender ending in `` checkpointed`` is that contender with gradient checkpointing (non-reentrant, as ours
+    always is).
     """
+    checkpointed = contender.endswith(" checkpointed")
+    contender = contender.removesuffix(" checkpointed")
     directory = b.checkpoint("roberta")
     with contextlib.redirect_stderr(io.StringIO()):
         if contender == "ours":
@@ -198,6 +202,8 @@ def build_trainee(b: Bench, contender: str, method: str | LoRAConfig | None) -> 
                 model.base_model.requires_grad_(False)
             if contender == "transformers frozen":
                 model.enable_input_require_grads()
+    if checkpointed:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return b.place(model).train()
 
 
@@ -403,6 +409,23 @@ def memory(b: Bench, methods: tuple[str, ...], child_arguments: list[str]) -> No
         results = {name: peak(name, method) for name in ("ours", "adapterhub")}
         b.add(f"peak train memory {method}", {name: [result["peak_mb"]] for name, result in results.items()},
               "adapterhub", unit="MB", built_mb={name: round(result["before_mb"]) for name, result in results.items()})
+
+
+def checkpointing(b: Bench, methods: tuple[str, ...], child_arguments: list[str]) -> None:
+    """Train step time and peak train memory with and without gradient checkpointing: ours with each method, and
+    transformers' full fine-tuning beside them; each memory figure from a fresh process, as in ``memory``."""
+    batch = [b.inputs("roberta")]
+    runs = [(method, "ours", method) for method in methods] + [("full FT", "transformers full", None)]
+    for label, contender, method in runs:
+        pair = (contender, f"{contender} checkpointed")
+        steps = {name: train_step(b, build_trainee(b, name, method), batch) for name in pair}
+        b.add(f"checkpointing step {label}", b.measure(steps), contender)
+        del steps
+        method_arguments = ["--method", method] if method else []
+        peaks = {name: harness.run_child([*child_arguments, "--memory-child", name, "--root", str(b.root),
+                                          *method_arguments]) for name in pair}
+        b.add(f"checkpointing memory {label}", {name: [peak["peak_mb"]] for name, peak in peaks.items()}, contender,
+              unit="MB", how=peaks[contender]["method"])
 
 
 def memory_child(b: Bench, contender: str, method: str | None) -> dict:

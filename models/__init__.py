@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from peftcore.io import resolve_directory
 from peftcore.models.albert import AlbertConfig, AlbertModel
 from peftcore.models.bert import BertConfig, BertModel
 from peftcore.models.camembert import CamembertConfig, CamembertModel
@@ -38,8 +39,8 @@ register_model(XLMRobertaModel, CamembertModel, ElectraModel)
 
 
 def model_class(path: str | os.PathLike) -> type[PretrainedEncoder]:
-    """The model class for a checkpoint directory, from its config.json's model_type."""
-    model_type = read_config(path)["model_type"]
+    """The model class for a checkpoint directory (or Hub repo id), from its config.json's model_type."""
+    model_type = read_config(resolve_directory(path, "checkpoint"))["model_type"]
     if model_type not in MODEL_CLASSES:
         raise ValueError(f"{os.fspath(path)!r} holds a {model_type!r} checkpoint; supported architectures: "
                          f"{sorted(MODEL_CLASSES)}.")
@@ -47,7 +48,8 @@ def model_class(path: str | os.PathLike) -> type[PretrainedEncoder]:
 
 
 def from_pretrained(path: str | os.PathLike, **kwargs) -> PretrainedEncoder:
-    """Load any supported checkpoint directory with the class its model_type names."""
+    """Load any supported checkpoint directory (or Hugging Face Hub repo id) with the class its model_type names."""
+    path = resolve_directory(path, "checkpoint")
     return model_class(path).from_pretrained(path, **kwargs)
 
 

@@ -30,8 +30,8 @@ CALL_COST = 400_000  # one SDPA call's fixed cost (forward and backward, with it
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
-    """'B T (H D) -> B H T D'"""
-    return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
+    """'B T (H D) -> B H T D' (a view, not unflatten, whose sizes an ONNX trace would freeze)"""
+    return x.view(*x.shape[:-1], num_heads, x.shape[-1] // num_heads).transpose(1, 2)
 
 
 def merge_heads(x: Tensor) -> Tensor:

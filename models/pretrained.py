@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
+from peftcore.io import resolve_directory
 from peftcore.model import AdapterModelMixin
 from peftcore.models import convert
 from peftcore.models.convert.architecture import Architecture, HFModule
@@ -47,6 +48,7 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
             raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}.")
         self.config = config
         self.norm: nn.Module | None = None  # a final LayerNorm on the last hidden state: pre-LN models (ViT) set one
+        self.gradient_checkpointing = False  # recompute each layer in the backward pass (gradient_checkpointing_enable)
         self.init_adapters()
 
     def forward(self, *args: Any, output_adapter_gating_scores: bool = False,
@@ -137,8 +139,10 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         hidden_states = [x] if output_hidden_states else None
         attentions = [] if output_attentions else None
         h = padding.pack(x)  # (1, N, C) when unpadded
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for index, (layer, returned) in enumerate(self.layer_schedule()):
-            h, probs = layer(h, padding, output_attentions, **layer_context)
+            run = partial(self.run_checkpointed, layer) if checkpointing else layer
+            h, probs = run(h, padding, output_attentions, **layer_context)
             if index == 0:
                 h = self.first_layer_output(x, h, padding)
             if output_hidden_states and returned:
@@ -149,6 +153,30 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         out = self.finish(last if self.norm is None else self.norm(last), hidden_states, attentions)
         out.token_positions = token_positions
         return out
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Mapping[str, Any] | None = None) -> None:
+        """Keep only each layer's input in training forwards and recompute the layer in the backward pass: activation
+        memory of one layer instead of all, for about one more forward of time (transformers' method of that name).
+
+        The recomputation runs ``torch.utils.checkpoint`` without reentrance, with the RNG state of the forward (the
+        same dropout masks) and under the adapter setup that forward ran (``run_checkpointed``), so the gradients are
+        those without checkpointing. ``gradient_checkpointing_kwargs`` is transformers' argument: only
+        ``use_reentrant=False`` (or nothing) is accepted.
+        """
+        kwargs = dict(gradient_checkpointing_kwargs or {})
+        if kwargs.pop("use_reentrant", False) or kwargs:
+            raise ValueError(f"gradient_checkpointing_kwargs={gradient_checkpointing_kwargs!r}: peftcore checkpoints "
+                             "without reentrance always (use_reentrant=False); pass nothing.")
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Keep every layer's activations for the backward pass again (the default)."""
+        self.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether training forwards recompute each layer in the backward pass (transformers' name)."""
+        return self.gradient_checkpointing
 
     def layer_schedule(self) -> Iterable[tuple[nn.Module, bool]]:
         """The layers in the order they run, each with whether its output is one of the hidden states a forward
@@ -194,7 +222,8 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         if shape[1] > max_length:
             raise ValueError(f"sequence length {shape[1]} exceeds the {max_length} positions this model has "
                              f"(max_position_embeddings={self.config.max_position_embeddings}); truncate the input.")
-        if not torch.compiler.is_compiling():  # each check reads a value back from the device
+        if not (torch.compiler.is_compiling() or torch.jit.is_tracing()):  # each check reads a value back from the
+            # device; a trace (ONNX export) would record the values of its example
             config = self.config
             for name, tensor, size, hint in (
                     ("input_ids", input_ids, config.vocab_size, "was the text tokenized for another model?"),
@@ -233,7 +262,8 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
     def from_pretrained(cls: type[Model], path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
                         on_file: Callable[[Path], None] | None = None, **overrides: Any) -> Model:
         """Load the transformers checkpoint directory ``path``, or one in our format (with the adapters, heads and
-        fusions saved beside it), into this model class, in ``dtype`` (default float32) and eval mode.
+        fusions saved beside it), into this model class, in ``dtype`` (default float32) and eval mode. A Hugging Face
+        Hub repo id ("org/name") that is no local path loads the repo's snapshot (``peftcore.io.resolve_directory``).
 
         ``overrides`` replace config fields, e.g. ``head="sequence_classification", num_labels=3`` to start a
         classifier from a base checkpoint (the pooler follows what that head's transformers class has): weights
@@ -241,6 +271,7 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         missing, unexpected or mis-shaped tensor is an error.
         ``on_file`` is called with each weights file before it is read.
         """
+        path = resolve_directory(path, "checkpoint")
         raw = convert.read_config(path)
         convert.check_model_type(raw, cls.config_class.model_type, cls.__name__)
         if "head" in overrides and "add_pooling_layer" not in overrides:

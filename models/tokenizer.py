@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer as RustTokenizer
 from torch import Tensor
 
-from peftcore.io import read_json
+from peftcore.io import read_json, resolve_directory
 
 UNLIMITED = 10**9  # transformers writes a huge model_max_length when the checkpoint states none
 
@@ -32,8 +31,9 @@ class Tokenizer:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> Tokenizer:
-        """Read ``tokenizer.json`` from a checkpoint directory."""
-        directory = Path(path)
+        """Read ``tokenizer.json`` from a checkpoint directory, or from the snapshot of a Hugging Face Hub repo id
+        ("org/name"; ``peftcore.io.resolve_directory``)."""
+        directory = resolve_directory(path, "tokenizer")
         file = directory / "tokenizer.json"
         if not file.is_file():
             raise FileNotFoundError(f"{str(directory)!r} has no tokenizer.json; save the tokenizer with "

@@ -2,6 +2,7 @@
 
 from peftcore.composition import Average, BatchSplit, Fuse, MultiTask, Parallel, Split, Stack
 from peftcore.configs import ADAPTER_CONFIG_MAP, DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, ConfigUnion
+from peftcore.export import export_onnx
 from peftcore.fusion import AdapterFusionConfig
 from peftcore.methods import (
     AdaLoraConfig,
@@ -89,5 +90,6 @@ __all__ = [
     "Stack",
     "UniPELTConfig",
     "VeraConfig",
+    "export_onnx",
     "find_sites",
 ]

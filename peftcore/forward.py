@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from peftcore import placement
 from peftcore.composition import BASE, BatchSplit, Block, Parallel, spans, task_order, with_task_sizes
@@ -22,6 +23,7 @@ from peftcore.context import AdapterSetup, current_setup, head_names
 from peftcore.head_types import AdapterHead, BiaffineParsingHead
 from peftcore.heads import INPUT_ARGS
 from peftcore.host import AdapterHost
+from peftcore.methods.base import Method
 from peftcore.setup import Plan, compile_plan, guard
 from peftcore.sites import MaskedLMHead
 
@@ -56,6 +58,28 @@ def run(host: AdapterHost, encode: Callable[..., Any], args: tuple, kwargs: dict
         with swapped(host, plan, head):
             outputs = at_input_positions(run_setup(host, encode, args, kwargs, gates, fusions, None, task_ids, inputs))
             return with_losses(host, outputs, labels, kwargs, None)
+
+
+def run_checkpointed(host: AdapterHost, layer: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """``layer(*args, **kwargs)`` keeping only its inputs: ``torch.utils.checkpoint`` (non-reentrant, the RNG state
+    kept for dropout) recomputes it in the backward pass. A mixed batch, a MultiTask batch and an ``AdapterSetup``
+    install their plan for the span of the forward only, so the recomputation installs the plan the forward ran
+    (holding the model as a writer, as they do) when another is in force by then. Each method of the layer runs
+    ``checkpointed``, which keeps it from carrying values across layers."""
+    plan = host.plan
+    methods = [module for module in layer.modules() if isinstance(module, Method)]
+
+    def recompute(*args: Any) -> Any:
+        with ExitStack() as stack:
+            for method in methods:
+                stack.enter_context(method.checkpointed())
+            if host.plan is not plan:
+                stack.enter_context(guard(host).changing())
+                stack.callback(host.plan.install)
+                plan.install()
+            return layer(*args, **kwargs)
+
+    return checkpoint(recompute, *args, use_reentrant=False, preserve_rng_state=True)
 
 
 def at_input_positions(outputs: Any) -> Any:

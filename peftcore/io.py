@@ -1,5 +1,6 @@
 """Files, with no knowledge of any method or model: atomic directory writes, JSON, safetensors and weights-only
-pickles read strictly, and the strict copy of a file's tensors into modules.
+pickles read strictly, the strict copy of a file's tensors into modules, and where a directory named by a
+Hugging Face Hub repo id lies (``resolve_directory``: every checkpoint, adapter and tokenizer path goes through it).
 
 Everything that writes to disk goes through ``atomic_directory_write`` — adapters, fusions and whole checkpoints —
 so an interrupted save never leaves a half-written directory where a good one was. Pickle is read only through
@@ -12,6 +13,7 @@ import glob
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -187,6 +189,59 @@ def require(file: Path) -> Path:
         present = sorted(p.name for p in file.parent.iterdir())
         raise FileNotFoundError(f"{file.parent} has no {file.name} (it holds {present}).")
     return file
+
+
+# ---- Hugging Face Hub repo ids ------------------------------------------------------------------------------------
+
+REPO_ID = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")  # huggingface_hub's rule, less its bare names (a missing
+# local directory "out" would read as one)
+TRUE = ("1", "ON", "YES", "TRUE")  # huggingface_hub's spellings of a true environment flag
+
+
+def is_repo_id(text: str) -> bool:
+    """Whether ``text`` is a Hugging Face Hub repo id "org/name" (letters, digits, ``_ . -``; no ``--`` or ``..``;
+    at most 96 characters)."""
+    return (REPO_ID.fullmatch(text) is not None and len(text) <= 96 and "--" not in text and ".." not in text
+            and not any(part.startswith((".", "-")) or part.endswith((".", "-")) for part in text.split("/")))
+
+
+def resolve_directory(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a local directory, once a save killed midway there is undone; where no such path exists and it is
+    a Hub repo id ("org/name"), the repo's snapshot directory in the Hugging Face cache, downloaded there first
+    unless ``HF_HUB_OFFLINE`` is set (``huggingface_hub``'s ``snapshot_download``; the cache is ``HF_HUB_CACHE``, by
+    default ``$HF_HOME/hub``). ``what`` names the directory in errors ("checkpoint", "adapter").
+
+    A string that is neither an existing path nor a repo id is an error, as is a repo id without ``huggingface_hub``
+    installed (the optional ``hub`` extra) or, offline, without a snapshot in the cache.
+    """
+    target = Path(path)
+    recover(target)
+    if not isinstance(path, str) or target.exists():
+        return target
+    if not is_repo_id(path):
+        raise FileNotFoundError(f"{what} directory {path!r} does not exist, and it is not a Hugging Face Hub repo id "
+                                "('org/name') either; pass an existing directory or a repo id.")
+    return hub_snapshot(path, what)
+
+
+def hub_snapshot(repo_id: str, what: str) -> Path:
+    """The local snapshot directory of Hub repo ``repo_id`` (see ``resolve_directory``)."""
+    try:
+        import huggingface_hub
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError as error:
+        raise ImportError(f"{what} {repo_id!r} is not a local directory; as a Hugging Face Hub repo id it needs "
+                          "huggingface_hub: pip install peftcore[hub]") from error
+    offline = huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in TRUE
+    cache = os.environ.get("HF_HUB_CACHE") or huggingface_hub.constants.HF_HUB_CACHE  # read now, not at import
+    try:
+        return Path(huggingface_hub.snapshot_download(repo_id, cache_dir=cache, local_files_only=offline))
+    except LocalEntryNotFoundError as error:
+        raise FileNotFoundError(
+            f"{what} {repo_id!r} is not a local directory, and the Hugging Face cache ({cache}) holds no snapshot of "
+            f"that repo" + (" while HF_HUB_OFFLINE is set; download it where the Hub is reachable "
+                            f"(huggingface-cli download {repo_id}) or unset HF_HUB_OFFLINE." if offline else
+                            f" and the Hub could not be reached: {error}")) from error
 
 
 # ---- strict copies -----------------------------------------------------------------------------------------------

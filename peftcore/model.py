@@ -8,7 +8,7 @@ merging.py (merge, reset, average, eject), fusion.py, summary.py, interop/ (file
 changed what they run; the head calls come from model_heads.py, AdapterHub's read-only views of the state from
 views.py, PEFT's weighted merging and ``merge_and_unload`` from weighted.py. It knows models only through the site
 protocol (``find_sites``) and a ``config`` with ``hidden_size``; models/ uses ``init_adapters``, ``run_adapters``,
-``unpadded`` and ``apply_active_head``.
+``run_checkpointed``, ``unpadded`` and ``apply_active_head``.
 """
 
 from __future__ import annotations
@@ -269,6 +269,10 @@ class AdapterModelMixin(HeadsMixin, ViewsMixin, SharingMixin, WeightedMixin):
         the output when asked (forward.py)."""
         return forward.run(self, encode, args, kwargs, output_adapter_gating_scores,
                            output_adapter_fusion_attentions, adapter_names, task_ids)
+
+    def run_checkpointed(self, layer: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        """Run ``layer`` on the arguments, recomputed in the backward pass under this forward's setup (forward.py)."""
+        return forward.run_checkpointed(self, layer, args, kwargs)
 
     def unpadded(self) -> bool:
         """Whether this forward may run a padded batch on its real tokens only: ``unpad`` is on, the running setup

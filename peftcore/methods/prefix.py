@@ -14,6 +14,8 @@ N + 1 copies. The MLP runs once per forward, for every layer at once.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -103,13 +105,16 @@ class PrefixPool(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.prefixes: tuple[Tensor, ...] | None = None  # this forward's, between its first and last layer
 
-    def layer_prefix(self, layer: int) -> Tensor:
+    def layer_prefix(self, layer: int, cached: bool = True) -> Tensor:
         """Keys and values of one layer, (2, H, P, D).
 
         The first layer of a forward runs the MLP once for every layer and the others read their slice; the last
         drops the result, so no graph outlives the forward. Slicing the MLP's weight per layer instead would
-        make backward zero-fill a gradient of the whole weight in every layer.
+        make backward zero-fill a gradient of the whole weight in every layer. Not ``cached`` (a layer recomputed
+        alone under gradient checkpointing) the layer runs the MLP itself.
         """
+        if not cached:
+            return self.every_layer()[layer]
         prefixes = self.prefixes
         if layer == 0 or prefixes is None:
             prefixes = self.prefixes = self.every_layer()
@@ -163,14 +168,25 @@ class PrefixTuning(Method):
     def __init__(self, config: PrefixTuningConfig, hidden_size: int, index: int, pool: PrefixPool) -> None:
         super().__init__()
         self.index = index
+        self.checkpointing = False  # while the layer runs under gradient checkpointing (``checkpointed``)
         self.share(pool)
         self.gate = Gate(hidden_size, 1 if config.shared_gating else 2) if config.use_gating else None
         if self.gate is not None:  # AdapterHub: N(0, 0.02) weight, PyTorch's default bias
             self.gate.reset_parameters_from(init_generator(config.init_weights_seed), zero_bias=False)
 
+    @contextmanager
+    def checkpointed(self) -> Iterator[None]:
+        """Layer by layer, the pool's MLP runs in each layer: a layer recomputed alone finds no other's result."""
+        self.checkpointing = True
+        try:
+            yield
+        finally:
+            self.checkpointing = False
+
     def forward(self, k: Tensor, v: Tensor, mask: Tensor | None, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         B = k.shape[0]
-        prefix = self.shared.dropout(self.shared.layer_prefix(self.index).unsqueeze(1).expand(-1, B, -1, -1, -1))
+        prefix = self.shared.layer_prefix(self.index, cached=not self.checkpointing)
+        prefix = self.shared.dropout(prefix.unsqueeze(1).expand(-1, B, -1, -1, -1))
         pk, pv = prefix.to(k.dtype)  # (B, H, P, D) each
         if self.gate is not None:
             gate = self.gate(x)[:, 0]  # (B, 1|2)

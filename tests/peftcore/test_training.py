@@ -67,6 +67,18 @@ def test_gradient_accumulation_equals_the_full_batch():
         torch.testing.assert_close(trained[1][key], tensor, atol=1e-6, rtol=0)
 
 
+def test_gradient_checkpointing_trains_the_same_adapter():
+    trained = []
+    for checkpointing in (False, True):
+        model = fresh_model("prefix_tuning[prefix_length=4]")
+        config = TrainingConfig(epochs=1, batch_size=16, learning_rate=1e-2, gradient_checkpointing=checkpointing)
+        Trainer(model, "a", config, toy_data(), progress=False).fit()
+        assert model.is_gradient_checkpointing == checkpointing
+        trained.append(adapter_weights(model))
+    for key, tensor in trained[0].items():
+        torch.testing.assert_close(trained[1][key], tensor, atol=1e-6, rtol=0)
+
+
 def test_training_resumes_after_an_interruption_with_the_same_result(tmp_path):
     config = TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-2, checkpoint_every=1, eval_every=1,
                             checkpoint_dir=str(tmp_path / "run"))

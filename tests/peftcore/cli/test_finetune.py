@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import json
 
+import torch
+from safetensors.torch import load_file
+from torch.utils.checkpoint import checkpoint
+
+from peftcore import forward
 from peftcore.cli import main
 from tests.peftcore.cli.conftest import POSITIONS, finetune_tiny, words_csv
 
@@ -75,3 +80,18 @@ def test_rerunning_a_finished_run_says_so_and_another_config_is_refused(tiny, tm
     assert finetune_tiny(tiny, words_csv(tmp_path / "more.csv", rows=80), tmp_path / "out", "--checkpoint-dir",
                          checkpoints) == 1
     assert "training data: 48 examples then, 64 now" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(tiny, tmp_path, monkeypatch):
+    """--gradient-checkpointing recomputes each layer in the backward pass, dropout masks included."""
+    csv = words_csv(tmp_path / "words.csv")
+    assert finetune_tiny(tiny, csv, tmp_path / "plain") == 0
+    calls = []
+    monkeypatch.setattr(forward, "checkpoint", lambda *args, **kwargs: calls.append(1) or checkpoint(*args, **kwargs))
+    assert finetune_tiny(tiny, csv, tmp_path / "checkpointed", "--gradient-checkpointing") == 0
+    assert calls
+    plain, checkpointed = (load_file(tmp_path / run / "lora" / "adapter_model.safetensors")
+                           for run in ("plain", "checkpointed"))
+    assert plain.keys() == checkpointed.keys()
+    for key, tensor in plain.items():
+        torch.testing.assert_close(checkpointed[key], tensor, atol=1e-5, rtol=0)
