@@ -14,7 +14,7 @@ from torch import Tensor
 
 from peftcore.models.convert.architecture import Architecture
 from peftcore.models.convert.keymap import KeyMap, Split
-from peftcore.models.convert.tables import linear
+from peftcore.models.convert.tables import OUTER_SITES, linear
 
 
 def split_wqkv(tensor: Tensor, config: Any) -> tuple[Tensor, ...]:
@@ -69,7 +69,13 @@ MODERNBERT = Architecture(
         "ModernBertForTokenClassification": ("token_classification", False),
         "ModernBertForQuestionAnswering": ("question_answering", False),
     },
-    site_paths={},  # AdapterHub 1.3.0 has no ModernBERT: no file of its layout names these modules
+    # AdapterHub 1.3.0 has no ModernBERT: only the linears PEFT adapts whole (q, k and v are one fused Wqkv, as in
+    # DeBERTa v1) and the model-wide modules, named as AdapterHub names them in every model
+    site_paths={
+        **OUTER_SITES,
+        "ffn.intermediate": f"{LAYER}.mlp.Wi",
+        "ffn.output": f"{LAYER}.mlp.Wo",
+    },
     config_renames={
         "norm_eps": "layer_norm_eps",
         "hidden_activation": "hidden_act",

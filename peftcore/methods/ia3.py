@@ -69,7 +69,8 @@ class IA3(LinearMethod):
     def from_peft(cls, file: PeftFile) -> tuple[IA3Config, dict[str, Tensor]]:
         """PEFT's ``ia3_l`` (out, 1) on a module's output is our vector; its ``feedforward_modules`` vectors scale a
         module's input instead, which ours cannot express exactly (refused, as are vectors on DeBERTa's fused
-        in_proj, which PEFT applies before DeBERTa adds q_bias and v_bias)."""
+        in_proj, which PEFT applies before DeBERTa adds q_bias and v_bias). A fused module whose bias is its own
+        (ModernBERT's Wqkv) splits its vector per site."""
         check_peft_options(file)
         feedforward = sorted(path for path in file.targeted if is_feedforward(file.raw, path))
         if feedforward:
@@ -79,7 +80,7 @@ class IA3(LinearMethod):
                              "AdapterHub's, scales ffn.intermediate before it, GELU(l ⊙ W1 x), and scales outputs "
                              "only; the two differ, so this file is refused. An (IA)^3 on 'intermediate.dense' "
                              "outside feedforward_modules converts exactly.")
-        fused = sorted(path for path, module in file.targeted.items() if module.split)
+        fused = sorted(path for path, module in file.targeted.items() if module.split and not module.splits_bias)
         if fused:
             raise ValueError(f"{file.where}: (IA)^3 on DeBERTa's fused {fused[0]} scales W x before DeBERTa adds "
                              "q_bias and v_bias; peftcore's (IA)^3 at attn.q/attn.v scales W x + b, so the two differ.")
@@ -89,7 +90,8 @@ class IA3(LinearMethod):
             if vector is None or vector.dim() != 2 or vector.shape[1] != 1:
                 raise ValueError(f"{file.where}: {path}.ia3_l must be an (out, 1) vector, got "
                                  f"{None if vector is None else tuple(vector.shape)}.")
-            state[file.key(module.layer, module.sites[0], "lora_B")] = vector
+            for site, part in zip(module.sites, module.split(vector) if module.split else (vector,), strict=True):
+                state[file.key(module.layer, site, "lora_B")] = part.contiguous()  # a fused module's rows per site
         return config_for_sites(file, IA3Config), state
 
     @classmethod
@@ -98,11 +100,18 @@ class IA3(LinearMethod):
         refuse_gated_peft(config)
         state = {}
         for path, ours in placed.items():
-            if modules[path].split:
+            module = modules[path]
+            if module.split and not module.splits_bias:
                 raise ValueError(f"(IA)^3 on DeBERTa's fused {path}: PEFT would scale W x before q_bias/v_bias are "
                                  "added, ours scales W x + b; PEFT cannot express this adapter.")
-            (vector,) = ours.values()
-            state[f"{path}.ia3_l"] = vector.lora_B.detach() * config.alpha  # (out, 1)
+            if not module.split:
+                (vector,) = ours.values()
+                state[f"{path}.ia3_l"] = vector.lora_B.detach() * config.alpha  # (out, 1)
+                continue
+            width = next(iter(ours.values())).lora_B.shape[0]  # a fused module's sites without a vector scale by 1
+            parts = tuple(ours[site].lora_B.detach() * config.alpha if site in ours
+                          else next(iter(ours.values())).lora_B.new_ones(width, 1) for site in module.sites)
+            state[f"{path}.ia3_l"] = module.join(parts)  # (3 out, 1)
         return {"feedforward_modules": [], "init_ia3_weights": True, "peft_type": "IA3"}, state
 
 

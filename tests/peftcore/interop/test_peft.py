@@ -90,6 +90,9 @@ CASES = [  # (arch, peft config)
     # ALBERT: PEFT wraps each shared linear once, as our sites sit in each distinct layer once (models/albert.py)
     ("albert", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value", "ffn_output"], **SEQ_CLS)),
     ("albert", peft.IA3Config(target_modules=["key", "value", "ffn"], feedforward_modules=[], **SEQ_CLS)),
+    # ModernBERT's fused Wqkv: one LoRA whose B rows split into q/k/v thirds sharing A; the gated Wi whole
+    ("modernbert", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["Wqkv", "Wi", "mlp.Wo"], **SEQ_CLS)),
+    ("modernbert", peft.IA3Config(target_modules=["Wqkv", "Wi", "mlp.Wo"], feedforward_modules=[])),
 ]
 
 
@@ -119,6 +122,8 @@ OURS = [  # (arch, our config)
     ("distilbert", "lora[attn_matrices=['q', 'k', 'v'], intermediate_lora=True]"),
     ("albert", "lora[r=4, output_lora=True]"),
     ("albert", "ia3"),
+    ("modernbert", "lora[r=2, attn_matrices=['q', 'k', 'v'], intermediate_lora=True, output_lora=True]"),
+    ("modernbert", "ia3"),
 ]
 
 
