@@ -12,7 +12,8 @@ Workloads (--only): floor (matmul rate, FLOP floor), forward (every architecture
 method vs AdapterHub, with HF frozen / head-only / full and our frozen step as references), inference (LoRA and IA3,
 unmerged and merged, vs our plain forward), mixed (mixed-adapter batch vs a loop, once the model takes
 adapter_names), memory (peak RSS of a train step, one fresh process per contender), load (checkpoint conversion
-and adapter load), varlen (lengths uniform in 16..128, padded), compile (needs --compile).
+and adapter load), varlen (lengths uniform in 16..128, padded), modernbert (ModernBERT's forward and LoRA train step
+vs transformers and PEFT, full-length 512 and lengths uniform in 16..512), compile (needs --compile).
 On CUDA the run uses bf16 unless --dtype says otherwise, and memory is the allocator's peak.
 """
 
@@ -33,9 +34,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch
 
-from benchmarks import harness, workloads
+from benchmarks import harness, modernbert, workloads
 
-WORKLOADS = ("floor", "forward", "train", "inference", "mixed", "memory", "load", "varlen", "compile")
+WORKLOADS = ("floor", "forward", "train", "inference", "mixed", "memory", "load", "varlen", "modernbert", "compile")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -115,6 +116,7 @@ def run_workloads(args: argparse.Namespace, b: workloads.Bench, chosen: list[str
         "memory": lambda: workloads.memory(b, methods, child),
         "load": lambda: workloads.loading(b),
         "varlen": lambda: workloads.varlen(b, methods, args.varlen_batches),
+        "modernbert": lambda: modernbert.run(b, args.varlen_batches),
         "compile": lambda: workloads.compiled(b),
     }
     for workload in WORKLOADS:

@@ -168,13 +168,13 @@ class RotaryAttention(SelfAttention):
                 ) -> tuple[Tensor, Tensor | None]:
         """x (B, T, C), or the packed real tokens (1, N, C) when ``padding`` says so -> the same shape."""
         H = self.num_heads
-        cos, sin = rotary.tables[self.theta]  # (B, T, D) or (1, N, D), as x
+        cos, sin = rotary.tables[self.theta]  # (B, T, D/2) or (1, N, D/2), as x
         q, k, v = rotate(self.q(x), cos, sin, H), rotate(self.k(x), cos, sin, H), self.v(x)
         dropout_p = self.dropout_p if self.training else 0.0
         if padding.lengths is not None and not output_attentions:
             prefix = self.prefix_rows(x, len(padding.lengths))
             y = (attend_per_sequence(q, k, v, padding.lengths, H, dropout_p, prefix) if self.half_window is None
-                 else attend_windowed(q, k, v, padding.lengths, H, dropout_p, self.half_window, prefix))
+                 else attend_windowed(q, k, v, padding.lengths, H, dropout_p, rotary.row_masks, prefix))
             return self.out(y), None
         q, k, v = (split_heads(padding.pad(t), H) for t in (q, k, v))  # (B, H, T, D)
         mask = padding.mask if self.half_window is None else rotary.local_mask

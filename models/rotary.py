@@ -8,6 +8,7 @@ the same order, so the rotated queries and keys are bitwise those of transformer
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -25,69 +26,77 @@ def inverse_frequencies(theta: float, head_dim: int) -> Tensor:
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor, num_heads: int) -> Tensor:
-    """x (..., T, H D) rotated by position: x cos + rotate_half(x) sin per head; cos, sin (..., T, D)."""
-    x = x.unflatten(-1, (num_heads, -1))  # (..., T, H, D)
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return (x * cos.unsqueeze(-2) + rotated * sin.unsqueeze(-2)).flatten(-2)  # (..., T, H D)
+    """x (..., T, H D) rotated by position, per head: x cos + rotate_half(x) sin, written out on the two halves x1, x2
+    of each head as (x1 cos - x2 sin, x2 cos + x1 sin) with the tables' halves cos, sin (..., T, D/2) (transformers'
+    tables repeat them: cat(freqs, freqs)). The same float operations as transformers', without its negated copy."""
+    x1, x2 = x.unflatten(-1, (num_heads, 2, -1)).unbind(-2)  # (..., T, H, D/2) each
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # (..., T, 1, D/2)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)  # (..., T, H D)
 
 
 @dataclass(frozen=True)
 class Rotary:
-    """One forward's rotary tables and local-attention mask, built once and handed to every layer.
+    """One forward's rotary tables and local-attention masks, built once and handed to every layer.
 
-    ``tables`` maps each rope theta the layers use to (cos, sin) at every token the layers see: (B, T, D) padded,
-    or (1, N, D) for the packed real tokens when ``padding`` packs them. ``local_mask`` is the additive sliding-window
-    mask (B|1, 1, T, T) over the padded layout (padding keys masked too), built where a layer attends over it; None
-    where every layer attends per sequence or no layer is local.
+    ``tables`` maps each rope theta the layers use to (cos, sin) halves at every token the layers see: (B, T, D/2)
+    padded, or (1, N, D/2) for the packed real tokens when ``padding`` packs them. ``local_mask`` is the additive
+    sliding-window mask (B|1, 1, T, T) over the padded layout (padding keys masked too), built where a layer attends
+    over it; ``row_masks`` are each packed row's additive window mask (T_row, T_row), None for a row the window
+    covers whole. Both None where no layer is local.
     """
 
     tables: dict[float, tuple[Tensor, Tensor]]
-    local_mask: Tensor | None
+    local_mask: Tensor | None = None
+    row_masks: tuple[Tensor | None, ...] | None = None
 
     @classmethod
     def build(cls, positions: Tensor, thetas: Iterable[float], head_dim: int, padding: Padding, dtype: torch.dtype,
               half_window: int | None, padded_layout: bool) -> Rotary:
-        """The tables for ``positions`` (B, T) at each of ``thetas``; the local mask keeps keys within
-        ``half_window`` tokens of the query (None: no local layer), when ``padded_layout`` says a layer attends over
-        the padded batch."""
+        """The tables for ``positions`` (B, T) at each of ``thetas``; the local masks keep keys within
+        ``half_window`` tokens of the query (None: no local layer), over the padded batch where ``padded_layout``
+        says a layer attends over it, and per packed row where the batch runs packed."""
         positions = positions.float()
         tables = {}
         for theta in dict.fromkeys(thetas):
-            freqs = positions[..., None] * inverse_frequencies(theta, head_dim).to(positions.device)  # (B, T, D/2)
-            angles = torch.cat((freqs, freqs), dim=-1)  # (B, T, D)
+            angles = positions[..., None] * inverse_frequencies(theta, head_dim).to(positions.device)  # (B, T, D/2)
             tables[theta] = (padding.pack(angles.cos().to(dtype)), padding.pack(angles.sin().to(dtype)))
-        local_mask = None
-        if half_window is not None and padded_layout:
+        if half_window is None:
+            return cls(tables)
+        local_mask = row_masks = None
+        if padded_layout:
             T = positions.shape[-1]
-            index = torch.arange(T, device=positions.device)
-            outside = (index[:, None] - index[None, :]).abs() > half_window  # (T, T)
             base = padding.mask if padding.mask is not None else torch.zeros(1, 1, 1, T, dtype=dtype,
                                                                                device=positions.device)
-            local_mask = base.masked_fill(outside, torch.finfo(dtype).min)  # (B|1, 1, T, T)
-        return cls(tables, local_mask)
+            local_mask = base.masked_fill(outside(T, half_window, positions.device), torch.finfo(dtype).min)
+        if padding.lengths is not None:
+            masks = {length: torch.zeros(length, length, dtype=dtype, device=positions.device).masked_fill(
+                outside(length, half_window, positions.device), -math.inf)
+                for length in set(padding.lengths) if length > half_window + 1}  # (T_row, T_row)
+            row_masks = tuple(masks.get(length) for length in padding.lengths)
+        return cls(tables, local_mask, row_masks)
+
+
+def outside(length: int, half_window: int, device: torch.device) -> Tensor:
+    """(T, T) True where key and query are more than ``half_window`` tokens apart."""
+    index = torch.arange(length, device=device)
+    return (index[:, None] - index[None, :]).abs() > half_window
 
 
 def attend_windowed(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], num_heads: int, dropout_p: float,
-                    half_window: int, prefix: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """Packed (1, N, C) q, k, v -> (1, N, C): SDPA over each row's run of real tokens, each query attending to the
-    keys at most ``half_window`` tokens away and to every prefix key and value (B, H, P, D) of its row.
-
-    A row no longer than ``half_window + 1`` tokens needs no mask; models/layers.attend_per_sequence is this
-    function's global-attention twin.
+                    masks: tuple[Tensor | None, ...], prefix: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Packed (1, N, C) q, k, v -> (1, N, C): SDPA over each row's run of real tokens with the row's additive window
+    mask (``Rotary.row_masks``; None: the window covers the row), each query also attending to every prefix key and
+    value (B, H, P, D) of its row: a prefix is at no distance. models/layers.attend_per_sequence is this function's
+    global-attention twin.
     """
     outputs = []
     for row, run in enumerate(zip(*(t.split(lengths, dim=1) for t in (q, k, v)), strict=True)):
         q_row, k_row, v_row = (split_heads(t, num_heads) for t in run)  # (1, H, T_row, D)
-        T_row = q_row.shape[2]
-        mask = None
-        if T_row > half_window + 1:
-            index = torch.arange(T_row, device=q.device)
-            mask = (index[:, None] - index[None, :]).abs() <= half_window  # (T_row, T_row), True: attended
+        mask = masks[row]
         if prefix is not None:
             k_row, v_row = (torch.cat([p[row:row + 1], t], dim=2) for p, t in zip(prefix, (k_row, v_row), strict=True))
             if mask is not None:  # prefix positions are always attendable
-                mask = torch.cat([mask.new_ones(T_row, k_row.shape[2] - T_row), mask], dim=1)
+                mask = torch.cat([mask.new_zeros(mask.shape[0], k_row.shape[2] - mask.shape[0]), mask], dim=1)
         y = F.scaled_dot_product_attention(q_row, k_row, v_row, attn_mask=mask, dropout_p=dropout_p)
         outputs.append(merge_heads(y))
     return torch.cat(outputs, dim=1)

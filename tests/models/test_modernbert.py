@@ -17,7 +17,8 @@ import torch
 import transformers as tf
 
 from peftcore.models import ModernBertConfig, ModernBertModel
-from peftcore.models.rotary import attend_windowed
+from peftcore.models.layers import Padding
+from peftcore.models.rotary import Rotary, attend_windowed
 from tests.archs import ARCHS, inputs
 from tests.models import families
 from tests.parity import assert_parity
@@ -90,7 +91,10 @@ def test_windowed_attention_attends_within_the_window_and_to_every_prefix_positi
     H, D, P, lengths = 2, 8, 2, (7, 3)
     q, k, v = (torch.randn(1, sum(lengths), H * D) for _ in range(3))
     prefix = tuple(torch.randn(len(lengths), H, P, D) for _ in range(2))
-    got = attend_windowed(q, k, v, lengths, H, 0.0, 2, prefix)
+    padding = Padding.of((torch.arange(7)[None] < torch.tensor(lengths)[:, None]).long(), None, unpad=True)
+    rotary = Rotary.build(torch.arange(7).expand(2, 7), (1.0,), D, padding, torch.float32, 2, padded_layout=False)
+    assert rotary.row_masks[1] is None  # 3 tokens: all within 2 of each other
+    got = attend_windowed(q, k, v, lengths, H, 0.0, rotary.row_masks, prefix)
     start = 0
     for row, length in enumerate(lengths):
         q_row, k_row, v_row = (t[0, start:start + length].unflatten(-1, (H, D)).transpose(0, 1) for t in (q, k, v))
