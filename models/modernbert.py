@@ -17,7 +17,8 @@ How the sites sit on ModernBERT's fused and gated linears:
   structure (rank_pattern says so), as DeBERTa v1's fused ``in_proj`` does.
 - ``ffn.intermediate`` is ``Wi`` whole (C -> 2 I: the input half, then the gate half, as transformers chunks it), so
   LoRA and (IA)^3 there act on both halves, as PEFT's ``Wi`` LoRA does; ``ffn.output`` is ``Wo`` (I -> C).
-- The attention output projection ``Wo`` is ``attn.out``.
+- The attention output projection ``Wo`` is ``attn.out``, where the other models keep theirs; like theirs it is a
+  plain linear until ``attn.out`` becomes a LoRA site in every model (PEFT files that target it are refused until then).
 - Bottleneck and parallel adapters sit on the pre-norm residuals as in ViT: ``attn.residual`` and ``ffn.residual``
   take the block output h and the residual stream x and give ``h + x`` while empty (no norm of their own), so a
   Pfeiffer adapter transforms the FFN block's output before it joins the stream.
