@@ -28,7 +28,7 @@ demo: $(VENV)/.demo
 
 test: $(VENV)/.test
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses=4  # pytest-xdist: one worker per core, at most 4
 
 clean:
 	rm -rf $(VENV) build *.egg-info

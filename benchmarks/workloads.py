@@ -23,7 +23,7 @@ import transformers as tf
 from torch import nn
 
 from benchmarks import harness
-from peftcore import models
+from peftcore import LoRAConfig, models
 
 METHODS = ("lora", "ia3", "seq_bn", "compacter", "prefix_tuning", "mam", "unipelt", "prompt_tuning", "mtl_lora",
            "vera", "dora", "dvora", "loreft")
@@ -150,13 +150,14 @@ def require_input_grads(embeddings: nn.Module) -> None:
     embeddings.register_forward_hook(lambda module, args, out: out.requires_grad_(True))
 
 
-def build_trainee(b: Bench, contender: str, method: str | None) -> nn.Module:
+def build_trainee(b: Bench, contender: str, method: str | LoRAConfig | None) -> nn.Module:
     """A RoBERTa with a 2-label classification head, in train mode, with only what ``contender`` trains trainable.
 
     ours / adapterhub: adapter ``method`` and its head; ``* frozen``: the encoder frozen, the head trainable,
     gradients flowing back through the encoder to its input; ``transformers head-only``: the same without
     those gradients (backward stops at the head); ``transformers full``: everything trainable; peft: PEFT's LoRA
-    with AdapterHub's defaults (r=8, alpha=8 on query and value).
+    with AdapterHub's defaults (r=8, alpha=8 on query and value); ``peft all-linear``: the same on every linear of
+    the layers (``target_modules="all-linear"``; the classifier is PEFT's modules_to_save).
     """
     directory = b.checkpoint("roberta")
     with contextlib.redirect_stderr(io.StringIO()):
@@ -178,13 +179,13 @@ def build_trainee(b: Bench, contender: str, method: str | None) -> nn.Module:
             model.freeze_model(True)
             model.heads["h"].requires_grad_(True)
             require_input_grads(model.embeddings)
-        elif contender == "peft":
+        elif contender.startswith("peft"):
             import peft
 
             model = peft.get_peft_model(
                 tf.AutoModelForSequenceClassification.from_pretrained(directory, num_labels=2),
                 peft.LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=8, lora_dropout=0.0,
-                                target_modules=["query", "value"]))
+                                target_modules="all-linear" if contender == "peft all-linear" else ["query", "value"]))
         else:
             model = tf.AutoModelForSequenceClassification.from_pretrained(directory, num_labels=2)
             if contender in ("transformers frozen", "transformers head-only"):
@@ -257,6 +258,12 @@ def train(b: Bench, methods: tuple[str, ...]) -> None:
         names = ("ours", "adapterhub", "ours frozen") + (("peft",) if method == "lora" else ())
         steps = {name: train_step(b, build_trainee(b, name, method), batch) for name in names}
         b.add(f"train step {method}", b.measure(steps), "adapterhub", "ours frozen")
+    if "lora" in methods:  # every linear of the layers: ours target="all-linear" against PEFT's "all-linear"
+        all_linear = LoRAConfig(target="all-linear")
+        steps = {"ours": train_step(b, build_trainee(b, "ours", all_linear), batch),
+                 "peft all-linear": train_step(b, build_trainee(b, "peft all-linear", None), batch),
+                 "ours frozen": train_step(b, build_trainee(b, "ours frozen", None), batch)}
+        b.add("train step lora all-linear", b.measure(steps), "peft all-linear", "ours frozen")
 
 
 def inference(b: Bench) -> None:

@@ -168,7 +168,7 @@ class DisentangledAttention(nn.Module):
         self.k = SiteLinear(C, C, bias=key_bias)  # site attn.k
         self.v = SiteLinear(C, C)  # site attn.v
         self.prefix = PrefixSite()  # site attn.prefix
-        self.out = nn.Linear(C, C)
+        self.out = SiteLinear(C, C)  # site attn.out
         self.residual = ResidualSite(nn.LayerNorm(C, eps=config.layer_norm_eps))  # site attn.residual (by the layer)
         self.c2p = config.relative_attention and "c2p" in config.pos_att_type
         self.p2c = config.relative_attention and "p2c" in config.pos_att_type

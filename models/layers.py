@@ -199,7 +199,7 @@ class SelfAttention(nn.Module):
         self.k = SiteLinear(hidden_size, hidden_size, qkv_bias)  # site attn.k
         self.v = SiteLinear(hidden_size, hidden_size, qkv_bias)  # site attn.v
         self.prefix = PrefixSite()  # site attn.prefix
-        self.out = nn.Linear(hidden_size, hidden_size)
+        self.out = SiteLinear(hidden_size, hidden_size)  # site attn.out
         self.residual = ResidualSite(residual_norm)  # site attn.residual (applied by the layer)
 
     def forward(self, x: Tensor, padding: Padding, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:

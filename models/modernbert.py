@@ -17,8 +17,8 @@ How the sites sit on ModernBERT's fused and gated linears:
   structure (rank_pattern says so), as DeBERTa v1's fused ``in_proj`` does.
 - ``ffn.intermediate`` is ``Wi`` whole (C -> 2 I: the input half, then the gate half, as transformers chunks it), so
   LoRA and (IA)^3 there act on both halves, as PEFT's ``Wi`` LoRA does; ``ffn.output`` is ``Wo`` (I -> C).
-- The attention output projection ``Wo`` is ``attn.out``, where the other models keep theirs; like theirs it is a
-  plain linear until ``attn.out`` becomes a LoRA site in every model (PEFT files that target it are refused until then).
+- The attention output projection ``Wo`` is ``attn.out``, as in every model, so PEFT's ``target_modules=["Wqkv",
+  "Wo", "Wi"]`` (its ``Wo`` selects both the attention's and the MLP's) loads whole.
 - Bottleneck and parallel adapters sit on the pre-norm residuals as in ViT: ``attn.residual`` and ``ffn.residual``
   take the block output h and the residual stream x and give ``h + x`` while empty (no norm of their own), so a
   Pfeiffer adapter transforms the FFN block's output before it joins the stream.
@@ -161,7 +161,7 @@ class RotaryAttention(SelfAttention):
         C = config.hidden_size
         super().__init__(C, config.num_attention_heads, config.attention_probs_dropout_prob, None,
                          config.attention_bias)
-        self.out = nn.Linear(C, C, bias=config.attention_bias)  # transformers' Wo
+        self.out = SiteLinear(C, C, config.attention_bias)  # site attn.out (transformers' attn.Wo)
         self.theta = config.rope_theta(layer)
         self.half_window = None if config.is_global(layer) else config.local_attention // 2
 

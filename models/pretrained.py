@@ -335,7 +335,9 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
     def hf_modules(self, with_prefix: bool) -> dict[str, HFModule]:
         """Every HF module with a weight (base under ``hf_prefix`` when ``with_prefix``, own head at the top level)."""
         linear_sites = {site.path: site.name for site in self.sites_found if isinstance(site.module, SiteLinear)}
-        return self.architecture.hf_modules(self.config, len(self.layers), linear_sites, with_prefix)
+        weights = set(self.state_dict(keep_vars=True))
+        return self.architecture.hf_modules(self.config, len(self.layers), linear_sites, with_prefix,
+                                            weights.__contains__)
 
     def hf_head_keys(self) -> dict[str, str | None]:
         """The HF key table of the model's own task head: HF key -> our ``head.*`` key or None; {} without a head."""

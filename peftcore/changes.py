@@ -42,7 +42,8 @@ class Snapshot:
         self.merged = merged_modules(host)
 
     def restore(self, host: AdapterHost) -> None:
-        now = merged_modules(host)
+        now = merged_modules(host) | {(site, module) for site, adapters, _ in self.sites  # merged, then removed
+                                      for module in adapters.values() if module.is_merged}
         for site, module in now - self.merged:  # merged by the call: its weights back as they were
             module.unmerge_from(site)
         for site, module in self.merged - now:  # reset by the call: merged again, the same weights bit for bit

@@ -79,6 +79,18 @@ def average(host: AdapterHost, adapter_name: str, adapter_list: Sequence[str], w
         raise ValueError(f"adapters {adapter_list} have different configs; only adapters of one config (up to "
                          "dropout and initialisation) can be averaged.")
     config = averaged_config(host, source, combine_strategy, svd_rank)
+    built = build_new(host, adapter_name, config, overwrite_ok)
+    for site, module in built.placed:
+        module.average_from([site.module.adapters[name] for name in adapter_list], weights, combine_strategy)
+    for key, module in built.shared.items():  # what the modules share averages tensor by tensor
+        linear_average(module, [host.shared_parameters[name][key] for name in adapter_list], weights)
+    install(host, adapter_name, config, built)
+
+
+def build_new(host: AdapterHost, adapter_name: str, config: AdapterConfigBase,
+              overwrite_ok: bool) -> placement.BuiltAdapter:
+    """The (empty) modules of a new adapter ``adapter_name`` that an average or a weighted merge fills, once the name
+    is free, or may be replaced (``overwrite_ok``; not while merged, nor by one lacking a site that a fusion needs)."""
     placement.check_name(adapter_name)
     if adapter_name in host.adapter_configs and not overwrite_ok:
         raise ValueError(f"an adapter named {adapter_name!r} exists; pass overwrite_ok=True to replace it.")
@@ -87,10 +99,11 @@ def average(host: AdapterHost, adapter_name: str, adapter_list: Sequence[str], w
                          "replacing it.")
     built = placement.build(host, config)
     fusion.check_replacement(host, adapter_name, built.placed)
-    for site, module in built.placed:
-        module.average_from([site.module.adapters[name] for name in adapter_list], weights, combine_strategy)
-    for key, module in built.shared.items():  # what the modules share averages tensor by tensor
-        linear_average(module, [host.shared_parameters[name][key] for name in adapter_list], weights)
+    return built
+
+
+def install(host: AdapterHost, adapter_name: str, config: AdapterConfigBase, built: placement.BuiltAdapter) -> None:
+    """Attach the filled modules of ``build_new`` as adapter ``adapter_name``, replacing one of that name."""
     if adapter_name in host.adapter_configs:
         placement.remove(host, adapter_name)
     placement.attach(host, adapter_name, config, built)

@@ -6,8 +6,9 @@ all-or-nothing and runs alone (``@mutation``, changes.py), checks its arguments,
 job it is — placement.py (adding, deleting, reading adapters), setup.py (activating), forward.py (running),
 merging.py (merge, reset, average, eject), fusion.py, summary.py, interop/ (files) — and re-plugs the sites when it
 changed what they run; the head calls come from model_heads.py, AdapterHub's read-only views of the state from
-views.py. It knows models only through the site protocol (``find_sites``) and a ``config`` with ``hidden_size``;
-models/ uses ``init_adapters``, ``run_adapters``, ``unpadded`` and ``apply_active_head``.
+views.py, PEFT's weighted merging and ``merge_and_unload`` from weighted.py. It knows models only through the site
+protocol (``find_sites``) and a ``config`` with ``hidden_size``; models/ uses ``init_adapters``, ``run_adapters``,
+``unpadded`` and ``apply_active_head``.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from peftcore.setup import Plan, compile_plan, guard
 from peftcore.sharing import SharingMixin, check_unshared
 from peftcore.sites import Site, find_sites
 from peftcore.views import ViewsMixin
+from peftcore.weighted import WeightedMixin
 
 
-class AdapterModelMixin(HeadsMixin, ViewsMixin, SharingMixin):
+class AdapterModelMixin(HeadsMixin, ViewsMixin, SharingMixin, WeightedMixin):
     """Adapter methods for an ``nn.Module`` built with sites; call ``init_adapters()`` in its ``__init__``."""
 
     adapter_file_format: ClassVar[str] = "peftcore"  # what save_adapter, save_head, ... write unless told

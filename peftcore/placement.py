@@ -25,8 +25,8 @@ from peftcore.sites import EmbeddingSite, Site
 FORBIDDEN_IN_NAMES = set(".,/\\") | {chr(code) for code in (*range(32), 127)}  # see check_name
 LOCATIONS = {  # our site -> AdapterHub's location key for the modules there (its get_adapter's inner keys)
     "embeddings": "invertible", "prompt": "prompt", "attn.q": "selfattn", "attn.k": "selfattn", "attn.v": "selfattn",
-    "attn.prefix": "self", "attn.residual": "mh_adapter", "ffn.intermediate": "intermediate", "ffn.output": "output",
-    "ffn.residual": "output_adapter", "output": "output_reft",
+    "attn.out": "selfattn", "attn.prefix": "self", "attn.residual": "mh_adapter", "ffn.intermediate": "intermediate",
+    "ffn.output": "output", "ffn.residual": "output_adapter", "output": "output_reft",
 }
 
 

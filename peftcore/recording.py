@@ -17,8 +17,8 @@ from torch import Tensor
 
 # AdapterHub's location keys, by site
 LOCATION_KEYS = {"attn.residual": "mh_adapter", "ffn.residual": "output_adapter", "attn.q": "selfattn_lora",
-                 "attn.k": "selfattn_lora", "attn.v": "selfattn_lora", "ffn.intermediate": "intermediate_lora",
-                 "ffn.output": "output_lora", "attn.prefix": "self_prefix"}
+                 "attn.k": "selfattn_lora", "attn.v": "selfattn_lora", "attn.out": "selfattn_lora",
+                 "ffn.intermediate": "intermediate_lora", "ffn.output": "output_lora", "attn.prefix": "self_prefix"}
 
 Records = dict[str, dict[int, dict[str, np.ndarray]]]
 

@@ -10,8 +10,8 @@ peftcore attaches modules to ``adapters`` and, whenever activation or compositio
 closure into ``plug``. Nothing is looked up during forward: an empty site costs one ``is None`` check.
 ``plug`` is never an ``nn.Module`` (it would register its tensors a second time).
 
-To give your own model sites, build it from these classes (``SiteLinear`` for q/k/v and the FFN
-linears, ``ResidualSite`` for each residual-plus-norm, ``PrefixSite`` in attention, ``OutputSite`` on each
+To give your own model sites, build it from these classes (``SiteLinear`` for q/k/v, the attention output and
+the FFN linears, ``ResidualSite`` for each residual-plus-norm, ``PrefixSite`` in attention, ``OutputSite`` on each
 layer's output, one ``EmbeddingSite`` after the embeddings and one ``PromptSite`` after that) under the attribute names
 of ``SITE_NAMES``, with the layers in a ``layers`` ``nn.ModuleList``. ``find_sites`` then finds them.
 
@@ -19,7 +19,7 @@ of ``SITE_NAMES``, with the layers in a ``layers`` ``nn.ModuleList``. ``find_sit
 | --- | --- | --- |
 | ``embeddings`` | the embedding output, and its inverse before an LM head | invertible adapters |
 | ``prompt`` | after the embeddings: inserts positions into the sequence | prompt tuning |
-| ``attn.{q,k,v}``, ``ffn.{intermediate,output}`` | the linears | LoRA, (IA)^3 and their variants |
+| ``attn.{q,k,v,out}``, ``ffn.{intermediate,output}`` | the linears (``out``: attention's output) | LoRA, (IA)^3 |
 | ``attn.prefix`` | keys and values inside self-attention | prefix tuning |
 | ``attn.residual``, ``ffn.residual`` | each residual-plus-norm | bottleneck adapters, AdapterFusion |
 | ``output`` | the layer's output, with the batch's padding | ReFT |
@@ -76,6 +76,7 @@ SITE_NAMES = (
     "attn.k",
     "attn.v",
     "attn.prefix",
+    "attn.out",
     "attn.residual",
     "ffn.intermediate",
     "ffn.output",

@@ -27,6 +27,7 @@ from torch.distributed.fsdp import FSDPModule
 
 from peftcore import io
 from peftcore.interop import read_adapter
+from peftcore.loraplus import loraplus_param_groups
 
 Batch = dict[str, Tensor]
 RUN_ONLY = ("eval_every", "checkpoint_every", "checkpoint_dir")  # settings a resumed run may change
@@ -48,6 +49,8 @@ class TrainingConfig:
     model's random draws (dropout) and the data order. ``adapter_drop`` trains robust to AdapterDrop (Rücklé et al.,
     2021): each step skips the adapters of the first k layers, k drawn uniformly from 0 to the layer count - 1 (by
     ``seed`` and the step, so a resumed run draws the same); evaluation and the trained model run every layer.
+    ``loraplus_lr_ratio`` trains each LoRA's B at that multiple of the learning rate (LoRA+, PEFT's parameter groups:
+    peftcore/loraplus.py); None: one rate.
     """
 
     epochs: int = 3
@@ -63,6 +66,7 @@ class TrainingConfig:
     checkpoint_dir: str | None = None
     seed: int = 0
     adapter_drop: bool = False
+    loraplus_lr_ratio: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "gradient_accumulation"):
@@ -73,6 +77,9 @@ class TrainingConfig:
             raise ValueError(f"TrainingConfig.learning_rate must be positive, got {self.learning_rate!r}.")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"TrainingConfig.warmup_ratio must lie in [0, 1), got {self.warmup_ratio!r}.")
+        if self.loraplus_lr_ratio is not None and not self.loraplus_lr_ratio > 0:
+            raise ValueError(f"TrainingConfig.loraplus_lr_ratio must be positive or None, got "
+                             f"{self.loraplus_lr_ratio!r}.")
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ValueError("TrainingConfig.checkpoint_every needs checkpoint_dir.")
 
@@ -200,8 +207,10 @@ class Trainer:
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in self.parameters if p.dim() > 1]
         no_decay = [p for p in self.parameters if p.dim() <= 1]
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
+        groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if config.loraplus_lr_ratio is not None:
+            groups = loraplus_param_groups(model, config.learning_rate, config.loraplus_lr_ratio, config.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
         self.total_steps = self.steps_per_epoch * config.epochs
         warmup = int(self.total_steps * config.warmup_ratio)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -89,14 +89,15 @@ class Architecture:
         """The key table of task head ``head`` (HF key -> our ``head.*`` key, or None: dropped); {} for no head."""
         return dict(self.keymap.heads[head]) if head in self.keymap.heads else {}
 
-    def hf_modules(self, config: Any, num_layers: int, linear_sites: Mapping[str, str], with_prefix: bool
-                   ) -> dict[str, HFModule]:
+    def hf_modules(self, config: Any, num_layers: int, linear_sites: Mapping[str, str], with_prefix: bool,
+                   present: Callable[[str], bool] = lambda key: True) -> dict[str, HFModule]:
         """Every module with a weight in the key table of a model with ``config`` and ``num_layers`` layers: the base
         model's (under ``keymap.prefix`` when ``with_prefix``), then its own task head's (at the top level).
 
         ``linear_sites`` maps the model's ``SiteLinear`` module paths to their site names: an HF module covers sites
         when each tensor its weight becomes is the weight of such a module (three for a fused in_proj, whose
-        ``split``/``join`` are bound to ``config``).
+        ``split``/``join`` are bound to ``config``). ``present`` says whether the model has one of our weights: a
+        module the model was built without (the pooler of a RoBERTa classifier) is left out.
         """
         modules: dict[str, HFModule] = {}
         roots = ((self.keymap.keys, self.keymap.prefix if with_prefix else ""), (self.head_keys(config.head), ""))
@@ -109,6 +110,8 @@ class Architecture:
                 split, join = bound(target, config) if isinstance(target, Split) else (None, None)
                 splits_bias = isinstance(target, Split) and isinstance(table.get(f"{template}.bias"), Split)
                 for layer in range(num_layers) if "{i}" in template else (None,):
+                    if not all(present(key.format(i=layer)) for key in ours):
+                        continue
                     path = root + template.format(**self.keymap.hf_fields(layer, config))
                     sites = tuple(linear_sites.get(key.format(i=layer).removesuffix(".weight")) for key in ours)
                     modules[path] = HFModule(path, layer, sites if sites and None not in sites else (), split, join,

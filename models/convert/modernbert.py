@@ -73,6 +73,7 @@ MODERNBERT = Architecture(
     # DeBERTa v1) and the model-wide modules, named as AdapterHub names them in every model
     site_paths={
         **OUTER_SITES,
+        "attn.out": f"{LAYER}.attn.Wo",
         "ffn.intermediate": f"{LAYER}.mlp.Wi",
         "ffn.output": f"{LAYER}.mlp.Wo",
     },

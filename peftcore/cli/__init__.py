@@ -1,6 +1,6 @@
-"""The ``peftcore`` command: convert checkpoints, describe them, embed sentences, fine-tune and compare adapters, and
-predict with a trained one. One file per command (checkpoints.py holds convert, info and embed); this one holds the
-command line.
+"""The ``peftcore`` command: convert checkpoints, describe them, embed sentences, fine-tune and compare adapters,
+predict with a trained one, and merge one into a checkpoint. One file per command (checkpoints.py holds convert, info
+and embed); this one holds the command line.
 
 The only package of peftcore that sees the ``models`` package.
 """
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import peftcore
 from peftcore import training
-from peftcore.cli import checkpoints, compare, finetune, predict
+from peftcore.cli import checkpoints, compare, finetune, merge, predict
 from peftcore.cli.checkpoints import MINILM
 
 
@@ -38,6 +38,8 @@ def add_training_arguments(command: argparse.ArgumentParser, out: str) -> None:
     command.add_argument("--epochs", type=int, default=4, help="passes over the training split")
     command.add_argument("--batch-size", type=int, default=32, help="examples per optimizer step")
     command.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, linear warm-up and decay)")
+    command.add_argument("--loraplus-lr-ratio", type=float, metavar="RATIO", help="LoRA+: train each LoRA's B at "
+                         "RATIO times the learning rate (PEFT's parameter groups; e.g. 16); default: one rate")
     command.add_argument("--max-length", type=int, metavar="N", help="tokens kept per text; longer texts are cut and "
                          "counted; default: as many as the longest text has, up to the model's limit")
     command.add_argument("--seed", type=int, default=0, help="seed of the data split, the data order and the "
@@ -70,6 +72,15 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("destination", help="directory to write (created if missing); tokenizer files are copied")
     command.add_argument("--to", choices=("hf", "peftcore"), help="target format; default: the other one")
     command.add_argument("--overwrite", action="store_true", help="write into a destination that is not empty")
+    command = add("merge", "fold an adapter into a checkpoint's weights: a plain HF checkpoint", merge.merge,
+                  "Load checkpoint BASE and the LoRA or (IA)^3 adapter in ADAPTER (peftcore's, AdapterHub's or HF "
+                  "PEFT's directory), fold the adapter into the weights and write OUT: an HF checkpoint (config.json, "
+                  "model.safetensors, BASE's tokenizer files) that transformers loads with the adapter's outputs. "
+                  "Adapter heads are not written; BASE's own head is.")
+    command.add_argument("base", metavar="BASE", help="checkpoint directory (HF layout or peftcore's)")
+    command.add_argument("adapter", metavar="ADAPTER", help="adapter directory")
+    command.add_argument("out", metavar="OUT", help="directory to write (created if missing)")
+    command.add_argument("--overwrite", action="store_true", help="write into an OUT that is not empty")
     command = add("info", "architecture, sizes and parameter count of a checkpoint", checkpoints.info)
     command.add_argument("directory", help="checkpoint directory")
     command = add("embed", "sentence embeddings (mean-pooled, normalised) and their cosine similarities",

@@ -57,24 +57,33 @@ def model_dir(path: str | None) -> str:
     return str(directory)
 
 
-def convert(args: argparse.Namespace) -> None:
-    destination = Path(args.destination)
-    if destination.exists() and not args.overwrite and (not destination.is_dir() or any(destination.iterdir())):
+def check_destination(destination: Path, overwrite: bool) -> None:
+    """Refuse to write into a directory that holds files, unless ``overwrite`` (``--overwrite``)."""
+    if destination.exists() and not overwrite and (not destination.is_dir() or any(destination.iterdir())):
         held = sorted(p.name for p in destination.iterdir()) if destination.is_dir() else []
         raise ValueError(f"{destination} is not empty (it holds {', '.join(held[:10]) or 'a file'}"
                          f"{', ...' if len(held) > 10 else ''}); pass --overwrite to write into it (files of the same "
                          "names are replaced, others kept), or choose another destination.")
-    source_native = is_native(read_config(args.source))
-    target = args.to or ("hf" if source_native else "peftcore")
-    start = time.perf_counter()
-    model = load(args.source)
-    model.save_pretrained(args.destination, format=target)
+
+
+def write(model: PretrainedEncoder, source: str, destination: Path, format: str) -> None:
+    """Save ``model`` into ``destination`` in ``format``, with the tokenizer and preprocessor files of ``source``."""
+    model.save_pretrained(destination, format=format)
     for name in SIDE_FILES:
-        if (Path(args.source) / name).is_file():
-            shutil.copyfile(Path(args.source) / name, destination / name)
+        if (Path(source) / name).is_file():
+            shutil.copyfile(Path(source) / name, destination / name)
     for file in sorted(destination.iterdir()):
         print(f"wrote   {file} ({file.stat().st_size / 2**20:.1f} MiB)")
     print(describe(model))
+
+
+def convert(args: argparse.Namespace) -> None:
+    destination = Path(args.destination)
+    check_destination(destination, args.overwrite)
+    source_native = is_native(read_config(args.source))
+    target = args.to or ("hf" if source_native else "peftcore")
+    start = time.perf_counter()
+    write(load(args.source), args.source, destination, target)
     print(f"converted {'peftcore' if source_native else 'hf'} -> {target} in {time.perf_counter() - start:.1f} s")
 
 

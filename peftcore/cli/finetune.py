@@ -124,6 +124,7 @@ def train_and_test(task: Task, adapter: str, name: str, args: argparse.Namespace
     checkpoints = str(Path(args.checkpoint_dir) / name) if args.checkpoint_dir else None
     config = training.TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                                      seed=args.seed, bf16=args.bf16, adapter_drop=args.adapter_drop,
+                                     loraplus_lr_ratio=args.loraplus_lr_ratio,
                                      checkpoint_dir=checkpoints,
                                      checkpoint_every=len(train_data) // args.batch_size if checkpoints else None)
 

@@ -11,17 +11,19 @@ the transformers model that was wrapped + the tensor (``bert.encoder.layer.0.att
 
 Conversions, all exact in outputs unless refused (every refusal says why, before the model changes):
 
-- LoRA scaling ``lora_alpha / r`` (``/ sqrt(r)`` with ``use_rslora``) becomes our ``alpha / r``; per-module
-  ``rank_pattern``/``alpha_pattern`` become one rank (the largest; smaller ranks padded with zero rows/columns, which
-  stay zero in training) and one alpha, any other module's scaling folded into its ``lora_B``.
+- LoRA: ``r``, ``lora_alpha``, ``use_rslora`` and the per-module ``rank_pattern``/``alpha_pattern`` are ours
+  (methods/lora_peft.py), the patterns keyed by our exact site paths on reading and by PEFT's exact module paths on
+  writing. Every linear inside the layers has a site, the attention output dense (``attention.output.dense``)
+  included (``attn.out``), so ``target_modules="all-linear"`` files load, but for a ``pooler.dense`` they also adapt
+  (BERT-style models' pooler has no site: refused). PiSSA/OLoRA adapters are written as PEFT converts them to a
+  plain LoRA of rank 2r; files still in PiSSA/OLoRA form are refused (they need PEFT's rewritten base weights).
 - DeBERTa v1's fused ``in_proj`` is interleaved per head; its ``lora_B`` rows split like the weight (``A`` is shared),
   and on export our q/k/v LoRAs of rank r join into one ``in_proj`` LoRA of rank m·r (block structure, exact).
 - The classifier in ``modules_to_save`` is the model's own task head (``model.head``); a head module PEFT did not save
   keeps the model's (= PEFT's base) values.
-- (IA)^3: a vector on a module's output maps 1:1. PEFT's ``feedforward_modules`` vectors scale a module's *input*
-  (``output.dense``: after the activation); ours, as AdapterHub's, scale ``ffn.intermediate``'s output before it, and
-  GELU(l·z) ≠ l·GELU(z): such files are refused, as are vectors on modules without a site
-  (``attention.output.dense``, part of PEFT's default BERT targets).
+- (IA)^3: a vector on a module's output maps 1:1; PEFT's ``feedforward_modules`` vectors scale a module's *input*,
+  ours at the sites in ``input_scaled`` (PEFT's default BERT (IA)^3: key and value outputs, the inputs of
+  ``attention.output.dense`` and ``output.dense``).
 - Prefix tuning: ``prompt_embeddings`` (P, L·2·H·D) is our flat prefix, same layout. transformers treats the prefix as
   past keys and shifts the position ids by P; ours does not (AdapterHub's semantics): pass
   ``position_ids = P + arange(T)`` to reproduce PEFT's numbers (a warning says so).
@@ -129,9 +131,9 @@ def module_file(where: Path, raw: Mapping[str, Any], tensors: Mapping[str, Tenso
     the tensors that are not the method's (``modules_to_save``)."""
     suffixes = method.peft_suffixes
     targets = raw.get("target_modules")
-    if targets is None or targets == "all-linear" or not isinstance(targets, (str, list)):
-        raise ValueError(f"{where}: target_modules={targets!r}; a saved PEFT adapter names its modules (a list or a "
-                         "regex). 'all-linear' also adapts attention output projections, which have no site here.")
+    if targets is None or not isinstance(targets, (str, list)):
+        raise ValueError(f"{where}: target_modules={targets!r}; a saved PEFT adapter names its modules (a list, a "
+                         "regex or 'all-linear').")
     adapter_keys = {key for key in tensors if key.endswith(suffixes)}
     outside = sorted(key for key in tensors if not key.startswith(ROOT) and key not in method.peft_shared)
     if outside or not adapter_keys:
@@ -139,7 +141,8 @@ def module_file(where: Path, raw: Mapping[str, Any], tensors: Mapping[str, Tenso
                          f"{suffixes[0]}'; found {outside[:5] or sorted(tensors)[:5]}.")
     names = {key.removeprefix(ROOT) for key in adapter_keys}
     modules = host.hf_modules(with_prefix=all(key.startswith(host.hf_prefix) for key in names))
-    targeted = {path: module for path, module in modules.items() if is_targeted(raw, path)}
+    targeted = {path: module for path, module in modules.items()
+                if (module.sites if targets == "all-linear" else is_targeted(raw, path))}
     check_placement(where, targeted, {strip_suffix(key, suffixes) for key in names}, host)
     site_paths = {(site.layer, site.name): site.path for site in host.sites_found}
     tensors = {key.removeprefix(ROOT): t for key, t in tensors.items()}
@@ -157,7 +160,8 @@ def check_placement(where: Path, targeted: Mapping[str, Any], in_file: set[str],
     no_site = sorted(path for path, module in targeted.items() if not module.sites)
     if no_site:
         raise ValueError(f"{where}: target_modules select modules where {type(host).__name__} has no LoRA/(IA)^3 "
-                         f"site (only attention q/k/v and the two feed-forward linears have one): "
+                         "site (only the linears inside the layers have one; PEFT's all-linear also adapts a "
+                         "model's pooler.dense: train with exclude_modules=['pooler.dense'] to leave it out): "
                          f"{', '.join(no_site[:6])}{' ...' if len(no_site) > 6 else ''}.")
     problems = [("tensors for modules not targeted (or absent from this model)", sorted(in_file - set(targeted))),
                 ("targeted modules without tensors", sorted(set(targeted) - in_file))]

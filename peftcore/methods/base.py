@@ -9,14 +9,14 @@ adds computation at its sites and stores its tensors under the same names in eve
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from peftcore.configs import AdapterConfigBase, register
+from peftcore.configs import AdapterConfigBase, check_in, check_type, register
 from peftcore.sites import Site
 
 
@@ -61,6 +61,74 @@ class PeftFile:
         return state_key(self.site_paths[layer, site], local)
 
 
+STRATEGIES = ("linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
+              "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
+PRUNED = ("ties", "dare_linear", "dare_ties", "magnitude_prune")  # their base names: each needs a density
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """A ``merge_adapters`` strategy (PEFT's ``combination_type``; the math: task_arithmetic.py) and its options,
+    checked; ``generator`` draws DARE's random masks (None: the global RNG, as PEFT)."""
+
+    method: str
+    svd_rank: int | None = None
+    svd_clamp: float | None = None
+    svd_full_matrices: bool = True
+    density: float | None = None
+    majority_sign_method: str = "total"
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        check_in("merge_adapters", "method", self.method, STRATEGIES)
+        if (self.svd_rank is not None or self.svd_clamp is not None) and not self.is_svd:
+            raise ValueError(f"svd_rank and svd_clamp apply to the SVD strategies (svd, *_svd), not "
+                             f"{self.method!r}; leave them None.")
+        if self.svd_rank is not None:
+            check_type("merge_adapters", "svd_rank", self.svd_rank, int, "a positive int or None")
+            if self.svd_rank < 1:
+                raise ValueError(f"merge_adapters.svd_rank must be a positive int, got {self.svd_rank}.")
+        if self.svd_clamp is not None:
+            check_type("merge_adapters", "svd_clamp", self.svd_clamp, (int, float), "a quantile in [0, 1] or None")
+            if not 0.0 <= self.svd_clamp <= 1.0:
+                raise ValueError(f"merge_adapters.svd_clamp is a quantile in [0, 1], got {self.svd_clamp}.")
+        check_type("merge_adapters", "svd_full_matrices", self.svd_full_matrices, bool, "True or False")
+        check_in("merge_adapters", "majority_sign_method", self.majority_sign_method, ("total", "frequency"))
+        if self.base not in PRUNED:
+            if self.density is not None:
+                raise ValueError(f"density applies to {', '.join(PRUNED)} and their *_svd forms, not "
+                                 f"{self.method!r}; leave it None.")
+            return
+        check_type("merge_adapters", "density", self.density, (int, float), f"a fraction in [0, 1] ({self.method} "
+                   "keeps that fraction of each update's entries)")
+        low_ok = self.density > 0 if self.is_dare else self.density >= 0
+        if not (low_ok and self.density <= 1):
+            bounds = "(0, 1] (DARE rescales by 1/density)" if self.is_dare else "[0, 1]"
+            raise ValueError(f"merge_adapters.density must lie in {bounds}, got {self.density}.")
+
+    @property
+    def is_svd(self) -> bool:
+        return self.method == "svd" or self.method.endswith("_svd")
+
+    @property
+    def is_dare(self) -> bool:
+        return self.method.startswith("dare")
+
+    @property
+    def base(self) -> str:
+        """The strategy without its SVD cut: ``svd`` is ``linear``."""
+        return "linear" if self.method == "svd" else self.method.removesuffix("_svd")
+
+    @property
+    def concatenates(self) -> bool:
+        """Whether the result is the exact weighted sum held by concatenated factors (``linear``, ``cat``)."""
+        return self.method in ("linear", "cat")
+
+    def for_count(self, count: int) -> Weighting:
+        """PEFT's rule: a single adapter is always merged linearly (it ignores density and the SVD cut)."""
+        return self if count > 1 else replace(self, method="linear", svd_rank=None, svd_clamp=None, density=None)
+
+
 def linear_average(target: nn.Module, sources: Sequence[nn.Module], weights: Sequence[float]) -> None:
     """Every tensor of ``target`` := the weighted sum of the same tensor in ``sources``."""
     states = [source.state_dict() for source in sources]
@@ -88,6 +156,7 @@ class Method(nn.Module):
     shared_key: ClassVar[str | None] = None
     shareable: ClassVar[tuple[str, ...]] = ()  # parameters share_parameters ties across adapters (MultiTaskConfig)
     trains_shared: ClassVar[bool] = True  # False: the shared module stays fixed (VeRA's random A, B) in train_adapter
+    loraplus_b: ClassVar[tuple[str, ...]] = ()  # parameters LoRA+ trains at its higher rate (peftcore/loraplus.py)
     title: ClassVar[str]  # the method's name in messages; the class name unless set
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -152,6 +221,28 @@ class Method(nn.Module):
 
     def average_from(self, sources: Sequence[Method], weights: Sequence[float], strategy: str) -> None:
         """Fill this (new) module from the same module of each averaged adapter; "linear" averages every tensor."""
+        linear_average(self, sources, weights)
+
+    # ---- weighted merging into a new adapter (merge_adapters: PEFT's add_weighted_adapter) ----------------------
+
+    weighted_strategies: ClassVar[tuple[str, ...]] = ()  # those of STRATEGIES it offers; () for none
+
+    def weighted_refusal(self) -> str | None:
+        """Why this module cannot take part in ``merge_adapters`` though its class offers strategies, or None."""
+        return None
+
+    @classmethod
+    def weighted_config(cls, configs: Sequence[Any], weighting: Weighting, shape: ModelShape) -> Any:
+        """The config of the adapter ``merge_adapters`` builds from adapters of ``configs`` by ``weighting``; by
+        default they must agree up to dropout and initialisation, and it is theirs."""
+        if any(config.essentials() != configs[0].essentials() for config in configs):
+            raise ValueError(f"{cls.title} adapters of different configs cannot be merged; merge adapters of one "
+                             "config (up to dropout and initialisation).")
+        return configs[0]
+
+    def weighted_from(self, sources: Sequence[Method], weights: Sequence[float], weighting: Weighting) -> None:
+        """Fill this (new) module from the same module of each merged adapter; by default every tensor is the
+        weighted sum of the sources' (PEFT's (IA)^3 ``linear``: Σ wᵢ·lᵢ, unnormalised)."""
         linear_average(self, sources, weights)
 
     # ---- ejecting a reparameterisation ----------------------------------------------------------------------

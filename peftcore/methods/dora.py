@@ -61,6 +61,8 @@ class Decomposition(LowRankUpdate):
     """The magnitude and the rescaled forward, over the low-rank update of the class it is mixed before."""
 
     average_strategies = ("linear",)  # AdapterHub's other two strategies fail on the magnitude
+    weighted_strategies = ()  # the magnitude renormalises W + ΔW: no weighted sum of updates holds it
+    loraplus_b = ("lora_B", "m")  # PEFT's LoRA+ puts its 1-D magnitude with B
 
     def average_from(self, sources: Sequence[Method], weights: Sequence[float], strategy: str) -> None:
         """Every tensor, the magnitude included, by its weight (AdapterHub's linear averaging)."""

@@ -1,4 +1,4 @@
-"""LoRA (Hu et al., 2021, https://arxiv.org/abs/2106.09685) on the linear sites: ``attn.{q,k,v}``,
+"""LoRA (Hu et al., 2021, https://arxiv.org/abs/2106.09685) on the linear sites: ``attn.{q,k,v}``, ``attn.out``,
 ``ffn.intermediate``, ``ffn.output`` — and what (IA)^3 (ia3.py) shares with it: the config, the placement, the
 UniPELT gate and exact merge/reset.
 
@@ -10,10 +10,8 @@ restores them bit for bit after any number of cycles.
 from __future__ import annotations
 
 import math
-import re
-import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -32,21 +30,41 @@ from peftcore.configs import (
 )
 from peftcore.methods.base import Method, ModelShape, PeftFile, init_generator, linear_average, register_method
 from peftcore.methods.gating import Gate
+from peftcore.methods.lora_init import (
+    PEFT_INITS,
+    check_lora_options,
+    gaussian_,
+    initial_factors,
+    is_base_changing,
+    lora_scaling,
+    site_rank,
+)
+from peftcore.methods.lora_peft import check_peft_options, lora_from_peft, lora_to_peft, refuse_gated_peft
+from peftcore.methods.lora_peft import config_for_sites as config_for_sites  # re-exported: ia3, vera and others use it
+from peftcore.methods.task_arithmetic import WeightedLowRank
 from peftcore.sites import Site, SiteLinear
 
 
 @dataclass(frozen=True, kw_only=True)
 class LoRAConfig(AdapterConfigBase):
-    """LoRA (Hu et al., 2021, https://arxiv.org/abs/2106.09685): AdapterHub's LoRAConfig, field for field.
+    r"""LoRA (Hu et al., 2021, https://arxiv.org/abs/2106.09685): AdapterHub's LoRAConfig, field for field.
 
-    ``selfattn_lora`` adapts the attention matrices in ``attn_matrices`` ("q", "k", "v"); ``intermediate_lora`` and
-    ``output_lora`` the two feed-forward linears. ``composition_mode="scale"`` is (IA)^3; ``vera_d`` and ``vera_b``
-    (both set) make it VeRA (vera.py) and ``use_dora`` DoRA (dora.py), both VeRA and DoRA DVoRA.
+    ``selfattn_lora`` adapts the attention matrices in ``attn_matrices`` ("q", "k", "v", and ours: "o", the attention
+    output, site ``attn.out``); ``intermediate_lora`` and ``output_lora`` the two feed-forward linears.
+    ``composition_mode="scale"`` is (IA)^3; ``vera_d`` and ``vera_b`` (both set) make it VeRA (vera.py) and
+    ``use_dora`` DoRA (dora.py), both VeRA and DoRA DVoRA.
 
     Two fields are ours, each naming which of two definitions an adapter follows, so that every file gives the
     outputs of the library that wrote it: ``vera_dense`` keeps AdapterHub 1.3.0's dense VeRA scaling matrices instead
     of the published vectors (vera.py), ``dora_variant`` says whose DoRA forward to run, "adapterhub" or "peft"
     (dora.py).
+
+    PEFT's options, ours too (lora_init.py): ``target="all-linear"`` sets every linear site of the layers (q, k, v, o
+    and both feed-forward linears; never a head); ``use_rslora`` scales by alpha / sqrt(r); ``rank_pattern`` and
+    ``alpha_pattern`` give sites other ranks and alphas, their keys regexes matched as PEFT matches them, against the
+    site paths (``"attn.q"``, ``r"layers\.0\.ffn\.output"``); ``init_weights`` also takes PEFT's "gaussian", "pissa",
+    "pissa_niter_K" and "olora"; ``input_scaled`` names sites whose input (IA)^3 scales instead of their output (PEFT's
+    ``feedforward_modules``: ``("attn.out", "ffn.output")`` in its BERT default).
     """
 
     architecture: ClassVar[str | None] = "lora"
@@ -68,6 +86,11 @@ class LoRAConfig(AdapterConfigBase):
     dtype: str | None = None
     vera_dense: bool = False
     dora_variant: str = "adapterhub"
+    target: str | None = None
+    use_rslora: bool = False
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    input_scaled: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -78,13 +101,13 @@ class LoRAConfig(AdapterConfigBase):
             raise ValueError(f"{name}.r must be a positive int, got {self.r}.")
         check_positive_number(name, "alpha", self.alpha)
         check_probability(name, "dropout", self.dropout)
-        check_type(name, "attn_matrices", self.attn_matrices, (tuple, list), "a list of 'q', 'k', 'v'")
+        check_in(name, "composition_mode", self.composition_mode, ("add", "scale"))
+        check_lora_options(self)
+        check_type(name, "attn_matrices", self.attn_matrices, (tuple, list), "a list of 'q', 'k', 'v', 'o'")
         object.__setattr__(self, "attn_matrices", tuple(self.attn_matrices))
         for matrix in self.attn_matrices:
-            check_in(name, "attn_matrices", matrix, ("q", "k", "v"))
+            check_in(name, "attn_matrices", matrix, tuple(MATRIX_SITES))
         check_distinct(name, "attn_matrices", self.attn_matrices)
-        check_in(name, "composition_mode", self.composition_mode, ("add", "scale"))
-        check_in(name, "init_weights", self.init_weights, ("lora", "bert", "ia3", "vera"))
         if self.composition_mode == "scale" and (self.r != 1 or self.dropout):
             raise ValueError(f"{name}: composition_mode='scale' ((IA)^3) needs r=1 and dropout=0, got r={self.r}, "
                              f"dropout={self.dropout}.")
@@ -95,6 +118,10 @@ class LoRAConfig(AdapterConfigBase):
             raise ValueError(f"{name} places nothing: set selfattn_lora (with attn_matrices), intermediate_lora or "
                              "output_lora.")
         object.__setattr__(self, "leave_out", check_leave_out(name, self.leave_out))
+        unplaced = [site for site in self.input_scaled if site not in layer_sites(self)]
+        if unplaced:
+            raise ValueError(f"{name}.input_scaled names {unplaced}, which this config does not place; it places "
+                             f"{list(layer_sites(self))}.")
         check_seed(name, self.init_weights_seed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,15 +165,24 @@ class LoRAConfig(AdapterConfigBase):
                              "intermediate_lora=False and output_lora=False.")
 
 
-OWN_FIELDS = {"vera_dense": False, "dora_variant": "adapterhub"}  # LoRAConfig's fields AdapterHub lacks, by default
+OWN_FIELDS = {  # LoRAConfig's fields AdapterHub lacks, by default
+    "vera_dense": False, "dora_variant": "adapterhub", "target": None, "use_rslora": False, "rank_pattern": {},
+    "alpha_pattern": {}, "input_scaled": [],
+}
+MATRIX_SITES = {"q": "attn.q", "k": "attn.k", "v": "attn.v", "o": "attn.out"}  # attn_matrices -> site
 
 
 def linear_sites(config: LoRAConfig, layer: int | None) -> tuple[str, ...]:
-    """selfattn_lora + attn_matrices -> attn.{q,k,v}; intermediate_lora -> ffn.intermediate;
+    """selfattn_lora + attn_matrices -> attn.{q,k,v,out}; intermediate_lora -> ffn.intermediate;
     output_lora -> ffn.output; leave_out skips layers."""
     if layer is None or layer in config.leave_out:
         return ()
-    attention = tuple(f"attn.{matrix}" for matrix in config.attn_matrices) if config.selfattn_lora else ()
+    return layer_sites(config)
+
+
+def layer_sites(config: LoRAConfig) -> tuple[str, ...]:
+    """The linear sites ``config`` places in each layer it does not leave out."""
+    attention = tuple(MATRIX_SITES[matrix] for matrix in config.attn_matrices) if config.selfattn_lora else ()
     return attention + ("ffn.intermediate",) * config.intermediate_lora + ("ffn.output",) * config.output_lora
 
 
@@ -216,6 +252,20 @@ class LinearMethod(Method):
     def fold(self, linear: SiteLinear) -> None:
         raise NotImplementedError
 
+    @classmethod
+    def to_adapterhub(cls, config: LoRAConfig, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Refused where the config uses what AdapterHub's LoRA lacks (the attention output, PEFT's options)."""
+        extensions = [f"{key}={value!r}" for key, value in config.to_dict().items()
+                      if key in OWN_FIELDS and key not in ("vera_dense", "dora_variant")]
+        extensions += [f"attn_matrices={list(config.attn_matrices)} ('o': the attention output)"] * (
+            "o" in config.attn_matrices and config.selfattn_lora)
+        if config.init_weights in PEFT_INITS or is_base_changing(config.init_weights):
+            extensions.append(f"init_weights={config.init_weights!r} (ΔW = B A - B0 A0)")
+        if extensions:  # AdapterHub keeps no LoRA at the attention output: ours saved there would not load
+            raise ValueError(f"AdapterHub's LoRA has no {', '.join(extensions)}; save with format='peftcore' or "
+                             "'peft'.")
+        return state
+
 
 class LowRankUpdate(LinearMethod):
     """What LoRA and VeRA share: y = W x + b + s · ΔW dropout(x), with s = alpha / r, or s = gate(x) when gated
@@ -251,36 +301,71 @@ class LowRankUpdate(LinearMethod):
         return 1.0 if self.gate is not None else self.scaling
 
 
-class LoRA(LowRankUpdate):
+class LoRA(WeightedLowRank, LowRankUpdate):
     """ΔW = B A: A is (r, in) and B is (out, r); the "lora" init (Kaiming-uniform A, zero B) starts as the identity.
+    PiSSA and OLoRA start from factors A0, B0 of the base weight, kept as buffers: ΔW = B A - B0 A0 (lora_init.py).
+    ``r`` and ``alpha`` are this site's (``rank_pattern``, ``alpha_pattern``). ``merge_adapters`` strategies:
+    task_arithmetic.py.
     """
 
     peft_type = "LORA"
     peft_suffixes = (".lora_A.weight", ".lora_B.weight")
+    loraplus_b = ("lora_B",)
 
-    def __init__(self, config: LoRAConfig, in_features: int, out_features: int) -> None:
+    @classmethod
+    def build(cls, config: LoRAConfig, site: Site, shape: ModelShape, shared: nn.Module | None) -> LoRA:
+        return cls(config, site.module.in_features, site.module.out_features, *site_rank(config, site.path))
+
+    def __init__(self, config: LoRAConfig, in_features: int, out_features: int, r: int | None = None,
+                 alpha: float | None = None) -> None:
         super().__init__(config, in_features)
-        self.lora_A = nn.Parameter(torch.zeros(config.r, in_features))
-        self.lora_B = nn.Parameter(torch.zeros(out_features, config.r))
+        self.r, self.alpha = r or config.r, alpha or config.alpha
+        self.scaling = lora_scaling(self.alpha, self.r, config.use_rslora)
+        self.lora_A = nn.Parameter(torch.zeros(self.r, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, self.r))
+        base_changing = is_base_changing(config.init_weights)  # A0, B0 filled by initialise, or from a file
+        self.register_buffer("lora_A0", torch.zeros(self.r, in_features) if base_changing else None)
+        self.register_buffer("lora_B0", torch.zeros(out_features, self.r) if base_changing else None)
         generator = init_generator(config.init_weights_seed)
         with torch.no_grad():
             if config.init_weights == "lora":
                 nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5), generator=generator)
+            elif config.init_weights == "gaussian":
+                gaussian_(self.lora_A, self.r, generator)
             elif config.init_weights == "bert":
                 nn.init.normal_(self.lora_A, std=0.02, generator=generator)
                 nn.init.normal_(self.lora_B, std=0.02, generator=generator)
             elif config.init_weights == "vera":  # AdapterHub's: both Kaiming-uniform with a = 0
                 nn.init.kaiming_uniform_(self.lora_A, generator=generator)
                 nn.init.kaiming_uniform_(self.lora_B, generator=generator)
-            else:  # "ia3": ones, as AdapterHub allows
+            elif config.init_weights == "ia3":  # ones, as AdapterHub allows
                 nn.init.ones_(self.lora_A)
                 nn.init.ones_(self.lora_B)
 
+    def initialise(self, site: Site) -> None:
+        """PiSSA and OLoRA: A = A0 and B = B0, the factors of the base weight at ``site``."""
+        if self.lora_A0 is not None:
+            A0, B0 = initial_factors(self.config.init_weights, site.module.weight, self.r, self.scaling,
+                                     self.config.init_weights_seed)
+            with torch.no_grad():
+                for tensor in (self.lora_A, self.lora_A0):
+                    tensor.copy_(A0)
+                for tensor in (self.lora_B, self.lora_B0):
+                    tensor.copy_(B0)
+
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """(B, A) with ΔW = B A before scaling: [B, -B0] and [A; A0] for PiSSA and OLoRA."""
+        if self.lora_A0 is None:
+            return self.lora_B, self.lora_A
+        return torch.cat([self.lora_B, -self.lora_B0], dim=1), torch.cat([self.lora_A, self.lora_A0])
+
     def update(self, x: Tensor) -> Tensor:
-        return F.linear(F.linear(x, self.lora_A), self.lora_B)  # (B, T, R) -> (B, T, out)
+        B, A = self.factors()
+        return F.linear(F.linear(x, A), B)  # (B, T, R) -> (B, T, out)
 
     def delta_weight(self) -> Tensor:
-        return self.lora_B @ self.lora_A
+        B, A = self.factors()
+        return B @ A
 
     @classmethod
     def reads_peft(cls, raw: Mapping[str, Any]) -> bool:
@@ -289,7 +374,7 @@ class LoRA(LowRankUpdate):
     @classmethod
     def from_peft(cls, file: PeftFile) -> tuple[LoRAConfig, dict[str, Tensor]]:
         check_peft_options(file)
-        return lora_from_peft(file)
+        return lora_from_peft(file, LoRAConfig)
 
     @classmethod
     def to_peft(cls, config: LoRAConfig, placed: Mapping[str, Mapping[str, Method]], modules: Mapping[str, Any]
@@ -313,6 +398,9 @@ class LoRA(LowRankUpdate):
     def average_from(self, sources: Sequence[LoRA], weights: Sequence[float], strategy: str) -> None:
         """linear: A and B by w; negate_b: A by |w|, B by w (Zhang et al., 2023); delta_w_svd: the weighted sum of
         the updates s·B·A, cut to this adapter's rank by SVD (its scaling folded into B). A gate averages by w."""
+        if any(source.lora_A0 is not None for source in sources):
+            raise ValueError("PiSSA/OLoRA adapters (ΔW = B A - B0 A0) cannot be averaged here; save them for PEFT "
+                             "(a plain LoRA of rank 2r), load that and average it.")
         pairs = list(zip(weights, sources, strict=True))
         if self.gate is not None:
             linear_average(self.gate, [source.gate for source in sources], weights)
@@ -331,145 +419,6 @@ class LoRA(LowRankUpdate):
             u, singular, v = torch.linalg.svd(delta, full_matrices=False)
             self.lora_A.copy_(v[:r])
             self.lora_B.copy_(u[:, :r] * singular[:r] / self.update_scale)
-
-
-# ---- HuggingFace PEFT's files ------------------------------------------------------------------------------------
-
-# PEFT options whose non-default value changes what the file means; each must be falsy (bias: "none")
-REFUSED_PEFT_OPTIONS = {
-    "use_dora": "DoRA's magnitude vector", "lora_bias": "a bias on lora_B", "fan_in_fan_out": "Conv1D (GPT-2) weights",
-    "layer_replication": "replicated layers", "target_parameters": "bare nn.Parameter targets",
-    "trainable_token_indices": "trainable embedding rows", "use_qalora": "QALoRA", "use_bdlora": "BD-LoRA",
-    "alora_invocation_tokens": "activated LoRA", "megatron_config": "Megatron layers", "arrow_config": "Arrow routing",
-    "kasa_config": "KaSA", "monteclora_config": "MonteCLoRA", "velora_config": "VeLoRA",
-}
-BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")  # these rewrite the base weights
-LORA_DEFAULTS = {  # the rest of what peft 0.21.2 writes for a plain LoRA
-    "alora_invocation_tokens": None, "arrow_config": None, "bias": "none", "corda_config": None,
-    "ensure_weight_tying": False, "eva_config": None, "init_lora_weights": True, "kasa_config": None,
-    "layer_replication": None, "layers_pattern": None, "layers_to_transform": None, "loftq_config": {},
-    "lora_bias": False, "lora_ga_config": None, "megatron_config": None, "megatron_core": "megatron.core",
-    "monteclora_config": None, "peft_type": "LORA", "qalora_group_size": 16, "target_parameters": None,
-    "trainable_token_indices": None, "use_bdlora": None, "use_dora": False, "use_qalora": False,
-    "use_rslora": False, "velora_config": None,
-}
-
-
-def refuse_gated_peft(config: LoRAConfig) -> None:
-    if config.use_gating:
-        raise ValueError("it is gated (use_gating=True); PEFT has no gated LoRA/(IA)^3.")
-
-
-def check_peft_options(file: PeftFile, allowed: tuple[str, ...] = ()) -> None:
-    """Refuse a PEFT LoRA/(IA)^3 file whose options peftcore cannot express (but those ``allowed``), naming them."""
-    raw = file.raw
-    if raw.get("bias", "none") != "none":
-        raise ValueError(f"{file.where}: bias={raw['bias']!r} trains base-model biases, which peftcore keeps out of "
-                         "adapters; only bias='none' adapters load.")
-    used = [f"{option}={raw[option]!r} ({what})" for option, what in REFUSED_PEFT_OPTIONS.items()
-            if raw.get(option) and option not in allowed]
-    if used:
-        raise ValueError(f"{file.where}: peftcore's LoRA has no equivalent of {', '.join(used)}; only plain "
-                         "LoRA/(IA)^3 adapters load.")
-    init = str(raw.get("init_lora_weights", True)).lower()
-    if init.startswith(BASE_CHANGING_INITS):
-        raise ValueError(f"{file.where}: init_lora_weights={raw['init_lora_weights']!r} rewrites the base weights, "
-                         "so this file's A and B only hold on PEFT's modified base model; convert it to a plain LoRA "
-                         "first (save_pretrained(path_initial_model_for_weight_conversion=...)).")
-
-
-def config_for_sites(file: PeftFile, config_class: type[LoRAConfig], **fields: Any) -> LoRAConfig:
-    """Our config places one set of sites in every layer it does not leave out: the sites the file targets."""
-    by_layer: dict[int, set[str]] = {i: set() for i in range(file.shape.num_layers)}
-    for module in file.targeted.values():
-        by_layer[module.layer].update(module.sites)
-    used = set().union(*by_layer.values())
-    uneven = {layer: sorted(sites) for layer, sites in by_layer.items() if sites and sites != used}
-    if uneven:
-        raise ValueError(f"{file.where}: the adapted modules differ between layers ({uneven} vs {sorted(used)} "
-                         "elsewhere); peftcore's LoRA/(IA)^3 adapts the same sites in every layer it does not leave "
-                         "out.")
-    attn = tuple(m for m in ("q", "k", "v") if f"attn.{m}" in used)
-    return config_class(selfattn_lora=bool(attn), attn_matrices=attn or ("q", "v"),
-                        intermediate_lora="ffn.intermediate" in used, output_lora="ffn.output" in used,
-                        leave_out=tuple(layer for layer, sites in by_layer.items() if not sites), **fields)
-
-
-def pattern_value(patterns: Mapping[str, Any], key: str, default: Any) -> Any:
-    """``rank_pattern``/``alpha_pattern`` lookup (peft's ``utils.other.get_pattern_key``): the first match."""
-    for pattern, value in patterns.items():
-        if re.match(rf"(.*\.)?({pattern})$", key):
-            return value
-    return default
-
-
-def lora_from_peft(file: PeftFile, config_class: type[LoRAConfig] = LoRAConfig,
-                   **fields: Any) -> tuple[LoRAConfig, dict[str, Tensor]]:
-    """Our lora_A/lora_B per site: one rank (the largest, zero-padded: padded rows and columns stay zero in
-    training) and one alpha (other modules' scalings folded into their B); rsLoRA's alpha / sqrt(r) likewise.
-    ``fields`` go to the config (of ``config_class``)."""
-    raw = file.raw
-    ranks, scalings = {}, {}
-    for path in file.targeted:
-        r = pattern_value(raw.get("rank_pattern") or {}, path, raw["r"])
-        alpha = pattern_value(raw.get("alpha_pattern") or {}, path, raw["lora_alpha"])
-        ranks[path], scalings[path] = r, alpha / (math.sqrt(r) if raw.get("use_rslora") else r)
-    r = max(ranks.values())
-    uniform = len(set(scalings.values())) == 1
-    scaling = next(iter(scalings.values())) if uniform else raw["lora_alpha"] / (
-        math.sqrt(raw["r"]) if raw.get("use_rslora") else raw["r"])
-    alpha = scaling * r
-    config = config_for_sites(file, config_class, r=r, alpha=int(alpha) if float(alpha).is_integer() else alpha,
-                              dropout=raw.get("lora_dropout", 0.0), **fields)
-    if len(set(ranks.values())) > 1:
-        warnings.warn(f"{file.where}: ranks differ between modules ({sorted(set(ranks.values()))}); smaller ranks "
-                      f"are padded with zeros to r={r} (same outputs, more parameters).", stacklevel=5)
-    state = {}
-    for path, module in file.targeted.items():
-        A, B = file.tensors.get(f"{path}.lora_A.weight"), file.tensors.get(f"{path}.lora_B.weight")
-        if A is None or B is None or A.shape[0] != ranks[path] or B.shape[1] != ranks[path]:
-            raise ValueError(f"{file.where}: {path} needs lora_A (r, in) and lora_B (out, r) with r={ranks[path]}, "
-                             f"got {None if A is None else tuple(A.shape)} and "
-                             f"{None if B is None else tuple(B.shape)}.")
-        A = torch.cat([A, A.new_zeros(r - A.shape[0], A.shape[1])])  # (R, in)
-        B = torch.cat([B, B.new_zeros(B.shape[0], r - B.shape[1])], dim=1)  # (out, R)
-        if scalings[path] != scaling:
-            B = B * (scalings[path] / scaling)
-        for site, part in zip(module.sites, module.split(B) if module.split else (B,), strict=True):
-            state[file.key(module.layer, site, "lora_A")] = A
-            state[file.key(module.layer, site, "lora_B")] = part.contiguous()
-    return config, state
-
-
-def lora_to_peft(config: LoRAConfig, placed: Mapping[str, Mapping[str, LoRA]], modules: Mapping[str, Any]
-                 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """PEFT's lora_A/lora_B per module; on DeBERTa v1's fused in_proj our q/k/v LoRAs of rank r join into one of
-    rank m·r (block structure, exact), said in rank_pattern/alpha_pattern."""
-    state, patterns = {}, {}
-    for path, ours in placed.items():
-        module = modules[path]
-        if not module.split:
-            (lora,) = ours.values()
-            state[f"{path}.lora_A.weight"] = lora.lora_A.detach()
-            state[f"{path}.lora_B.weight"] = lora.lora_B.detach()
-            continue
-        present = [site for site in module.sites if site in ours]
-        A = torch.cat([ours[site].lora_A.detach() for site in present])  # (m R, in)
-        parts = []
-        for site in module.sites:
-            part = A.new_zeros(ours[present[0]].lora_B.shape[0], A.shape[0])  # (H D, m R)
-            if site in ours:
-                j = present.index(site) * config.r
-                part[:, j:j + config.r] = ours[site].lora_B.detach()
-            parts.append(part)
-        state[f"{path}.lora_A.weight"] = A
-        state[f"{path}.lora_B.weight"] = module.join(tuple(parts))
-        if len(present) > 1:
-            patterns[path.rsplit(".", 1)[-1]] = len(present)
-    raw = {**LORA_DEFAULTS, "r": config.r, "lora_alpha": config.alpha, "lora_dropout": config.dropout,
-           "rank_pattern": {leaf: m * config.r for leaf, m in patterns.items()},
-           "alpha_pattern": {leaf: m * config.alpha for leaf, m in patterns.items()}}
-    return raw, state
 
 
 register_method(LoRA, {"lora": LoRAConfig()})

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from peftcore.configs import check_in, check_positive_number, check_type
 from peftcore.methods.base import MultiTaskConfig, init_generator, register_method
 from peftcore.methods.lora import LinearMethod, LoRAConfig
+from peftcore.methods.lora_init import PEFT_INITS, is_base_changing
 from peftcore.sites import SiteLinear
 
 
@@ -48,6 +49,12 @@ class MTLLoRAConfig(LoRAConfig, MultiTaskConfig):
         if self.composition_mode != "add":
             raise ValueError(f"{name}.composition_mode={self.composition_mode!r}: MTL-LoRA adds its update; leave "
                              "composition_mode='add'.")
+        used = [field for field, default in (("use_rslora", False), ("rank_pattern", {}), ("alpha_pattern", {}))
+                if getattr(self, field) != default] + ["init_weights"] * (
+            self.init_weights in PEFT_INITS or is_base_changing(self.init_weights))
+        if used:
+            raise ValueError(f"{name}: MTL-LoRA has one rank, alpha / r and AdapterHub's inits; leave {used} at "
+                             "their defaults.")
 
 
 class TaskSpecific(nn.Module):

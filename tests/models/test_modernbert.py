@@ -1,6 +1,6 @@
 """ModernBERT equals transformers' ModernBertModel and ModernBertFor* on the same weights, both ways, on a batch longer
-than the local window; its config.json names round trip; PEFT's files on its fused Wqkv load (tests/peftcore/interop/
-test_peft.py) and a file on the attention Wo, where this model has no site, is refused.
+than the local window; its config.json names round trip. PEFT's files on its fused Wqkv, Wo and Wi load, and ours
+load in PEFT (tests/peftcore/interop/test_peft.py).
 
 The registry-wide tests (sites, unpadded execution, every method and composition, files, numerics, PEFT interop, the
 CLI) run ModernBERT too; this file holds what is ModernBERT's own.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 
-import peft
 import pytest
 import torch
 import transformers as tf
@@ -129,17 +128,3 @@ def test_config_json_names_round_trip_and_unsupported_values_are_refused(hf_chec
     with pytest.raises(ValueError, match="rope_scaling"):
         ModernBertModel.config_from(json.loads((tmp_path / "scaled" / "config.json").read_text()))
     assert isinstance(ModernBertModel.config_from(theirs.config), ModernBertConfig)
-
-
-def test_peft_lora_on_the_attention_wo_is_refused_naming_the_modules(hf_checkpoint, tmp_path):
-    """PEFT's target_modules=["Wqkv", "Wo", "Wi"] also selects each attention's Wo (a suffix match), where this model
-    has no LoRA site yet (the attn.out site comes with the attention-output work); the file is refused whole.
-    target_modules=["Wqkv", "Wi", "mlp.Wo"] loads with PEFT's outputs (test_peft.py)."""
-    directory, _ = families.checkpoint(hf_checkpoint, "modernbert", "sequence_classification")
-    model = tf.ModernBertForSequenceClassification.from_pretrained(directory)
-    peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["Wqkv", "Wo", "Wi"], task_type="SEQ_CLS")
-                        ).save_pretrained(tmp_path / "a")
-    ours = ModernBertModel.from_pretrained(directory)
-    with pytest.raises(ValueError, match=r"no LoRA/\(IA\)\^3 site.*layers\.0\.attn\.Wo"):
-        ours.load_adapter(tmp_path / "a")
-    assert not ours.adapter_configs

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import peftcore.changes
 import peftcore.fusion
 import peftcore.heads
 import peftcore.merging
@@ -61,7 +62,17 @@ CALLS = {
     "average_head": lambda m, d: m.average_head("averaged", ["h", "h"], set_active=True),
     "load_head": lambda m, d: m.load_head(d / "head", load_as="loaded_head"),
     "eject_prefix_tuning": lambda m, d: m.eject_prefix_tuning("p"),
+    "merge_adapters": lambda m, d: m.merge_adapters("mixed", ["idle", "other"], [1.0, -0.5], method="ties_svd",
+                                                    density=0.5, set_active=True),
+    "merge_and_unload": lambda m, d: unload_idle(m),
 }
+
+
+def unload_idle(model) -> None:
+    """Activate the LoRA adapter "idle" and fold it in for good (every adapter and the fusion removed), as one call."""
+    with peftcore.changes.changing(model):
+        model.set_active_adapters("idle")
+        model.merge_and_unload()
 
 
 class Injected(RuntimeError):

@@ -75,6 +75,7 @@ class TinyBlock(nn.Module):
         self.attn = nn.Module()
         self.attn.q, self.attn.k, self.attn.v = (SiteLinear(width, width) for _ in range(3))
         self.attn.prefix = PrefixSite()
+        self.attn.out = SiteLinear(width, width)
         self.attn.residual = ResidualSite(nn.LayerNorm(width))
         self.ffn = nn.Module()
         self.ffn.intermediate, self.ffn.output = SiteLinear(width, 2 * width), SiteLinear(2 * width, width)
@@ -84,7 +85,7 @@ class TinyBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = (proj(x)[:, None] for proj in (self.attn.q, self.attn.k, self.attn.v))
         k, v, mask = self.attn.prefix(k, v, torch.zeros(x.shape[0], 1, 1, x.shape[1]), x)
-        x = self.attn.residual(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)[:, 0], x)
+        x = self.attn.residual(self.attn.out(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)[:, 0]), x)
         x = self.ffn.residual(self.ffn.output(F.gelu(self.ffn.intermediate(x))), x)
         return self.output(x, Padding())  # no padding: every token is real
 

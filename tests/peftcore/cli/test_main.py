@@ -53,7 +53,7 @@ def test_top_level_help_lists_every_subcommand_and_version_exists(capsys):
     printed = " ".join(capsys.readouterr().out.split())
     for choice in parser()._subparsers._group_actions[0]._choices_actions:
         assert f" {choice.dest} {' '.join(choice.help.split())}" in printed, choice.dest
-    assert set(all_commands()) == {"convert", "info", "embed", "finetune", "compare", "predict"}
+    assert set(all_commands()) == {"convert", "info", "embed", "finetune", "compare", "predict", "merge"}
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == "peftcore 0.1.0"

@@ -12,6 +12,7 @@ import torch
 import transformers as tf
 from safetensors.torch import load_file, save_file
 
+from peftcore import IA3Config, LoRAConfig
 from peftcore.models import BertModel
 from tests import archs
 from tests.archs import ARCHS
@@ -90,8 +91,18 @@ CASES = [  # (arch, peft config)
     # ALBERT: PEFT wraps each shared linear once, as our sites sit in each distinct layer once (models/albert.py)
     ("albert", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value", "ffn_output"], **SEQ_CLS)),
     ("albert", peft.IA3Config(target_modules=["key", "value", "ffn"], feedforward_modules=[], **SEQ_CLS)),
+    # all-linear (the pooler excluded: it has no site), rsLoRA, per-module ranks and alphas, the gaussian init
+    ("bert", peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", exclude_modules=["pooler.dense"],
+                             use_rslora=True, rank_pattern={"attention.output.dense": 2}, alpha_pattern={"query": 3},
+                             init_lora_weights="gaussian", **SEQ_CLS)),
+    ("roberta", peft.LoraConfig(r=2, lora_alpha=4, target_modules="all-linear", **SEQ_CLS)),  # classifier: saved
+    ("roberta", peft.LoraConfig(r=4, lora_alpha=4, target_modules=["query", "dense"], use_rslora=True,
+                                rank_pattern={r"layer\.1\.output\.dense": 2}, **SEQ_CLS)),
+    # PEFT's default (IA)^3: key and value outputs, and the inputs of attention.output.dense and output.dense
+    ("bert", peft.IA3Config(**SEQ_CLS)),
+    ("roberta", peft.IA3Config(**SEQ_CLS)),
     # ModernBERT's fused Wqkv: one LoRA whose B rows split into q/k/v thirds sharing A; the gated Wi whole
-    ("modernbert", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["Wqkv", "Wi", "mlp.Wo"], **SEQ_CLS)),
+    ("modernbert", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["Wqkv", "Wo", "Wi"], **SEQ_CLS)),  # Wo: both
     ("modernbert", peft.IA3Config(target_modules=["Wqkv", "Wi", "mlp.Wo"], feedforward_modules=[])),
 ]
 
@@ -122,12 +133,21 @@ OURS = [  # (arch, our config)
     ("distilbert", "lora[attn_matrices=['q', 'k', 'v'], intermediate_lora=True]"),
     ("albert", "lora[r=4, output_lora=True]"),
     ("albert", "ia3"),
-    ("modernbert", "lora[r=2, attn_matrices=['q', 'k', 'v'], intermediate_lora=True, output_lora=True]"),
+    ("bert", LoRAConfig(r=4, alpha=6, target="all-linear", use_rslora=True, alpha_pattern={"attn.q": 3},
+                        rank_pattern={"attn.out": 2, r"layers\.1\.ffn\.output": 3})),
+    ("roberta", LoRAConfig(r=2, alpha=4, attn_matrices=("q", "v", "o"), init_weights="pissa")),
+    ("bert", LoRAConfig(r=2, alpha=4, attn_matrices=("q", "o"), output_lora=True, init_weights="olora")),
+    ("deberta", LoRAConfig(attn_matrices=("q", "k", "v", "o"), use_rslora=True, rank_pattern={"attn.k": 4})),
+    ("bert", IA3Config(attn_matrices=("k", "v", "o"), intermediate_lora=False, output_lora=True,
+                       input_scaled=("attn.out", "ffn.output"))),  # PEFT's default (IA)^3
+    ("roberta", IA3Config(attn_matrices=("k", "v", "o"), intermediate_lora=False, output_lora=True,
+                          input_scaled=("attn.out", "ffn.output"))),
+    ("modernbert", "lora[r=2, attn_matrices=['q', 'k', 'v', 'o'], intermediate_lora=True, output_lora=True]"),
     ("modernbert", "ia3"),
 ]
 
 
-@pytest.mark.parametrize("arch, config", OURS)
+@pytest.mark.parametrize("arch, config", OURS, ids=lambda c: c if isinstance(c, str) else type(c).__name__)
 def test_ours_saved_in_peft_format_loads_in_peft_with_our_outputs(hf_checkpoint, arch, config, tmp_path):
     directory, model = reference(hf_checkpoint, arch)
     ours = ARCHS[arch].model.from_pretrained(directory).eval()
@@ -185,8 +205,8 @@ REFUSALS = [  # (config changes, tensors dropped, message)
     (dict(fan_in_fan_out=True), (), "fan_in_fan_out"),
     (dict(init_lora_weights="pissa"), (), "rewrites the base weights"),
     (dict(peft_type="LOHA"), (), "'LOHA' is not available"),
-    (dict(target_modules="all-linear"), (), "all-linear"),
-    (dict(target_modules=["query", "value", "dense"]), (), "no LoRA/.IA.\\^3 site.*attention.output.dense"),
+    (dict(target_modules="all-linear"), (), "without tensors: bert.encoder.layer.0.attention.output.dense"),
+    (dict(target_modules=["query", "value", "dense"]), (), "no LoRA/.IA.\\^3 site.*bert.pooler.dense"),
     (dict(target_modules=["query", "value", "key"]), (), "targeted modules without tensors"),
     (dict(target_modules=r".*0\.attention\.self\.query|.*1\.attention\.self\.value"),
      ("0.attention.self.value", "1.attention.self.query"), "differ between layers"),
@@ -208,18 +228,30 @@ def test_unsupported_or_incomplete_files_are_refused_clearly_and_change_nothing(
     assert all(torch.equal(ours.state_dict()[key], t) for key, t in before.items())
 
 
-def test_peft_default_ia3_is_refused_naming_the_feedforward_and_siteless_modules(hf_checkpoint, tmp_path):
-    directory, model = reference(hf_checkpoint, "bert")
-    peft.get_peft_model(model, peft.IA3Config(**SEQ_CLS)).save_pretrained(tmp_path / "a")  # key, value, output.dense
-    ours = BertModel.from_pretrained(directory)
-    with pytest.raises(ValueError, match="no LoRA/.IA.\\^3 site.*attention.output.dense"):
-        ours.load_adapter(tmp_path / "a")
-    raw = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
-    edited(tmp_path / "a", tmp_path / "b", dict(target_modules=["key", "value", "layer.0.output.dense",
-                                                                "layer.1.output.dense"]), ("attention.output",))
-    with pytest.raises(ValueError, match="GELU"):
-        ours.load_adapter(tmp_path / "b")
-    assert raw["feedforward_modules"] == ["output.dense"] and ours.adapter_configs == {}
+@pytest.mark.parametrize("arch, init", [("bert", "pissa"), ("roberta", "olora"), ("bert", "pissa_niter_4")])
+def test_pissa_and_olora_trained_by_peft_load_converted_with_its_outputs(hf_checkpoint, arch, init, tmp_path):
+    """PEFT's recipe: save the initial adapter (init_lora_weights=True), train, save converted to a plain LoRA of
+    rank 2r on the original weights; ours loads that and gives the outputs of PEFT's model on its residual weights.
+    No task_type: peft 0.21.2's conversion (LoraModel.subtract_mutated_init) keeps only lora_A/lora_B and drops the
+    modules_to_save, so a converted SEQ_CLS file lacks its trained classifier (PEFT itself cannot load it)."""
+    directory, model = reference(hf_checkpoint, arch)
+    batch = inputs(arch)
+    config = peft.LoraConfig(r=2, lora_alpha=4, init_lora_weights=init,
+                             target_modules=["query", "value", "attention.output.dense"])
+    theirs = peft.get_peft_model(model, config)
+    theirs.peft_config["default"].init_lora_weights = True
+    theirs.save_pretrained(tmp_path / "init")
+    theirs.peft_config["default"].init_lora_weights = init
+    optimizer = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        theirs.train()(**batch).logits.pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    theirs.save_pretrained(tmp_path / "a", path_initial_model_for_weight_conversion=str(tmp_path / "init"))
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["r"] == 4
+    ours = ARCHS[arch].model.from_pretrained(directory).eval()
+    ours.load_adapter(tmp_path / "a", set_active=True)
+    assert_same_outputs(ours, theirs.eval(), batch)
 
 
 @pytest.mark.parametrize("arch, config, message", [
