@@ -36,7 +36,8 @@ import torch
 
 from benchmarks import harness, modernbert, workloads
 
-WORKLOADS = ("floor", "forward", "train", "inference", "mixed", "memory", "load", "varlen", "modernbert", "compile")
+WORKLOADS = ("floor", "forward", "train", "peft_methods", "inference", "mixed", "memory", "load", "varlen",
+             "modernbert", "compile")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -111,6 +112,7 @@ def run_workloads(args: argparse.Namespace, b: workloads.Bench, chosen: list[str
         "floor": lambda: workloads.floor(b),
         "forward": lambda: workloads.plain_forward(b),
         "train": lambda: workloads.train(b, methods),
+        "peft_methods": lambda: workloads.peft_methods(b),
         "inference": lambda: workloads.inference(b),
         "mixed": lambda: workloads.mixed(b),
         "memory": lambda: workloads.memory(b, methods, child),

@@ -4,6 +4,7 @@ from peftcore.composition import Average, BatchSplit, Fuse, MultiTask, Parallel,
 from peftcore.configs import ADAPTER_CONFIG_MAP, DEFAULT_ADAPTER_CONFIG, AdapterConfigBase, ConfigUnion
 from peftcore.fusion import AdapterFusionConfig
 from peftcore.methods import (
+    AdaLoraConfig,
     AdapterConfig,
     AdapterPlusConfig,
     BnConfig,
@@ -17,6 +18,8 @@ from peftcore.methods import (
     HoulsbyConfig,
     HoulsbyInvConfig,
     IA3Config,
+    LoHaConfig,
+    LoKrConfig,
     LoRAConfig,
     LoReftConfig,
     MAMConfig,
@@ -43,6 +46,7 @@ __all__ = [
     "ADAPTER_CONFIG_MAP",
     "DEFAULT_ADAPTER_CONFIG",
     "SITE_NAMES",
+    "AdaLoraConfig",
     "AdapterConfig",
     "AdapterConfigBase",
     "AdapterFusionConfig",
@@ -63,6 +67,8 @@ __all__ = [
     "HoulsbyConfig",
     "HoulsbyInvConfig",
     "IA3Config",
+    "LoHaConfig",
+    "LoKrConfig",
     "LoRAConfig",
     "LoReftConfig",
     "MAMConfig",

@@ -25,9 +25,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule
 
-from peftcore import io
+from peftcore import io, placement
+from peftcore.configs import members
 from peftcore.interop import read_adapter
 from peftcore.loraplus import loraplus_param_groups
+from peftcore.methods import methods_for
+from peftcore.methods.base import TrainingCallback
 
 Batch = dict[str, Tensor]
 RUN_ONLY = ("eval_every", "checkpoint_every", "checkpoint_dir")  # settings a resumed run may change
@@ -216,6 +219,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: (step + 1) / (warmup + 1) if step < warmup
             else max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup)))
+        self.callbacks = training_callbacks(model, adapter, self.total_steps)
         self.step = 0
         self.run_fingerprint: dict[str, Any] | None = None  # computed on first use: the data are hashed once
         self.network = model
@@ -248,7 +252,8 @@ class Trainer:
         labels = batch.pop("labels")
         with torch.autocast(device_type=labels.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
             logits = self.network(**batch).logits
-        return self.model.heads[self.adapter].loss(logits.float(), labels, batch.get("attention_mask"))
+        loss = self.model.heads[self.adapter].loss(logits.float(), labels, batch.get("attention_mask"))
+        return sum((callback.regularisation() for callback in self.callbacks), loss)
 
     def fit(self) -> TrainResult:
         """Train to the last step (resuming from ``config.checkpoint_dir`` when it holds this run) and return what
@@ -276,6 +281,8 @@ class Trainer:
                     nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
                 self.optimizer.step()
                 self.scheduler.step()
+                for callback in self.callbacks:
+                    callback.after_step(self.step)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 result.losses.append(total)
@@ -343,8 +350,8 @@ class Trainer:
                     "losses": result.losses, "evaluations": result.evaluations}
         with io.atomic_directory_write(self.config.checkpoint_dir) as scratch:
             self.model.save_adapter(scratch / "adapter", self.adapter)
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                       scratch / STATE_FILE)
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "callbacks": [callback.state_dict() for callback in self.callbacks]}, scratch / STATE_FILE)
             io.write_json(scratch / PROGRESS_FILE, progress)
 
     def resume(self) -> TrainResult:
@@ -375,6 +382,8 @@ class Trainer:
         state = torch.load(directory / STATE_FILE, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        for callback, callback_state in zip(self.callbacks, state.get("callbacks", []), strict=False):
+            callback.load_state_dict(callback_state)
         self.step = int(progress["step"])
         return TrainResult(steps=self.step, seconds=0.0, losses=list(progress.get("losses", [])),
                            evaluations=list(progress.get("evaluations", [])), resumed_from=self.step)
@@ -406,6 +415,19 @@ class Trainer:
                              + "".join(f"  {line}\n" for line in differences)
                              + "Delete it, or choose another checkpoint_dir, to start afresh; or rerun with the "
                                "settings it was made with.")
+
+
+def training_callbacks(model: nn.Module, adapter: str, total_steps: int) -> list[TrainingCallback]:
+    """What the methods of adapter ``adapter`` of ``model`` ask of a training run of ``total_steps`` optimizer steps
+    beside the optimizer step (``Method.training_callback``: AdaLoRA's regulariser and rank allocator)."""
+    placed = placement.placed(model, adapter)
+    callbacks = []
+    for member in members(model.adapter_configs[adapter]):
+        for method in methods_for(member):
+            callback = method.training_callback(member, [m for _, m in placed if type(m) is method], total_steps)
+            if callback is not None:
+                callbacks.append(callback)
+    return callbacks
 
 
 def changed_fields(then: Any, now: Any, path: str = "") -> list[str]:

@@ -217,7 +217,8 @@ def save(host: AdapterHost, directory: str | os.PathLike, name: str, with_head: 
     placement.check_known(host, name)
     config = host.adapter_configs[name]
     ours = placement.placed(host, name)
-    writers = [method for method in METHODS if "to_peft" in vars(method)]
+    writers = [method for method in METHODS
+               if method.peft_type and method.to_peft.__func__ is not Method.to_peft.__func__]  # it writes PEFT's
     kinds = {type(module) for _, module in ours}
     if len(kinds) != 1 or not issubclass(next(iter(kinds)), tuple(writers)):
         raise ValueError(f"adapter {name!r} is {type(config).__name__}; PEFT files hold "

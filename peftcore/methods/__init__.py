@@ -5,6 +5,7 @@ method available; ``METHODS`` lists every registered module class, each declarin
 (``config_class``) and, through ``sites(config, layer)``, where a config places it.
 """
 
+from peftcore.methods.adalora import AdaLoRA, AdaLoraConfig
 from peftcore.methods.base import METHODS, Method, ModelShape, MultiTaskConfig, methods_for, register_method
 from peftcore.methods.bottleneck import (
     AdapterConfig,
@@ -31,6 +32,8 @@ from peftcore.methods.invertible import (
     PfeifferInvConfig,
     SeqBnInvConfig,
 )
+from peftcore.methods.loha import LoHa, LoHaConfig
+from peftcore.methods.lokr import LoKr, LoKrConfig
 from peftcore.methods.lora import LoRA, LoRAConfig
 from peftcore.methods.mtl_lora import MTLLoRA, MTLLoRAConfig
 from peftcore.methods.phm import PHMLinear, PHMShared
@@ -42,6 +45,8 @@ from peftcore.methods.vera import Vera, VeraConfig
 __all__ = [
     "IA3",
     "METHODS",
+    "AdaLoRA",
+    "AdaLoraConfig",
     "AdapterConfig",
     "AdapterPlusConfig",
     "BnConfig",
@@ -59,6 +64,10 @@ __all__ = [
     "HoulsbyConfig",
     "HoulsbyInvConfig",
     "IA3Config",
+    "LoHa",
+    "LoHaConfig",
+    "LoKr",
+    "LoKrConfig",
     "LoRA",
     "LoRAConfig",
     "LoReftConfig",

@@ -137,6 +137,24 @@ def linear_average(target: nn.Module, sources: Sequence[nn.Module], weights: Seq
             tensor.copy_(sum(w * state[key] for w, state in zip(weights, states, strict=True)))
 
 
+class TrainingCallback:
+    """What a method asks of the Trainer beside the optimizer step (AdaLoRA's rank allocation): a term added to each
+    loss, work after each optimizer step (before the gradients are cleared), and its state in checkpoints."""
+
+    def regularisation(self) -> Tensor | float:
+        """Added to the loss of every forward pass in training."""
+        return 0.0
+
+    def after_step(self, step: int) -> None:
+        """Called after optimizer step ``step`` (0 for the first), the gradients still in place."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state_dict()``'s ``state`` when a run resumes."""
+
+
 class MultiTaskConfig(AdapterConfigBase):
     """Marks the configs of multi-task methods (AdapterHub's MultiTaskConfig): adapters of one such config, one per
     task, may tie their ``Method.shareable`` tensors together with ``share_parameters``."""
@@ -188,6 +206,12 @@ class Method(nn.Module):
         """Whether this module acts on each token alone, so a padded batch may run on its real tokens only.
         A UniPELT gate averages over the whole padded sequence, as AdapterHub's does."""
         return getattr(self, "gate", None) is None
+
+    @classmethod
+    def training_callback(cls, config: Any, modules: Sequence[Method], total_steps: int) -> TrainingCallback | None:
+        """What the Trainer must do for ``modules`` (this method's modules of one adapter of ``config``, in model
+        order) over a run of ``total_steps`` optimizer steps beside the optimizer step; None for most methods."""
+        return None
 
     # ---- merging into the site's weights ---------------------------------------------------------------------
 

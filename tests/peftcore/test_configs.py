@@ -35,8 +35,13 @@ LEGACY_NAMES = {"PfeifferConfig": "pfeiffer", "HoulsbyConfig": "houlsby", "Paral
 # ---- AdapterHub's defaults ----------------------------------------------------------------------------------
 
 
+# the names of HF PEFT's methods AdapterHub lacks: PEFT's defaults (tests/peftcore/methods/test_loha.py, ...)
+PEFT_ONLY = {"loha", "lokr", "adalora"}
+ADAPTERHUB_NAMES = sorted(set(ADAPTER_CONFIG_MAP) - PEFT_ONLY)
+
+
 def test_registry_is_a_subset_of_adapterhubs_with_the_same_default():
-    assert set(ADAPTER_CONFIG_MAP) <= set(adapters.ADAPTER_CONFIG_MAP)
+    assert set(ADAPTERHUB_NAMES) <= set(adapters.ADAPTER_CONFIG_MAP)
     assert DEFAULT_ADAPTER_CONFIG == adapters.DEFAULT_ADAPTER_CONFIG
 
 
@@ -44,7 +49,7 @@ def test_registry_is_a_subset_of_adapterhubs_with_the_same_default():
 LOST_BY_ADAPTERHUB = {"direft": {"subtract_projection": False}, "DiReftConfig": {"subtract_projection": False}}
 
 
-@pytest.mark.parametrize("name", sorted(ADAPTER_CONFIG_MAP))
+@pytest.mark.parametrize("name", ADAPTERHUB_NAMES)
 def test_registry_entry_has_adapterhubs_exact_fields_and_defaults(name):
     ours = ADAPTER_CONFIG_MAP[name].to_dict()
     theirs = {**adapters.ADAPTER_CONFIG_MAP[name].to_dict(), **LOST_BY_ADAPTERHUB.get(name, {})}
@@ -112,6 +117,8 @@ EVERY_CLASS = [
 def test_from_dict_on_the_configs_class_gives_an_equal_config_of_that_class(config):
     again = type(config).from_dict(json.loads(json.dumps(config.to_dict())))
     assert type(again) is type(config) and again == config
+    if config.architecture in PEFT_ONLY:
+        return  # HF PEFT's methods: AdapterHub has no such class
     theirs = getattr(adapters, type(config).__name__).from_dict(config.to_dict())  # AdapterHub reads it the same
     assert {**theirs.to_dict(), **LOST_BY_ADAPTERHUB.get(type(config).__name__, {})} == config.to_dict()
 

@@ -16,10 +16,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from peftcore import (
+    AdaLoraConfig,
     BnConfig,
     CompacterConfig,
     DoRAConfig,
     IA3Config,
+    LoHaConfig,
+    LoKrConfig,
     LoRAConfig,
     LoReftConfig,
     MTLLoRAConfig,
@@ -321,7 +324,7 @@ def test_an_invalid_field_value_is_refused_naming_the_field(config_class, field,
 
 
 field_names = {f.name for cls in (BnConfig, LoRAConfig, PrefixTuningConfig, PromptTuningConfig, MTLLoRAConfig,
-                                  ReftConfig)
+                                  ReftConfig, LoHaConfig, LoKrConfig, AdaLoraConfig)
                for f in dataclasses.fields(cls)}
 
 
