@@ -13,7 +13,9 @@ method vs AdapterHub, with HF frozen / head-only / full and our frozen step as r
 unmerged and merged, vs our plain forward), mixed (mixed-adapter batch vs a loop, once the model takes
 adapter_names), memory (peak RSS of a train step, one fresh process per contender), load (checkpoint conversion
 and adapter load), varlen (lengths uniform in 16..128, padded), modernbert (ModernBERT's forward and LoRA train step
-vs transformers and PEFT, full-length 512 and lengths uniform in 16..512), compile (needs --compile).
+vs transformers and PEFT, full-length 512 and lengths uniform in 16..512), compile (needs --compile); kernels.py's:
+dropout (bit mask against bernoulli_ in our frozen step), attention (each strategy over packed rows), unpad (unpadded
+against padded over length distributions), frozen_varlen (our frozen step against transformers' on variable lengths).
 On CUDA the run uses bf16 unless --dtype says otherwise, and memory is the allocator's peak.
 """
 
@@ -34,10 +36,10 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch
 
-from benchmarks import harness, modernbert, workloads
+from benchmarks import harness, kernels, modernbert, workloads
 
 WORKLOADS = ("floor", "forward", "train", "peft_methods", "inference", "mixed", "memory", "load", "varlen",
-             "modernbert", "compile")
+             "modernbert", "compile", "dropout", "attention", "unpad", "frozen_varlen")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -49,6 +51,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", choices=WORKLOADS, help="workloads to run (default: all but compile)")
     parser.add_argument("--methods", nargs="+", choices=workloads.METHODS, default=workloads.METHODS)
     parser.add_argument("--compile", action="store_true", help="also run the torch.compile workload")
+    parser.add_argument("--lengths", nargs="+", choices=workloads.LENGTHS, default=tuple(workloads.LENGTHS),
+                        help="length distributions of the unpad workload")
     parser.add_argument("--varlen-batches", type=int, default=4, help="batches per variable-length repetition")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=DTYPES, help="default: bf16 on CUDA, fp32 on CPU")
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype] if args.dtype else torch.bfloat16 if device.type == "cuda" else torch.float32
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="peftcore-bench-"))
-    b = workloads.Bench(args.shape, device, dtype, args.repeats, root, args.threads)
+    b = workloads.Bench(args.shape, device, dtype, args.repeats, root, args.threads, lengths=tuple(args.lengths))
     if args.memory_child:
         print(json.dumps(workloads.memory_child(b, args.memory_child, args.method)))
         return
@@ -120,6 +124,10 @@ def run_workloads(args: argparse.Namespace, b: workloads.Bench, chosen: list[str
         "varlen": lambda: workloads.varlen(b, methods, args.varlen_batches),
         "modernbert": lambda: modernbert.run(b, args.varlen_batches),
         "compile": lambda: workloads.compiled(b),
+        "dropout": lambda: kernels.dropout_step(b),
+        "attention": lambda: kernels.attention_strategies(b),
+        "unpad": lambda: kernels.unpadded_against_padded(b, args.varlen_batches),
+        "frozen_varlen": lambda: kernels.frozen_varlen(b, args.varlen_batches),
     }
     for workload in WORKLOADS:
         if workload in chosen:

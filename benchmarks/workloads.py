@@ -36,10 +36,15 @@ SHAPES = {
                   vocab_size=1000, batch=8, length=64, image=dict(image_size=64, patch_size=8)),
     "base": dict(layers=dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
                  vocab_size=None, batch=8, length=128, image=dict(image_size=224, patch_size=16)),  # roberta-base
+    "minilm": dict(layers=dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+                   vocab_size=None, batch=32, length=64, image=dict(image_size=224, patch_size=16)),  # MiniLM-L6
 }
+LENGTHS = {"1..8": (1, 8), "3..8": (3, 8), "8..64": (8, 64), "16..128": (16, 128), "1..128": (1, 128)}  # unpad,
+# attention: each example's length uniform in the range
 VOCAB = {"bert": 30522, "roberta": 50265, "deberta_v2": 128100, "deberta": 50265,  # the base checkpoints' sizes
          "xlm_roberta": 250002, "camembert": 32005, "electra": 30522, "distilbert": 30522, "albert": 30000}
-ELECTRA = {"small": dict(embedding_size=128), "base": dict(embedding_size=768)}  # electra-small's (< hidden), base's
+ELECTRA = {"small": dict(embedding_size=128), "base": dict(embedding_size=768),  # electra-small's (< hidden), base's
+           "minilm": dict(embedding_size=384)}
 ALBERT = dict(embedding_size=128)  # albert-base-v2's: one layer, shared by every pass; its gelu_new and no dropout
 DEBERTA_V3 = dict(relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=256, max_relative_positions=-1,
                   norm_rel_ebd="layer_norm", share_att_key=True, position_biased_input=False, type_vocab_size=0,
@@ -60,6 +65,7 @@ class Bench:
     threads: int
     rows: list[dict] = field(default_factory=list)
     floor: dict = field(default_factory=dict)
+    lengths: tuple[str, ...] = tuple(LENGTHS)  # the length distributions of the unpad workload
     cleanliness: dict = field(default_factory=dict)
 
     @property

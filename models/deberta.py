@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftcore.models.convert.tables import DEBERTA
+from peftcore.models.dropout import Dropout, dropout
 from peftcore.models.layers import (
     ACTIVATIONS,
     EncoderConfig,
@@ -127,7 +128,7 @@ class DebertaEmbeddings(nn.Module):
         self.token_type = nn.Embedding(config.type_vocab_size, E) if config.type_vocab_size > 0 else None
         self.proj = nn.Linear(E, C, bias=False) if E != C else None
         self.norm = nn.LayerNorm(C, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.site = EmbeddingSite()  # site embeddings
 
     def forward(self, input_ids: Tensor | None, token_type_ids: Tensor | None, position_ids: Tensor | None,
@@ -175,7 +176,7 @@ class DisentangledAttention(nn.Module):
         self.share_att_key = share_att_key
         self.pos_k = nn.Linear(C, C, bias=key_bias) if self.c2p and not share_att_key else None
         self.pos_q = nn.Linear(C, C) if self.p2c and not share_att_key else None
-        self.pos_dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.pos_dropout = Dropout(config.hidden_dropout_prob)
         self.head_logits = nn.Linear(H, H, bias=False) if config.talking_head else None
         self.head_weights = nn.Linear(H, H, bias=False) if config.talking_head else None
 
@@ -204,7 +205,7 @@ class DisentangledAttention(nn.Module):
             scores = self.head_logits(scores.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         if mask is not None:
             scores = (scores + mask).clamp_min(torch.finfo(mask.dtype).min)
-        probs = F.dropout(scores.softmax(dim=-1), dropout_p)
+        probs = dropout(scores.softmax(dim=-1), dropout_p)
         if self.head_weights is not None:
             probs = self.head_weights(probs.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return self.out(padding.pack(merge_heads(probs @ v))), probs  # (B, T, C)
@@ -242,7 +243,7 @@ class DebertaLayer(nn.Module):
         self.attn = DisentangledAttention(config, key_bias, share_att_key)
         self.ffn = FeedForward(C, config.intermediate_size, config.hidden_act,
                                nn.LayerNorm(C, eps=config.layer_norm_eps))
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.output = OutputSite()  # site output
 
     def forward(self, x: Tensor, padding: Padding, output_attentions: bool = False,
@@ -259,10 +260,10 @@ class ContextPoolerHead(nn.Module):
 
     def __init__(self, config: DebertaConfig) -> None:
         super().__init__()
-        self.pool_dropout = nn.Dropout(config.pooler_dropout)
+        self.pool_dropout = Dropout(config.pooler_dropout)
         self.dense = nn.Linear(config.pooler_hidden_size, config.pooler_hidden_size)
         self.act = ACTIVATIONS[config.pooler_hidden_act]
-        self.dropout = nn.Dropout(config.hidden_dropout_prob if config.cls_dropout is None else config.cls_dropout)
+        self.dropout = Dropout(config.hidden_dropout_prob if config.cls_dropout is None else config.cls_dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, x: Tensor, pooled: Tensor | None) -> Tensor:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from peftcore.models.convert.tables import DEBERTA_V2
 from peftcore.models.deberta import DebertaConfig, DebertaLayer, DebertaModel, relative_index
+from peftcore.models.dropout import Dropout
 from peftcore.models.layers import ACTIVATIONS, Padding, check_choice, check_positive
 
 NORM_REL_EBD = ("none", "layer_norm")
@@ -104,7 +105,7 @@ class ConvLayer(nn.Module):
         self.conv = nn.Conv1d(C, C, size, padding=(size - 1) // 2, groups=config.conv_groups)
         self.act = ACTIVATIONS[config.conv_act]
         self.norm = nn.LayerNorm(C, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: Tensor, h: Tensor, attention_mask: Tensor | None) -> Tensor:
         keep = attention_mask[..., None].to(x.dtype) if attention_mask is not None else None  # (B, T, 1)

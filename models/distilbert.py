@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftcore.models.convert.tables import DISTILBERT
+from peftcore.models.dropout import Dropout
 from peftcore.models.layers import (
     EncoderConfig,
     EncoderLayer,
@@ -91,7 +92,7 @@ class DistilBertEmbeddings(nn.Module):
         if config.sinusoidal_pos_embds:
             self.position.weight.requires_grad_(False)  # fixed sinusoids, as transformers keeps them
         self.norm = nn.LayerNorm(C, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.site = EmbeddingSite()  # site embeddings
 
     def forward(self, input_ids: Tensor | None, position_ids: Tensor, inputs_embeds: Tensor | None = None) -> Tensor:
@@ -116,7 +117,7 @@ class DistilBertClassificationHead(nn.Module):
     def __init__(self, config: DistilBertConfig) -> None:
         super().__init__()
         self.pre_classifier = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.dropout = Dropout(config.classifier_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, x: Tensor, pooled: Tensor | None) -> Tensor:
@@ -128,7 +129,7 @@ class DistilBertTokenClassificationHead(TokenClassificationHead):
 
     def __init__(self, config: DistilBertConfig) -> None:
         super().__init__(config)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
 
 class DistilBertQuestionAnsweringHead(QuestionAnsweringHead):
@@ -136,7 +137,7 @@ class DistilBertQuestionAnsweringHead(QuestionAnsweringHead):
 
     def __init__(self, config: DistilBertConfig) -> None:
         super().__init__(config)
-        self.dropout = nn.Dropout(config.qa_dropout)
+        self.dropout = Dropout(config.qa_dropout)
 
     def forward(self, x: Tensor, pooled: Tensor | None) -> Tensor:
         return self.qa_outputs(self.dropout(x))  # (B, T, 2)

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from peftcore.models.attention import attend_explicitly, attend_unpadded, merge_heads, split_heads
+from peftcore.models.dropout import Dropout
 from peftcore.sites import (
     ACTIVATIONS,
     PROBLEM_TYPES,
@@ -82,16 +84,6 @@ def check_positive(owner: str, **fields: int) -> None:
             raise ValueError(f"{owner}.{field} must be a positive int, got {value!r}.")
 
 
-def split_heads(x: Tensor, num_heads: int) -> Tensor:
-    """'B T (H D) -> B H T D'"""
-    return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
-
-
-def merge_heads(x: Tensor) -> Tensor:
-    """'B H T D -> B T (H D)'"""
-    return x.transpose(1, 2).flatten(2)
-
-
 def additive_mask(attention_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
     """(B, T) 1/0 padding mask -> (B, 1, 1, T) additive mask: 0 where attended, dtype's minimum where padded.
 
@@ -111,9 +103,9 @@ class Padding:
 
     Unpadded, everything that acts on each token alone — linears, FFN, norms, residual sites and their adapters —
     runs on the N real tokens packed as (1, N, C), each row's tokens in a run. Attention runs on each row's run
-    (``attend_per_sequence``), or pads q/k/v back to (B, T, C) around the softmax where it needs the padded
-    layout (prefixes, position biases, returned probabilities). Without ``index`` packing and padding are the
-    identity.
+    (models/attention.py ``attend_unpadded``), or pads q/k/v back to (B, T, C) around the softmax where it needs
+    the padded layout (prefixes, position biases, returned probabilities). Without ``index`` packing and padding
+    are the identity.
     """
 
     mask: Tensor | None = None
@@ -167,7 +159,7 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(config.max_position_embeddings, E)
         self.token_type = nn.Embedding(config.type_vocab_size, E)
         self.norm = nn.LayerNorm(E, eps=config.layer_norm_eps) if norm else nn.Identity()
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.site = EmbeddingSite(E)  # site embeddings
         self.proj = nn.Linear(E, C) if E != C else None
 
@@ -208,7 +200,7 @@ class SelfAttention(nn.Module):
         dropout_p = self.dropout_p if self.training else 0.0
         if padding.lengths is not None and not output_attentions:
             prefix = self.prefix_rows(x, len(padding.lengths))
-            return self.out(attend_per_sequence(q, k, v, padding.lengths, self.num_heads, dropout_p, prefix)), None
+            return self.out(attend_unpadded(q, k, v, padding.lengths, self.num_heads, dropout_p, prefix)), None
         q, k, v = (split_heads(padding.pad(t), self.num_heads) for t in (q, k, v))  # (B, H, T, D)
         mask = padding.mask
         if self.prefix.plug is not None:
@@ -226,29 +218,6 @@ class SelfAttention(nn.Module):
         none = x.new_empty(rows, self.num_heads, 0, x.shape[-1] // self.num_heads)
         k, v, _ = self.prefix(none, none, None, x[:, :0].expand(rows, -1, -1))
         return k, v
-
-
-def attend_per_sequence(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], num_heads: int,
-                        dropout_p: float, prefix: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """Packed (1, N, C) q, k, v -> (1, N, C): SDPA over each row's run of real tokens, unmasked, after the row's
-    prefix keys and values (B, H, P, D) if any. Equal to masked attention over the padded batch at its real tokens,
-    without computing scores for the padding."""
-    outputs = []
-    for row, run in enumerate(zip(*(t.split(lengths, dim=1) for t in (q, k, v)), strict=True)):
-        q_row, k_row, v_row = (split_heads(t, num_heads) for t in run)  # (1, H, T_row, D)
-        if prefix is not None:
-            k_row, v_row = (torch.cat([p[row:row + 1], t], dim=2) for p, t in zip(prefix, (k_row, v_row), strict=True))
-        outputs.append(merge_heads(F.scaled_dot_product_attention(q_row, k_row, v_row, dropout_p=dropout_p)))
-    return torch.cat(outputs, dim=1)
-
-
-def attend_explicitly(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> tuple[Tensor, Tensor]:
-    """softmax(q kᵀ / √D + mask) v, also returning the probabilities that SDPA cannot return."""
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, T, T)
-    if mask is not None:
-        scores = scores + mask
-    probs = scores.softmax(dim=-1)
-    return F.dropout(probs, dropout_p) @ v, probs
 
 
 class FeedForward(nn.Module):
@@ -275,7 +244,7 @@ class EncoderLayer(nn.Module):
         self.attn = SelfAttention(C, config.num_attention_heads, config.attention_probs_dropout_prob,
                                   nn.LayerNorm(C, eps=eps))
         self.ffn = FeedForward(C, config.intermediate_size, config.hidden_act, nn.LayerNorm(C, eps=eps))
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.output = OutputSite()  # site output
 
     def forward(self, x: Tensor, padding: Padding, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -296,7 +265,7 @@ class PreNormLayer(nn.Module):
         self.attn = SelfAttention(C, config.num_attention_heads, config.attention_probs_dropout_prob, None, qkv_bias)
         self.ffn_norm = nn.LayerNorm(C, eps=eps)
         self.ffn = FeedForward(C, config.intermediate_size, config.hidden_act, None)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.output = OutputSite()  # site output
 
     def forward(self, x: Tensor, padding: Padding, output_attentions: bool = False) -> tuple[Tensor, Tensor | None]:
@@ -329,7 +298,7 @@ class PooledClassificationHead(nn.Module):
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.dropout = Dropout(config.classifier_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, x: Tensor, pooled: Tensor | None) -> Tensor:
@@ -345,7 +314,7 @@ class FirstTokenClassificationHead(nn.Module):
 
     def __init__(self, config: EncoderConfig, activation: str = "tanh") -> None:
         super().__init__()
-        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.dropout = Dropout(config.classifier_dropout_prob)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.act = ACTIVATIONS[activation]
         self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
@@ -360,7 +329,7 @@ class TokenClassificationHead(nn.Module):
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.dropout = Dropout(config.classifier_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
     def forward(self, x: Tensor, pooled: Tensor | None) -> Tensor:

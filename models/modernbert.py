@@ -43,20 +43,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from peftcore.models.attention import attend_explicitly, attend_unpadded, merge_heads, split_heads
 from peftcore.models.convert.modernbert import MODERNBERT
+from peftcore.models.dropout import Dropout
 from peftcore.models.layers import (
     EncoderConfig,
     EncoderOutput,
     Padding,
     SelfAttention,
     additive_mask,
-    attend_explicitly,
-    attend_per_sequence,
     check_choice,
     check_positive,
-    merge_heads,
     prompt_site,
-    split_heads,
 )
 from peftcore.models.pretrained import PretrainedEncoder
 from peftcore.models.rotary import Rotary, attend_windowed, rotate
@@ -145,7 +143,7 @@ class ModernBertEmbeddings(nn.Module):
         C = config.hidden_size
         self.word = nn.Embedding(config.vocab_size, C, padding_idx=config.pad_token_id)
         self.norm = nn.LayerNorm(C, eps=config.layer_norm_eps, bias=config.norm_bias)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.site = EmbeddingSite()  # site embeddings
 
     def forward(self, input_ids: Tensor | None, inputs_embeds: Tensor | None = None) -> Tensor:
@@ -174,7 +172,7 @@ class RotaryAttention(SelfAttention):
         dropout_p = self.dropout_p if self.training else 0.0
         if padding.lengths is not None and not output_attentions:
             prefix = self.prefix_rows(x, len(padding.lengths))
-            y = (attend_per_sequence(q, k, v, padding.lengths, H, dropout_p, prefix) if self.half_window is None
+            y = (attend_unpadded(q, k, v, padding.lengths, H, dropout_p, prefix) if self.half_window is None
                  else attend_windowed(q, k, v, padding.lengths, H, dropout_p, rotary.row_masks, prefix))
             return self.out(y), None
         q, k, v = (split_heads(padding.pad(t), H) for t in (q, k, v))  # (B, H, T, D)
@@ -196,7 +194,7 @@ class GatedFeedForward(nn.Module):
         C, inner = config.hidden_size, config.intermediate_size
         self.intermediate = SiteLinear(C, 2 * inner, config.mlp_bias)  # site ffn.intermediate (transformers' Wi)
         self.act = ACTIVATIONS[config.hidden_act]
-        self.dropout = nn.Dropout(config.mlp_dropout)
+        self.dropout = Dropout(config.mlp_dropout)
         self.output = SiteLinear(inner, C, config.mlp_bias)  # site ffn.output (transformers' mlp.Wo)
         self.residual = ResidualSite(None)  # site ffn.residual (applied by the layer)
 
@@ -213,7 +211,7 @@ class ModernBertLayer(nn.Module):
         C, eps, bias = config.hidden_size, config.layer_norm_eps, config.norm_bias
         self.attn_norm = nn.LayerNorm(C, eps=eps, bias=bias) if layer else nn.Identity()
         self.attn = RotaryAttention(config, layer)
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)  # transformers' attn.out_drop
+        self.dropout = Dropout(config.attention_probs_dropout_prob)  # transformers' attn.out_drop
         self.ffn_norm = nn.LayerNorm(C, eps=eps, bias=bias)
         self.ffn = GatedFeedForward(config)
         self.output = OutputSite()  # site output
@@ -236,7 +234,7 @@ class ModernBertClassificationHead(nn.Module):
         self.dense = nn.Linear(C, C, bias=config.classifier_bias)
         self.act = ACTIVATIONS[config.classifier_activation]
         self.norm = nn.LayerNorm(C, eps=config.layer_norm_eps, bias=config.norm_bias)
-        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.dropout = Dropout(config.classifier_dropout_prob)
         self.classifier = nn.Linear(C, config.num_labels)
 
     def forward(self, x: Tensor, pooled: Tensor | None) -> Tensor:

@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from peftcore.models.dropout import Dropout
 from peftcore.models.layers import EncoderConfig
 from peftcore.sites import flatten_choices
 
@@ -21,7 +22,7 @@ class PooledChoiceHead(nn.Module):
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
-        self.dropout = nn.Dropout(config.classifier_dropout_prob)
+        self.dropout = Dropout(config.classifier_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, 1)
 
     def encoder_inputs(self, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any], dict[str, Any]]:

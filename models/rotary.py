@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from peftcore.models.layers import Padding, merge_heads, split_heads
+from peftcore.models.attention import merge_heads, split_heads
+from peftcore.models.layers import Padding
 
 
 def inverse_frequencies(theta: float, head_dim: int) -> Tensor:
@@ -86,8 +87,8 @@ def attend_windowed(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], n
                     masks: tuple[Tensor | None, ...], prefix: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Packed (1, N, C) q, k, v -> (1, N, C): SDPA over each row's run of real tokens with the row's additive window
     mask (``Rotary.row_masks``; None: the window covers the row), each query also attending to every prefix key and
-    value (B, H, P, D) of its row: a prefix is at no distance. models/layers.attend_per_sequence is this function's
-    global-attention twin.
+    value (B, H, P, D) of its row: a prefix is at no distance. models/attention.attend_per_sequence is this
+    function's global-attention twin.
     """
     outputs = []
     for row, run in enumerate(zip(*(t.split(lengths, dim=1) for t in (q, k, v)), strict=True)):

@@ -17,6 +17,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from peftcore.models.convert.tables import VIT
+from peftcore.models.dropout import Dropout
 from peftcore.models.layers import (
     EncoderConfig,
     EncoderOutput,
@@ -79,7 +80,7 @@ class PatchEmbeddings(nn.Module):
         self.patch = nn.Conv2d(config.num_channels, C, kernel_size=p, stride=p)
         self.cls = nn.Parameter(torch.zeros(1, 1, C))
         self.position = nn.Parameter(torch.zeros(1, 1 + self.grid**2, C))
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.site = EmbeddingSite()  # site embeddings
 
     def forward(self, pixel_values: Tensor) -> Tensor:

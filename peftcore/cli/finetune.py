@@ -15,6 +15,7 @@ from torch import nn
 from peftcore import data, models, training
 from peftcore.cli.checkpoints import MINILM, load, model_dir
 from peftcore.cli.texts import encode, padder, token_limit
+from peftcore.composition import Block, Fuse, Stack
 from peftcore.configs import AdapterConfigBase
 from peftcore.models.pretrained import PretrainedEncoder
 
@@ -91,6 +92,7 @@ class Run:
     steps: int
     evaluations: list[dict[str, float]] = field(default_factory=list)
     was_finished: bool = False
+    swapped_accuracy: float | None = None  # on --test-language-adapter instead of the language adapter trained on
 
 
 def adapter_names(methods: Sequence[str]) -> list[str]:
@@ -119,7 +121,7 @@ def train_and_test(task: Task, adapter: str, name: str, args: argparse.Namespace
     torch.manual_seed(args.seed)
     train_data, validation_data, test_data = task.splits
     model = load(task.directory, quiet=True)
-    model.add_adapter(name, adapter)
+    setup = attach(model, name, adapter, args)
     model.add_classification_head(name, num_labels=len(task.label_names), id2label=dict(enumerate(task.label_names)))
     checkpoints = str(Path(args.checkpoint_dir) / name) if args.checkpoint_dir else None
     config = training.TrainingConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
@@ -131,7 +133,8 @@ def train_and_test(task: Task, adapter: str, name: str, args: argparse.Namespace
     def evaluate(trained: nn.Module) -> dict[str, float]:
         return {"validation accuracy": training.accuracy(trained, validation_data, collate_fn=task.pad)}
 
-    trainer = training.Trainer(model, name, config, train_data, evaluate=evaluate, collate_fn=task.pad)
+    trainer = training.Trainer(model, name, config, train_data, evaluate=evaluate, collate_fn=task.pad,
+                               setup=setup if isinstance(setup, Stack) else None)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     if on_start and training.rank_and_world()[0] == 0:
@@ -143,10 +146,22 @@ def train_and_test(task: Task, adapter: str, name: str, args: argparse.Namespace
     with torch.no_grad():
         test_accuracy = training.accuracy(model, test_data, collate_fn=task.pad)
     inference = time.perf_counter() - start
+    swapped = None
+    if getattr(args, "test_language_adapter", None):  # MAD-X: the same task adapter on another language's adapter
+        other = model.load_adapter(args.test_language_adapter, load_as="test_language", with_head=False)
+        model.set_active_adapters(Stack(other, name))
+        with torch.no_grad():
+            swapped = training.accuracy(model, test_data, collate_fn=task.pad)
+        model.set_active_adapters(setup)
     out = Path(args.out) / name
-    model.save_adapter(out, name)
+    if isinstance(setup, Fuse):
+        model.save_adapter_fusion(out, name, with_head=True)
+    else:
+        model.save_adapter(out, name)
     fresh = load(task.directory, quiet=True).eval()
-    fresh.load_adapter(out, set_active=True)
+    fresh_setup = attach(fresh, name, None, args, saved=out)
+    fresh.set_active_adapters(fresh_setup)
+    fresh.active_head = name
     batch = task.pad(test_data)
     batch.pop("labels")
     with torch.no_grad():
@@ -154,7 +169,45 @@ def train_and_test(task: Task, adapter: str, name: str, args: argparse.Namespace
             raise ValueError(f"the reloaded {name} adapter predicts differently from the trained one.")
     return Run(adapter, out, trainable, total, test_accuracy, result.seconds, inference,
                sum(file.stat().st_size for file in out.iterdir()), result.steps, result.evaluations,
-               result.was_finished)
+               result.was_finished, swapped)
+
+
+def attach(model: PretrainedEncoder, name: str, adapter: str | None, args: argparse.Namespace,
+           saved: Path | None = None) -> str | Block:
+    """Add what trains as ``name`` (adapter config ``adapter``, or the one ``saved`` with its head): an adapter, a
+    fusion over the ``--fusion`` adapters, or an adapter stacked on the frozen ``--language-adapter`` (MAD-X).
+    Returns the setup that runs it."""
+    if getattr(args, "fusion", None):
+        paths = fusion_paths(args)
+        names = adapter_names([path.name for path in paths])  # two directories may hold adapters of one name
+        fuse = Fuse(*(model.load_adapter(path, load_as=load_as, with_head=False)
+                      for path, load_as in zip(paths, names, strict=True)), name=name)
+        if saved is not None:
+            model.load_adapter_fusion(saved, load_as=name)
+        else:
+            model.add_adapter_fusion(fuse)
+        return fuse
+    language_adapter = getattr(args, "language_adapter", None)
+    language = model.load_adapter(language_adapter, load_as="language", with_head=False) if language_adapter else None
+    if saved is not None:
+        model.load_adapter(saved)
+    else:
+        model.add_adapter(name, adapter)
+    return Stack(language, name) if language else name
+
+
+def fusion_paths(args: argparse.Namespace) -> list[Path]:
+    """``--fusion``'s adapter directories: each a path, or the name of an adapter finetune saved in ``--out``."""
+    paths = []
+    for entry in args.fusion.split(","):
+        path = Path(entry) if Path(entry).is_dir() else Path(args.out) / entry
+        if not path.is_dir():
+            raise FileNotFoundError(f"--fusion {entry!r}: no adapter directory {entry} or {path}; name adapter "
+                                    "directories, or adapters finetune saved in --out.")
+        paths.append(path)
+    if len(paths) < 2:
+        raise ValueError(f"--fusion {args.fusion!r} names {len(paths)} adapter; a fusion fuses two or more.")
+    return paths
 
 
 def finetune(args: argparse.Namespace) -> None:
@@ -162,17 +215,22 @@ def finetune(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     AdapterConfigBase.load(args.adapter)  # a wrong name fails before the data are read
     task = Task.from_args(args)
-    name = adapter_names([args.adapter])[0]
+    name = "fusion" if args.fusion else adapter_names([args.adapter])[0]
 
     def describe_start(model: PretrainedEncoder, trainable: int, total: int) -> None:
         print(task.describe(model))
-        print(f"adapter       {args.adapter}: {trainable:,} trainable parameters with its head "
+        what = f"fusion of {args.fusion}" if args.fusion else args.adapter + (
+            f" on the language adapter {args.language_adapter}" if args.language_adapter else "")
+        print(f"adapter       {what}: {trainable:,} trainable parameters with its head "
               f"({100 * trainable / total:.2f}% of {total:,})", flush=True)
 
     run = train_and_test(task, args.adapter, name, args, on_start=describe_start)
     if run is None:
         return
     print(f"test accuracy {run.test_accuracy:.4f}")
+    if run.swapped_accuracy is not None:
+        print(f"test accuracy {run.swapped_accuracy:.4f} with the language adapter {args.test_language_adapter} "
+              "instead")
     if run.was_finished:
         print(f"train time    none: {Path(args.checkpoint_dir) / name} holds this run, finished ({run.steps} steps); "
               "delete it to train again")

@@ -15,6 +15,7 @@ from peftcore import SeqBnConfig
 from peftcore.composition import Average, BatchSplit, Fuse, Parallel, Split, Stack
 from peftcore.methods import Bottleneck, NICECoupling
 from peftcore.model import AdapterModelMixin
+from peftcore.models import attention
 from tests import archs
 from tests.archs import ARCHS, TEXT_ARCHS, TINY, tiny_model
 from tests.parity import assert_parity, padded_batch, real_tokens
@@ -482,6 +483,18 @@ def forward_and_grads(model: nn.Module, batch: dict, unpad: bool) -> tuple:
 @pytest.mark.parametrize("arch", TEXT_ARCHS)
 @pytest.mark.parametrize("config", TOKEN_WISE)
 def test_a_padded_batch_runs_on_its_real_tokens_with_the_padded_paths_outputs_and_gradients(arch, config):
+    check_unpadded_equals_padded(arch, config)
+
+
+@pytest.mark.parametrize("strategy", attention.STRATEGIES)
+@pytest.mark.parametrize("config", ["lora", "prefix_tuning"])
+def test_each_attention_strategy_runs_unpadded_as_padded(monkeypatch, strategy, config):
+    """The chooser picks one strategy for these lengths; each of them, forced, gives the padded path's numbers."""
+    monkeypatch.setattr(attention, "choose", lambda *args: strategy)
+    check_unpadded_equals_padded("bert", config)
+
+
+def check_unpadded_equals_padded(arch: str, config: str) -> None:
     model = text_model(arch, a=config)
     model.train_adapter("a")
     model.eval()

@@ -1,0 +1,122 @@
+"""Attention over a batch packed to its real tokens, and the head reshapes every attention shares.
+
+A packed batch is (1, N, C): each row's real tokens in a run, ``lengths`` of them (models/layers.py ``Padding``).
+Three ways give each token softmax attention over its own row's tokens (after the row's prefix keys, if any):
+
+- ``per_sequence``: one SDPA call per row, no mask: no score is computed for padding, but each row pays a call;
+- ``block_diagonal``: one SDPA call over all N tokens with a block-diagonal mask: one call, N² scores;
+- ``padded``: the rows padded to the longest one, one masked SDPA call: one call, B · max(lengths)² scores.
+
+``attend_unpadded`` picks the cheapest by a cost model whose per-call cost was measured
+(``python benchmarks/bench.py --only attention``, docs/performance.md): per-sequence for few long rows,
+padded for many short ones of similar lengths, block-diagonal for many short rows beside a long one. All three give
+the same numbers (tests/models/test_attention.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from peftcore.models.dropout import dropout
+
+STRATEGIES = ("per_sequence", "block_diagonal", "padded")
+CALL_COST = 400_000  # one SDPA call's fixed cost (forward and backward, with its splits, copies and dropout) in
+# units of one score times the head width: about 1.5 ms against 1.5 us per score of MiniLM's 12 x 32 heads, fitted to
+# the attention table of docs/performance.md (CPU, 1 thread)
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """'B T (H D) -> B H T D'"""
+    return x.unflatten(-1, (num_heads, -1)).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """'B H T D -> B T (H D)'"""
+    return x.transpose(1, 2).flatten(2)
+
+
+def costs(lengths: tuple[int, ...], prefix_length: int, width: int) -> dict[str, float]:
+    """Each strategy's estimated cost for rows of ``lengths`` after ``prefix_length`` prefix keys, heads ``width``
+    (H · D) wide: calls times ``CALL_COST`` plus scores times width."""
+    rows, tokens, longest = len(lengths), sum(lengths), max(lengths)
+    scores = {"per_sequence": sum(n * (prefix_length + n) for n in lengths),
+              "block_diagonal": tokens * (rows * prefix_length + tokens),
+              "padded": rows * longest * (prefix_length + longest)}
+    calls = {"per_sequence": rows, "block_diagonal": 1, "padded": 1}
+    return {name: calls[name] * CALL_COST + scores[name] * width for name in STRATEGIES}
+
+
+def choose(lengths: tuple[int, ...], prefix_length: int, width: int) -> str:
+    """The strategy ``costs`` finds cheapest."""
+    estimated = costs(lengths, prefix_length, width)
+    return min(STRATEGIES, key=estimated.__getitem__)
+
+
+def attend_unpadded(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], num_heads: int, dropout_p: float,
+                    prefix: tuple[Tensor, Tensor] | None = None, strategy: str | None = None) -> Tensor:
+    """Packed (1, N, C) q, k, v -> (1, N, C): each token's attention over its row's run (``lengths``), after the
+    row's prefix keys and values (B, H, P, D) if any, by ``strategy`` (default: ``choose``'s)."""
+    strategy = strategy or choose(lengths, 0 if prefix is None else prefix[0].shape[2], q.shape[-1])
+    attend = {"per_sequence": attend_per_sequence, "block_diagonal": attend_block_diagonal,
+              "padded": attend_padded}[strategy]
+    return attend(q, k, v, lengths, num_heads, dropout_p, prefix)
+
+
+def attend_per_sequence(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], num_heads: int,
+                        dropout_p: float, prefix: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """SDPA over each row's run of real tokens, unmasked: no score for padding, one call per row."""
+    outputs = []
+    for row, run in enumerate(zip(*(t.split(lengths, dim=1) for t in (q, k, v)), strict=True)):
+        q_row, k_row, v_row = (split_heads(t, num_heads) for t in run)  # (1, H, T_row, D)
+        if prefix is not None:
+            k_row, v_row = (torch.cat([p[row:row + 1], t], dim=2) for p, t in zip(prefix, (k_row, v_row), strict=True))
+        outputs.append(merge_heads(F.scaled_dot_product_attention(q_row, k_row, v_row, dropout_p=dropout_p)))
+    return torch.cat(outputs, dim=1)
+
+
+def attend_block_diagonal(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], num_heads: int,
+                          dropout_p: float, prefix: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """One SDPA call over all N packed tokens, each query masked to its row's keys: (B·P + N) keys."""
+    rows = torch.arange(len(lengths), device=q.device)
+    query_rows = rows.repeat_interleave(torch.tensor(lengths, device=q.device))  # (N,)
+    q, k, v = (split_heads(t, num_heads) for t in (q, k, v))  # (1, H, N, D)
+    key_rows = query_rows
+    if prefix is not None:  # every row's prefix first: (B, H, P, D) -> (1, H, B·P, D)
+        k, v = (torch.cat([p.transpose(0, 1).flatten(1, 2)[None], t], dim=2) for p, t in zip(prefix, (k, v),
+                                                                                              strict=True))
+        key_rows = torch.cat([rows.repeat_interleave(prefix[0].shape[2]), query_rows])
+    mask = query_rows[:, None] == key_rows[None, :]  # (N, B·P + N)
+    return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p))
+
+
+def attend_padded(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], num_heads: int, dropout_p: float,
+                  prefix: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """The rows padded to the longest run (B, max(lengths)), one masked SDPA call, packed back."""
+    rows, longest = len(lengths), max(lengths)
+    real = torch.arange(longest, device=q.device)[None] < torch.tensor(lengths, device=q.device)[:, None]
+    index = real.flatten().nonzero().squeeze(1)  # (N,) positions of the packed tokens in (B, max(lengths))
+
+    def pad(t: Tensor) -> Tensor:  # (1, N, C) -> (B, H, max(lengths), D)
+        flat = t.new_zeros(rows * longest, t.shape[-1]).index_copy(0, index, t[0])
+        return split_heads(flat.unflatten(0, (rows, longest)), num_heads)
+
+    q, k, v = pad(q), pad(k), pad(v)
+    if prefix is not None:
+        k, v = (torch.cat([p, t], dim=2) for p, t in zip(prefix, (k, v), strict=True))
+        real = torch.cat([real.new_ones(rows, prefix[0].shape[2]), real], dim=1)
+    mask = torch.zeros(real.shape, dtype=q.dtype, device=q.device).masked_fill_(~real, torch.finfo(q.dtype).min)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None], dropout_p=dropout_p)
+    return merge_heads(y).flatten(0, 1)[index][None]  # (1, N, C); the finite minimum keeps empty rows finite
+
+
+def attend_explicitly(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> tuple[Tensor, Tensor]:
+    """softmax(q kᵀ / √D + mask) v, also returning the probabilities that SDPA cannot return."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, T, T)
+    if mask is not None:
+        scores = scores + mask
+    probs = scores.softmax(dim=-1)
+    return dropout(probs, dropout_p) @ v, probs

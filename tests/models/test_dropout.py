@@ -1,0 +1,98 @@
+"""The bit-mask dropout (models/dropout.py): the same Bernoulli law, scaling and eval identity as ``F.dropout``.
+
+The statistics use a fixed seed, so each test is deterministic; their bounds (5 standard deviations, chi-square 24
+with one degree of freedom: p < 1e-6) fail a biased or correlated mask source, e.g. a byte-quantised threshold or
+64-bit draws whose top bit is always clear.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from peftcore.models import dropout as module
+from peftcore.models.dropout import Dropout, drop_threshold, dropout
+from tests.archs import TEXT_ARCHS, tiny_model
+
+CHI2_LIMIT = 24.0  # one degree of freedom: exceeded with probability below 1e-6 by independent masks
+
+
+@pytest.mark.parametrize("p", [0.0, 1e-6, 0.1, 26.5 / 256, 0.5, 0.9, 1 - 1e-6])
+def test_the_threshold_drops_with_probability_p_to_within_two_to_the_minus_33(p):
+    assert abs((drop_threshold(p) + 2**31) / 2**32 - p) <= 2**-33
+
+
+def test_the_drop_rate_is_p_and_not_a_byte_quantised_p():
+    p, n = 26.5 / 256, 2**22  # p halfway between two byte levels: 13 standard deviations from either
+    torch.manual_seed(0)
+    rate = (dropout(torch.ones(n), p) == 0).double().mean().item()
+    sd = math.sqrt(p * (1 - p) / n)
+    assert abs(rate - p) < 5 * sd
+    assert min(abs(rate - math.floor(p * 256) / 256), abs(rate - math.ceil(p * 256) / 256)) > 10 * sd
+
+
+def chi2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson's chi-square of the 2x2 table of two boolean samples, against independence."""
+    n = a.numel()
+    observed = torch.stack([(a & b).sum(), (a & ~b).sum(), (~a & b).sum(), (~a & ~b).sum()]).double()
+    pa, pb = a.double().mean(), b.double().mean()
+    expected = n * torch.stack([pa * pb, pa * (1 - pb), (1 - pa) * pb, (1 - pa) * (1 - pb)])
+    return ((observed - expected) ** 2 / expected).sum().item()
+
+
+def test_masks_are_independent_between_elements_and_between_draws():
+    """Pairs that share a 64-bit draw (elements 2i, 2i+1), neighbours across draws (2i+1, 2i+2), far elements,
+    and the same element in two calls."""
+    torch.manual_seed(0)
+    x = torch.ones(256, 4097)  # odd width: rows start at both halves of a draw
+    first, second = (dropout(x, 0.3) == 0 for _ in range(2))
+    flat = first.flatten()
+    assert chi2(flat[0:-1:2], flat[1::2]) < CHI2_LIMIT
+    assert chi2(flat[1:-1:2], flat[2::2]) < CHI2_LIMIT
+    assert chi2(first[:, :2048], first[:, 2048:4096]) < CHI2_LIMIT
+    assert chi2(first, second) < CHI2_LIMIT
+
+
+def test_kept_elements_are_scaled_and_gradients_follow_the_mask():
+    x = torch.randn(64, 33, dtype=torch.float64, requires_grad=True)
+    y = dropout(x, 0.25)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / 0.75, rtol=0, atol=1e-15)
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.double() / 0.75)
+
+
+def test_eval_and_p_zero_are_the_identity():
+    x = torch.randn(4, 5)
+    layer = Dropout(0.5).eval()
+    assert layer(x) is x and dropout(x, 0.0) is x and dropout(x, 0.5, training=False) is x
+
+
+def test_cuda_other_devices_and_compiled_graphs_keep_torchs_dropout(monkeypatch):
+    """The branch CUDA takes, run where it can be here: the meta device, and a compiled graph on CPU."""
+    calls = []
+    monkeypatch.setattr(module.F, "dropout", lambda x, p, training, **kw: calls.append(x.device.type) or x)
+    dropout(torch.empty(3, 4, device="meta"), 0.1)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    dropout(torch.ones(3), 0.1)
+    assert calls == ["meta", "cpu"]
+    assert module.uses_bit_mask(torch.ones(1)) is False
+
+
+def test_f_dropout_and_ours_agree_in_law():
+    """Same mean and second moment as torch's dropout over many elements (the scaling 1/(1-p) included)."""
+    torch.manual_seed(1)
+    x = torch.ones(2**20)
+    ours, theirs = dropout(x, 0.2), F.dropout(x, 0.2)
+    sd = math.sqrt(0.2 / 0.8 / x.numel())  # of the mean of Bernoulli(0.8)/0.8
+    assert abs(ours.mean().item() - 1) < 5 * sd and abs(theirs.mean().item() - 1) < 5 * sd
+
+
+@pytest.mark.parametrize("arch", TEXT_ARCHS)
+def test_every_model_drops_out_with_ours(arch):
+    model = tiny_model(arch)
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(isinstance(m, Dropout) for m in dropouts)
