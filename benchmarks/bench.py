@@ -13,9 +13,10 @@ method vs AdapterHub, with HF frozen / head-only / full and our frozen step as r
 unmerged and merged, vs our plain forward), mixed (mixed-adapter batch vs a loop, once the model takes
 adapter_names), memory (peak RSS of a train step, one fresh process per contender), checkpointing (train step
 time and peak memory with and without gradient checkpointing), load (checkpoint conversion
-and adapter load), varlen (lengths uniform in 16..128, padded), compile (needs --compile); kernels.py's: dropout (bit
-mask against bernoulli_ in our frozen step), attention (each strategy over packed rows), unpad (unpadded against
-padded over length distributions), frozen_varlen (our frozen step against transformers' on variable lengths).
+and adapter load), varlen (lengths uniform in 16..128, padded), modernbert (ModernBERT's forward and LoRA train step
+vs transformers and PEFT, full-length 512 and lengths uniform in 16..512), compile (needs --compile); kernels.py's:
+dropout (bit mask against bernoulli_ in our frozen step), attention (each strategy over packed rows), unpad (unpadded
+against padded over length distributions), frozen_varlen (our frozen step against transformers' on variable lengths).
 On CUDA the run uses bf16 unless --dtype says otherwise, and memory is the allocator's peak.
 """
 
@@ -36,10 +37,10 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch
 
-from benchmarks import harness, kernels, workloads
+from benchmarks import harness, kernels, modernbert, workloads
 
 WORKLOADS = ("floor", "forward", "train", "peft_methods", "inference", "mixed", "memory", "checkpointing", "load",
-             "varlen", "compile", "dropout", "attention", "unpad", "frozen_varlen")
+             "varlen", "modernbert", "compile", "dropout", "attention", "unpad", "frozen_varlen")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -123,6 +124,7 @@ def run_workloads(args: argparse.Namespace, b: workloads.Bench, chosen: list[str
         "checkpointing": lambda: workloads.checkpointing(b, methods, child),
         "load": lambda: workloads.loading(b),
         "varlen": lambda: workloads.varlen(b, methods, args.varlen_batches),
+        "modernbert": lambda: modernbert.run(b, args.varlen_batches),
         "compile": lambda: workloads.compiled(b),
         "dropout": lambda: kernels.dropout_step(b),
         "attention": lambda: kernels.attention_strategies(b),

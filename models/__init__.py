@@ -15,6 +15,7 @@ from peftcore.models.distilbert import DistilBertConfig, DistilBertModel
 from peftcore.models.electra import ElectraConfig, ElectraModel
 from peftcore.models.image import ImageProcessor
 from peftcore.models.layers import EncoderConfig, EncoderOutput
+from peftcore.models.modernbert import ModernBertConfig, ModernBertModel
 from peftcore.models.pretrained import PretrainedEncoder
 from peftcore.models.roberta import RobertaConfig, RobertaModel
 from peftcore.models.tokenizer import Tokenizer
@@ -36,6 +37,7 @@ def register_model(*classes: type[PretrainedEncoder]) -> None:
 register_model(BertModel, RobertaModel, DebertaModel, DebertaV2Model, ViTModel)
 register_model(DistilBertModel, AlbertModel)
 register_model(XLMRobertaModel, CamembertModel, ElectraModel)
+register_model(ModernBertModel)
 
 
 def model_class(path: str | os.PathLike) -> type[PretrainedEncoder]:
@@ -72,6 +74,8 @@ __all__ = [
     "EncoderConfig",
     "EncoderOutput",
     "ImageProcessor",
+    "ModernBertConfig",
+    "ModernBertModel",
     "PretrainedEncoder",
     "RobertaConfig",
     "RobertaModel",

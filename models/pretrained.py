@@ -150,7 +150,7 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
             if output_attentions:
                 attentions.append(probs)
         last = padding.pad(h)  # (B, T, C)
-        out = self.finish(last if self.norm is None else self.norm(last), hidden_states, attentions)
+        out = self.finish(last if self.norm is None else self.norm(last), hidden_states, attentions, padding)
         out.token_positions = token_positions
         return out
 
@@ -188,13 +188,20 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         DeBERTa v2, which joins a convolution over the ``embedded`` input (B, T, C) to it."""
         return h
 
-    def finish(self, x: Tensor, hidden_states: list[Tensor] | None, attentions: list[Tensor] | None) -> EncoderOutput:
-        """Pooler and head on the last hidden state ``x``: the active adapter head if any, else the model's own head;
-        the output carries ``hidden_states`` and ``attentions`` as tuples (None: not asked for)."""
-        pooled = self.pooler(x) if self.pooler is not None else None
+    def finish(self, x: Tensor, hidden_states: list[Tensor] | None, attentions: list[Tensor] | None,
+               padding: Padding | None = None) -> EncoderOutput:
+        """Pooling and head on the last hidden state ``x`` (B, T, C) of a batch with ``padding``: the active adapter
+        head if any, else the model's own head; the output carries ``hidden_states`` and ``attentions`` as tuples
+        (None: not asked for)."""
+        pooled = self.pool(x, padding)
         out = EncoderOutput(x, pooled, tuple(hidden_states) if hidden_states is not None else None,
                             tuple(attentions) if attentions is not None else None)
         return self.apply_active_head(out, self.head)
+
+    def pool(self, x: Tensor, padding: Padding | None) -> Tensor | None:
+        """The pooled output (B, C) of the last hidden state ``x``: the pooler's (None without one). ModernBERT pools
+        as its sequence classifier says, over the real tokens ``padding`` names."""
+        return self.pooler(x) if self.pooler is not None else None
 
     def check_ids(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, attention_mask: Tensor | None,
                   token_type_ids: Tensor | None, max_length: int, position_ids: Tensor | None = None

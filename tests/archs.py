@@ -31,6 +31,8 @@ ALBERT runs four passes over two distinct layers (``num_hidden_groups=2``) in ev
 as its layers but in ``every_tensor`` (``embedding_size`` 48, and two layers per group); tests/models/test_albert.py
 runs the factorised model.
 DistilBERT's config.json names its sizes otherwise (``dim``, ``n_layers``...): ``hf_config`` renames them.
+ModernBERT runs a global layer, then a local one whose window (2 tokens each side) the test batch's 12 tokens exceed;
+``every_tensor`` turns on every bias it can have.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from peftcore.models import (
     DistilBertModel,
     ElectraModel,
     EncoderConfig,
+    ModernBertModel,
     RobertaModel,
     ViTModel,
     XLMRobertaModel,
@@ -73,6 +76,9 @@ ROBERTA_BASE = dict(BERT_BASE, vocab_size=50265, max_position_embeddings=514, ty
 XLM_ROBERTA_BASE = dict(ROBERTA_BASE, vocab_size=250002)
 ALBERT_SHARING = dict(num_hidden_layers=4, num_hidden_groups=2)  # two distinct layers, each run twice
 ELECTRA_BASE = dict(BERT_BASE, embedding_size=768)  # electra-base-discriminator
+# layer 0 global, layer 1 local with a window of 2 tokens each side: the test batch's 12 tokens exceed it. Weights
+# 5x transformers' std: at 0.02 a pre-norm layer barely changes the residual stream, and tests would see little of it
+MODERNBERT_WINDOW = dict(pad_token_id=0, local_attention=4, global_attn_every_n_layers=2, initializer_range=0.1)
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,13 @@ ARCHS: Mapping[str, Arch] = {arch.model_type: arch for arch in (
          dict(TEXT_TINY, **ALBERT_SHARING, embedding_size=TEXT_TINY["hidden_size"]),
          variants={"every_tensor": dict(embedding_size=48, inner_group_num=2)},
          adapterhub=adapters.AlbertAdapterModel, adapterhub_reference=True),
+    Arch(ModernBertModel, {None: tf.ModernBertModel, "masked_lm": tf.ModernBertForMaskedLM,
+                           "sequence_classification": tf.ModernBertForSequenceClassification,
+                           "token_classification": tf.ModernBertForTokenClassification,
+                           "question_answering": tf.ModernBertForQuestionAnswering},
+         dict(SMALL, **MODERNBERT_WINDOW), dict(TEXT_TINY, **MODERNBERT_WINDOW),
+         variants={"every_tensor": dict(norm_bias=True, attention_bias=True, mlp_bias=True, classifier_bias=True)}),
+    # AdapterHub 1.3.0 has no ModernBERT
 )}
 TEXT_ARCHS = tuple(name for name, arch in ARCHS.items() if arch.is_text)  # ViT reads every patch: no attention mask
 ADAPTERHUB_ARCHS = tuple(name for name, arch in ARCHS.items() if arch.adapterhub_reference)

@@ -26,6 +26,8 @@ class HFModule:
     sites: tuple[str, ...]  # none: no linear site of ours there; three: DeBERTa v1's fused in_proj (q, k, v)
     split: Callable[[Tensor], tuple[Tensor, ...]] | None = None  # fused rows -> one tensor per site
     join: Callable[[tuple[Tensor, ...]], Tensor] | None = None
+    splits_bias: bool = False  # a fused module whose bias splits like its weight (ModernBERT's Wqkv): its output
+    # splits into the sites' outputs W x + b; DeBERTa v1's in_proj has no bias, its q_bias/v_bias are added later
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,12 +108,14 @@ class Architecture:
                 template = hf_key.removesuffix(".weight")
                 ours = target.targets if isinstance(target, Split) else (target,) if target else ()
                 split, join = bound(target, config) if isinstance(target, Split) else (None, None)
+                splits_bias = isinstance(target, Split) and isinstance(table.get(f"{template}.bias"), Split)
                 for layer in range(num_layers) if "{i}" in template else (None,):
                     if not all(present(key.format(i=layer)) for key in ours):
                         continue
                     path = root + template.format(**self.keymap.hf_fields(layer, config))
                     sites = tuple(linear_sites.get(key.format(i=layer).removesuffix(".weight")) for key in ours)
-                    modules[path] = HFModule(path, layer, sites if sites and None not in sites else (), split, join)
+                    modules[path] = HFModule(path, layer, sites if sites and None not in sites else (), split, join,
+                                             splits_bias)
         return modules
 
 

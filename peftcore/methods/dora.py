@@ -161,11 +161,13 @@ class DoRA(Decomposition, LoRA):
 
 
 def refuse_fused(modules: Mapping[str, Any], paths: Mapping[str, Any] | None = None) -> None:
-    """DoRA on DeBERTa's fused in_proj: PEFT's norm and bias are the fused module's, ours are each site's."""
+    """DoRA on a fused q/k/v projection (DeBERTa's in_proj, ModernBERT's Wqkv): PEFT's decomposition is the fused
+    module's, ours each site's; DeBERTa's differs (its q_bias and v_bias come after), ModernBERT's is not converted."""
     fused = sorted(path for path in (modules if paths is None else paths) if modules[path].split)
     if fused:
-        raise ValueError(f"DoRA on DeBERTa's fused {fused[0]}: PEFT rescales the fused projection before q_bias and "
-                         "v_bias, peftcore each of attn.q/k/v with its bias; the two differ.")
+        raise ValueError(f"DoRA on the fused {fused[0]} is not converted: PEFT decomposes the fused projection as one "
+                         "module, peftcore each of attn.q/k/v (on DeBERTa, PEFT rescales before q_bias and v_bias, so "
+                         "the two differ); use LoRA there, or peftcore's own format.")
 
 
 class DVoRA(Decomposition, Vera):

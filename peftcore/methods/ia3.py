@@ -87,9 +87,10 @@ class IA3(LinearMethod):
     def from_peft(cls, file: PeftFile) -> tuple[IA3Config, dict[str, Tensor]]:
         """PEFT's ``ia3_l`` (out, 1) on a module's output is our vector; on its ``feedforward_modules`` it is (1, in)
         and scales the module's input: ours at that site in ``input_scaled``. Vectors on DeBERTa's fused in_proj are
-        refused (PEFT applies them before DeBERTa adds q_bias and v_bias)."""
+        refused (PEFT applies them before DeBERTa adds q_bias and v_bias); on a fused module whose bias is its own
+        (ModernBERT's Wqkv) an output vector splits per site and an input vector scales each site's input."""
         check_peft_options(file)
-        fused = sorted(path for path, module in file.targeted.items() if module.split)
+        fused = sorted(path for path, module in file.targeted.items() if module.split and not module.splits_bias)
         if fused:
             raise ValueError(f"{file.where}: (IA)^3 on DeBERTa's fused {fused[0]} scales W x before DeBERTa adds "
                              "q_bias and v_bias; peftcore's (IA)^3 at attn.q/attn.v scales W x + b, so the two differ.")
@@ -100,8 +101,11 @@ class IA3(LinearMethod):
             if vector is None or vector.dim() != 2 or vector.shape[0 if feedforward else 1] != 1:
                 raise ValueError(f"{file.where}: {path}.ia3_l must be an {'(1, in)' if feedforward else '(out, 1)'} "
                                  f"vector, got {None if vector is None else tuple(vector.shape)}.")
-            state[file.key(module.layer, module.sites[0], "lora_B")] = vector.reshape(-1, 1)
-            on_input.setdefault(module.sites[0], set()).add(feedforward)
+            vector = vector.reshape(-1, 1)
+            parts = module.split(vector) if module.split and not feedforward else (vector,) * len(module.sites)
+            for site, part in zip(module.sites, parts, strict=True):  # a fused module's rows, or its input, per site
+                state[file.key(module.layer, site, "lora_B")] = part.contiguous()
+                on_input.setdefault(site, set()).add(feedforward)
         mixed = sorted(site for site, kinds in on_input.items() if len(kinds) > 1)
         if mixed:
             raise ValueError(f"{file.where}: feedforward_modules select {mixed} in some layers only; peftcore's "
@@ -115,12 +119,22 @@ class IA3(LinearMethod):
         refuse_gated_peft(config)
         state = {}
         for path, ours in placed.items():
-            if modules[path].split:
+            module = modules[path]
+            if module.split and not module.splits_bias:
                 raise ValueError(f"(IA)^3 on DeBERTa's fused {path}: PEFT would scale W x before q_bias/v_bias are "
                                  "added, ours scales W x + b; PEFT cannot express this adapter.")
-            (vector,) = ours.values()
-            scale = vector.lora_B.detach() * config.alpha  # (out, 1), or (in, 1) on the input
-            state[f"{path}.ia3_l"] = scale.T.contiguous() if vector.on_input else scale
+            if not module.split:
+                (vector,) = ours.values()
+                scale = vector.lora_B.detach() * config.alpha  # (out, 1), or (in, 1) on the input
+                state[f"{path}.ia3_l"] = scale.T.contiguous() if vector.on_input else scale
+                continue
+            if any(vector.on_input for vector in ours.values()):
+                raise ValueError(f"(IA)^3 on the inputs of the sites in the fused {path}: PEFT's one vector there "
+                                 "scales the fused module's input; PEFT cannot express per-site input vectors.")
+            first = next(iter(ours.values())).lora_B
+            parts = tuple(ours[site].lora_B.detach() * config.alpha if site in ours
+                          else first.new_ones(first.shape[0], 1) for site in module.sites)  # a site without one: 1
+            state[f"{path}.ia3_l"] = module.join(parts)  # (3 out, 1)
         # a regex: peft 0.21.2 wants a list of feedforward_modules to be a subset of the target_modules list
         inputs = "|".join(re.escape(path) for path, ours in placed.items() if next(iter(ours.values())).on_input)
         feedforward = rf"(.*\.)?(?:{inputs})" if inputs else []

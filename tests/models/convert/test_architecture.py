@@ -19,7 +19,7 @@ from tests.archs import ARCHS, reference
 HEADS = {"bert": "sequence_classification", "roberta": "masked_lm", "deberta": "question_answering",
          "deberta-v2": "token_classification", "vit": "image_classification", "xlm-roberta": "question_answering",
          "camembert": "token_classification", "electra": "masked_lm", "distilbert": "sequence_classification",
-         "albert": "masked_lm"}
+         "albert": "masked_lm", "modernbert": "sequence_classification"}
 
 
 def build(arch: str, head: str | None = None):

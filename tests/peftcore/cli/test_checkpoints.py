@@ -31,7 +31,7 @@ def test_convert_to_peftcore_and_back_gives_transformers_the_same_model(bert_mlm
 
 HEADS = {"bert": None, "roberta": "sequence_classification", "deberta": "masked_lm", "deberta-v2": None,
          "vit": "image_classification", "xlm-roberta": "question_answering", "camembert": "token_classification",
-         "electra": "masked_lm", "distilbert": "sequence_classification",
+         "electra": "masked_lm", "distilbert": "sequence_classification", "modernbert": "masked_lm",
          "albert": "masked_lm"}  # a head per architecture, so that convert meets each kind of head's keys
 
 

@@ -101,6 +101,9 @@ CASES = [  # (arch, peft config)
     # PEFT's default (IA)^3: key and value outputs, and the inputs of attention.output.dense and output.dense
     ("bert", peft.IA3Config(**SEQ_CLS)),
     ("roberta", peft.IA3Config(**SEQ_CLS)),
+    # ModernBERT's fused Wqkv: one LoRA whose B rows split into q/k/v thirds sharing A; the gated Wi whole
+    ("modernbert", peft.LoraConfig(r=2, lora_alpha=4, target_modules=["Wqkv", "Wo", "Wi"], **SEQ_CLS)),  # Wo: both
+    ("modernbert", peft.IA3Config(target_modules=["Wqkv", "Wi", "mlp.Wo"], feedforward_modules=[])),
 ]
 
 
@@ -139,6 +142,8 @@ OURS = [  # (arch, our config)
                        input_scaled=("attn.out", "ffn.output"))),  # PEFT's default (IA)^3
     ("roberta", IA3Config(attn_matrices=("k", "v", "o"), intermediate_lora=False, output_lora=True,
                           input_scaled=("attn.out", "ffn.output"))),
+    ("modernbert", "lora[r=2, attn_matrices=['q', 'k', 'v', 'o'], intermediate_lora=True, output_lora=True]"),
+    ("modernbert", "ia3"),
 ]
 
 
