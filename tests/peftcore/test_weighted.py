@@ -269,3 +269,25 @@ def test_merge_and_unload_leaves_a_plain_model_with_the_adapters_outputs(pair):
     with torch.no_grad():
         assert_parity(plain(**batch).last_hidden_state, expected, mask=batch["attention_mask"])
     assert not any(".adapters." in key for key in plain.state_dict())
+
+
+def test_pissa_and_patterned_rslora_sources_concatenate_to_their_exact_weighted_sum():
+    """Sources whose updates are not plain B·A at one rank: PiSSA's B·A - B0·A0 (rank 2r) and rsLoRA with a rank and
+    alpha pattern. ``cat`` holds them all exactly: at every site the new update is Σ wᵢ·sᵢ·ΔWᵢ."""
+    from peftcore import LoRAConfig, placement
+
+    torch.manual_seed(0)
+    model = BertModel(BertModel.config_class(**SIZE)).eval()
+    model.add_adapter("pissa", LoRAConfig(r=2, alpha=4, init_weights="pissa"))
+    model.add_adapter("patterned", LoRAConfig(r=2, alpha=2, use_rslora=True, rank_pattern={"attn.v": 3},
+                                              alpha_pattern={r"layers\.1\.attn\.q": 5}))
+    with torch.no_grad():
+        for key, parameter in model.named_parameters():
+            if ".lora_" in key:
+                parameter.add_(torch.randn_like(parameter) * 0.3)
+    model.merge_adapters("sum", ["pissa", "patterned"], [0.7, -0.4], method="cat")
+    sources = {name: dict(placement.placed(model, name)) for name in ("pissa", "patterned")}
+    for site, merged in placement.placed(model, "sum"):
+        expected = sum(weight * sources[name][site].scaling * sources[name][site].delta_weight()
+                       for name, weight in (("pissa", 0.7), ("patterned", -0.4)))
+        torch.testing.assert_close(merged.scaling * merged.delta_weight(), expected, atol=1e-6, rtol=0)
