@@ -90,8 +90,8 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--overwrite", action="store_true", help="write into an OUT that is not empty")
     command = add("info", "architecture, sizes and parameter count of a checkpoint", checkpoints.info)
     command.add_argument("directory", help="checkpoint directory")
-    command = add("embed", "sentence embeddings (mean-pooled, normalised) and their cosine similarities",
-                  checkpoints.embed)
+    command = add("embed", "sentence embeddings, pooled as the checkpoint's pooling files say, and their cosine "
+                  "similarities", checkpoints.embed)
     command.add_argument("sentences", nargs="*", metavar="SENTENCE",
                          help="sentences to embed; default: two example sentences about a guitar")
     command.add_argument("--model", metavar="DIR", help=f"checkpoint directory; default: the {MINILM} of the "
