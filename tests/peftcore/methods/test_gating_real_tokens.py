@@ -28,7 +28,7 @@ def real_token_gated(arch: str, method: str, real_tokens: bool = True, names: st
     return model
 
 
-@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "deberta", "modernbert"])
 @pytest.mark.parametrize("method", GATED)
 def test_unpadded_equals_padded_and_padding_changes_no_row(arch, method):
     model = real_token_gated(arch, method)
@@ -86,3 +86,12 @@ def test_the_option_needs_a_gate_and_is_left_out_of_adapterhubs_dict():
     with pytest.raises(ValueError, match="use_gating is False"):
         parse("seq_bn[gate_over_real_tokens=True]")
     assert all("gate_over_real_tokens" not in member for member in parse("unipelt").to_dict()["configs"])
+
+
+def test_a_compiled_model_gates_over_real_tokens_in_one_graph():
+    model = real_token_gated("bert", "unipelt")
+    batch = inputs(model)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)  # the padded layout: the mask-based mean
+    with torch.no_grad():
+        got = compiled(**batch).last_hidden_state
+    assert_parity(got, hidden(model, batch), mask=batch["attention_mask"])
