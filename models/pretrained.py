@@ -21,7 +21,7 @@ from peftcore.models import convert
 from peftcore.models.convert.architecture import Architecture, HFModule
 from peftcore.models.convert.keymap import ConversionError, check_fit, hf_to_ours, ours_to_hf
 from peftcore.models.layers import EncoderConfig, EncoderOutput, Padding
-from peftcore.sites import MaskedLMHead, SiteLinear, task_loss
+from peftcore.sites import CURRENT_PADDING, MaskedLMHead, SiteLinear, task_loss
 
 Model = TypeVar("Model", bound="PretrainedEncoder")
 
@@ -140,15 +140,19 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         attentions = [] if output_attentions else None
         h = padding.pack(x)  # (1, N, C) when unpadded
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for index, (layer, returned) in enumerate(self.layer_schedule()):
-            run = partial(self.run_checkpointed, layer) if checkpointing else layer
-            h, probs = run(h, padding, output_attentions, **layer_context)
-            if index == 0:
-                h = self.first_layer_output(x, h, padding)
-            if output_hidden_states and returned:
-                hidden_states.append(padding.pad(h))
-            if output_attentions:
-                attentions.append(probs)
+        previous, CURRENT_PADDING.padding = CURRENT_PADDING.padding, padding  # for gates over real tokens
+        try:
+            for index, (layer, returned) in enumerate(self.layer_schedule()):
+                run = partial(self.run_checkpointed, layer) if checkpointing else layer
+                h, probs = run(h, padding, output_attentions, **layer_context)
+                if index == 0:
+                    h = self.first_layer_output(x, h, padding)
+                if output_hidden_states and returned:
+                    hidden_states.append(padding.pad(h))
+                if output_attentions:
+                    attentions.append(probs)
+        finally:
+            CURRENT_PADDING.padding = previous
         last = padding.pad(h)  # (B, T, C)
         out = self.finish(last if self.norm is None else self.norm(last), hidden_states, attentions, padding)
         out.token_positions = token_positions

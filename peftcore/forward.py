@@ -25,7 +25,7 @@ from peftcore.heads import INPUT_ARGS
 from peftcore.host import AdapterHost
 from peftcore.methods.base import Method
 from peftcore.setup import Plan, compile_plan, guard
-from peftcore.sites import MaskedLMHead
+from peftcore.sites import CURRENT_PADDING, MaskedLMHead
 
 SPAN_ARGS = ("start_positions", "end_positions")  # question answering's targets, stacked to (B, 2)
 PARSE_ARGS = BiaffineParsingHead.target_names  # a parser's targets, stacked to (B, T, 2)
@@ -64,13 +64,16 @@ def run_checkpointed(host: AdapterHost, layer: nn.Module, args: tuple, kwargs: d
     """``layer(*args, **kwargs)`` keeping only its inputs: ``torch.utils.checkpoint`` (non-reentrant, the RNG state
     kept for dropout) recomputes it in the backward pass. A mixed batch, a MultiTask batch and an ``AdapterSetup``
     install their plan for the span of the forward only, so the recomputation installs the plan the forward ran
-    (holding the model as a writer, as they do) when another is in force by then. Each method of the layer runs
+    (holding the model as a writer, as they do) when another is in force by then, and publishes the forward's
+    padding (sites.py ``CURRENT_PADDING``) again. Each method of the layer runs
     ``checkpointed``, which keeps it from carrying values across layers."""
-    plan = host.plan
+    plan, padding = host.plan, CURRENT_PADDING.padding
     methods = [module for module in layer.modules() if isinstance(module, Method)]
 
     def recompute(*args: Any) -> Any:
         with ExitStack() as stack:
+            stack.callback(setattr, CURRENT_PADDING, "padding", CURRENT_PADDING.padding)
+            CURRENT_PADDING.padding = padding  # the forward's batch, for gates over real tokens
             for method in methods:
                 stack.enter_context(method.checkpointed())
             if host.plan is not plan:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from peftcore.composition import Average, BatchSplit, Block, Fuse, Parallel, Split, Stack, spans, walk
-from peftcore.sites import EmbeddingSite, OutputSite, PrefixSite, PromptSite, ResidualSite, SiteLinear
+from peftcore.sites import CURRENT_PADDING, EmbeddingSite, OutputSite, PrefixSite, PromptSite, ResidualSite, SiteLinear
 
 Modules = dict[str, nn.Module]  # the adapters attached at one site (merged ones left out), by name
 
@@ -54,12 +54,25 @@ def identity_last(*tensors: Tensor) -> Tensor:
     return tensors[-1]
 
 
+def on_cut(fn: Callable, dim: int, span: slice, *args: object) -> object:
+    """``fn(*args)`` for one slice of the batch, the published padding cut as its tensors are (a gate over real
+    tokens reads each row's attention mask there: gating.py)."""
+    padding = CURRENT_PADDING.padding
+    if padding is None or padding.attention_mask is None:
+        return fn(*args)
+    CURRENT_PADDING.padding = replace(padding, attention_mask=cut(padding.attention_mask, dim, span))
+    try:
+        return fn(*args)
+    finally:
+        CURRENT_PADDING.padding = padding
+
+
 def slicewise(block: Block, functions: list[Callable | None], *tensors: Tensor) -> Tensor:
     """Run function i on slice i of every tensor (the last tensor passes through where there is no function) and
     join the results where they were cut."""
     dim = dim_of(block)
     parts = spans(block, tensors[0].shape[dim])
-    return torch.cat([(fn or identity_last)(*(cut(t, dim, span) for t in tensors))
+    return torch.cat([on_cut(fn or identity_last, dim, span, *(cut(t, dim, span) for t in tensors))
                       for fn, span in zip(functions, parts, strict=True)], dim=dim)
 
 
@@ -179,7 +192,7 @@ def residual_slicewise(block: Block, steps: list[Callable | None], state: Bottle
     for step, span in zip(steps, parts, strict=True):
         piece = BottleneckState(*(cut(t, dim, span) for t in state[:3]),
                                 None if state.up is None else cut(state.up, dim, span), state.finish)
-        states.append(piece if step is None else step(piece, norm))
+        states.append(piece if step is None else on_cut(step, dim, span, piece, norm))
     h, x, adapter_residual = (torch.cat([s[i] for s in states], dim=dim) for i in range(3))
     ups = [s.up for s in states]
     up = torch.cat(ups, dim=dim) if all(u is not None for u in ups) else None
@@ -250,7 +263,7 @@ def prefix_slicewise(block: Block, functions: list[Callable | None], k: Tensor, 
     outs = []
     for fn, span in zip(functions, parts, strict=True):
         rows = mask if mask is None or mask.shape[0] == 1 else mask[span]
-        outs.append((k[span], v[span], rows) if fn is None else fn(k[span], v[span], rows, x[span]))
+        outs.append((k[span], v[span], rows) if fn is None else on_cut(fn, 0, span, k[span], v[span], rows, x[span]))
     width = max(key.shape[2] for key, _, _ in outs)
     if all(key.shape[2] == width for key, _, _ in outs) and (mask is None or mask.shape[0] != 1):
         joined = None if mask is None else torch.cat([m for _, _, m in outs])

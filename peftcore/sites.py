@@ -27,6 +27,7 @@ of ``SITE_NAMES``, with the layers in a ``layers`` ``nn.ModuleList``. ``find_sit
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -49,6 +50,18 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "sigmoid": torch.sigmoid,
     "linear": lambda x: x,
 }
+
+
+class PaddingHolder(threading.local):
+    """The ``Padding`` (models/layers.py) of the batch whose layers run in this thread, None outside them. A model's
+    layer loop publishes it (``padding`` set before the layers, the previous value restored after), so that a gate
+    averaging over real tokens only (methods/gating.py) finds each row's tokens. A plain per-thread attribute, which
+    torch.compile traces."""
+
+    padding: Any = None
+
+
+CURRENT_PADDING = PaddingHolder()
 
 
 class Activation(nn.Module):
@@ -130,9 +143,9 @@ class PrefixSite(nn.Module):
     """``k, v, mask, x -> k, v, mask`` inside self-attention; prefix tuning prepends key/value vectors here.
 
     k and v are ``(B, H, T, D)``; mask is the additive attention mask ``(B, 1, 1|T, T)`` or None; x is the
-    attention block's input ``(B, T, C)`` (a gate reads it). When the batch runs unpadded (only setups without gates
-    do), x is the packed real tokens ``(1, N, C)``, or ``(B, 0, C)`` with ``(B, H, 0, D)`` keys and values when
-    attention asks for each row's prefix alone. When active the plug returns ``(B, H, P+T, D)`` keys
+    attention block's input ``(B, T, C)`` (a gate reads it). When the batch runs unpadded (setups whose gates, if
+    any, average over real tokens only), x is the packed real tokens ``(1, N, C)``, also with ``(B, H, 0, D)`` keys
+    and values when attention asks for each row's prefix alone. When active the plug returns ``(B, H, P+T, D)`` keys
     and values and a mask padded by ``P`` attendable columns.
     """
 

@@ -144,6 +144,9 @@ def save(host: AdapterHost, directory: str | os.PathLike, name: str, with_head: 
     """Write adapter ``name`` in AdapterHub's layout, so ``adapters``' ``load_adapter`` reads it."""
     placement.check_known(host, name)
     config = host.adapter_configs[name]
+    if any(getattr(member, "gate_over_real_tokens", False) for member in members(config)):
+        raise ValueError(f"adapter {name!r} gates over real tokens only (gate_over_real_tokens=True), which "
+                         "AdapterHub's gates cannot: save with format='peftcore'.")
     ours = placement.state(host, name)
     for member in members(config):
         for method in methods_for(member):

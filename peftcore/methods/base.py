@@ -212,8 +212,10 @@ class Method(nn.Module):
     @property
     def token_wise(self) -> bool:
         """Whether this module acts on each token alone, so a padded batch may run on its real tokens only.
-        A UniPELT gate averages over the whole padded sequence, as AdapterHub's does."""
-        return getattr(self, "gate", None) is None
+        A UniPELT gate averages over the whole padded sequence, as AdapterHub's does, unless it averages over the
+        real tokens only (``gate_over_real_tokens``)."""
+        gate = getattr(self, "gate", None)
+        return gate is None or gate.real_tokens
 
     @classmethod
     def training_callback(cls, config: Any, modules: Sequence[Method], total_steps: int) -> TrainingCallback | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +41,7 @@ from peftcore.configs import (
 )
 from peftcore.methods.activations import activation, check_activation
 from peftcore.methods.base import Method, ModelShape, init_generator, register_method
-from peftcore.methods.gating import Gate
+from peftcore.methods.gating import Gate, check_gate_option, without_default_gate_option
 from peftcore.methods.phm import PHMLinear, PHMShared, check_phm_fields
 from peftcore.sites import Site
 
@@ -68,6 +69,7 @@ class BnConfig(AdapterConfigBase):
     is_parallel: bool = False
     scaling: float | str = 1.0
     use_gating: bool = False
+    gate_over_real_tokens: bool = False  # average gates over real tokens only (gating.py); not AdapterHub's
     inv_adapter: str | None = None
     inv_adapter_reduction_factor: float | None = None
     cross_adapter: bool = False
@@ -125,8 +127,12 @@ class BnConfig(AdapterConfigBase):
         for rate in ("dropout", "stochastic_depth"):
             check_probability(name, rate, getattr(self, rate))
         check_seed(name, self.init_weights_seed)
+        check_gate_option(name, self)
         if self.phm_layer:
             check_phm_fields(self, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return without_default_gate_option(super().to_dict())
 
     def union_conflict(self, other: AdapterConfigBase) -> str | None:
         """Bottlenecks ``self`` and ``other`` may share a union when one sits after attention and the other after the
@@ -299,7 +305,7 @@ class Bottleneck(Method):
         else:
             self.scaling = nn.Parameter(torch.ones(1 if config.scaling == "learned" else hidden_size))
         self.norm_after = nn.LayerNorm(hidden_size) if config.ln_after else nn.Identity()
-        self.gate = Gate(hidden_size) if config.use_gating else None
+        self.gate = Gate(hidden_size, real_tokens=config.gate_over_real_tokens) if config.use_gating else None
         self.dropout = nn.Dropout(config.dropout)
         self.reset_parameters()
 

@@ -18,12 +18,14 @@ def MAMConfig(prefix_tuning: PrefixTuningConfig | None = None, adapter: BnConfig
 
 
 def UniPELTConfig(prefix_tuning: PrefixTuningConfig | None = None, adapter: BnConfig | None = None,
-                  lora: LoRAConfig | None = None) -> ConfigUnion:
+                  lora: LoRAConfig | None = None, gate_over_real_tokens: bool = False) -> ConfigUnion:
     """UniPELT (Mao et al., 2022, https://arxiv.org/abs/2110.07577): gated prefix tuning, sequential bottleneck and
-    LoRA, each switched on per example by a learned gate (gating.py)."""
+    LoRA, each switched on per example by a learned gate (gating.py). The gates average over the padded sequence, as
+    AdapterHub's do; ``gate_over_real_tokens`` makes every member's gate average over each row's real tokens, so a
+    row's output does not depend on the batch's padding and variable-length batches run unpadded."""
     members = (prefix_tuning or PrefixTuningConfig(prefix_length=10), adapter or SeqBnConfig(reduction_factor=16),
                lora or LoRAConfig(r=8, alpha=2))
-    return ConfigUnion(*(member.replace(use_gating=True) for member in members))
-
+    return ConfigUnion(*(member.replace(use_gating=True, gate_over_real_tokens=gate_over_real_tokens
+                                        or member.gate_over_real_tokens) for member in members))
 
 register(presets={"mam": MAMConfig(), "unipelt": UniPELTConfig()})

@@ -29,7 +29,7 @@ from peftcore.configs import (
     check_type,
 )
 from peftcore.methods.base import Method, ModelShape, PeftFile, init_generator, linear_average, register_method
-from peftcore.methods.gating import Gate
+from peftcore.methods.gating import Gate, check_gate_option
 from peftcore.methods.lora_init import (
     PEFT_INITS,
     check_lora_options,
@@ -80,6 +80,7 @@ class LoRAConfig(AdapterConfigBase):
     init_weights: str = "lora"
     init_weights_seed: int | None = None
     use_gating: bool = False
+    gate_over_real_tokens: bool = False  # average gates over real tokens only (gating.py); not AdapterHub's
     use_dora: bool = False
     vera_d: float | None = None
     vera_b: float | None = None
@@ -123,6 +124,7 @@ class LoRAConfig(AdapterConfigBase):
             raise ValueError(f"{name}.input_scaled names {unplaced}, which this config does not place; it places "
                              f"{list(layer_sites(self))}.")
         check_seed(name, self.init_weights_seed)
+        check_gate_option(name, self)
 
     def to_dict(self) -> dict[str, Any]:
         """AdapterHub's fields, and ours (``OWN_FIELDS``) only where they differ from their default, so an adapter
@@ -167,7 +169,7 @@ class LoRAConfig(AdapterConfigBase):
 
 OWN_FIELDS = {  # LoRAConfig's fields AdapterHub lacks, by default
     "vera_dense": False, "dora_variant": "adapterhub", "target": None, "use_rslora": False, "rank_pattern": {},
-    "alpha_pattern": {}, "input_scaled": [],
+    "alpha_pattern": {}, "input_scaled": [], "gate_over_real_tokens": False,
 }
 MATRIX_SITES = {"q": "attn.q", "k": "attn.k", "v": "attn.v", "o": "attn.out"}  # attn_matrices -> site
 
@@ -211,7 +213,7 @@ class LinearMethod(Method):
     def __init__(self, config: LoRAConfig, in_features: int) -> None:
         super().__init__()
         self.config = config
-        self.gate = Gate(in_features) if config.use_gating else None
+        self.gate = Gate(in_features, real_tokens=config.gate_over_real_tokens) if config.use_gating else None
         self.original: tuple[Tensor, Tensor | None] | None = None  # the linear's weights while merged
         if self.gate is not None:  # AdapterHub: N(0, 0.02) weight, PyTorch's default bias
             self.gate.reset_parameters_from(init_generator(config.init_weights_seed), zero_bias=False)

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from peftcore.configs import (
 )
 from peftcore.methods.activations import check_activation, non_linearity
 from peftcore.methods.base import Method, ModelShape, PeftFile, init_generator, register_method, shared_state_key
-from peftcore.methods.gating import Gate
+from peftcore.methods.gating import Gate, check_gate_option, without_default_gate_option
 from peftcore.sites import Site
 
 
@@ -55,6 +55,7 @@ class PrefixTuningConfig(AdapterConfigBase):
     non_linearity: str = "tanh"
     dropout: float = 0.0
     use_gating: bool = False
+    gate_over_real_tokens: bool = False  # average gates over real tokens only (gating.py); not AdapterHub's
     shared_gating: bool = True
     init_weights_seed: int | None = None
 
@@ -70,6 +71,10 @@ class PrefixTuningConfig(AdapterConfigBase):
         check_probability(name, "dropout", self.dropout)
         object.__setattr__(self, "leave_out", check_leave_out(name, self.leave_out))
         check_seed(name, self.init_weights_seed)
+        check_gate_option(name, self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return without_default_gate_option(super().to_dict())
 
     def union_conflict(self, other: AdapterConfigBase) -> str | None:
         """A union refuses ``other`` when it is a prefix-tuning config too, whatever either's ``leave_out``: an adapter
@@ -170,7 +175,8 @@ class PrefixTuning(Method):
         self.index = index
         self.checkpointing = False  # while the layer runs under gradient checkpointing (``checkpointed``)
         self.share(pool)
-        self.gate = Gate(hidden_size, 1 if config.shared_gating else 2) if config.use_gating else None
+        self.gate = (Gate(hidden_size, 1 if config.shared_gating else 2, config.gate_over_real_tokens)
+                     if config.use_gating else None)
         if self.gate is not None:  # AdapterHub: N(0, 0.02) weight, PyTorch's default bias
             self.gate.reset_parameters_from(init_generator(config.init_weights_seed), zero_bias=False)
 
@@ -189,7 +195,7 @@ class PrefixTuning(Method):
         prefix = self.shared.dropout(prefix.unsqueeze(1).expand(-1, B, -1, -1, -1))
         pk, pv = prefix.to(k.dtype)  # (B, H, P, D) each
         if self.gate is not None:
-            gate = self.gate(x)[:, 0]  # (B, 1|2)
+            gate = self.gate(x, per_row=True)[:, 0]  # (B, 1|2)
             pk, pv = pk * gate[:, 0, None, None, None], pv * gate[:, -1, None, None, None]
         if mask is not None:
             mask = F.pad(mask, (pk.shape[2], 0))  # prefix columns are always attended: additive 0

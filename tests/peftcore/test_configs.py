@@ -70,7 +70,8 @@ def test_legacy_class_names_are_the_legacy_registry_entries(name, key):
 
 
 def test_bn_config_has_exactly_adapterhubs_fields():
-    ours = {field.name for field in dataclasses.fields(BnConfig)}
+    # but ours gate_over_real_tokens (gating.py), which to_dict leaves out while it is off
+    ours = {field.name for field in dataclasses.fields(BnConfig)} - {"gate_over_real_tokens"}
     assert ours == {field.name for field in dataclasses.fields(adapters.BnConfig)}
 
 
