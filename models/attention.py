@@ -89,7 +89,14 @@ def attend_block_diagonal(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, .
         k, v = (torch.cat([p.transpose(0, 1).flatten(1, 2)[None], t], dim=2) for p, t in zip(prefix, (k, v),
                                                                                               strict=True))
         key_rows = torch.cat([rows.repeat_interleave(prefix[0].shape[2]), query_rows])
-    mask = query_rows[:, None] == key_rows[None, :]  # (N, B·P + N)
+    return attend_rows(q, k, v, query_rows, key_rows, dropout_p)
+
+
+def attend_rows(q: Tensor, k: Tensor, v: Tensor, query_rows: Tensor, key_rows: Tensor, dropout_p: float) -> Tensor:
+    """One SDPA call of (1, H, N, D) queries over (1, H, K, D) keys, each query masked to the keys of its row:
+    ``query_rows`` (N,) and ``key_rows`` (K,) give each one's row. Tensors only, no Python lengths: a compiled graph
+    traces it once for any set of lengths (models/compiled.py)."""
+    mask = query_rows[:, None] == key_rows[None, :]  # (N, K)
     return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p))
 
 
