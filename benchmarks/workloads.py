@@ -212,7 +212,7 @@ def train_step(b: Bench, model: nn.Module, batches: list[dict], run: Callable | 
     (default: the model; a compiled model of its parameters)."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     labels = [b.labels(batch) for batch in batches]
-    run = run or model
+    run = model if run is None else run
 
     def step() -> None:
         for batch, target in zip(batches, labels, strict=True):

@@ -24,7 +24,7 @@ def test_compiled_packed_layers_give_the_eager_outputs_without_recompiling_for_n
         if "lora_B" in name:  # a LoRA that changes the outputs
             torch.nn.init.normal_(parameter)
     model.eval()
-    batches = [batch([8, 3, 5]), batch([2, 8, 7, 4, 6])]  # other lengths, other N, other rows
+    batches = [batch([8, 3, 5]), batch([2, 6, 5, 4, 6], length=6)]  # other lengths, N, rows and width
     with torch.no_grad():
         eager = [model(**b).last_hidden_state for b in batches]
         model.compile_packed = True
