@@ -18,7 +18,7 @@ from functools import cache
 import torch
 from torch import Tensor, nn
 
-from peftcore.models.layers import EncoderLayer, Padding, PreNormLayer, SelfAttention
+from peftcore.models.layers import EncoderLayer, Padding, SelfAttention
 
 
 def run_layer(layer: nn.Module, h: Tensor, index: Tensor, mask: Tensor) -> Tensor:
@@ -35,9 +35,9 @@ def compiled_layer() -> Callable[[nn.Module, Tensor, Tensor, Tensor], Tensor]:
 
 def compiles(layer: nn.Module, padding: Padding, output_attentions: bool) -> bool:
     """Whether ``layer`` runs compiled on the packed batch ``padding``: a packed batch without returned attention
-    probabilities, a post-LN or pre-LN layer of plain ``SelfAttention`` (whose attention reads the rows), and no
-    prefix or output site plugged (they read each row's length)."""
-    return (padding.index is not None and not output_attentions and type(layer) in (EncoderLayer, PreNormLayer)
+    probabilities, BERT's post-LN layer of plain ``SelfAttention`` (whose attention reads ``Padding.compiled``),
+    and no prefix or output site plugged (they read each row's length)."""
+    return (padding.index is not None and not output_attentions and type(layer) is EncoderLayer
             and type(layer.attn) is SelfAttention and layer.attn.prefix.plug is None and layer.output.plug is None)
 
 
