@@ -16,7 +16,8 @@ time and peak memory with and without gradient checkpointing), load (checkpoint 
 and adapter load), varlen (lengths uniform in 16..128, padded), modernbert (ModernBERT's forward and LoRA train step
 vs transformers and PEFT, full-length 512 and lengths uniform in 16..512), compile (needs --compile); kernels.py's:
 dropout (bit mask against bernoulli_ in our frozen step), attention (each strategy over packed rows), unpad (unpadded
-against padded over length distributions), frozen_varlen (our frozen step against transformers' on variable lengths).
+against padded over length distributions), frozen_varlen (our frozen step against transformers' on variable lengths),
+compile_packed (eager packed against compiled packed and compiled padded, lengths 8..64, batch 32; needs --compile).
 On CUDA the run uses bf16 unless --dtype says otherwise, and memory is the allocator's peak.
 """
 
@@ -40,7 +41,7 @@ import torch
 from benchmarks import harness, kernels, modernbert, workloads
 
 WORKLOADS = ("floor", "forward", "train", "peft_methods", "inference", "mixed", "memory", "checkpointing", "load",
-             "varlen", "modernbert", "compile", "dropout", "attention", "unpad", "frozen_varlen")
+             "varlen", "modernbert", "compile", "compile_packed", "dropout", "attention", "unpad", "frozen_varlen")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -94,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(workloads.memory_child(b, args.memory_child, args.method)))
         return
 
-    chosen = args.only or [w for w in WORKLOADS if w != "compile" or args.compile]
-    if "compile" in chosen and not args.compile:
+    chosen = args.only or [w for w in WORKLOADS if not w.startswith("compile") or args.compile]
+    if any(w.startswith("compile") for w in chosen) and not args.compile:
         raise SystemExit("the compile workload compiles for minutes; pass --compile to run it.")
     info = machine(args, dtype)
     print(", ".join(f"{key} {value}" for key, value in info.items()), flush=True)
@@ -126,6 +127,7 @@ def run_workloads(args: argparse.Namespace, b: workloads.Bench, chosen: list[str
         "varlen": lambda: workloads.varlen(b, methods, args.varlen_batches),
         "modernbert": lambda: modernbert.run(b, args.varlen_batches),
         "compile": lambda: workloads.compiled(b),
+        "compile_packed": lambda: kernels.compiled_packed(b, args.varlen_batches),
         "dropout": lambda: kernels.dropout_step(b),
         "attention": lambda: kernels.attention_strategies(b),
         "unpad": lambda: kernels.unpadded_against_padded(b, args.varlen_batches),

@@ -147,3 +147,22 @@ def frozen_varlen(b: Bench, count: int) -> None:
         contenders["real-token FLOP floor"] = floor_contender(b, real_token_floor(b, batches, 2))
     b.add("varlen frozen step", b.measure(contenders), "transformers frozen",
           "real-token FLOP floor" if b.floor else None, lengths=f"{low}..{high}")
+
+
+def compiled_packed(b: Bench, count: int) -> None:
+    """Eager packed (the default) against compiled packed (``model.compile_packed``) and compiled padded
+    (``torch.compile(model)``) on lengths 8..64 at batch 32: a frozen forward and a LoRA train step. The compiles
+    run in the untimed warm-up round; the first packed batch compiles once, for any N."""
+    import torch._inductor.config
+
+    torch._inductor.config.compile_threads = 1  # no pool of compile workers left busy while we time
+    batches = length_batches(b, 8, 64, count, batch=32)
+    for workload, method in (("forward", None), ("LoRA step", "lora")):
+        contenders: dict[str, Callable[[], object]] = {}
+        for name in ("eager packed", "compiled packed", "compiled padded"):
+            torch.manual_seed(0)
+            model = ours(b).eval() if method is None else build_trainee(b, "ours", method)
+            model.compile_packed = name == "compiled packed"
+            run = torch.compile(model) if name == "compiled padded" else model
+            contenders[name] = forward(run, batches) if method is None else train_step(b, model, batches, run)
+        b.add(f"compiled {workload}, lengths 8..64", b.measure(contenders), "eager packed", batch=32)

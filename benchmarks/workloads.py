@@ -207,14 +207,16 @@ def build_trainee(b: Bench, contender: str, method: str | LoRAConfig | None) -> 
     return b.place(model).train()
 
 
-def train_step(b: Bench, model: nn.Module, batches: list[dict]) -> Callable[[], None]:
-    """One repetition: a train step (forward, loss, backward, AdamW) on each batch."""
+def train_step(b: Bench, model: nn.Module, batches: list[dict], run: Callable | None = None) -> Callable[[], None]:
+    """One repetition: a train step (forward, loss, backward, AdamW) on each batch; ``run`` runs the forward
+    (default: the model; a compiled model of its parameters)."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     labels = [b.labels(batch) for batch in batches]
+    run = model if run is None else run
 
     def step() -> None:
         for batch, target in zip(batches, labels, strict=True):
-            F.cross_entropy(model(**batch).logits.float(), target).backward()
+            F.cross_entropy(run(**batch).logits.float(), target).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     return step

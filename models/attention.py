@@ -99,18 +99,31 @@ def attend_padded(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], num
     rows, longest = len(lengths), max(lengths)
     real = torch.arange(longest, device=q.device)[None] < torch.tensor(lengths, device=q.device)[:, None]
     index = real.flatten().nonzero().squeeze(1)  # (N,) positions of the packed tokens in (B, max(lengths))
-
-    def pad(t: Tensor) -> Tensor:  # (1, N, C) -> (B, H, max(lengths), D)
-        flat = t.new_zeros(rows * longest, t.shape[-1]).index_copy(0, index, t[0])
-        return split_heads(flat.unflatten(0, (rows, longest)), num_heads)
-
-    q, k, v = pad(q), pad(k), pad(v)
+    q, k, v = (scatter(t, index, rows, longest, num_heads) for t in (q, k, v))
     if prefix is not None:
         k, v = (torch.cat([p, t], dim=2) for p, t in zip(prefix, (k, v), strict=True))
         real = torch.cat([real.new_ones(rows, prefix[0].shape[2]), real], dim=1)
     mask = torch.zeros(real.shape, dtype=q.dtype, device=q.device).masked_fill_(~real, torch.finfo(q.dtype).min)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None], dropout_p=dropout_p)
     return merge_heads(y).flatten(0, 1)[index][None]  # (1, N, C); the finite minimum keeps empty rows finite
+
+
+def scatter(t: Tensor, index: Tensor, rows: int, length: int, num_heads: int) -> Tensor:
+    """Packed (1, N, C) -> (B, H, T, D) of ``rows`` B and ``length`` T: each token at its flat position ``index``
+    (N,) in (B, T), zeros elsewhere."""
+    flat = t.new_zeros(rows * length, t.shape[-1]).index_copy(0, index, t[0])
+    return split_heads(flat.unflatten(0, (rows, length)), num_heads)
+
+
+def attend_scattered(q: Tensor, k: Tensor, v: Tensor, index: Tensor, mask: Tensor, num_heads: int,
+                     dropout_p: float) -> Tensor:
+    """Packed (1, N, C) q, k, v -> (1, N, C) by padded attention: scattered to their flat positions ``index`` (N,)
+    in the (B, T) of the additive padding ``mask`` (B, 1, 1, T), one masked SDPA call, gathered back. Its sizes
+    come from tensors, not Python lengths: a compiled graph traces it once for any lengths (models/compiled.py)."""
+    rows, length = mask.shape[0], mask.shape[-1]
+    q, k, v = (scatter(t, index, rows, length, num_heads) for t in (q, k, v))
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return merge_heads(y).flatten(0, 1)[index][None]
 
 
 def attend_explicitly(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> tuple[Tensor, Tensor]:

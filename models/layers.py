@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftcore.models.attention import attend_explicitly, attend_unpadded, merge_heads, split_heads
+from peftcore.models.attention import attend_explicitly, attend_scattered, attend_unpadded, merge_heads, split_heads
 from peftcore.models.dropout import Dropout
 from peftcore.sites import (
     ACTIVATIONS,
@@ -113,6 +113,8 @@ class Padding:
     shape: tuple[int, int] | None = None
     lengths: tuple[int, ...] | None = None
     attention_mask: Tensor | None = None
+    compiled: bool = False  # packed in a compiled graph (models/compiled.py): ``index`` and ``mask`` without
+    # ``shape`` and ``lengths``, which would be Python ints to recompile for; attention pads by ``index``
 
     @classmethod
     def of(cls, attention_mask: Tensor | None, mask: Tensor | None, unpad: bool) -> Padding:
@@ -198,6 +200,8 @@ class SelfAttention(nn.Module):
         """x (B, T, C), or the packed real tokens (1, N, C) when ``padding`` says so -> the same shape."""
         q, k, v = (proj(x) for proj in (self.q, self.k, self.v))
         dropout_p = self.dropout_p if self.training else 0.0
+        if padding.compiled:
+            return self.out(attend_scattered(q, k, v, padding.index, padding.mask, self.num_heads, dropout_p)), None
         if padding.lengths is not None and not output_attentions:
             prefix = self.prefix_rows(x, len(padding.lengths))
             return self.out(attend_unpadded(q, k, v, padding.lengths, self.num_heads, dropout_p, prefix)), None

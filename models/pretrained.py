@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from peftcore.io import resolve_directory
 from peftcore.model import AdapterModelMixin
 from peftcore.models import convert
+from peftcore.models.compiled import compiles, run_compiled
 from peftcore.models.convert.architecture import Architecture, HFModule
 from peftcore.models.convert.keymap import ConversionError, check_fit, hf_to_ours, ours_to_hf
 from peftcore.models.layers import EncoderConfig, EncoderOutput, Padding
@@ -49,6 +50,7 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         self.config = config
         self.norm: nn.Module | None = None  # a final LayerNorm on the last hidden state: pre-LN models (ViT) set one
         self.gradient_checkpointing = False  # recompute each layer in the backward pass (gradient_checkpointing_enable)
+        self.compile_packed = False  # run the layers of packed batches under torch.compile (models/compiled.py)
         self.init_adapters()
 
     def forward(self, *args: Any, output_adapter_gating_scores: bool = False,
@@ -144,6 +146,8 @@ class PretrainedEncoder(AdapterModelMixin, nn.Module):
         try:
             for index, (layer, returned) in enumerate(self.layer_schedule()):
                 run = partial(self.run_checkpointed, layer) if checkpointing else layer
+                if self.compile_packed and not checkpointing and compiles(layer, padding, output_attentions):
+                    run = partial(run_compiled, layer)
                 h, probs = run(h, padding, output_attentions, **layer_context)
                 if index == 0:
                     h = self.first_layer_output(x, h, padding)
