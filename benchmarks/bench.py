@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch
 
-from benchmarks import harness, kernels, modernbert, workloads
+from benchmarks import harness, kernels, modernbert, peft_methods, workloads
 
 WORKLOADS = ("floor", "forward", "train", "peft_methods", "inference", "mixed", "memory", "checkpointing", "load",
              "varlen", "modernbert", "compile", "compile_packed", "dropout", "attention", "unpad", "frozen_varlen")
@@ -118,7 +118,7 @@ def run_workloads(args: argparse.Namespace, b: workloads.Bench, chosen: list[str
         "floor": lambda: workloads.floor(b),
         "forward": lambda: workloads.plain_forward(b),
         "train": lambda: workloads.train(b, methods),
-        "peft_methods": lambda: workloads.peft_methods(b),
+        "peft_methods": lambda: peft_methods.run(b),
         "inference": lambda: workloads.inference(b),
         "mixed": lambda: workloads.mixed(b),
         "memory": lambda: workloads.memory(b, methods, child),
