@@ -36,7 +36,7 @@ from typing import ClassVar
 from torch import Tensor, nn
 
 from peftcore.models.bert import BertModel
-from peftcore.models.convert.tables import ALBERT
+from peftcore.models.convert.albert import ALBERT
 from peftcore.models.layers import (
     Embeddings,
     EncoderConfig,

@@ -1,8 +1,9 @@
 """``Architecture``: one record per model of everything about its HuggingFace side — the key table, the transformers
 classes, the config.json fields it names differently or refuses, and where AdapterHub and PEFT attach method modules.
 
-The records live in tables.py; a model class names its record (``architecture = BERT``) and answers every
-HF-layout question from it (``PretrainedEncoder.hf_modules`` ...), so no other code reads a key table's internals.
+The records live in tables.py (ALBERT's in albert.py, ModernBERT's in modernbert.py); a model class names its
+record (``architecture = BERT``) and answers every HF-layout question from it (``PretrainedEncoder.hf_modules``
+...), so no other code reads a key table's internals.
 """
 
 from __future__ import annotations

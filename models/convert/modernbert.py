@@ -2,7 +2,7 @@
 renames. HF names verified against ``state_dict()`` of transformers 4.57's ModernBertModel and ModernBertFor{MaskedLM,
 SequenceClassification, TokenClassification, QuestionAnswering} (tests/models/test_modernbert.py checks every one).
 
-Kept beside tables.py, which holds the other records, because that file is at its size limit.
+Kept beside tables.py, which holds the BERT-family, DeBERTa, ViT and DistilBERT records (ALBERT's: albert.py).
 """
 
 from __future__ import annotations
