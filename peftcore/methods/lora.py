@@ -104,21 +104,13 @@ class LoRAConfig(AdapterConfigBase):
         check_probability(name, "dropout", self.dropout)
         check_in(name, "composition_mode", self.composition_mode, ("add", "scale"))
         check_lora_options(self)
-        check_type(name, "attn_matrices", self.attn_matrices, (tuple, list), "a list of 'q', 'k', 'v', 'o'")
-        object.__setattr__(self, "attn_matrices", tuple(self.attn_matrices))
-        for matrix in self.attn_matrices:
-            check_in(name, "attn_matrices", matrix, tuple(MATRIX_SITES))
-        check_distinct(name, "attn_matrices", self.attn_matrices)
+        check_placement(self)
         if self.composition_mode == "scale" and (self.r != 1 or self.dropout):
             raise ValueError(f"{name}: composition_mode='scale' ((IA)^3) needs r=1 and dropout=0, got r={self.r}, "
                              f"dropout={self.dropout}.")
         self.check_variants()
         if self.dtype is not None:
             raise ValueError(f"{name}.dtype={self.dtype!r}: LoRA weights follow the model's dtype; leave dtype=None.")
-        if not (self.selfattn_lora and self.attn_matrices) and not self.intermediate_lora and not self.output_lora:
-            raise ValueError(f"{name} places nothing: set selfattn_lora (with attn_matrices), intermediate_lora or "
-                             "output_lora.")
-        object.__setattr__(self, "leave_out", check_leave_out(name, self.leave_out))
         unplaced = [site for site in self.input_scaled if site not in layer_sites(self)]
         if unplaced:
             raise ValueError(f"{name}.input_scaled names {unplaced}, which this config does not place; it places "
@@ -172,6 +164,21 @@ OWN_FIELDS = {  # LoRAConfig's fields AdapterHub lacks, by default
     "alpha_pattern": {}, "input_scaled": [], "gate_over_real_tokens": False,
 }
 MATRIX_SITES = {"q": "attn.q", "k": "attn.k", "v": "attn.v", "o": "attn.out"}  # attn_matrices -> site
+
+
+def check_placement(config: Any) -> None:
+    """LoRAConfig's placement fields, which the configs reusing them (lowrank.py) share: ``attn_matrices`` distinct
+    names of MATRIX_SITES (a tuple after this), something placed, ``leave_out`` normalised."""
+    name = type(config).__name__
+    check_type(name, "attn_matrices", config.attn_matrices, (tuple, list), "a list of 'q', 'k', 'v', 'o'")
+    object.__setattr__(config, "attn_matrices", tuple(config.attn_matrices))
+    for matrix in config.attn_matrices:
+        check_in(name, "attn_matrices", matrix, tuple(MATRIX_SITES))
+    check_distinct(name, "attn_matrices", config.attn_matrices)
+    if not (config.selfattn_lora and config.attn_matrices) and not config.intermediate_lora and not config.output_lora:
+        raise ValueError(f"{name} places nothing: set selfattn_lora (with attn_matrices), intermediate_lora or "
+                         "output_lora.")
+    object.__setattr__(config, "leave_out", check_leave_out(name, config.leave_out))
 
 
 def linear_sites(config: LoRAConfig, layer: int | None) -> tuple[str, ...]:

@@ -21,21 +21,16 @@ from torch import Tensor, nn
 
 from peftcore.configs import (
     AdapterConfigBase,
-    check_distinct,
-    check_in,
-    check_leave_out,
     check_positive_number,
     check_probability,
     check_seed,
     check_type,
 )
 from peftcore.methods.base import Method, ModelShape, PeftFile
-from peftcore.methods.lora import MATRIX_SITES, LinearMethod, linear_sites
+from peftcore.methods.lora import LinearMethod, check_placement, linear_sites
 from peftcore.methods.lora_init import pattern_value
 from peftcore.methods.lora_peft import config_for_sites
 from peftcore.sites import Site, SiteLinear
-
-ATTN_MATRICES = tuple(MATRIX_SITES)  # the attention linears with a site, as LoRAConfig's attn_matrices names them
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,15 +48,7 @@ class LinearSitesConfig(AdapterConfigBase):
         name = type(self).__name__
         for flag in ("selfattn_lora", "intermediate_lora", "output_lora"):
             check_type(name, flag, getattr(self, flag), bool, "True or False")
-        check_type(name, "attn_matrices", self.attn_matrices, (tuple, list), "a list of 'q', 'k', 'v', 'o'")
-        object.__setattr__(self, "attn_matrices", tuple(self.attn_matrices))
-        for matrix in self.attn_matrices:
-            check_in(name, "attn_matrices", matrix, ATTN_MATRICES)
-        check_distinct(name, "attn_matrices", self.attn_matrices)
-        if not (self.selfattn_lora and self.attn_matrices) and not self.intermediate_lora and not self.output_lora:
-            raise ValueError(f"{name} places nothing: set selfattn_lora (with attn_matrices), intermediate_lora or "
-                             "output_lora.")
-        object.__setattr__(self, "leave_out", check_leave_out(name, self.leave_out))
+        check_placement(self)
 
 
 def check_rank(name: str, field: str, value: Any) -> None:
