@@ -15,7 +15,7 @@ import inspect
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -227,15 +227,10 @@ def docstring_pairs(modules: Sequence[str] = DOCUMENTED) -> list[Pair]:
     ``modules`` (installed packages: numpy and torch by default), each sentence once; what the demo's embedding
     training retrieves: a description for a name, paired by meaning, not by shared words."""
     pairs: dict[str, str] = {}
-    for module_name in modules:
-        module = importlib.import_module(module_name)
-        for name in sorted(set(getattr(module, "__all__", None) or dir(module))):
-            function = getattr(module, name, None)
-            if name.startswith("_") or inspect.isclass(function) or not callable(function):
-                continue
-            sentence = first_sentence(getattr(function, "__doc__", None) or "")
-            if sentence and sentence not in pairs:
-                pairs[sentence] = f"{module_name}.{name}"
+    for qualified_name, docstring in public_docstrings(modules):
+        sentence = first_sentence(docstring)
+        if sentence and sentence not in pairs:
+            pairs[sentence] = qualified_name
     return [(sentence, name, None, None) for sentence, name in pairs.items()]
 
 
@@ -244,18 +239,24 @@ def docstring_paragraphs(modules: Sequence[str] = DOCUMENTED, words: int = 12) -
     docstrings of the public functions of ``modules``, each once, in a fixed order: English text that numpy and
     torch ship, for masked-LM training."""
     paragraphs: dict[str, None] = {}
+    for _, docstring in public_docstrings(modules):
+        for paragraph in inspect.cleandoc(docstring).split("\n\n"):
+            text = " ".join(ROLE.sub(r"\1", paragraph).split())
+            if (len(text.split()) >= words and not SIGNATURE.match(text) and ">>>" not in text
+                    and "---" not in text and "::" not in text):
+                paragraphs[text] = None
+    return list(paragraphs)
+
+
+def public_docstrings(modules: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """(qualified name, docstring or "") of each public function of ``modules``, imported by name, in a fixed
+    order: by module, then by name."""
     for module_name in modules:
         module = importlib.import_module(module_name)
         for name in sorted(set(getattr(module, "__all__", None) or dir(module))):
             function = getattr(module, name, None)
-            if name.startswith("_") or inspect.isclass(function) or not callable(function):
-                continue
-            for paragraph in inspect.cleandoc(getattr(function, "__doc__", None) or "").split("\n\n"):
-                text = " ".join(ROLE.sub(r"\1", paragraph).split())
-                if (len(text.split()) >= words and not SIGNATURE.match(text) and ">>>" not in text
-                        and "---" not in text and "::" not in text):
-                    paragraphs[text] = None
-    return list(paragraphs)
+            if not name.startswith("_") and not inspect.isclass(function) and callable(function):
+                yield f"{module_name}.{name}", getattr(function, "__doc__", None) or ""
 
 
 def first_sentence(docstring: str) -> str | None:
