@@ -18,7 +18,8 @@ from peftcore.training import Trainer, TrainingConfig
 from tests import archs
 from tests.archs import ARCHS
 from tests.parity import assert_parity
-from tests.peftcore.interop.test_peft import assert_same_outputs, inputs, reference
+from tests.peftcore.interop.test_peft import inputs, reference
+from tests.peftcore.methods.test_loha import assert_round_trip_and_exact_merge
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 STEPS, BATCH = 6, 4
@@ -108,25 +109,8 @@ def test_peft_files_load_with_peft_outputs_both_ways_and_merge_exactly(hf_checkp
     theirs = train_and_save_in_peft(model, config, batch, tmp_path / "a")
     saved = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
     assert saved["rank_pattern"] and not all(map(all, saved["rank_pattern"].values()))  # triplets were pruned
-    ours = ARCHS[arch].model.from_pretrained(directory).eval()
-    ours.load_adapter(tmp_path / "a", set_active=True)
-    assert_same_outputs(ours, theirs, batch)
-
-    ours.save_adapter(tmp_path / "back", "a", format="peft")
+    assert_round_trip_and_exact_merge(arch, theirs, directory, batch, tmp_path)
     assert json.loads((tmp_path / "back" / "adapter_config.json").read_text())["rank_pattern"] == saved["rank_pattern"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        again = peft.PeftModel.from_pretrained(ARCHS[arch].hf["sequence_classification"].from_pretrained(directory),
-                                               tmp_path / "back").eval()
-    assert_same_outputs(ours, again, batch)
-
-    weights = {key: t.clone() for key, t in ours.state_dict().items()}
-    with torch.no_grad():
-        before = ours(**batch).logits
-        ours.merge_adapter("a")
-        assert_parity(ours(**batch).logits, before)
-        ours.reset_adapter("a")
-    assert all(torch.equal(t, weights[key]) for key, t in ours.state_dict().items())
 
 
 def test_defaults_are_pefts():
