@@ -10,7 +10,7 @@ Three ways give each token softmax attention over its own row's tokens (after th
 ``attend_unpadded`` picks the cheapest by a cost model whose per-call cost was measured
 (``python benchmarks/bench.py --only attention``, docs/performance.md): per-sequence for few long rows,
 padded for many short ones of similar lengths, block-diagonal for many short rows beside a long one. All three give
-the same numbers (tests/models/test_attention.py).
+the same numbers (tests/models/test_attention.py). Every attention of the models calls ``sdpa`` below.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from peftcore.models.dropout import dropout
+from peftcore.models.dropout import dropout, uses_bit_mask
 
 STRATEGIES = ("per_sequence", "block_diagonal", "padded")
 CALL_COST = 400_000  # one SDPA call's fixed cost (forward and backward, with its splits, copies and dropout) in
@@ -74,7 +74,7 @@ def attend_per_sequence(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...
         q_row, k_row, v_row = (split_heads(t, num_heads) for t in run)  # (1, H, T_row, D)
         if prefix is not None:
             k_row, v_row = (torch.cat([p[row:row + 1], t], dim=2) for p, t in zip(prefix, (k_row, v_row), strict=True))
-        outputs.append(merge_heads(F.scaled_dot_product_attention(q_row, k_row, v_row, dropout_p=dropout_p)))
+        outputs.append(merge_heads(sdpa(q_row, k_row, v_row, dropout_p=dropout_p)))
     return torch.cat(outputs, dim=1)
 
 
@@ -90,7 +90,7 @@ def attend_block_diagonal(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, .
                                                                                               strict=True))
         key_rows = torch.cat([rows.repeat_interleave(prefix[0].shape[2]), query_rows])
     mask = query_rows[:, None] == key_rows[None, :]  # (N, B·P + N)
-    return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p))
+    return merge_heads(sdpa(q, k, v, mask, dropout_p))
 
 
 def attend_padded(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], num_heads: int, dropout_p: float,
@@ -104,7 +104,7 @@ def attend_padded(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], num
         k, v = (torch.cat([p, t], dim=2) for p, t in zip(prefix, (k, v), strict=True))
         real = torch.cat([real.new_ones(rows, prefix[0].shape[2]), real], dim=1)
     mask = torch.zeros(real.shape, dtype=q.dtype, device=q.device).masked_fill_(~real, torch.finfo(q.dtype).min)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None], dropout_p=dropout_p)
+    y = sdpa(q, k, v, mask[:, None, None], dropout_p)
     return merge_heads(y).flatten(0, 1)[index][None]  # (1, N, C); the finite minimum keeps empty rows finite
 
 
@@ -122,14 +122,29 @@ def attend_scattered(q: Tensor, k: Tensor, v: Tensor, index: Tensor, mask: Tenso
     come from tensors, not Python lengths: a compiled graph traces it once for any lengths (models/compiled.py)."""
     rows, length = mask.shape[0], mask.shape[-1]
     q, k, v = (scatter(t, index, rows, length, num_heads) for t in (q, k, v))
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    y = sdpa(q, k, v, mask, dropout_p)
     return merge_heads(y).flatten(0, 1)[index][None]
 
 
-def attend_explicitly(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> tuple[Tensor, Tensor]:
-    """softmax(q kᵀ / √D + mask) v, also returning the probabilities that SDPA cannot return."""
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, T, T)
-    if mask is not None:
+def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0,
+         scale: float | None = None) -> Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, mask, dropout_p, scale=scale)``. With dropout on CPU (eager), the
+    explicit softmax attention with our bit-mask dropout instead: torch's CPU kernels have no dropout, so SDPA falls
+    back to its math path, whose ``bernoulli_`` mask and copies made attention about 20% of a MiniLM train step
+    (docs/performance.md)."""
+    if dropout_p == 0.0 or not uses_bit_mask(q):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    return attend_explicitly(q, k, v, mask, dropout_p, scale)[0]
+
+
+def attend_explicitly(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float,
+                      scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """softmax(q kᵀ · scale + mask) v, scale 1/√D by default, also returning the probabilities that SDPA cannot
+    return. ``mask`` is additive, or boolean (True: attend) as SDPA takes it."""
+    scores = q @ k.transpose(-1, -2) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)  # (B, H, T, T)
+    if mask is not None and mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    elif mask is not None:
         scores = scores + mask
     probs = scores.softmax(dim=-1)
     return dropout(probs, dropout_p) @ v, probs

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from peftcore.models.attention import sdpa
 from peftcore.models.convert.tables import DEBERTA
 from peftcore.models.dropout import Dropout, dropout
 from peftcore.models.layers import (
@@ -196,7 +197,7 @@ class DisentangledAttention(nn.Module):
             # the clamp keeps a masked score at the dtype's minimum: a whole masked row stays uniform, never NaN
             attn_mask = mask if bias is None else bias if mask is None else (
                 bias + mask).clamp_min(torch.finfo(mask.dtype).min)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=1 / self.scale)
+            y = sdpa(q, k, v, attn_mask, dropout_p, 1 / self.scale)
             return self.out(padding.pack(merge_heads(y))), None  # (B, T, C)
         scores = q @ k.transpose(-1, -2) / self.scale  # (B, H, T, P+T)
         if bias is not None:

@@ -1,11 +1,12 @@
 """Dropout with a cheaper mask on CPU: the same Bernoulli(1 - p) keep mask and 1/(1-p) scaling as ``F.dropout``,
-drawn as raw random bits compared with an integer threshold.
+drawn as raw random bits compared with an integer threshold, a byte at a time.
 
 ``F.dropout`` on CPU fills a float tensor with ``bernoulli_``, then divides and multiplies: the random numbers
-alone were about 10% of a train step (docs/performance.md). Here every element gets 32 random bits (two per
-64-bit draw of the generator) and is dropped where they fall below ``p · 2³²`` (rounded): each element is dropped
-with probability p to within 2⁻³³, finer than float32 resolves p, independently of every other element. CUDA
-keeps torch's fused dropout kernel, and so does torch.compile, which fuses dropout into its generated code.
+alone were about 10% of a train step (docs/performance.md). Here each element is dropped where a uniform 32-bit
+number U falls below ``round(p · 2³²)``: probability p to within 2⁻³³, finer than float32 resolves p,
+independently of every other element. U's top byte alone decides unless it equals the threshold's top byte (one
+element in 256): each element gets 8 fresh random bits, and only those ties draw U's other 24 bits. CUDA keeps
+torch's fused dropout kernel, and so does torch.compile, which fuses dropout into its generated code.
 """
 
 from __future__ import annotations
@@ -14,19 +15,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-BITS = 32  # random bits per element: p is exact to 2^-(BITS + 1)
+BITS = 32  # bits of U: p is exact to 2^-(BITS + 1)
+LOW_BITS = BITS - 8  # the bits of U below its top byte, drawn for ties only
 
 
-def drop_threshold(p: float) -> int:
-    """The signed 32-bit threshold below which a uniform int32 falls with probability p (to within 2⁻³³)."""
-    return round(p * 2**BITS) - 2 ** (BITS - 1)
+def drop_threshold(p: float) -> tuple[int, int]:
+    """``round(p · 2³²)`` split as (top byte, low 24 bits): U = 2²⁴ · byte + rest is below it, which happens with
+    probability p to within 2⁻³³, iff byte < top or (byte == top and rest < low)."""
+    return divmod(round(p * 2**BITS), 2**LOW_BITS)
 
 
-def random_int32(shape: torch.Size, device: torch.device) -> Tensor:
-    """Uniform int32 of ``shape``: full-range 64-bit draws of the default generator, each read as two int32."""
-    count = shape.numel()
-    words = torch.empty((count + 1) // 2, dtype=torch.int64, device=device).random_(-2**63, None)  # all 64 bits
-    return words.view(torch.int32)[:count].view(shape)
+def random_bytes(count: int, device: torch.device) -> Tensor:
+    """``count`` uniform uint8 (padded to a multiple of 8): full-range 64-bit draws of the default generator, each
+    read as 8 bytes."""
+    return torch.empty((count + 7) // 8, dtype=torch.int64, device=device).random_(-2**63, None).view(torch.uint8)
+
+
+def keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
+    """A uint8 mask of ``shape``: 0 with probability p (to within 2⁻³³), else 1, independently per element."""
+    top, low = drop_threshold(p)
+    first = random_bytes(shape.numel(), device)
+    keep = first > top
+    tie_words = (first == top).view(torch.int64).nonzero().squeeze(1)  # the few 8-byte words holding a tie
+    ties = (tie_words[:, None] * 8 + torch.arange(8, device=device)).flatten()
+    ties = ties[first[ties] == top]
+    keep[ties] = torch.empty(ties.shape, dtype=torch.int64, device=device).random_(0, 2**LOW_BITS) >= low
+    return keep[:shape.numel()].view(torch.uint8).view(shape)
 
 
 def uses_bit_mask(x: Tensor) -> bool:
@@ -42,8 +56,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
         return x
     if not uses_bit_mask(x) or p == 1.0:
         return F.dropout(x, p, training)
-    scale = torch.full((), 1.0 / (1.0 - p), dtype=x.dtype, device=x.device)
-    return x * torch.where(random_int32(x.shape, x.device) >= drop_threshold(p), scale, 0.0)
+    return x * keep_mask(x.shape, p, x.device).to(x.dtype).mul_(1.0 / (1.0 - p))  # uint8 -> float: a cheap cast
 
 
 class Dropout(nn.Dropout):

@@ -16,10 +16,16 @@ from types import UnionType
 from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftcore.models.attention import attend_explicitly, attend_scattered, attend_unpadded, merge_heads, split_heads
+from peftcore.models.attention import (
+    attend_explicitly,
+    attend_scattered,
+    attend_unpadded,
+    merge_heads,
+    sdpa,
+    split_heads,
+)
 from peftcore.models.dropout import Dropout
 from peftcore.sites import (
     ACTIVATIONS,
@@ -212,7 +218,7 @@ class SelfAttention(nn.Module):
         if output_attentions:
             y, probs = attend_explicitly(q, k, v, mask, dropout_p)
         else:
-            y, probs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
+            y, probs = sdpa(q, k, v, mask, dropout_p), None
         return self.out(padding.pack(merge_heads(y))), probs  # (B, T, C)
 
     def prefix_rows(self, x: Tensor, rows: int) -> tuple[Tensor, Tensor] | None:

@@ -40,10 +40,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from peftcore.models.attention import attend_explicitly, attend_unpadded, merge_heads, split_heads
+from peftcore.models.attention import attend_explicitly, attend_unpadded, merge_heads, sdpa, split_heads
 from peftcore.models.convert.modernbert import MODERNBERT
 from peftcore.models.dropout import Dropout
 from peftcore.models.layers import (
@@ -182,7 +181,7 @@ class RotaryAttention(SelfAttention):
         if output_attentions:
             y, probs = attend_explicitly(q, k, v, mask, dropout_p)
         else:
-            y, probs = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p), None
+            y, probs = sdpa(q, k, v, mask, dropout_p), None
         return self.out(padding.pack(merge_heads(y))), probs  # (B, T, C)
 
 

@@ -13,10 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from peftcore.models.attention import merge_heads, split_heads
+from peftcore.models.attention import merge_heads, sdpa, split_heads
 from peftcore.models.layers import Padding
 
 
@@ -98,7 +97,7 @@ def attend_windowed(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], n
             k_row, v_row = (torch.cat([p[row:row + 1], t], dim=2) for p, t in zip(prefix, (k_row, v_row), strict=True))
             if mask is not None:  # prefix positions are always attendable
                 mask = torch.cat([mask.new_zeros(mask.shape[0], k_row.shape[2] - mask.shape[0]), mask], dim=1)
-        y = F.scaled_dot_product_attention(q_row, k_row, v_row, attn_mask=mask, dropout_p=dropout_p)
+        y = sdpa(q_row, k_row, v_row, mask, dropout_p)
         outputs.append(merge_heads(y))
     return torch.cat(outputs, dim=1)
 
