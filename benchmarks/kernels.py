@@ -54,14 +54,15 @@ def floor_contender(b: Bench, seconds_at_floor: float) -> Callable[[], None]:
 
 
 def with_torch_dropout(step: Callable[[], None]) -> Callable[[], None]:
-    """``step`` with our models' dropout calling ``F.dropout`` (its CPU ``bernoulli_`` mask) instead of bits."""
+    """``step`` as it ran before the bit-mask dropout: our models' dropout calling ``F.dropout`` (its CPU
+    ``bernoulli_`` mask) and attention calling SDPA with dropout (its math path) instead of drawing bits."""
     def run() -> None:
         uses_bit_mask = dropout.uses_bit_mask
-        dropout.uses_bit_mask = lambda x: False
+        dropout.uses_bit_mask = attention.uses_bit_mask = lambda x: False
         try:
             step()
         finally:
-            dropout.uses_bit_mask = uses_bit_mask
+            dropout.uses_bit_mask = attention.uses_bit_mask = uses_bit_mask
     return run
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from peftcore.models.dropout import dropout, uses_bit_mask
+from peftcore.models.dropout import dropout, dropout_all, uses_bit_mask
 
 STRATEGIES = ("per_sequence", "block_diagonal", "padded")
 CALL_COST = 400_000  # one SDPA call's fixed cost (forward and backward, with its splits, copies and dropout) in
@@ -68,14 +68,21 @@ def attend_unpadded(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], n
 
 def attend_per_sequence(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], num_heads: int,
                         dropout_p: float, prefix: tuple[Tensor, Tensor] | None = None) -> Tensor:
-    """SDPA over each row's run of real tokens, unmasked: no score for padding, one call per row."""
-    outputs = []
+    """SDPA over each row's run of real tokens, unmasked: no score for padding, one call per row. Under the
+    bit-mask dropout (``sdpa``), each row's softmax attention explicitly, every row's dropout from one mask
+    (``dropout_all``): a mask per row costs a dozen small ops per row."""
+    rows = []
     for row, run in enumerate(zip(*(t.split(lengths, dim=1) for t in (q, k, v)), strict=True)):
         q_row, k_row, v_row = (split_heads(t, num_heads) for t in run)  # (1, H, T_row, D)
         if prefix is not None:
             k_row, v_row = (torch.cat([p[row:row + 1], t], dim=2) for p, t in zip(prefix, (k_row, v_row), strict=True))
-        outputs.append(merge_heads(sdpa(q_row, k_row, v_row, dropout_p=dropout_p)))
-    return torch.cat(outputs, dim=1)
+        rows.append((q_row, k_row, v_row))
+    if dropout_p == 0.0 or not uses_bit_mask(q):
+        outputs = [sdpa(q_row, k_row, v_row, dropout_p=dropout_p) for q_row, k_row, v_row in rows]
+    else:
+        probs = dropout_all([attention_probs(q_row, k_row) for q_row, k_row, _ in rows], dropout_p)
+        outputs = [p @ v_row for p, (_, _, v_row) in zip(probs, rows, strict=True)]
+    return torch.cat([merge_heads(y) for y in outputs], dim=1)
 
 
 def attend_block_diagonal(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], num_heads: int,
@@ -139,12 +146,17 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p:
 
 def attend_explicitly(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float,
                       scale: float | None = None) -> tuple[Tensor, Tensor]:
-    """softmax(q kᵀ · scale + mask) v, scale 1/√D by default, also returning the probabilities that SDPA cannot
-    return. ``mask`` is additive, or boolean (True: attend) as SDPA takes it."""
+    """softmax(q kᵀ · scale + mask) v, also returning the probabilities that SDPA cannot return."""
+    probs = attention_probs(q, k, mask, scale)
+    return dropout(probs, dropout_p) @ v, probs
+
+
+def attention_probs(q: Tensor, k: Tensor, mask: Tensor | None = None, scale: float | None = None) -> Tensor:
+    """softmax(q kᵀ · scale + mask), scale 1/√D by default; ``mask`` additive, or boolean (True: attend) as SDPA
+    takes it."""
     scores = q @ k.transpose(-1, -2) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)  # (B, H, T, T)
     if mask is not None and mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     elif mask is not None:
         scores = scores + mask
-    probs = scores.softmax(dim=-1)
-    return dropout(probs, dropout_p) @ v, probs
+    return scores.softmax(dim=-1)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from peftcore.models import attention
-from peftcore.models.attention import STRATEGIES, attend_unpadded, choose, merge_heads, split_heads
+from peftcore.models import dropout as dropout_module
+from peftcore.models.attention import STRATEGIES, attend_unpadded, choose, merge_heads, sdpa, split_heads
 from peftcore.models.layers import additive_mask
 from tests.parity import assert_parity
 
@@ -52,6 +53,42 @@ def test_every_strategy_drops_attention_out_in_training(strategy):
     q, k, v = (torch.randn(1, 10, 8) for _ in range(3))
     first, second = (attend_unpadded(q, k, v, lengths, 2, 0.5, strategy=strategy) for _ in range(2))
     assert torch.isfinite(first).all() and not torch.equal(first, second)
+
+
+def keep(monkeypatch, kept: int) -> None:
+    """Make the bit-mask dropout keep every element (1) or none (0), so its outputs are known."""
+    monkeypatch.setattr(dropout_module, "keep_mask",
+                        lambda shape, p, device: torch.full(shape, kept, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("with_prefix", [False, True], ids=["no prefix", "prefix"])
+def test_dropout_scales_the_kept_probabilities_in_every_strategy(strategy, with_prefix, monkeypatch):
+    """At p = 0.5 with every element kept, attention is twice attention without dropout (the probabilities scaled
+    by 1/(1-p)); with none kept, zero. The mask's law is tests/models/test_dropout.py's."""
+    torch.manual_seed(0)
+    lengths, heads = (5, 1, 7, 3), 2
+    q, k, v = (torch.randn(1, sum(lengths), 8) for _ in range(3))
+    prefix = tuple(torch.randn(len(lengths), heads, 3, 4) for _ in range(2)) if with_prefix else None
+    expected = padded_reference(q, k, v, lengths, heads, prefix)
+    for kept, factor in ((1, 2.0), (0, 0.0)):
+        keep(monkeypatch, kept)
+        assert_parity(attend_unpadded(q, k, v, lengths, heads, 0.5, prefix, strategy=strategy), factor * expected)
+
+
+@pytest.mark.parametrize("mask", ["none", "additive", "boolean"])
+@pytest.mark.parametrize("scale", [None, 0.3])
+def test_sdpa_with_dropout_on_cpu_is_softmax_attention_of_the_kept_probabilities(mask, scale, monkeypatch):
+    """torch's CPU SDPA has no dropout kernel; ``sdpa`` computes it explicitly, for each kind of mask SDPA takes."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    attend = torch.rand(2, 1, 5, 5) > 0.3
+    attend[..., 0] = True  # no row fully masked
+    attn_mask = {"none": None, "additive": torch.randn(2, 1, 5, 5), "boolean": attend}[mask]
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+    keep(monkeypatch, 1)
+    assert_parity(sdpa(q, k, v, attn_mask, 0.2, scale), expected / 0.8)
+    assert_parity(sdpa(q, k, v, attn_mask, 0.0, scale), expected)
 
 
 @pytest.mark.parametrize(("lengths", "prefix_length", "width", "expected"), [

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from peftcore.models import dropout as module
-from peftcore.models.dropout import Dropout, drop_threshold, dropout
+from peftcore.models.dropout import Dropout, drop_threshold, dropout, dropout_all
 from tests.archs import TEXT_ARCHS, tiny_model
 
 CHI2_LIMIT = 24.0  # one degree of freedom: exceeded with probability below 1e-6 by independent masks
@@ -68,6 +68,19 @@ def test_kept_elements_are_scaled_and_gradients_follow_the_mask():
     torch.testing.assert_close(y[kept], x[kept] / 0.75, rtol=0, atol=1e-15)
     y.sum().backward()
     assert torch.equal(x.grad, kept.double() / 0.75)
+
+
+def test_dropout_all_drops_each_tensor_from_one_mask():
+    """Per-sequence attention drops every row's probabilities from one draw: each tensor keeps its shape, and the
+    elements of all of them follow the same law."""
+    torch.manual_seed(0)
+    tensors = [torch.ones(300, 200), torch.ones(7), torch.ones(2, 3, 4)]
+    dropped = dropout_all(tensors, 0.25)
+    assert [d.shape for d in dropped] == [t.shape for t in tensors]
+    values = torch.cat([d.flatten() for d in dropped])
+    assert torch.equal(values.unique(), torch.tensor([0.0, 1 / 0.75]))
+    assert abs((values == 0).double().mean().item() - 0.25) < 5 * math.sqrt(0.25 * 0.75 / values.numel())
+    assert all(torch.equal(d, torch.zeros_like(d)) for d in dropout_all(tensors, 1.0))
 
 
 def test_eval_and_p_zero_are_the_identity():
