@@ -24,9 +24,9 @@ from torch import Tensor
 from peftcore.models.dropout import dropout, dropout_all, uses_bit_mask
 
 STRATEGIES = ("per_sequence", "block_diagonal", "padded")
-CALL_COST = 400_000  # one SDPA call's fixed cost (forward and backward, with its splits, copies and dropout) in
-# units of one score times the head width: about 1.5 ms against 1.5 us per score of MiniLM's 12 x 32 heads, fitted to
-# the attention table of docs/performance.md (CPU, 1 thread)
+CALL_COST = 1_000_000  # one attention call's fixed cost (forward and backward, with its splits, copies and dropout)
+# in units of one score times the head width: about 0.3 ms against 0.12 us per score of MiniLM's 12 x 32 heads, fitted
+# to the attention table of docs/performance.md (CPU, 2 threads; every choice within 1.02x of the fastest there)
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
