@@ -17,6 +17,7 @@ and adapter load), varlen (lengths uniform in 16..128, padded), modernbert (Mode
 vs transformers and PEFT, full-length 512 and lengths uniform in 16..512), compile (needs --compile); kernels.py's:
 dropout (bit mask against bernoulli_ in our frozen step), attention (each strategy over packed rows), unpad (unpadded
 against padded over length distributions), frozen_varlen (our frozen step against transformers' on variable lengths),
+breakdown (the frozen step's distance to the floor: linears alone, with GELU and LayerNorm, without dropout),
 compile_packed (eager packed against compiled packed and compiled padded, lengths 8..64, batch 32; needs --compile).
 On CUDA the run uses bf16 unless --dtype says otherwise, and memory is the allocator's peak.
 """
@@ -41,7 +42,8 @@ import torch
 from benchmarks import harness, kernels, modernbert, peft_methods, workloads
 
 WORKLOADS = ("floor", "forward", "train", "peft_methods", "inference", "mixed", "memory", "checkpointing", "load",
-             "varlen", "modernbert", "compile", "compile_packed", "dropout", "attention", "unpad", "frozen_varlen")
+             "varlen", "modernbert", "compile", "compile_packed", "dropout", "attention", "unpad", "frozen_varlen",
+             "breakdown")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -132,6 +134,7 @@ def run_workloads(args: argparse.Namespace, b: workloads.Bench, chosen: list[str
         "attention": lambda: kernels.attention_strategies(b),
         "unpad": lambda: kernels.unpadded_against_padded(b, args.varlen_batches),
         "frozen_varlen": lambda: kernels.frozen_varlen(b, args.varlen_batches),
+        "breakdown": lambda: kernels.breakdown(b),
     }
     for workload in WORKLOADS:
         if workload in chosen:

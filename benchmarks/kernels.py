@@ -10,9 +10,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from benchmarks import harness
+from benchmarks import harness, workloads
 from benchmarks.workloads import LENGTHS, Bench, build_trainee, forward, ours, train_step
 from peftcore.models import attention, dropout
+from peftcore.models.layers import SelfAttention
 
 
 def length_batches(b: Bench, low: int, high: int, count: int, batch: int | None = None) -> list[dict]:
@@ -86,6 +87,55 @@ def dropout_step(b: Bench) -> None:
     if b.floor:
         contenders["FLOP floor"] = floor_contender(b, b.floor["frozen_step_s"])
     b.add("frozen step, dropout mask", b.measure(contenders), "torch bernoulli_", "FLOP floor" if b.floor else None)
+
+
+def linears_step(b: Bench, activation_and_norm: bool) -> Callable[[], None]:
+    """Forward and activation gradients through each layer's six linears (q, k, v, attention output, FFN in and out,
+    frozen, random weights of this shape) and its two residual adds, on a full-length batch's tokens: the matmuls the
+    floor counts (but attention's 3%) and the adds; with ``activation_and_norm`` also GELU and the two LayerNorms."""
+    layers, tokens = b.spec["layers"], b.spec["batch"] * b.spec["length"]
+    width, inner = layers["hidden_size"], layers["intermediate_size"]
+    shapes = [(width, width)] * 4 + [(width, inner), (inner, width)]
+    blocks = [[nn.Linear(*shape).to(b.device, b.dtype).requires_grad_(False) for shape in shapes]
+              for _ in range(layers["num_hidden_layers"])]
+    x = torch.randn(tokens, width, device=b.device, dtype=b.dtype)
+    gelu, norm = (nn.GELU(), nn.LayerNorm(width)) if activation_and_norm else (nn.Identity(), nn.Identity())
+    norm = norm.to(b.device, b.dtype).requires_grad_(False)
+
+    def step() -> None:
+        h = x.clone().requires_grad_(True)
+        for q, k, v, out, up, down in blocks:
+            h = norm(out(q(h) + k(h) + v(h)) + h)
+            h = norm(down(gelu(up(h))) + h)
+        h.sum().backward()
+    return step
+
+
+def keep_dropout(model: nn.Module, hidden: bool, attention: bool) -> nn.Module:
+    """``model`` with its hidden dropout (the ``nn.Dropout`` modules) and its attention dropout off where False."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout) and not hidden:
+            module.p = 0.0
+        if isinstance(module, SelfAttention) and not attention:
+            module.dropout_p = 0.0
+    return model
+
+
+def breakdown(b: Bench) -> None:
+    """Where our frozen step's distance to the FLOP floor goes, on a full-length batch: the floor, the layers'
+    linears and residual adds alone, with GELU and LayerNorm, our step without dropout, with hidden dropout only, and
+    as it runs; interleaved, each a ratio to the floor."""
+    if not b.floor:
+        workloads.floor(b)
+    batch = [b.inputs("roberta")]
+    contenders = {"FLOP floor": floor_contender(b, b.floor["frozen_step_s"]),
+                  "linears + residual adds": linears_step(b, False),
+                  "+ GELU, LayerNorm": linears_step(b, True)}
+    for name, hidden, attention_too in (("ours frozen, no dropout", False, False),
+                                        ("ours frozen, hidden dropout only", True, False), ("ours frozen", True, True)):
+        model = keep_dropout(build_trainee(b, "ours frozen", None), hidden, attention_too)
+        contenders[name] = train_step(b, model, batch)
+    b.add("frozen step breakdown", b.measure(contenders), "FLOP floor", "ours frozen")
 
 
 def attention_strategies(b: Bench, batch_sizes: tuple[int, ...] = (8, 32)) -> None:
