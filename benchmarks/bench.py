@@ -40,6 +40,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch
 
 from benchmarks import harness, kernels, modernbert, peft_methods, workloads
+from peftcore.allocator import retain_freed_memory
 
 WORKLOADS = ("floor", "forward", "train", "peft_methods", "inference", "mixed", "memory", "checkpointing", "load",
              "varlen", "modernbert", "compile", "compile_packed", "dropout", "attention", "unpad", "frozen_varlen",
@@ -66,6 +67,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--busy", type=float, default=0.25,
                         help="a sample during which other processes used this many cores or more is not clean: it is "
                              "repeated (up to 2 x --repeats rounds); each row reports how clean its samples were")
+    parser.add_argument("--retain-freed-memory", action="store_true",
+                        help="keep freed memory for reuse, as peftcore's Trainer does on CPU (peftcore/allocator.py); "
+                             "process-wide: every contender runs with it")
     parser.add_argument("--json", default="benchmarks/results.json", help="where to write every row as JSON")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)  # internal: measure one contender's peak memory
     parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -78,7 +82,7 @@ def machine(args: argparse.Namespace, dtype: torch.dtype) -> dict:
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
     info = {"shape": args.shape, "threads": args.threads, "device": args.device, "dtype": str(dtype),
             "torch": torch.__version__, "cpu": cpu, "cores": os.cpu_count(), "repeats": args.repeats,
-            "load_average_at_start": os.getloadavg()}
+            "load_average_at_start": os.getloadavg(), "retain_freed_memory": args.retain_freed_memory}
     if args.device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(args.device)
     return info
@@ -86,6 +90,8 @@ def machine(args: argparse.Namespace, dtype: torch.dtype) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
+    if args.retain_freed_memory:
+        retain_freed_memory()
     torch.set_num_threads(args.threads)
     workloads.quiet()
     harness.SETTINGS.update(quiet_wait=args.quiet_wait, busy=args.busy)
@@ -105,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     harness.print_header()
     child = ["--shape", args.shape, "--threads", str(args.threads), "--device", args.device,
              "--dtype", next(name for name, value in DTYPES.items() if value == dtype)]
+    if args.retain_freed_memory:
+        child.append("--retain-freed-memory")
     methods = tuple(args.methods)
     try:
         run_workloads(args, b, chosen, methods, child, info)

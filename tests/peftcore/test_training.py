@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from peftcore import training
 from peftcore.models import BertConfig, BertModel
 from peftcore.training import Trainer, TrainingConfig, accuracy, collate
 
@@ -77,6 +78,15 @@ def test_gradient_checkpointing_trains_the_same_adapter():
         trained.append(adapter_weights(model))
     for key, tensor in trained[0].items():
         torch.testing.assert_close(trained[1][key], tensor, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("retain", [True, False])
+def test_training_on_cpu_retains_freed_memory_unless_told_not_to(retain, monkeypatch):
+    calls = []
+    monkeypatch.setattr(training, "retain_freed_memory", lambda: calls.append("retain"))
+    config = TrainingConfig(epochs=1, batch_size=16, retain_cpu_memory=retain)
+    Trainer(fresh_model(), "a", config, toy_data(), progress=False).fit()
+    assert calls == (["retain"] if retain else [])
 
 
 def test_training_resumes_after_an_interruption_with_the_same_result(tmp_path):
