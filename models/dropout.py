@@ -67,8 +67,24 @@ def dropout_all(tensors: Sequence[Tensor], p: float) -> list[Tensor]:
     if p == 1.0:
         return [t * 0.0 for t in tensors]
     sizes = [t.numel() for t in tensors]
-    mask = keep_mask(torch.Size((sum(sizes),)), p, tensors[0].device).to(tensors[0].dtype).mul_(1.0 / (1.0 - p))
-    return [t * part.view(t.shape) for t, part in zip(tensors, mask.split(sizes), strict=True)]
+    keep = keep_mask(torch.Size((sum(sizes),)), p, tensors[0].device).split(sizes)
+    return [ScaleByMask.apply(t, part.view(t.shape), 1.0 / (1.0 - p)) for t, part in zip(tensors, keep, strict=True)]
+
+
+class ScaleByMask(torch.autograd.Function):
+    """x · keep · scale for a uint8 ``keep``, which the backward pass keeps instead of a float mask: 1 byte per
+    element saved, not 4 (attention's dropped probabilities are B·H·T² of them)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, keep: Tensor, scale: float) -> Tensor:
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return x * keep.to(x.dtype).mul_(scale)  # uint8 -> float is a cheap cast; bool -> float is not
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (keep,) = ctx.saved_tensors
+        return grad * keep.to(grad.dtype).mul_(ctx.scale), None, None
 
 
 class Dropout(nn.Dropout):

@@ -70,6 +70,15 @@ def test_kept_elements_are_scaled_and_gradients_follow_the_mask():
     assert torch.equal(x.grad, kept.double() / 0.75)
 
 
+def test_the_backward_pass_keeps_one_byte_per_element():
+    """The keep mask is saved as uint8, not as a float mask (attention's probabilities are B·H·T² elements)."""
+    x = torch.randn(1000, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        dropout(x, 0.1)
+    assert [(t.dtype, t.numel()) for t in saved] == [(torch.uint8, 1000)]
+
+
 def test_dropout_all_drops_each_tensor_from_one_mask():
     """Per-sequence attention drops every row's probabilities from one draw: each tensor keeps its shape, and the
     elements of all of them follow the same law."""
