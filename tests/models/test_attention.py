@@ -91,6 +91,17 @@ def test_sdpa_with_dropout_on_cpu_is_softmax_attention_of_the_kept_probabilities
     assert_parity(sdpa(q, k, v, attn_mask, 0.0, scale), expected)
 
 
+def test_sdpa_with_dropout_off_cpu_or_compiled_is_torchs(monkeypatch):
+    """The branch CUDA takes, run where it can be here: the meta device, and a compiled graph on CPU."""
+    calls = []
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention",
+                        lambda q, k, v, **kwargs: calls.append((q.device.type, kwargs["dropout_p"])) or q)
+    sdpa(*(torch.empty(1, 2, 3, 4, device="meta") for _ in range(3)), dropout_p=0.1)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    sdpa(*(torch.ones(1, 2, 3, 4) for _ in range(3)), dropout_p=0.1)
+    assert calls == [("meta", 0.1), ("cpu", 0.1)]
+
+
 @pytest.mark.parametrize(("lengths", "prefix_length", "width", "expected"), [
     ((128, 96, 120, 110, 100, 127, 90, 115), 0, 768, "per_sequence"),  # few long rows: no scores for padding
     ((3, 8, 5, 7, 4, 6, 8, 2) * 4, 0, 384, "padded"),  # many short rows: one call
