@@ -154,7 +154,8 @@ def attend_explicitly(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, drop
 def attention_probs(q: Tensor, k: Tensor, mask: Tensor | None = None, scale: float | None = None) -> Tensor:
     """softmax(q kᵀ · scale + mask), scale 1/√D by default; ``mask`` additive, or boolean (True: attend) as SDPA
     takes it."""
-    scores = q @ k.transpose(-1, -2) * (1 / math.sqrt(q.shape[-1]) if scale is None else scale)  # (B, H, T, T)
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q * scale) @ k.transpose(-1, -2)  # (B, H, T, T); scaling q costs a pass over T·D, not T·T, values
     if mask is not None and mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     elif mask is not None:
