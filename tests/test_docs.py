@@ -34,7 +34,7 @@ COMMAND_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 def commands(document: Path) -> list[str]:
     return [line.split("#")[0].split() for block in COMMAND_BLOCK.findall(document.read_text())
-            for line in block.splitlines() if line.strip()]
+            for line in block.splitlines() if line.split("#")[0].strip()]  # comment-only lines hold no command
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=lambda document: document.name)
