@@ -111,12 +111,12 @@ def linears_step(b: Bench, activation_and_norm: bool) -> Callable[[], None]:
     return step
 
 
-def keep_dropout(model: nn.Module, hidden: bool, attention: bool) -> nn.Module:
+def keep_dropout(model: nn.Module, hidden: bool, attention_too: bool) -> nn.Module:
     """``model`` with its hidden dropout (the ``nn.Dropout`` modules) and its attention dropout off where False."""
     for module in model.modules():
         if isinstance(module, nn.Dropout) and not hidden:
             module.p = 0.0
-        if isinstance(module, SelfAttention) and not attention:
+        if isinstance(module, SelfAttention) and not attention_too:
             module.dropout_p = 0.0
     return model
 

@@ -77,11 +77,12 @@ def attend_per_sequence(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...
         if prefix is not None:
             k_row, v_row = (torch.cat([p[row:row + 1], t], dim=2) for p, t in zip(prefix, (k_row, v_row), strict=True))
         rows.append((q_row, k_row, v_row))
-    if dropout_p == 0.0 or not uses_bit_mask(q):
-        outputs = [sdpa(q_row, k_row, v_row, dropout_p=dropout_p) for q_row, k_row, v_row in rows]
-    else:
+    if drops_bits(q, dropout_p):
         probs = dropout_all([attention_probs(q_row, k_row) for q_row, k_row, _ in rows], dropout_p)
         outputs = [p @ v_row for p, (_, _, v_row) in zip(probs, rows, strict=True)]
+    else:
+        outputs = [F.scaled_dot_product_attention(q_row, k_row, v_row, dropout_p=dropout_p) for q_row, k_row, v_row
+                   in rows]
     return torch.cat([merge_heads(y) for y in outputs], dim=1)
 
 
@@ -133,15 +134,21 @@ def attend_scattered(q: Tensor, k: Tensor, v: Tensor, index: Tensor, mask: Tenso
     return merge_heads(y).flatten(0, 1)[index][None]
 
 
+def drops_bits(x: Tensor, dropout_p: float) -> bool:
+    """Whether attention over ``x`` applies its dropout itself, with the bit-mask dropout (dropout on, CPU, eager),
+    rather than inside SDPA."""
+    return dropout_p != 0.0 and uses_bit_mask(x)
+
+
 def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0,
          scale: float | None = None) -> Tensor:
     """``F.scaled_dot_product_attention(q, k, v, mask, dropout_p, scale=scale)``. With dropout on CPU (eager), the
     explicit softmax attention with our bit-mask dropout instead: torch's CPU kernels have no dropout, so SDPA falls
     back to its math path, whose ``bernoulli_`` mask and copies made attention about 20% of a MiniLM train step
     (docs/performance.md)."""
-    if dropout_p == 0.0 or not uses_bit_mask(q):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
-    return attend_explicitly(q, k, v, mask, dropout_p, scale)[0]
+    if drops_bits(q, dropout_p):
+        return attend_explicitly(q, k, v, mask, dropout_p, scale)[0]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 
 
 def attend_explicitly(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float,
