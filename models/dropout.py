@@ -36,13 +36,17 @@ def random_bytes(count: int, device: torch.device) -> Tensor:
 def keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
     """A uint8 mask of ``shape``: 0 with probability p (to within 2⁻³³), else 1, independently per element."""
     top, low = drop_threshold(p)
-    first = random_bytes(shape.numel(), device)
-    keep = first > top
-    tie_words = (first == top).view(torch.int64).nonzero().squeeze(1)  # the few 8-byte words holding a tie
+    if top == 2**8:  # p within 2^-33 of 1: every U is below the threshold (which a byte cannot hold)
+        return torch.zeros(shape, dtype=torch.uint8, device=device)
+    keep = random_bytes(shape.numel(), device)
+    # uint8 results: a comparison into a bool tensor runs about 10x slower than into the input's own dtype
+    tied = torch.eq(keep, top, out=torch.empty_like(keep))
+    torch.gt(keep, top, out=keep)
+    tie_words = tied.view(torch.int64).nonzero().squeeze(1)  # the few 8-byte words holding a tie
     ties = (tie_words[:, None] * 8 + torch.arange(8, device=device)).flatten()
-    ties = ties[first[ties] == top]
-    keep[ties] = torch.empty(ties.shape, dtype=torch.int64, device=device).random_(0, 2**LOW_BITS) >= low
-    return keep[:shape.numel()].view(torch.uint8).view(shape)
+    ties = ties[tied[ties].bool()]
+    keep[ties] = (torch.empty(ties.shape, dtype=torch.int64, device=device).random_(0, 2**LOW_BITS) >= low).byte()
+    return keep[:shape.numel()].view(shape)
 
 
 def uses_bit_mask(x: Tensor) -> bool:
@@ -79,12 +83,18 @@ class ScaleByMask(torch.autograd.Function):
     def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor, keep: Tensor, scale: float) -> Tensor:
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return x * keep.to(x.dtype).mul_(scale)  # uint8 -> float is a cheap cast; bool -> float is not
+        return scale_by_mask(x, keep, scale)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None, None]:
         (keep,) = ctx.saved_tensors
-        return grad * keep.to(grad.dtype).mul_(ctx.scale), None, None
+        return scale_by_mask(grad, keep, ctx.scale), None, None
+
+
+def scale_by_mask(x: Tensor, keep: Tensor, scale: float) -> Tensor:
+    """x · keep · scale in two passes: the uint8 -> float cast (cheap; bool -> float is not) and one ``addcmul``
+    that multiplies and scales (to a zero that only broadcasts), where ``x * keep * scale`` takes three."""
+    return torch.addcmul(x.new_zeros(()), x, keep.to(x.dtype), value=scale)
 
 
 class Dropout(nn.Dropout):

@@ -38,6 +38,15 @@ def test_the_drop_rate_is_p_and_not_a_byte_quantised_p(p):
     assert min(abs(rate - math.floor(p * 256) / 256), abs(rate - math.ceil(p * 256) / 256)) > 10 * sd
 
 
+@pytest.mark.parametrize(("p", "rate"), [(1 - 1e-12, 1.0), (1 - 2**-34, 1.0), (1e-12, 0.0), (2**-34, 0.0)])
+def test_p_within_two_to_the_minus_33_of_one_or_zero_drops_everything_or_nothing(p, rate):
+    """round(p · 2³²) = 2³² has no top byte: every U falls below it, so every element is dropped."""
+    x = torch.ones(4096, requires_grad=True)
+    y = dropout(x, p)
+    y.sum().backward()
+    assert (y == 0).double().mean().item() == rate and torch.equal(x.grad == 0, y == 0)
+
+
 def chi2(a: torch.Tensor, b: torch.Tensor) -> float:
     """Pearson's chi-square of the 2x2 table of two boolean samples, against independence."""
     n = a.numel()
