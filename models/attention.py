@@ -135,17 +135,17 @@ def attend_scattered(q: Tensor, k: Tensor, v: Tensor, index: Tensor, mask: Tenso
 
 
 def drops_bits(x: Tensor, dropout_p: float) -> bool:
-    """Whether attention over ``x`` applies its dropout itself, with the bit-mask dropout (dropout on, CPU, eager),
-    rather than inside SDPA."""
+    """Whether attention over ``x`` applies its dropout itself, with the bit-mask dropout (dropout on, CPU, eager or
+    compiled), rather than inside SDPA."""
     return dropout_p != 0.0 and uses_bit_mask(x)
 
 
 def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0,
          scale: float | None = None) -> Tensor:
-    """``F.scaled_dot_product_attention(q, k, v, mask, dropout_p, scale=scale)``. With dropout on CPU (eager), the
-    explicit softmax attention with our bit-mask dropout instead: torch's CPU kernels have no dropout, so SDPA falls
-    back to its math path, whose ``bernoulli_`` mask and copies made attention about 20% of a MiniLM train step
-    (docs/performance.md)."""
+    """``F.scaled_dot_product_attention(q, k, v, mask, dropout_p, scale=scale)``. With dropout on CPU, the explicit
+    softmax attention with our bit-mask dropout instead: torch's CPU kernels have no dropout, so SDPA falls back to
+    its math path, whose ``bernoulli_`` mask and copies made attention about 20% of a MiniLM train step
+    (docs/performance.md); compiled, inductor's random numbers cost more still."""
     if drops_bits(q, dropout_p):
         return attend_explicitly(q, k, v, mask, dropout_p, scale)[0]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)

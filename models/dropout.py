@@ -6,7 +6,9 @@ alone were about 10% of a train step (docs/performance.md). Here each element is
 number U falls below ``round(p · 2³²)``: probability p to within 2⁻³³, finer than float32 resolves p,
 independently of every other element. U's top byte alone decides unless it equals the threshold's top byte (one
 element in 256): each element gets 8 fresh random bits, and only those ties draw U's other 24 bits. CUDA keeps
-torch's fused dropout kernel, and so does torch.compile, which fuses dropout into its generated code.
+torch's fused dropout kernel. Under torch.compile on CPU the mask is one opaque op of the graph
+(``compiled_keep_mask``): inductor's own random numbers made dropout cost more than the rest of the compiled step
+gained (docs/performance.md), while around our mask it still fuses the multiplies into the neighbouring passes.
 """
 
 from __future__ import annotations
@@ -49,10 +51,33 @@ def keep_mask(shape: torch.Size, p: float, device: torch.device) -> Tensor:
     return keep[:shape.numel()].view(shape)
 
 
+def draw_keep_mask(numel: int, p: float, device: torch.device) -> Tensor:
+    """``keep_mask`` of ``numel`` elements; in a torch.compile graph, through the opaque op below."""
+    if not torch.compiler.is_compiling():
+        return keep_mask(torch.Size((numel,)), p, device)
+    # A random token makes each call a node of its own: compilers never merge two random draws, but they would merge
+    # two calls of an op with equal arguments (two dropouts of one size) into one mask.
+    return compiled_keep_mask(numel, p, torch.randint(2**62, (), device=device))
+
+
+@torch.library.custom_op("peftcore::keep_mask", mutates_args=(), tags=torch.Tag.nondeterministic_seeded)
+def compiled_keep_mask(numel: int, p: float, token: Tensor) -> Tensor:
+    """``keep_mask`` as one op of a compiled graph, which inductor does not look into. The tag tells the compiler
+    that it draws random numbers: like torch's own random ops, it is saved for the backward pass rather than
+    recomputed there (a recomputed mask would differ from the forward's), and a checkpointed region replays it with
+    the random state it had."""
+    return keep_mask(torch.Size((numel,)), p, token.device)
+
+
+@compiled_keep_mask.register_fake
+def _(numel: int, p: float, token: Tensor) -> Tensor:
+    return token.new_empty(numel, dtype=torch.uint8)
+
+
 def uses_bit_mask(x: Tensor) -> bool:
-    """Whether ``dropout`` draws its mask as bits (CPU, eager) rather than calling ``F.dropout`` (CUDA and other
-    devices have a fused kernel; torch.compile fuses ``F.dropout`` into its generated code)."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+    """Whether ``dropout`` draws its mask as bits (CPU, eager or compiled) rather than calling ``F.dropout`` (CUDA
+    and other devices have a fused kernel)."""
+    return x.device.type == "cpu"
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
@@ -71,7 +96,7 @@ def dropout_all(tensors: Sequence[Tensor], p: float) -> list[Tensor]:
     if p == 1.0:
         return [t * 0.0 for t in tensors]
     sizes = [t.numel() for t in tensors]
-    keep = keep_mask(torch.Size((sum(sizes),)), p, tensors[0].device).split(sizes)
+    keep = draw_keep_mask(sum(sizes), p, tensors[0].device).split(sizes)
     return [ScaleByMask.apply(t, part.view(t.shape), 1.0 / (1.0 - p)) for t, part in zip(tensors, keep, strict=True)]
 
 

@@ -91,15 +91,29 @@ def test_sdpa_with_dropout_on_cpu_is_softmax_attention_of_the_kept_probabilities
     assert_parity(sdpa(q, k, v, attn_mask, 0.0, scale), expected)
 
 
-def test_sdpa_with_dropout_off_cpu_or_compiled_is_torchs(monkeypatch):
-    """The branch CUDA takes, run where it can be here: the meta device, and a compiled graph on CPU."""
+def test_sdpa_with_dropout_off_cpu_is_torchs(monkeypatch):
+    """The branch CUDA takes, run where it can be here: the meta device."""
     calls = []
     monkeypatch.setattr(attention.F, "scaled_dot_product_attention",
                         lambda q, k, v, **kwargs: calls.append((q.device.type, kwargs["dropout_p"])) or q)
     sdpa(*(torch.empty(1, 2, 3, 4, device="meta") for _ in range(3)), dropout_p=0.1)
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    sdpa(*(torch.ones(1, 2, 3, 4) for _ in range(3)), dropout_p=0.1)
-    assert calls == [("meta", 0.1), ("cpu", 0.1)]
+    assert calls == [("meta", 0.1)]
+
+
+def test_compiled_sdpa_with_dropout_on_cpu_drops_the_probabilities_itself():
+    """Compiled on CPU too, with our mask: each output row is a rescaled mix of v's rows under the kept
+    probabilities, and the gradients follow the forward's mask (v's gradient is the dropped probabilities' column
+    sums)."""
+    torch.manual_seed(0)
+    q, k = (torch.randn(2, 3, 16, 4) for _ in range(2))
+    v = torch.eye(16).expand(2, 3, 16, 16).clone().requires_grad_()  # v = I: the output is the dropped probabilities
+    dropped = torch.compile(lambda v: sdpa(q, k, v, dropout_p=0.5), fullgraph=True)(v)
+    probs = attention.attention_probs(q, k)
+    kept = dropped != 0
+    torch.testing.assert_close(dropped, probs * kept / 0.5)
+    assert 0.4 < kept.double().mean().item() < 0.6
+    dropped.sum().backward()
+    torch.testing.assert_close(v.grad, dropped.detach().sum(dim=-2)[..., None].expand(-1, -1, -1, 16))
 
 
 @pytest.mark.parametrize(("lengths", "prefix_length", "width", "expected"), [
