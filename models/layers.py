@@ -125,7 +125,7 @@ class Padding:
     @classmethod
     def of(cls, attention_mask: Tensor | None, mask: Tensor | None, unpad: bool) -> Padding:
         """The padding of a (B, T) 1/0 attention mask; unpadded when ``unpad`` and the batch has padding, all of it
-        after each row's first token.
+        after each row's first token; without the additive ``mask`` when ``unpad`` and the batch has no padding.
 
         torch.compile keeps the padded layout: the packed length N depends on the data.
         """
@@ -133,9 +133,10 @@ class Padding:
             return cls(mask, attention_mask=attention_mask)
         real = attention_mask != 0
         index = real.flatten().nonzero().squeeze(1)  # (N,)
-        if index.numel() == attention_mask.numel() or not bool(real[:, 0].all()):  # a row that starts with padding
-            # (left padding) stays padded: the pooler and first-token heads read position 0, which transformers
-            # computes, masked or not
+        if index.numel() == attention_mask.numel():  # no padding: no mask either, whose zeros attention would add
+            return cls(attention_mask=attention_mask)
+        if not bool(real[:, 0].all()):  # a row that starts with padding (left padding) stays padded: the pooler and
+            # first-token heads read position 0, which transformers computes, masked or not
             return cls(mask, attention_mask=attention_mask)
         return cls(mask, index, tuple(attention_mask.shape), tuple(real.sum(dim=1).tolist()), attention_mask)
 

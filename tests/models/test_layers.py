@@ -121,6 +121,14 @@ def test_a_batch_without_padding_keeps_its_layout(mask):
     assert padding.index is None and padding.pack(x) is x and padding.pad(x) is x
 
 
+def test_a_batch_without_padding_adds_no_mask_to_the_scores():
+    """Its additive mask is all zeros: attention runs unmasked (SDPA's fastest kernel, no pass over the scores)."""
+    ones = torch.ones(2, 3, dtype=torch.long)
+    padding = Padding.of(ones, torch.zeros(2, 1, 1, 3), unpad=True)
+    assert padding.mask is None and padding.attention_mask is ones
+    assert Padding.of(ones, torch.zeros(2, 1, 1, 3), unpad=False).mask is not None  # unpad off: as given
+
+
 def test_unpad_false_keeps_the_padded_layout():
     assert Padding.of(torch.tensor([[1, 0]]), None, unpad=False).index is None
 
