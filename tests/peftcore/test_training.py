@@ -127,6 +127,13 @@ def train_distributed(rank: int, world: int, port: int, out: str) -> None:
     Trainer(model, "a", TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-2), toy_data(), progress=False).fit()
     if rank == 0:
         torch.save(adapter_weights(model), out)
+    shut_down()
+
+
+def shut_down() -> None:
+    """Both ranks finish every collective before either tears the group down: gloo aborts a process (a C++
+    terminate, no Python error) whose peer left while work of its own was still pending."""
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -155,7 +162,7 @@ def train_sharded(rank: int, world: int, port: int, out: str) -> None:
     weights = {key: t.full_tensor() if hasattr(t, "full_tensor") else t for key, t in adapter_weights(model).items()}
     if rank == 0:
         torch.save(weights, out)
-    dist.destroy_process_group()
+    shut_down()
 
 
 def test_two_process_fsdp_on_cpu_trains_the_same_adapter_as_one_process(tmp_path):
