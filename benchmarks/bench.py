@@ -18,7 +18,9 @@ vs transformers and PEFT, full-length 512 and lengths uniform in 16..512), compi
 dropout (bit mask against bernoulli_ in our frozen step), attention (each strategy over packed rows), unpad (unpadded
 against padded over length distributions), frozen_varlen (our frozen step against transformers' on variable lengths),
 breakdown (the frozen step's distance to the floor: linears alone, with GELU and LayerNorm, without dropout),
-compile_packed (eager packed against compiled packed and compiled padded, lengths 8..64, batch 32; needs --compile).
+compile_packed (eager packed against compiled packed and compiled padded, lengths 8..64, batch 32; needs --compile),
+compile_steps (frozen and LoRA train steps eager against compiled, full length and variable length, beside the FLOP
+floor; needs --compile).
 On CUDA the run uses bf16 unless --dtype says otherwise, and memory is the allocator's peak.
 """
 
@@ -43,8 +45,8 @@ from benchmarks import harness, kernels, modernbert, peft_methods, workloads
 from peftcore.allocator import retain_freed_memory
 
 WORKLOADS = ("floor", "forward", "train", "peft_methods", "inference", "mixed", "memory", "checkpointing", "load",
-             "varlen", "modernbert", "compile", "compile_packed", "dropout", "attention", "unpad", "frozen_varlen",
-             "breakdown")
+             "varlen", "modernbert", "compile", "compile_packed", "compile_steps", "dropout", "attention", "unpad",
+             "frozen_varlen", "breakdown")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -138,6 +140,7 @@ def run_workloads(args: argparse.Namespace, b: workloads.Bench, chosen: list[str
         "modernbert": lambda: modernbert.run(b, args.varlen_batches),
         "compile": lambda: workloads.compiled(b),
         "compile_packed": lambda: kernels.compiled_packed(b, args.varlen_batches),
+        "compile_steps": lambda: kernels.compiled_steps(b, args.varlen_batches),
         "dropout": lambda: kernels.dropout_step(b),
         "attention": lambda: kernels.attention_strategies(b),
         "unpad": lambda: kernels.unpadded_against_padded(b, args.varlen_batches),

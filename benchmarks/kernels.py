@@ -200,6 +200,30 @@ def frozen_varlen(b: Bench, count: int) -> None:
           "real-token FLOP floor" if b.floor else None, lengths=f"{low}..{high}")
 
 
+def compiled_steps(b: Bench, count: int) -> None:
+    """Our frozen-base and LoRA train steps eager against compiled, beside their FLOP floor: on a full-length batch
+    ``torch.compile(model)``, on variable-length ones (the frozen_varlen lengths) ``model.compile_packed`` with
+    the real-token floor. The compiles run in the untimed warm-up round."""
+    import torch._inductor.config
+
+    torch._inductor.config.compile_threads = 1  # no pool of compile workers left busy while we time
+    low, high = LENGTHS["16..128" if b.shape == "base" else "8..64"]
+    varlen = length_batches(b, low, high, count)
+    for label, batches, passes in (("full length", [b.inputs("roberta")], None), (f"lengths {low}..{high}", varlen, 2)):
+        contenders: dict[str, Callable[[], object]] = {}
+        for name, method in (("frozen", None), ("LoRA", "lora")):
+            for compiled in (False, True):
+                torch.manual_seed(0)
+                model = build_trainee(b, "ours frozen" if method is None else "ours", method)
+                model.compile_packed = compiled and passes is not None
+                run = torch.compile(model) if compiled and passes is None else model
+                contenders[f"{name} {'compiled' if compiled else 'eager'}"] = train_step(b, model, batches, run)
+        if b.floor:
+            floor_s = b.floor["frozen_step_s"] if passes is None else real_token_floor(b, batches, passes)
+            contenders["FLOP floor"] = floor_contender(b, floor_s)
+        b.add(f"compiled steps, {label}", b.measure(contenders), "frozen eager", "FLOP floor" if b.floor else None)
+
+
 def compiled_packed(b: Bench, count: int) -> None:
     """Eager packed (the default) against compiled packed (``model.compile_packed``) and compiled padded
     (``torch.compile(model)``) on lengths 8..64 at batch 32: a frozen forward and a LoRA train step. The compiles
