@@ -71,23 +71,25 @@ def attend_per_sequence(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...
     """SDPA over each row's run of real tokens, unmasked: no score for padding, one call per row. Under the
     bit-mask dropout (``sdpa``), each row's softmax attention explicitly, every row's dropout from one mask
     (``dropout_all``): a mask per row costs a dozen small ops per row."""
-    q, k, v = (split_heads(t, num_heads) for t in (q, k, v))  # (1, H, N, D) views, split by row below: a few ops
-    # for all rows rather than each (at 32 rows a layer, per-row ops cost more than the rows' arithmetic)
+    q, k, v = (split_heads(t, num_heads)[0] for t in (q, k, v))  # (H, N, D) views, split by row below: a few ops
+    # for all rows rather than each, and 3-D products (at 32 rows a layer, per-row ops cost more than their arithmetic)
     drops = drops_bits(q, dropout_p)
     if drops:
         q = q * (1 / math.sqrt(q.shape[-1]))  # the softmax scale, once for every row
     rows = []
-    for row, (q_row, k_row, v_row) in enumerate(zip(*(t.split(lengths, dim=2) for t in (q, k, v)), strict=True)):
+    for row, (q_row, k_row, v_row) in enumerate(zip(*(t.split(lengths, dim=1) for t in (q, k, v)), strict=True)):
         if prefix is not None:
-            k_row, v_row = (torch.cat([p[row:row + 1], t], dim=2) for p, t in zip(prefix, (k_row, v_row), strict=True))
+            k_row, v_row = (torch.cat([p[row], t], dim=1) for p, t in zip(prefix, (k_row, v_row), strict=True))
         rows.append((q_row, k_row, v_row))
     if drops:
-        probs = dropout_all([attention_probs(q_row, k_row, scale=1.0) for q_row, k_row, _ in rows], dropout_p)
-        outputs = [p @ v_row for p, (_, _, v_row) in zip(probs, rows, strict=True)]
+        # attention_probs without a mask, q already scaled, as bmm: matmul's reshapes around bmm cost 10% here
+        probs = dropout_all([torch.bmm(q_row, k_row.transpose(1, 2)).softmax(dim=-1) for q_row, k_row, _ in rows],
+                            dropout_p)
+        outputs = [torch.bmm(p, v_row) for p, (_, _, v_row) in zip(probs, rows, strict=True)]
     else:
-        outputs = [F.scaled_dot_product_attention(q_row, k_row, v_row, dropout_p=dropout_p) for q_row, k_row, v_row
-                   in rows]
-    return merge_heads(torch.cat(outputs, dim=2))
+        outputs = [F.scaled_dot_product_attention(q_row[None], k_row[None], v_row[None], dropout_p=dropout_p)[0]
+                   for q_row, k_row, v_row in rows]  # 4-D, as CUDA's fused kernels take them
+    return merge_heads(torch.cat(outputs, dim=1)[None])
 
 
 def attend_block_diagonal(q: Tensor, k: Tensor, v: Tensor, lengths: tuple[int, ...], num_heads: int,
@@ -166,8 +168,7 @@ def attention_probs(q: Tensor, k: Tensor, mask: Tensor | None = None, scale: flo
     """softmax(q kᵀ · scale + mask), scale 1/√D by default; ``mask`` additive, or boolean (True: attend) as SDPA
     takes it."""
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scaled = q if scale == 1.0 else q * scale  # a pass over T·D values, not the scores' T·T
-    scores = scaled @ k.transpose(-1, -2)  # (B, H, T, T)
+    scores = (q * scale) @ k.transpose(-1, -2)  # (B, H, T, T); scaling q costs a pass over T·D, not T·T, values
     if mask is not None and mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     elif mask is not None:
