@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from benchmarks import harness, workloads
-from benchmarks.workloads import LENGTHS, Bench, build_trainee, forward, ours, train_step
+from benchmarks.workloads import LENGTHS, Bench, build_trainee, compile_in_one_thread, forward, ours, train_step
 from peftcore.models import attention, dropout
 from peftcore.models.layers import SelfAttention
 
@@ -187,9 +187,14 @@ def unpadded_against_padded(b: Bench, count: int) -> None:
             b.add(f"unpad train lora {name} x {rows}", b.measure(steps), "padded", **notes)
 
 
+def frozen_step_lengths(b: Bench) -> tuple[int, int]:
+    """The length range of the variable-length frozen steps: 16..128 at roberta-base, 8..64 at smaller shapes."""
+    return LENGTHS["16..128" if b.shape == "base" else "8..64"]
+
+
 def frozen_varlen(b: Bench, count: int) -> None:
     """Our frozen-base step on variable-length batches (unpadded) against transformers', with the real-token floor."""
-    low, high = LENGTHS["16..128" if b.shape == "base" else "8..64"]
+    low, high = frozen_step_lengths(b)
     batches = length_batches(b, low, high, count)
     models: dict[str, nn.Module] = {name: build_trainee(b, name, None)
                                     for name in ("ours frozen", "transformers frozen")}
@@ -204,22 +209,21 @@ def compiled_steps(b: Bench, count: int) -> None:
     """Our frozen-base and LoRA train steps eager against compiled, beside their FLOP floor: on a full-length batch
     ``torch.compile(model)``, on variable-length ones (the frozen_varlen lengths) ``model.compile_packed`` with
     the real-token floor. The compiles run in the untimed warm-up round."""
-    import torch._inductor.config
-
-    torch._inductor.config.compile_threads = 1  # no pool of compile workers left busy while we time
-    low, high = LENGTHS["16..128" if b.shape == "base" else "8..64"]
+    compile_in_one_thread()
+    low, high = frozen_step_lengths(b)
     varlen = length_batches(b, low, high, count)
-    for label, batches, passes in (("full length", [b.inputs("roberta")], None), (f"lengths {low}..{high}", varlen, 2)):
+    for label, batches, packed in (("full length", [b.inputs("roberta")], False),
+                                   (f"lengths {low}..{high}", varlen, True)):
         contenders: dict[str, Callable[[], object]] = {}
         for name, method in (("frozen", None), ("LoRA", "lora")):
             for compiled in (False, True):
                 torch.manual_seed(0)
                 model = build_trainee(b, "ours frozen" if method is None else "ours", method)
-                model.compile_packed = compiled and passes is not None
-                run = torch.compile(model) if compiled and passes is None else model
+                model.compile_packed = compiled and packed
+                run = torch.compile(model) if compiled and not packed else model
                 contenders[f"{name} {'compiled' if compiled else 'eager'}"] = train_step(b, model, batches, run)
         if b.floor:
-            floor_s = b.floor["frozen_step_s"] if passes is None else real_token_floor(b, batches, passes)
+            floor_s = real_token_floor(b, batches, 2) if packed else b.floor["frozen_step_s"]
             contenders["FLOP floor"] = floor_contender(b, floor_s)
         b.add(f"compiled steps, {label}", b.measure(contenders), "frozen eager", "FLOP floor" if b.floor else None)
 
@@ -228,9 +232,7 @@ def compiled_packed(b: Bench, count: int) -> None:
     """Eager packed (the default) against compiled packed (``model.compile_packed``) and compiled padded
     (``torch.compile(model)``) on lengths 8..64 at batch 32: a frozen forward and a LoRA train step. The compiles
     run in the untimed warm-up round; the first packed batch compiles once, for any N."""
-    import torch._inductor.config
-
-    torch._inductor.config.compile_threads = 1  # no pool of compile workers left busy while we time
+    compile_in_one_thread()
     batches = length_batches(b, 8, 64, count, batch=32)
     for workload, method in (("forward", None), ("LoRA step", "lora")):
         contenders: dict[str, Callable[[], object]] = {}

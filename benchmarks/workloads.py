@@ -408,14 +408,19 @@ def loading(b: Bench) -> None:
         b.add(f"load adapter {method}", times, "adapterhub")
 
 
+def compile_in_one_thread() -> None:
+    """torch.compile without a pool of compile workers, which would stay busy while we time."""
+    import torch._inductor.config
+
+    torch._inductor.config.compile_threads = 1
+
+
 def compiled(b: Bench) -> None:
     """Our model with a LoRA adapter attached: torch.compile'd forward against eager (eval, no grad)."""
     batch = [b.inputs("roberta")]
     model = ours(b).eval()
     model.add_adapter("a", "lora", set_active=True)
-    import torch._inductor.config
-
-    torch._inductor.config.compile_threads = 1  # no pool of compile workers left busy while we time
+    compile_in_one_thread()
     compiled_model = torch.compile(model)
     start = time.perf_counter()
     forward(compiled_model, batch)()
