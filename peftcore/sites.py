@@ -56,9 +56,12 @@ class PaddingHolder(threading.local):
     """The ``Padding`` (models/layers.py) of the batch whose layers run in this thread, None outside them. A model's
     layer loop publishes it (``padding`` set before the layers, the previous value restored after), so that a gate
     averaging over real tokens only (methods/gating.py) finds each row's tokens. A plain per-thread attribute, which
-    torch.compile traces."""
+    torch.compile traces. It is set in ``__init__`` (which runs in each thread on its first use), never read from a
+    class default: torch.compile guards on whether the thread's dict holds it, and the first call's write broke the
+    guard of a thread's second call (an AssertionError from dynamo)."""
 
-    padding: Any = None
+    def __init__(self) -> None:
+        self.padding: Any = None
 
 
 CURRENT_PADDING = PaddingHolder()

@@ -3,6 +3,7 @@ and a researcher's own model gets sites by building from the site classes."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peftcore.models.bert import BertConfig, BertModel
 from peftcore.models.layers import Padding
 from peftcore.sites import (
     SITE_NAMES,
@@ -117,3 +119,24 @@ def test_a_site_outside_the_layers_is_refused():
     model.stray = SiteLinear(2, 2)
     with pytest.raises(TypeError, match="outside model.layers"):
         list(find_sites(model))
+
+
+def test_a_compiled_model_trains_step_after_step_in_a_fresh_thread():
+    """The layer loop publishes its padding in a thread-local (peftcore/sites.py ``CURRENT_PADDING``): the compiled
+    model's guards on it must hold from the first call in a thread on (a thread that never ran the model eagerly)."""
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=37))
+    compiled, ids, errors = torch.compile(model, backend="eager"), torch.randint(1, 64, (2, 8)), []
+
+    def train() -> None:
+        try:
+            for _ in range(3):
+                compiled(input_ids=ids).last_hidden_state.sum().backward()
+        except Exception as error:  # raised in this thread, asserted in the test's
+            errors.append(error)
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    thread.join()
+    assert not errors, errors
