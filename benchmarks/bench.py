@@ -17,7 +17,8 @@ and adapter load), varlen (lengths uniform in 16..128, padded), modernbert (Mode
 vs transformers and PEFT, full-length 512 and lengths uniform in 16..512), compile (needs --compile); kernels.py's:
 dropout (bit mask against bernoulli_ in our frozen step), attention (each strategy over packed rows), unpad (unpadded
 against padded over length distributions), frozen_varlen (our frozen step against transformers' on variable lengths),
-breakdown (the frozen step's distance to the floor: linears alone, with GELU and LayerNorm, without dropout),
+breakdown (the frozen step's distance to the floor: linears alone, with GELU and LayerNorm, without dropout;
+with --compile each also compiled),
 compile_packed (eager packed against compiled packed and compiled padded, lengths 8..64, batch 32; needs --compile),
 compile_steps (frozen and LoRA train steps eager against compiled, full length and variable length, beside the FLOP
 floor; needs --compile).
@@ -57,7 +58,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--only", nargs="+", choices=WORKLOADS, help="workloads to run (default: all but compile)")
     parser.add_argument("--methods", nargs="+", choices=workloads.METHODS, default=workloads.METHODS)
-    parser.add_argument("--compile", action="store_true", help="also run the torch.compile workload")
+    parser.add_argument("--compile", action="store_true",
+                        help="also run the torch.compile workloads, and compiled contenders in breakdown")
     parser.add_argument("--lengths", nargs="+", choices=workloads.LENGTHS, default=tuple(workloads.LENGTHS),
                         help="length distributions of the unpad workload")
     parser.add_argument("--varlen-batches", type=int, default=4, help="batches per variable-length repetition")
@@ -145,7 +147,7 @@ def run_workloads(args: argparse.Namespace, b: workloads.Bench, chosen: list[str
         "attention": lambda: kernels.attention_strategies(b),
         "unpad": lambda: kernels.unpadded_against_padded(b, args.varlen_batches),
         "frozen_varlen": lambda: kernels.frozen_varlen(b, args.varlen_batches),
-        "breakdown": lambda: kernels.breakdown(b),
+        "breakdown": lambda: kernels.breakdown(b, args.compile),
     }
     for workload in WORKLOADS:
         if workload in chosen:

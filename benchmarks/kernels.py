@@ -121,20 +121,27 @@ def keep_dropout(model: nn.Module, hidden: bool, attention_too: bool) -> nn.Modu
     return model
 
 
-def breakdown(b: Bench) -> None:
+def breakdown(b: Bench, compiled: bool = False) -> None:
     """Where our frozen step's distance to the FLOP floor goes, on a full-length batch: the floor, the layers'
     linears and residual adds alone, with GELU and LayerNorm, our step without dropout, with hidden dropout only, and
-    as it runs; interleaved, each a ratio to the floor."""
+    as it runs; interleaved, each a ratio to the floor. With ``compiled``, each of the last four also under
+    torch.compile (compiled in the untimed warm-up round): how much of the distance fusing element-wise passes takes."""
     if not b.floor:
         workloads.floor(b)
+    if compiled:
+        compile_in_one_thread()
     batch = [b.inputs("roberta")]
     contenders = {"FLOP floor": floor_contender(b, b.floor["frozen_step_s"]),
                   "linears + residual adds": linears_step(b, False),
                   "+ GELU, LayerNorm": linears_step(b, True)}
+    if compiled:
+        contenders["+ GELU, LayerNorm, compiled"] = torch.compile(linears_step(b, True))
     for name, hidden, attention_too in (("ours frozen, no dropout", False, False),
                                         ("ours frozen, hidden dropout only", True, False), ("ours frozen", True, True)):
-        model = keep_dropout(build_trainee(b, "ours frozen", None), hidden, attention_too)
-        contenders[name] = train_step(b, model, batch)
+        for compile_model in (False, True) if compiled else (False,):
+            model = keep_dropout(build_trainee(b, "ours frozen", None), hidden, attention_too)
+            run = torch.compile(model) if compile_model else None
+            contenders[f"{name}, compiled" if compile_model else name] = train_step(b, model, batch, run)
     b.add("frozen step breakdown", b.measure(contenders), "FLOP floor", "ours frozen")
 
 
